@@ -1,0 +1,47 @@
+"""The root of a run's configuration: one typed field per Hydra group of conf/.
+
+Registered in Hydra's ConfigStore, so every composed config is checked against these types.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from megatron_sota.config.model import ModelConfig
+from megatron_sota.config.optim import OptimizerConfig, PrecisionConfig, SchedulerConfig
+from megatron_sota.config.parallel import ParallelConfig
+from megatron_sota.config.run import (
+    CheckpointConfig,
+    DataConfig,
+    LoggingConfig,
+    RuntimeConfig,
+    TokenizerConfig,
+    TrainConfig,
+)
+
+
+@dataclass
+class JobConfig:
+    name: str = "run"
+    """Experiment name, shown in logs and used by launchers."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+
+def register_configs() -> None:
+    """Registers JobConfig as ``job_schema``, the first entry of conf/config.yaml's defaults.
+
+    Hydra then checks every group file and override against these types while composing.
+    """
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="job_schema", node=JobConfig)

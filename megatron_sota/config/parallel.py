@@ -1,0 +1,33 @@
+"""Typed configuration of the parallel layout (the `parallel` group of conf/).
+
+Data-parallel size is never configured: it is derived from the world size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+
+@dataclass
+class ParallelConfig:
+    tp: int = 1
+    """Tensor-parallel size."""
+    pp: int = 1
+    """Pipeline-parallel size."""
+    vpp: Optional[int] = None
+    """Virtual pipeline stages per rank (interleaved 1F1B); null or 1 means non-interleaved."""
+    cp: int = 1
+    """Context-parallel size (needs Transformer Engine's attention)."""
+    sp: bool = False
+    """Sequence parallelism (needs tp > 1)."""
+    distributed_optimizer: bool = True
+    """Shard optimizer state over data-parallel ranks (ZeRO-1)."""
+    overlap_grad_reduce: bool = False
+    """Overlap data-parallel gradient reduce-scatter with the backward pass (GPU)."""
+    overlap_param_gather: bool = False
+    """Overlap the distributed optimizer's parameter all-gather with the next forward (GPU)."""
+
+    @property
+    def virtual_stages(self) -> int:
+        return self.vpp or 1

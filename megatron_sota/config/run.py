@@ -1,0 +1,73 @@
+"""Typed configuration of everything around the model: data, tokenizer, loop, checkpoints, logs.
+
+Plain dataclasses only; validation across groups lives in config/validation.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+
+@dataclass
+class TrainConfig:
+    iters: int = 1000
+    global_batch_size: int = 8
+    micro_batch_size: int = 2
+    seq_length: int = 256
+    seed: int = 1234
+    eval_interval: int = 100
+    """Validation loss every this many iterations; 0 disables periodic validation."""
+    eval_iters: int = 5
+    """Global batches averaged for one validation loss."""
+    recompute: str = "none"
+    """Activation recomputation: none, selective (attention core) or full (whole layers)."""
+
+
+@dataclass
+class DataConfig:
+    paths: List[str] = field(default_factory=list)
+    """Prefixes of Megatron .bin/.idx shards (without the extension)."""
+    weights: Optional[List[float]] = None
+    """Blend weight per prefix; proportional to each shard's token count when null."""
+    split: List[float] = field(default_factory=lambda: [98.0, 1.0, 1.0])
+    """train/valid/test proportions of every shard."""
+    mock: bool = False
+    """Random tokens instead of shards (benchmarks, smoke tests)."""
+    cache_dir: Optional[str] = None
+    """Where megatron-core caches its document/sample/shuffle indices; <run_dir>/data_cache when null."""
+    num_workers: int = 1
+    """DataLoader worker processes per rank."""
+
+
+@dataclass
+class TokenizerConfig:
+    type: Optional[str] = None
+    """SentencePieceTokenizer or NullTokenizer; null uses the model preset's vocabulary size."""
+    model: Optional[str] = None
+    """SentencePiece model file."""
+    vocab_size: Optional[int] = None
+    """NullTokenizer only."""
+
+
+@dataclass
+class CheckpointConfig:
+    save: Optional[str] = None
+    """Checkpoint directory; <run_dir>/checkpoints when null."""
+    resume: bool = False
+    """Allow starting in a directory that already holds checkpoints (and continue from them)."""
+
+
+@dataclass
+class LoggingConfig:
+    interval: int = 10
+    """Console line, TensorBoard scalars and a metrics.jsonl row every this many iterations."""
+    tensorboard: bool = True
+
+
+@dataclass
+class RuntimeConfig:
+    device: str = "auto"
+    """auto (cuda when available), cuda (NCCL) or cpu (gloo)."""
+    timeout_minutes: int = 10
+    """Collective timeout."""

@@ -1,0 +1,131 @@
+"""Checks a JobConfig against the world size before any process group is built.
+
+Every impossible combination is reported at once, each message naming the keys and values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from megatron_sota.config.job import JobConfig
+from megatron_sota.errors import MegatronSotaError
+
+RECOMPUTE_CHOICES = ("none", "selective", "full")
+SCHEDULER_CHOICES = ("cosine", "constant", "wsd")
+DTYPE_CHOICES = ("auto", "fp32", "bf16", "fp16")
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+IMPL_CHOICES = ("auto", "local", "transformer_engine")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The derived sizes of a valid layout."""
+
+    world_size: int
+    dp: int
+    num_microbatches: int
+
+
+def _layout_problems(cfg: JobConfig, world_size: int) -> list[str]:
+    m, p, t = cfg.model, cfg.parallel, cfg.train
+    problems: list[str] = []
+    for key, value in (("parallel.tp", p.tp), ("parallel.pp", p.pp), ("parallel.cp", p.cp)):
+        if value < 1:
+            problems.append(f"{key} must be >= 1, got {value}")
+    if problems:
+        return problems
+    model_parallel = p.tp * p.pp * p.cp
+    if world_size % model_parallel:
+        problems.append(
+            f"world size {world_size} is not divisible by tp*pp*cp = {p.tp}*{p.pp}*{p.cp} = {model_parallel}"
+        )
+        dp = 0
+    else:
+        dp = world_size // model_parallel
+    if m.num_attention_heads % p.tp:
+        problems.append(f"model.num_attention_heads={m.num_attention_heads} is not divisible by parallel.tp={p.tp}")
+    if m.num_attention_heads % m.num_query_groups:
+        problems.append(
+            f"model.num_attention_heads={m.num_attention_heads} is not divisible by "
+            f"model.num_query_groups={m.num_query_groups}"
+        )
+    if m.num_query_groups % p.tp:
+        problems.append(f"model.num_query_groups={m.num_query_groups} is not divisible by parallel.tp={p.tp}")
+    if m.ffn_hidden_size % p.tp:
+        problems.append(f"model.ffn_hidden_size={m.ffn_hidden_size} is not divisible by parallel.tp={p.tp}")
+    if p.vpp is not None and p.vpp > 1 and p.pp < 2:
+        problems.append(f"parallel.vpp={p.vpp} needs parallel.pp >= 2, got pp={p.pp}")
+    if p.vpp is not None and p.vpp < 1:
+        problems.append(f"parallel.vpp must be null or >= 1, got {p.vpp}")
+    elif m.num_layers % (p.pp * p.virtual_stages):
+        problems.append(
+            f"model.num_layers={m.num_layers} is not divisible by parallel.pp*parallel.vpp = "
+            f"{p.pp}*{p.virtual_stages} = {p.pp * p.virtual_stages}"
+        )
+    if p.sp and p.tp < 2:
+        problems.append(f"parallel.sp=true needs parallel.tp > 1, got tp={p.tp}")
+    if t.seq_length % (2 * p.cp):
+        problems.append(f"train.seq_length={t.seq_length} is not divisible by 2*parallel.cp = {2 * p.cp}")
+    if p.sp and t.seq_length % p.tp:
+        problems.append(f"train.seq_length={t.seq_length} is not divisible by parallel.tp={p.tp} (sequence parallel)")
+    if t.seq_length > m.max_position_embeddings:
+        problems.append(
+            f"train.seq_length={t.seq_length} exceeds model.max_position_embeddings={m.max_position_embeddings}"
+        )
+    if t.micro_batch_size < 1 or t.global_batch_size < 1:
+        problems.append(
+            f"train.micro_batch_size and train.global_batch_size must be >= 1, got "
+            f"{t.micro_batch_size} and {t.global_batch_size}"
+        )
+    elif dp and t.global_batch_size % (t.micro_batch_size * dp):
+        problems.append(
+            f"train.global_batch_size={t.global_batch_size} is not divisible by "
+            f"train.micro_batch_size*dp = {t.micro_batch_size}*{dp} = {t.micro_batch_size * dp}"
+        )
+    elif dp and p.vpp and p.vpp > 1 and (t.global_batch_size // (t.micro_batch_size * dp)) % p.pp:
+        problems.append(
+            f"interleaved pipelining needs the number of micro-batches "
+            f"({t.global_batch_size // (t.micro_batch_size * dp)}) to be divisible by parallel.pp={p.pp}"
+        )
+    return problems
+
+
+def _choice_problems(cfg: JobConfig) -> list[str]:
+    checks = (
+        ("train.recompute", cfg.train.recompute, RECOMPUTE_CHOICES),
+        ("scheduler.name", cfg.scheduler.name, SCHEDULER_CHOICES),
+        ("precision.dtype", cfg.precision.dtype, DTYPE_CHOICES),
+        ("runtime.device", cfg.runtime.device, DEVICE_CHOICES),
+        ("model.transformer_impl", cfg.model.transformer_impl, IMPL_CHOICES),
+        ("optimizer.name", cfg.optimizer.name, ("adamw",)),
+    )
+    return [f"{key} must be one of {', '.join(choices)}, got '{value}'" for key, value, choices in checks if value not in choices]
+
+
+def _data_problems(cfg: JobConfig) -> list[str]:
+    d = cfg.data
+    problems = []
+    if not d.mock and not d.paths:
+        problems.append("data.paths is empty: give shard prefixes (data.paths=[/path/corpus_text_document]) or data.mock=true")
+    if d.weights is not None and len(d.weights) != len(d.paths):
+        problems.append(f"data.weights has {len(d.weights)} entries but data.paths has {len(d.paths)}")
+    if len(d.split) != 3 or any(x < 0 for x in d.split) or sum(d.split) <= 0:
+        problems.append(f"data.split must be three non-negative train/valid/test proportions, got {list(d.split)}")
+    if cfg.tokenizer.type == "SentencePieceTokenizer" and not cfg.tokenizer.model:
+        problems.append("tokenizer.type=SentencePieceTokenizer needs tokenizer.model=<file.model>")
+    return problems
+
+
+def validate_job(cfg: JobConfig, world_size: int) -> Layout:
+    """Returns the derived layout, or raises one MegatronSotaError listing every problem."""
+    problems = _choice_problems(cfg) + _layout_problems(cfg, world_size) + _data_problems(cfg)
+    if cfg.train.iters < 1:
+        problems.append(f"train.iters must be >= 1, got {cfg.train.iters}")
+    if problems:
+        raise MegatronSotaError("invalid configuration:\n  - " + "\n  - ".join(problems))
+    dp = world_size // (cfg.parallel.tp * cfg.parallel.pp * cfg.parallel.cp)
+    return Layout(
+        world_size=world_size,
+        dp=dp,
+        num_microbatches=cfg.train.global_batch_size // (cfg.train.micro_batch_size * dp),
+    )

@@ -1,0 +1,111 @@
+"""Turns the `data` config into megatron-core train/valid/test datasets and per-rank loaders.
+
+Datasets come from megatron-core's builder (cached, seeded indices); this module only
+configures them and decides which samples each data-parallel rank reads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, List, Optional, Sequence
+
+import torch
+from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig, MockGPTDataset
+from megatron.core.datasets.megatron_tokenizer import MegatronLegacyTokenizer as MegatronTokenizer
+
+from megatron_sota.config.run import DataConfig
+
+
+@dataclass(frozen=True)
+class SampleCounts:
+    train: int
+    valid: int
+    test: int
+
+
+def sample_counts(iters: int, global_batch_size: int, eval_interval: int, eval_iters: int) -> SampleCounts:
+    """How many sequences each split must provide for a run of `iters` steps."""
+    evals = (iters // eval_interval + 1) if eval_interval > 0 else 1
+    return SampleCounts(
+        train=iters * global_batch_size,
+        valid=evals * eval_iters * global_batch_size,
+        test=eval_iters * global_batch_size,
+    )
+
+
+def build_datasets(
+    data: DataConfig,
+    tokenizer: MegatronTokenizer,
+    seq_length: int,
+    seed: int,
+    counts: SampleCounts,
+    cache_dir: str,
+    token_counts: Optional[Sequence[int]] = None,
+):
+    """Returns (train, valid, test) megatron-core datasets; valid/test may be None for empty splits."""
+    blend = None
+    if not data.mock:
+        weights = list(data.weights) if data.weights is not None else (list(token_counts) if token_counts else None)
+        blend = (list(data.paths), weights)
+    config = GPTDatasetConfig(
+        random_seed=seed,
+        sequence_length=seq_length,
+        blend=blend,
+        split=",".join(str(x) for x in data.split),
+        path_to_cache=cache_dir,
+        tokenizer=tokenizer,
+        reset_position_ids=False,
+        reset_attention_mask=False,
+        eod_mask_loss=False,
+        # SDPA applies the causal mask itself; no [s, s] mask tensor per sample.
+        create_attention_mask=False,
+        mid_level_dataset_surplus=0.005,
+    )
+    dataset_cls = MockGPTDataset if data.mock else GPTDataset
+    builder = BlendedMegatronDatasetBuilder(
+        dataset_cls, [counts.train, counts.valid, counts.test], lambda: True, config
+    )
+    return builder.build()
+
+
+class GlobalBatchSampler:
+    """Yields this data-parallel rank's micro-batches of sample indices, in global order.
+
+    Global batch j holds samples [j*gbs, (j+1)*gbs); each stretch of micro_batch_size*dp of
+    them is split into dp contiguous micro-batches. The same global batch is therefore read
+    whatever the data-parallel size, and resuming only needs the consumed-sample count.
+    """
+
+    def __init__(self, total_samples: int, consumed_samples: int, micro_batch_size: int, dp_rank: int, dp_size: int):
+        self.total = total_samples
+        self.consumed = consumed_samples
+        self.mbs = micro_batch_size
+        self.dp_rank = dp_rank
+        self.dp_size = dp_size
+
+    def __len__(self) -> int:
+        return (self.total - self.consumed) // (self.mbs * self.dp_size)
+
+    def __iter__(self) -> Iterator[List[int]]:
+        stride = self.mbs * self.dp_size
+        start = self.consumed
+        while start + stride <= self.total:
+            first = start + self.dp_rank * self.mbs
+            yield list(range(first, first + self.mbs))
+            start += stride
+
+
+def build_loader(
+    dataset, consumed_samples: int, micro_batch_size: int, dp_rank: int, dp_size: int, num_workers: int
+) -> Iterator[dict]:
+    """An endless-until-exhausted iterator of micro-batch dicts (tokens, labels, loss_mask, position_ids)."""
+    sampler = GlobalBatchSampler(len(dataset), consumed_samples, micro_batch_size, dp_rank, dp_size)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=num_workers > 0,
+    )
+    return iter(loader)

@@ -1,0 +1,113 @@
+"""Pre-training checks of indexed shards: files present, Megatron index header, ids in the vocab.
+
+Reads shards only (never modifies them); raises MegatronSotaError, not megatron-core's asserts.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy
+from megatron.core.datasets.indexed_dataset import DType, IndexedDataset
+
+from megatron_sota.errors import MegatronSotaError
+
+INDEX_MAGIC = b"MMIDIDX\x00\x00"
+# Elements per scan step: 64 Mi tokens keeps memory bounded on multi-GB shards.
+_SCAN_CHUNK = 64 * 1024 * 1024
+
+
+def _require_file(path: str, prefix: str, position: int, config_key: str) -> None:
+    if os.path.isfile(path):
+        return
+    hint = ""
+    if prefix.endswith((".bin", ".idx")):
+        hint = " (list prefixes without the .bin/.idx suffix)"
+    raise MegatronSotaError(
+        f"{config_key}[{position}] = {prefix!r}: expected the file {path}, found no such file"
+        f"{hint}; run tools/preprocess_data.py to create the .bin/.idx pair"
+    )
+
+
+def _check_magic(idx_path: str) -> None:
+    with open(idx_path, "rb") as f:
+        found = f.read(len(INDEX_MAGIC))
+    if found != INDEX_MAGIC:
+        raise MegatronSotaError(
+            f"{idx_path}: expected a megatron-core index starting with {INDEX_MAGIC!r}, "
+            f"found {found!r}"
+        )
+
+
+def _open_index(prefix: str, idx_path: str) -> IndexedDataset:
+    try:
+        return IndexedDataset(prefix, mmap=True)
+    except (AssertionError, ValueError, KeyError, OSError) as err:
+        # megatron-core reports damaged indices with bare asserts; say which file and why.
+        raise MegatronSotaError(
+            f"{idx_path}: expected a readable megatron-core index (version 1), found a damaged "
+            f"or truncated file ({type(err).__name__}: {err})"
+        ) from err
+
+
+def _id_range(bin_path: str, dtype: type, count: int) -> tuple[int, int]:
+    tokens = numpy.memmap(bin_path, dtype=dtype, mode="r", shape=(count,))
+    lows, highs = [], []
+    for start in range(0, count, _SCAN_CHUNK):
+        chunk = tokens[start : start + _SCAN_CHUNK]
+        lows.append(int(chunk.min()))
+        highs.append(int(chunk.max()))
+    del tokens  # release the mapping before the caller may rename or delete the file
+    return min(lows), max(highs)
+
+
+def check_shard(
+    prefix: str, vocab_size: int, position: int = 0, config_key: str = "data.paths"
+) -> int:
+    """Validate one <prefix>.bin/.idx pair and return its number of tokens."""
+    bin_path, idx_path = f"{prefix}.bin", f"{prefix}.idx"
+    _require_file(bin_path, prefix, position, config_key)
+    _require_file(idx_path, prefix, position, config_key)
+    _check_magic(idx_path)
+    dataset = _open_index(prefix, idx_path)
+    dtype = dataset.index.dtype
+    count = int(dataset.sequence_lengths.sum(dtype=numpy.int64))
+    del dataset
+
+    expected_bytes = count * DType.size(dtype)
+    found_bytes = os.path.getsize(bin_path)
+    if found_bytes != expected_bytes:
+        raise MegatronSotaError(
+            f"{bin_path}: expected {expected_bytes} bytes ({count} tokens of "
+            f"{numpy.dtype(dtype).name} per {idx_path}), found {found_bytes} bytes; the shard is "
+            f"truncated or its .idx belongs to another .bin"
+        )
+    if count == 0:
+        raise MegatronSotaError(f"{bin_path}: expected at least one token, found an empty shard")
+
+    low, high = _id_range(bin_path, dtype, count)
+    if high >= vocab_size:
+        raise MegatronSotaError(
+            f"tokenizer vocabulary has {vocab_size} tokens but {bin_path} contains token id "
+            f"{high}; use the tokenizer the data was preprocessed with"
+        )
+    if low < 0:
+        raise MegatronSotaError(
+            f"{bin_path}: expected token ids >= 0, found {low}; the shard is corrupt"
+        )
+    return count
+
+
+def check_shards(
+    prefixes: Sequence[str], vocab_size: int, config_key: str = "data.paths"
+) -> list[int]:
+    """Validate every shard before training; returns tokens per prefix (e.g. for blend weights)."""
+    if vocab_size < 1:
+        raise MegatronSotaError(
+            f"tokenizer vocab_size: expected a positive integer, found {vocab_size}"
+        )
+    return [
+        check_shard(prefix, vocab_size, position, config_key)
+        for position, prefix in enumerate(prefixes)
+    ]

@@ -1,0 +1,150 @@
+"""Builds megatron-core GPTModel chunks (one per virtual pipeline stage) from the typed config.
+
+It decides shapes, dtypes and kernels; it must not wrap models in DDP or touch optimizers.
+"""
+
+from __future__ import annotations
+
+from typing import List
+
+import torch
+from megatron.core import parallel_state
+from megatron.core.models.gpt import GPTModel
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+from megatron_sota.config.model import ModelConfig
+from megatron_sota.config.optim import PrecisionConfig
+from megatron_sota.config.parallel import ParallelConfig
+from megatron_sota.errors import MegatronSotaError
+from megatron_sota.model.layer_spec import build_block_spec, use_transformer_engine
+
+
+def padded_vocab_size(vocab_size: int, divisible_by: int, tp: int) -> int:
+    """Rounds the vocabulary up to a multiple of `divisible_by` (and of tp when it must).
+
+    Padded rows take part in the softmax, so the padding must not depend on the layout:
+    Megatron-LM pads to divisible_by * tp, which makes TP=2 a different model from TP=1.
+    Here the padding changes with tp only when tp does not divide the padded size.
+    """
+
+    def round_up(n: int, multiple: int) -> int:
+        return ((n + multiple - 1) // multiple) * multiple
+
+    padded = round_up(vocab_size, divisible_by)
+    return padded if padded % tp == 0 else round_up(vocab_size, divisible_by * tp)
+
+
+def resolve_dtype(precision: PrecisionConfig, device_type: str) -> str:
+    if precision.dtype == "auto":
+        return "bf16" if device_type == "cuda" else "fp32"
+    return precision.dtype
+
+
+def build_transformer_config(
+    model: ModelConfig,
+    parallel: ParallelConfig,
+    precision: PrecisionConfig,
+    recompute: str,
+    device_type: str,
+    use_te: bool,
+) -> TransformerConfig:
+    dtype = resolve_dtype(precision, device_type)
+    if precision.fp8 and not use_te:
+        raise MegatronSotaError(
+            f"precision.fp8={precision.fp8} needs Transformer Engine, which is not importable here "
+            "(set precision.fp8=null, or run in the NGC container on a GPU)"
+        )
+    params_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    recompute_kwargs = {}
+    if recompute == "selective":
+        recompute_kwargs = dict(recompute_granularity="selective")
+    elif recompute == "full":
+        recompute_kwargs = dict(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
+    vpp = parallel.vpp if parallel.vpp and parallel.vpp > 1 else None
+    return TransformerConfig(
+        num_layers=model.num_layers,
+        hidden_size=model.hidden_size,
+        ffn_hidden_size=model.ffn_hidden_size,
+        num_attention_heads=model.num_attention_heads,
+        num_query_groups=model.num_query_groups,
+        kv_channels=model.head_dim,
+        normalization="RMSNorm",
+        layernorm_epsilon=model.norm_epsilon,
+        gated_linear_unit=True,
+        activation_func=torch.nn.functional.silu,
+        add_bias_linear=False,
+        add_qkv_bias=False,
+        hidden_dropout=model.hidden_dropout,
+        attention_dropout=model.attention_dropout,
+        init_method_std=model.init_method_std,
+        tensor_model_parallel_size=parallel.tp,
+        pipeline_model_parallel_size=parallel.pp,
+        virtual_pipeline_model_parallel_size=vpp,
+        context_parallel_size=parallel.cp,
+        sequence_parallel=parallel.sp,
+        pipeline_dtype=params_dtype,
+        params_dtype=params_dtype,
+        bf16=dtype == "bf16",
+        fp16=dtype == "fp16",
+        fp8=precision.fp8,
+        fp8_recipe=precision.fp8_recipe,
+        # Build every weight as a full master tensor on CPU, then keep this rank's slice:
+        # that is what makes the initial model independent of the parallel layout.
+        use_cpu_initialization=True,
+        perform_initialization=True,
+        # Average the loss over all tokens of the global batch, not per micro-batch.
+        calculate_per_token_loss=True,
+        # The jit/apex fusions are CUDA-only; TE brings its own.
+        bias_activation_fusion=False,
+        masked_softmax_fusion=False,
+        persist_layer_norm=False,
+        bias_dropout_fusion=False,
+        apply_rope_fusion=False,
+        gradient_accumulation_fusion=False,
+        cross_entropy_loss_fusion=False,
+        # gloo matches point-to-point messages between two ranks in posting order; the batched
+        # variant posts send-prev/send-next and recv-prev/recv-next in orders that swap same-shape
+        # activations and gradients at pp=2 with interleaving. The paired variant keeps them apart.
+        batch_p2p_comm=device_type == "cuda",
+        **recompute_kwargs,
+    )
+
+
+def build_model_chunks(
+    model: ModelConfig,
+    config: TransformerConfig,
+    vocab_size: int,
+    seq_length: int,
+    init_seed: int,
+    use_te: bool,
+) -> List[GPTModel]:
+    """One GPTModel per virtual pipeline stage held by this rank (a single one without VPP)."""
+    vpp = config.virtual_pipeline_model_parallel_size or 1
+    chunks = []
+    for vp_stage in range(vpp):
+        stage_arg = vp_stage if vpp > 1 else None
+        pre = parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=stage_arg)
+        post = parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=stage_arg)
+        chunks.append(
+            GPTModel(
+                config=config,
+                transformer_layer_spec=build_block_spec(config, use_te, init_seed, stage_arg),
+                vocab_size=vocab_size,
+                max_sequence_length=max(seq_length, model.max_position_embeddings),
+                pre_process=pre,
+                post_process=post,
+                share_embeddings_and_output_weights=not model.untie_embeddings_and_output_weights,
+                position_embedding_type="rope",
+                rotary_percent=model.rotary_percent,
+                rotary_base=model.rotary_base,
+                vp_stage=stage_arg,
+            )
+        )
+    return chunks
+
+
+def choose_transformer_engine(model: ModelConfig, device_type: str) -> bool:
+    use_te = use_transformer_engine(model.transformer_impl, device_type)
+    if model.transformer_impl == "transformer_engine" and device_type != "cuda":
+        raise MegatronSotaError("model.transformer_impl=transformer_engine needs a CUDA device")
+    return use_te

@@ -1,0 +1,75 @@
+"""Core attention for megatron-core's local layer spec, built on PyTorch's fused SDPA.
+
+Flash/memory-efficient kernels on GPU, exact math on CPU; it must not change the attention's math.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from megatron.core.transformer.enums import AttnMaskType
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.transformer_config import TransformerConfig
+from megatron.core.utils import divide
+
+
+class SDPACoreAttention(MegatronModule):
+    """Causal GQA attention over megatron-core's [seq, batch, heads, head_dim] tensors.
+
+    Takes the constructor and forward arguments of megatron-core's ``DotProductAttention`` so
+    that it drops into ``SelfAttentionSubmodules.core_attention``. Key/value heads are shared
+    by query groups inside SDPA (``enable_gqa``) instead of being materialised per head.
+    """
+
+    def __init__(
+        self,
+        config: TransformerConfig,
+        layer_number: int,
+        attn_mask_type: AttnMaskType,
+        attention_type: str,
+        attention_dropout: Optional[float] = None,
+        softmax_scale: Optional[float] = None,
+        cp_comm_type: Optional[str] = None,
+        pg_collection=None,
+    ):
+        super().__init__(config=config)
+        if config.context_parallel_size != 1:
+            raise ValueError("context parallelism needs Transformer Engine's attention (parallel.cp=1 without it)")
+        if attn_mask_type != AttnMaskType.causal:
+            raise ValueError(f"SDPACoreAttention supports causal masks only, got {attn_mask_type}")
+        from megatron.core import parallel_state
+
+        tp_size = parallel_state.get_tensor_model_parallel_world_size()
+        self.heads_per_partition = divide(config.num_attention_heads, tp_size)
+        self.head_dim = config.kv_channels
+        self.softmax_scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(self.head_dim)
+        self.dropout_p = config.attention_dropout if attention_dropout is None else attention_dropout
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: Optional[torch.Tensor],
+        attn_mask_type: Optional[AttnMaskType] = None,
+        attention_bias: Optional[torch.Tensor] = None,
+        packed_seq_params=None,
+    ) -> torch.Tensor:
+        if packed_seq_params is not None or attention_bias is not None:
+            raise ValueError("SDPACoreAttention supports neither packed sequences nor attention bias")
+        # [s, b, n, d] -> [b, n, s, d], the layout SDPA's kernels expect.
+        q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
+        context = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            is_causal=True,
+            dropout_p=self.dropout_p if self.training else 0.0,
+            scale=self.softmax_scale,
+            enable_gqa=k.size(1) != q.size(1),
+        )
+        seq, batch = query.size(0), query.size(1)
+        return context.permute(2, 0, 1, 3).reshape(seq, batch, self.heads_per_partition * self.head_dim)

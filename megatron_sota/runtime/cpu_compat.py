@@ -1,0 +1,160 @@
+"""Lets the real megatron-core code path run on CPU (gloo) where it assumes CUDA.
+
+Every CPU workaround lives here and nowhere else; it must never change behaviour on a CUDA machine.
+
+megatron-core 0.16 assumes CUDA in a handful of places: ``torch.cuda.current_device()`` and
+literal ``device="cuda"`` for tensor placement, CUDA RNG state in its RNG tracker,
+``torch.cuda.synchronize``/streams, and CUDA tensor type *names* asserted by its optimizers
+(``param.grad.type() == 'torch.cuda.FloatTensor'``). While :func:`cpu_backend` is active:
+
+* a ``TorchFunctionMode`` maps every CUDA device argument (``"cuda"``, ``"cuda:0"``, ``0``,
+  ``torch.device("cuda")``, ``Tensor.cuda()``) to the CPU, and answers ``Tensor.type()`` with
+  the CUDA type name so the optimizers' dtype dispatch takes the same branch as on a GPU;
+* the ``torch.cuda`` calls megatron-core makes are answered by CPU stand-ins (the RNG tracker
+  then forks the CPU generator, which is what dropout and initialisation on CPU draw from).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+_CUDA_TYPE_NAMES = {
+    torch.float32: "torch.cuda.FloatTensor",
+    torch.float16: "torch.cuda.HalfTensor",
+    torch.bfloat16: "torch.cuda.BFloat16Tensor",
+    torch.float64: "torch.cuda.DoubleTensor",
+    torch.int64: "torch.cuda.LongTensor",
+    torch.int32: "torch.cuda.IntTensor",
+    torch.uint8: "torch.cuda.ByteTensor",
+    torch.bool: "torch.cuda.BoolTensor",
+}
+
+
+def _is_cuda_device(device: Any) -> bool:
+    if isinstance(device, torch.device):
+        return device.type == "cuda"
+    if isinstance(device, str):
+        return device.startswith("cuda")
+    # A bare int is how torch spells "CUDA device i".
+    return isinstance(device, int) and not isinstance(device, bool)
+
+
+class _CudaToCpuMode(TorchFunctionMode):
+    """Redirects CUDA placement to the CPU and reports CUDA type names for CPU tensors."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        if func is torch.Tensor.type and len(args) == 1 and not kwargs:
+            tensor = args[0]
+            return _CUDA_TYPE_NAMES.get(tensor.dtype, func(*args))
+        if func is torch.Tensor.cuda:
+            return args[0]
+        if "device" in kwargs and _is_cuda_device(kwargs["device"]):
+            kwargs["device"] = "cpu"
+        if func is torch.Tensor.to and len(args) > 1 and _is_cuda_device(args[1]):
+            args = (args[0], "cpu", *args[2:])
+        return func(*args, **kwargs)
+
+
+def _cpu_rng_state(device: Any = "cuda", clone: bool = False, graph_safe: bool = False) -> torch.Tensor:
+    return torch.get_rng_state()
+
+
+def _set_cpu_rng_state(new_state: torch.Tensor, device: Any = -1, graph_safe: bool = False) -> None:
+    torch.set_rng_state(new_state)
+
+
+class _NullStream:
+    """Stands in for a CUDA stream/event: CPU work is synchronous already."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __enter__(self) -> "_NullStream":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+    def wait_stream(self, *args: Any) -> None:
+        pass
+
+    def wait_event(self, *args: Any) -> None:
+        pass
+
+    def record_event(self, *args: Any) -> "_NullStream":
+        return self
+
+    def record(self, *args: Any) -> None:
+        pass
+
+    def synchronize(self) -> None:
+        pass
+
+    def query(self) -> bool:
+        return True
+
+
+def _cuda_stand_ins() -> dict[tuple[Any, str], Any]:
+    """(owner, attribute) -> CPU replacement for the torch.cuda calls megatron-core makes."""
+    import megatron.core.tensor_parallel.random as mcore_random
+
+    def noop():  # a distinct function per name: torch.compile's rule map rejects shared objects
+        return lambda *args, **kwargs: None
+
+    return {
+        # A device object rather than an index: custom autograd backward functions run outside the
+        # TorchFunctionMode, and `device=torch.cuda.current_device()` must still mean the CPU there.
+        (torch.cuda, "current_device"): lambda: torch.device("cpu"),
+        (torch.cuda, "device_count"): lambda: 1,
+        (torch.cuda, "set_device"): noop(),
+        (torch.cuda, "synchronize"): noop(),
+        (torch.cuda, "empty_cache"): noop(),
+        (torch.cuda, "get_rng_state"): lambda device="cuda": torch.get_rng_state(),
+        (torch.cuda, "set_rng_state"): lambda state, device="cuda": torch.set_rng_state(state),
+        (torch.cuda, "manual_seed"): lambda seed: torch.manual_seed(seed),
+        (torch.cuda, "current_stream"): lambda *a, **k: _NullStream(),
+        (torch.cuda, "default_stream"): lambda *a, **k: _NullStream(),
+        (torch.cuda, "stream"): lambda *a, **k: _NullStream(),
+        (torch.cuda, "Stream"): _NullStream,
+        (torch.cuda, "Event"): _NullStream,
+        (torch.cuda, "max_memory_allocated"): lambda *a, **k: 0,
+        (torch.cuda, "memory_allocated"): lambda *a, **k: 0,
+        (mcore_random, "_get_cuda_rng_state"): _cpu_rng_state,
+        (mcore_random, "_set_cuda_rng_state"): _set_cpu_rng_state,
+    }
+
+
+@contextlib.contextmanager
+def cpu_backend() -> Iterator[None]:
+    """Makes megatron-core's CUDA assumptions hold on the CPU for the duration of the block.
+
+    Meant to wrap a whole CPU run (``runtime.session``): the patches are process-wide while
+    active and are undone on exit, so nothing leaks into code that runs afterwards.
+    """
+    if torch.cuda.is_available():
+        raise RuntimeError("cpu_backend() must not be used on a machine with CUDA devices")
+    # torch.compile (megatron-core's jit_fuser, at import) indexes torch.cuda's functions once;
+    # index the real ones before any stand-in is in place.
+    from torch._dynamo.trace_rules import get_torch_obj_rule_map
+
+    get_torch_obj_rule_map()
+    stand_ins = _cuda_stand_ins()
+    originals = {key: getattr(key[0], key[1], None) for key in stand_ins}
+    for (owner, name), replacement in stand_ins.items():
+        setattr(owner, name, replacement)
+    mode = _CudaToCpuMode()
+    mode.__enter__()
+    try:
+        yield
+    finally:
+        mode.__exit__(None, None, None)
+        for (owner, name), original in originals.items():
+            if original is None:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, original)

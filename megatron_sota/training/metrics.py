@@ -1,0 +1,120 @@
+"""Writes per-step metrics: one console line, TensorBoard scalars and a metrics.jsonl row.
+
+Only rank 0 writes. It must not compute anything the step did not already measure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+# Dense bf16 peak of the GPUs this project runs on; MFU is reported against it.
+PEAK_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "B200": 2250.0}
+
+
+def peak_flops_per_device(device: torch.device) -> Optional[float]:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, tflops in PEAK_TFLOPS.items():
+        if key in name:
+            return tflops * 1e12
+    return None
+
+
+def memory_gib(device: torch.device) -> Optional[float]:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    try:
+        import psutil
+
+        return psutil.Process().memory_info().rss / 2**30
+    except ImportError:
+        return None
+
+
+@dataclass
+class StepMetrics:
+    step: int
+    loss: float
+    lr: float
+    grad_norm: Optional[float]
+    tokens_per_s: float
+    step_time_s: float
+    consumed_samples: int
+    mfu: Optional[float]
+    memory_gib: Optional[float]
+    loss_scale: Optional[float] = None
+    eta_s: Optional[float] = None
+    """Remaining wall time at the mean step time so far."""
+
+
+class MetricsWriter:
+    """Rank 0's sinks for metrics: console, TensorBoard (optional) and <run_dir>/metrics.jsonl."""
+
+    def __init__(self, run_dir: str, enabled: bool, tensorboard: bool, total_steps: int):
+        self.enabled = enabled
+        self.total_steps = total_steps
+        self._jsonl = None
+        self._tb = None
+        if not enabled:
+            return
+        os.makedirs(run_dir, exist_ok=True)
+        self._jsonl = open(os.path.join(run_dir, "metrics.jsonl"), "a", buffering=1)
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=os.path.join(run_dir, "tensorboard"))
+
+    def log_train(self, m: StepMetrics) -> None:
+        if not self.enabled:
+            return
+        parts = [
+            f"step {m.step:>6}/{self.total_steps}",
+            f"loss {m.loss:.4f}",
+            f"lr {m.lr:.3e}",
+            f"grad_norm {m.grad_norm:.3f}" if m.grad_norm is not None else "grad_norm n/a",
+            f"tokens/s {m.tokens_per_s:,.0f}",
+            f"step {m.step_time_s * 1000:.0f} ms",
+            f"MFU {m.mfu * 100:.1f}%" if m.mfu is not None else "MFU n/a",
+            f"mem {m.memory_gib:.2f} GiB" if m.memory_gib is not None else "",
+            f"ETA {_clock(m.eta_s)}" if m.eta_s is not None else "",
+        ]
+        print(" | ".join(p for p in parts if p), flush=True)
+        row = {k: v for k, v in m.__dict__.items() if v is not None}
+        self._jsonl.write(json.dumps(row) + "\n")
+        if self._tb is not None:
+            for key in ("loss", "lr", "grad_norm", "tokens_per_s", "mfu", "memory_gib", "loss_scale"):
+                value = getattr(m, key)
+                if value is not None:
+                    self._tb.add_scalar(f"train/{key}", value, m.step)
+
+    def log_validation(self, step: int, loss: float) -> None:
+        if not self.enabled:
+            return
+        print(f"validation at step {step}: loss {loss:.4f} | ppl {_safe_exp(loss):.2f}", flush=True)
+        self._jsonl.write(json.dumps({"step": step, "val_loss": loss}) + "\n")
+        if self._tb is not None:
+            self._tb.add_scalar("valid/loss", loss, step)
+
+    def close(self) -> None:
+        if self._jsonl is not None:
+            self._jsonl.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
+def _safe_exp(x: float) -> float:
+    import math
+
+    return math.exp(min(x, 50.0))

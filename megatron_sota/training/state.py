@@ -1,0 +1,107 @@
+"""Everything a run holds between steps: model chunks, optimizer, schedule, data iterators.
+
+Built here from the typed config inside a distributed session; the loop, tests and later
+checkpointing all work on this one object instead of rebuilding pieces themselves.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, List, Optional
+
+from megatron.core import parallel_state
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+from megatron_sota.config.job import JobConfig
+from megatron_sota.config.validation import Layout, validate_job
+from megatron_sota.data.blend import build_datasets, build_loader, sample_counts
+from megatron_sota.data.shard_checks import check_shards
+from megatron_sota.data.tokenizer import build_tokenizer
+from megatron_sota.model.gpt_builder import (
+    build_model_chunks,
+    build_transformer_config,
+    choose_transformer_engine,
+    padded_vocab_size,
+)
+from megatron_sota.runtime.session import Session
+from megatron_sota.training.optimization import build_optimizer, build_scheduler, wrap_for_training
+
+
+@dataclass
+class CheckedInputs:
+    """What can be known before any process group exists: layout, tokenizer, shard sizes."""
+
+    layout: Layout
+    tokenizer: Any
+    token_counts: Optional[List[int]]
+    padded_vocab: int
+
+
+def check_inputs(job: JobConfig, world_size: int) -> CheckedInputs:
+    layout = validate_job(job, world_size)
+    tok = job.tokenizer
+    if tok.type is None:
+        tokenizer = build_tokenizer("NullTokenizer", vocab_size=job.model.vocab_size)
+    else:
+        tokenizer = build_tokenizer(tok.type, tok.model, tok.vocab_size or job.model.vocab_size)
+    token_counts = None if job.data.mock else check_shards(job.data.paths, tokenizer.vocab_size)
+    padded = padded_vocab_size(tokenizer.vocab_size, job.model.make_vocab_size_divisible_by, job.parallel.tp)
+    return CheckedInputs(layout, tokenizer, token_counts, padded)
+
+
+@dataclass
+class TrainingState:
+    job: JobConfig
+    inputs: CheckedInputs
+    session: Session
+    config: TransformerConfig
+    use_te: bool
+    models: list
+    """One megatron-core DDP-wrapped GPTModel per virtual pipeline stage on this rank."""
+    optimizer: Any
+    scheduler: Any
+    train_iterators: Optional[list]
+    valid_iterators: Optional[list]
+
+    @property
+    def layout(self) -> Layout:
+        return self.inputs.layout
+
+
+def _iterators(dataset, job: JobConfig, layout: Layout, consumed: int, chunks: int):
+    if dataset is None:
+        return None
+    dp_rank = parallel_state.get_data_parallel_rank()
+    # One iterator per model chunk: each virtual stage reads the same micro-batches in turn.
+    return [
+        build_loader(dataset, consumed, job.train.micro_batch_size, dp_rank, layout.dp, job.data.num_workers)
+        for _ in range(chunks)
+    ]
+
+
+def build_training_state(job: JobConfig, inputs: CheckedInputs, session: Session, run_dir: str) -> TrainingState:
+    t = job.train
+    use_te = choose_transformer_engine(job.model, session.device.type)
+    config = build_transformer_config(job.model, job.parallel, job.precision, t.recompute, session.device.type, use_te)
+    chunks = build_model_chunks(job.model, config, inputs.padded_vocab, t.seq_length, t.seed, use_te)
+    models = wrap_for_training(chunks, config, job.parallel, session.device)
+    optimizer = build_optimizer(job.optimizer, job.scheduler, job.parallel, config, job.precision.initial_loss_scale, models)
+    scheduler = build_scheduler(optimizer, job.optimizer, job.scheduler, t.iters)
+    counts = sample_counts(t.iters, t.global_batch_size, t.eval_interval, t.eval_iters)
+    cache_dir = job.data.cache_dir or os.path.join(run_dir, "data_cache")
+    train_ds, valid_ds, _ = build_datasets(
+        job.data, inputs.tokenizer, t.seq_length, t.seed, counts, cache_dir, inputs.token_counts
+    )
+    return TrainingState(
+        job=job,
+        inputs=inputs,
+        session=session,
+        config=config,
+        use_te=use_te,
+        models=models,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        train_iterators=_iterators(train_ds, job, inputs.layout, 0, len(models)),
+        valid_iterators=_iterators(valid_ds, job, inputs.layout, 0, len(models)),
+    )

@@ -1,0 +1,111 @@
+"""One training or validation step through megatron-core's pipeline schedules.
+
+It computes losses and gradients and applies the optimizer; it must not log or save.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Iterator, List, Optional
+
+import torch
+from megatron.core import parallel_state
+from megatron.core.pipeline_parallel import get_forward_backward_func
+
+
+@dataclass
+class StepResult:
+    loss: float
+    """Mean loss per token over the whole global batch (all micro-batches, all DP ranks)."""
+    num_tokens: int
+    grad_norm: Optional[float] = None
+    skipped: bool = False
+
+
+def _loss_func(loss_mask: torch.Tensor, per_token_loss: torch.Tensor):
+    mask = loss_mask.view(-1).float()
+    loss_sum = torch.sum(per_token_loss.view(-1).float() * mask)
+    num_tokens = mask.sum().to(torch.int)
+    report = torch.stack([loss_sum.detach(), mask.sum().detach()])
+    return loss_sum, num_tokens, {"lm loss": report}
+
+
+def _forward_step(device: torch.device, data_iterator: Iterator[dict], model):
+    batch = next(data_iterator)
+    tokens = batch["tokens"].to(device, non_blocking=True)
+    labels = batch["labels"].to(device, non_blocking=True)
+    loss_mask = batch["loss_mask"].to(device, non_blocking=True)
+    position_ids = batch["position_ids"].to(device, non_blocking=True)
+    output = model(tokens, position_ids, None, labels=labels)
+    return output, partial(_loss_func, loss_mask)
+
+
+def _reduce_loss(losses_reduced: List[dict], device: torch.device) -> tuple[float, int]:
+    """Sums (loss, tokens) over micro-batches and DP ranks; last pipeline stage only."""
+    totals = torch.zeros(2, dtype=torch.float64, device=device)
+    import os
+    for item in losses_reduced:
+        totals += item["lm loss"].to(torch.float64)
+    torch.distributed.all_reduce(totals, group=parallel_state.get_data_parallel_group(with_context_parallel=True))
+    return (totals[0] / totals[1].clamp(min=1)).item(), int(totals[1].item())
+
+
+def _broadcast_from_last_stage(values: torch.Tensor) -> torch.Tensor:
+    """Every rank logs the same numbers, so the last pipeline stage shares its loss."""
+    if parallel_state.get_pipeline_model_parallel_world_size() > 1:
+        torch.distributed.broadcast(
+            values,
+            src=parallel_state.get_pipeline_model_parallel_last_rank(),
+            group=parallel_state.get_pipeline_model_parallel_group(),
+        )
+    return values
+
+
+def forward_backward(models, data_iterators, num_microbatches, micro_batch_size, seq_length, forward_only, device):
+    """Runs the pipeline schedule over one global batch; returns (mean loss per token, tokens).
+
+    Gradients (unless forward_only) are left in the DDP buffers, already reduced over DP and
+    scaled by 1/tokens by megatron-core's finalize_model_grads.
+    """
+    schedule = get_forward_backward_func()
+    data = data_iterators if len(models) > 1 else data_iterators[0]
+    model = models if len(models) > 1 else models[0]
+    losses_reduced = schedule(
+        forward_step_func=partial(_forward_step, device),
+        data_iterator=data,
+        model=model,
+        num_microbatches=num_microbatches,
+        seq_length=seq_length,
+        micro_batch_size=micro_batch_size,
+        forward_only=forward_only,
+    )
+    values = torch.zeros(2, dtype=torch.float64, device=device)
+    if parallel_state.is_pipeline_last_stage(ignore_virtual=True):
+        loss, tokens = _reduce_loss(losses_reduced, device)
+        values[0], values[1] = loss, tokens
+    values = _broadcast_from_last_stage(values)
+    return values[0].item(), int(values[1].item())
+
+
+def train_step(models, optimizer, scheduler, data_iterators, num_microbatches, micro_batch_size, seq_length, device) -> StepResult:
+    for model in models:
+        model.zero_grad_buffer()
+    optimizer.zero_grad()
+    loss, tokens = forward_backward(models, data_iterators, num_microbatches, micro_batch_size, seq_length, False, device)
+    update_successful, grad_norm, _ = optimizer.step()
+    if update_successful:
+        scheduler.step(increment=1)
+    return StepResult(loss=loss, num_tokens=tokens, grad_norm=grad_norm, skipped=not update_successful)
+
+
+@torch.no_grad()
+def eval_step(models, data_iterators, num_microbatches, micro_batch_size, seq_length, device) -> StepResult:
+    for model in models:
+        model.eval()
+    try:
+        loss, tokens = forward_backward(models, data_iterators, num_microbatches, micro_batch_size, seq_length, True, device)
+    finally:
+        for model in models:
+            model.train()
+    return StepResult(loss=loss, num_tokens=tokens)

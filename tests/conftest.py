@@ -1,0 +1,43 @@
+"""Shared fixtures: a real corpus (the standard library's sources), its tokenizer and shards."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+
+import pytest
+
+warnings.filterwarnings("ignore", message=".*(Transformer Engine|Apex) .*not installed.*")
+
+
+@dataclass(frozen=True)
+class StdlibShards:
+    prefix: str
+    """data.paths entry: <dir>/stdlib_text_document"""
+    tokenizer_model: str
+    vocab_size: int
+
+
+@pytest.fixture(scope="session")
+def stdlib_shards(tmp_path_factory) -> StdlibShards:
+    from megatron_sota.data.preprocess import preprocess_jsonl
+    from megatron_sota.data.stdlib_corpus import write_stdlib_corpus
+    from megatron_sota.data.tokenizer_training import train_sentencepiece
+
+    # 1900 is not a multiple of 128, so the vocabulary is padded, and padding to a multiple
+    # of 128 * tp (as Megatron-LM does) would make TP=2 a different model from TP=1.
+    root = tmp_path_factory.mktemp("stdlib")
+    corpus = os.path.join(root, "stdlib.jsonl")
+    write_stdlib_corpus(corpus, max_files=150)
+    train_sentencepiece([corpus], os.path.join(root, "tok"), vocab_size=1900, quiet=True)
+    preprocess_jsonl(
+        corpus,
+        os.path.join(root, "stdlib"),
+        "SentencePieceTokenizer",
+        tokenizer_model=os.path.join(root, "tok.model"),
+        append_eod=True,
+        workers=1,
+        progress=False,
+    )
+    return StdlibShards(os.path.join(root, "stdlib_text_document"), os.path.join(root, "tok.model"), 1900)

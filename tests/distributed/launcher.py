@@ -1,0 +1,61 @@
+"""Runs a test body on N gloo ranks on CPU, each a fresh process, and returns each rank's result.
+
+The body is a module-level function (spawn pickles it by name) taking (rank, *args); its
+return value travels back through a file. A rank that raises fails the whole call.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import traceback
+from typing import Any, Callable, List
+
+import torch
+import torch.multiprocessing as mp
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _rank_main(rank: int, fn: Callable, world_size: int, port: int, out_dir: str, args: tuple) -> None:
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        OMP_NUM_THREADS="1" if world_size > 1 else os.environ.get("OMP_NUM_THREADS", "2"),
+    )
+    torch.set_num_threads(1 if world_size > 1 else 2)
+    try:
+        result = fn(rank, *args)
+    except BaseException:
+        with open(os.path.join(out_dir, f"error_{rank}.txt"), "w") as handle:
+            handle.write(traceback.format_exc())
+        raise
+    torch.save(result, os.path.join(out_dir, f"result_{rank}.pt"))
+
+
+def run_distributed(fn: Callable, world_size: int, *args: Any) -> List[Any]:
+    """Spawns `world_size` ranks running fn(rank, *args); returns their results in rank order."""
+    with tempfile.TemporaryDirectory() as out_dir:
+        try:
+            mp.start_processes(
+                _rank_main,
+                args=(fn, world_size, _free_port(), out_dir, args),
+                nprocs=world_size,
+                start_method="spawn",
+            )
+        except Exception as err:
+            errors = [
+                open(os.path.join(out_dir, name)).read()
+                for name in sorted(os.listdir(out_dir))
+                if name.startswith("error_")
+            ]
+            raise AssertionError("a rank failed:\n" + "\n".join(errors or [str(err)])) from None
+        return [torch.load(os.path.join(out_dir, f"result_{r}.pt"), weights_only=False) for r in range(world_size)]

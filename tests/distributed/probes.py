@@ -1,0 +1,82 @@
+"""Bodies of the multi-rank tests: build a real training state, run steps, gather full tensors.
+
+Everything returned is layout-free (full, un-sharded tensors under global parameter names), so
+a TP=2 or PP=2 run can be compared with a single-process one entry by entry.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Dict, Optional
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+
+from megatron_sota.config.job import JobConfig
+from megatron_sota.runtime.launch_env import read_launch_env
+from megatron_sota.runtime.session import distributed_session
+from megatron_sota.training.state import build_training_state, check_inputs
+from megatron_sota.training.step import forward_backward, train_step
+
+
+def _unshard(shards, dim: int, stride: int) -> torch.Tensor:
+    """Inverse of megatron-core's strided TP split (stride 2 = fused [gate, up] per rank)."""
+    if stride == 1:
+        return torch.cat(shards, dim)
+    pieces = [shard.chunk(stride, dim) for shard in shards]
+    return torch.cat([pieces[r][k] for k in range(stride) for r in range(len(shards))], dim)
+
+
+def _global_name(gpt_model, name: str) -> str:
+    match = re.match(r"decoder\.layers\.(\d+)\.(.*)", name)
+    if not match:
+        return name
+    layer = gpt_model.decoder.layers[int(match.group(1))]
+    return f"decoder.layers.{layer.layer_number - 1}.{match.group(2)}"
+
+
+def gather_full(models, kind: str) -> Optional[Dict[str, torch.Tensor]]:
+    """Full tensors of every parameter ('param') or its gradient ('grad') on rank 0, else None."""
+    tp_group = parallel_state.get_tensor_model_parallel_group()
+    tp_size = parallel_state.get_tensor_model_parallel_world_size()
+    local: Dict[str, torch.Tensor] = {}
+    for ddp in models:
+        gpt = ddp.module
+        for name, param in gpt.named_parameters():
+            value = (param.main_grad if kind == "grad" else param.data).detach().float().clone()
+            if getattr(param, "tensor_model_parallel", False) and tp_size > 1:
+                shards = [torch.empty_like(value) for _ in range(tp_size)]
+                dist.all_gather(shards, value, group=tp_group)
+                value = _unshard(shards, param.partition_dim, param.partition_stride)
+            local[_global_name(gpt, name)] = value
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, local)
+    if dist.get_rank() != 0:
+        return None
+    merged: Dict[str, torch.Tensor] = {}
+    for part in gathered:
+        merged.update(part)
+    return merged
+
+
+def layout_probe(rank: int, job: JobConfig, run_dir: str, steps: int) -> dict:
+    """Gradients of the first global batch, then the losses of `steps` optimizer steps and the final weights."""
+    env = read_launch_env()
+    inputs = check_inputs(job, env.world_size)
+    t = job.train
+    with distributed_session(job.parallel, "cpu", 5, t.seed, env) as session:
+        state = build_training_state(job, inputs, session, run_dir)
+        args = (state.layout.num_microbatches, t.micro_batch_size, t.seq_length)
+        for model in state.models:
+            model.zero_grad_buffer()
+        first_loss, _ = forward_backward(state.models, state.train_iterators, *args, False, session.device)
+        # With data parallelism the distributed optimizer leaves each rank only its shard of
+        # the reduced gradient; full gradients are compared for dp=1 layouts.
+        grads = gather_full(state.models, "grad") if state.layout.dp == 1 else None
+        losses = [
+            train_step(state.models, state.optimizer, state.scheduler, state.train_iterators, *args, session.device).loss
+            for _ in range(steps)
+        ]
+        params = gather_full(state.models, "param")
+        return {"first_loss": first_loss, "grads": grads, "losses": losses, "params": params}

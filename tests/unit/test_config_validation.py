@@ -1,0 +1,127 @@
+"""Config checks: impossible layouts, unknown keys and bad values fail early, naming key and value."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from megatron_sota.config.job import JobConfig, register_configs
+from megatron_sota.config.typed import check_override_keys, to_job_config
+from megatron_sota.config.validation import validate_job
+from megatron_sota.errors import MegatronSotaError
+
+CONF = os.path.join(os.path.dirname(__file__), "..", "..", "conf")
+PRESETS = sorted(f[:-5] for f in os.listdir(os.path.join(CONF, "model")) if f.endswith(".yaml"))
+
+
+def _job(**overrides) -> JobConfig:
+    job = JobConfig()
+    job.data.mock = True
+    for dotted, value in overrides.items():
+        group, key = dotted.split("__")
+        setattr(getattr(job, group), key, value)
+    return job
+
+
+def _problem(world_size: int, **overrides) -> str:
+    with pytest.raises(MegatronSotaError) as info:
+        validate_job(_job(**overrides), world_size)
+    return str(info.value)
+
+
+def test_valid_layout_derives_dp_and_microbatches():
+    layout = validate_job(_job(parallel__tp=2, train__global_batch_size=16, train__micro_batch_size=2), 8)
+    assert (layout.dp, layout.num_microbatches) == (4, 2)
+
+
+@pytest.mark.parametrize(
+    "world, overrides, expected",
+    [
+        (2, dict(parallel__tp=2, model__num_attention_heads=5, model__num_query_groups=5),
+         "model.num_attention_heads=5 is not divisible by parallel.tp=2"),
+        (2, dict(parallel__tp=2, model__num_query_groups=1), "model.num_query_groups=1 is not divisible by parallel.tp=2"),
+        (4, dict(parallel__pp=2, parallel__vpp=2, model__num_layers=6),
+         "model.num_layers=6 is not divisible by parallel.pp*parallel.vpp = 2*2 = 4"),
+        (2, dict(train__global_batch_size=6, train__micro_batch_size=2),
+         "train.global_batch_size=6 is not divisible by train.micro_batch_size*dp = 2*2 = 4"),
+        (2, dict(parallel__cp=2, train__seq_length=250), "train.seq_length=250 is not divisible by 2*parallel.cp = 4"),
+        (1, dict(parallel__sp=True), "parallel.sp=true needs parallel.tp > 1, got tp=1"),
+        (3, dict(parallel__tp=2), "world size 3 is not divisible by tp*pp*cp = 2*1*1 = 2"),
+        (1, dict(parallel__vpp=2), "parallel.vpp=2 needs parallel.pp >= 2, got pp=1"),
+        (2, dict(parallel__pp=2, parallel__vpp=2, train__global_batch_size=6, train__micro_batch_size=2),
+         "number of micro-batches (3) to be divisible by parallel.pp=2"),
+        (1, dict(train__seq_length=8192), "train.seq_length=8192 exceeds model.max_position_embeddings=4096"),
+        (1, dict(train__recompute="some"), "train.recompute must be one of none, selective, full, got 'some'"),
+        (1, dict(scheduler__name="linear"), "scheduler.name must be one of cosine, constant, wsd, got 'linear'"),
+        (1, dict(precision__dtype="fp64"), "precision.dtype must be one of auto, fp32, bf16, fp16, got 'fp64'"),
+        (1, dict(data__mock=False), "data.paths is empty"),
+        (1, dict(data__paths=["a", "b"], data__weights=[1.0], data__mock=False),
+         "data.weights has 1 entries but data.paths has 2"),
+        (1, dict(tokenizer__type="SentencePieceTokenizer"), "tokenizer.type=SentencePieceTokenizer needs tokenizer.model"),
+    ],
+)
+def test_impossible_config_is_rejected_with_a_message_naming_key_and_values(world, overrides, expected):
+    assert expected in _problem(world, **overrides)
+
+
+def test_all_problems_are_reported_at_once():
+    message = _problem(3, parallel__tp=2, parallel__sp=False, model__num_query_groups=1)
+    assert "world size 3" in message and "num_query_groups=1" in message
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("train.iterz=5", "unknown config key 'train.iterz' (did you mean 'iters'?); valid keys of 'train': iters,"),
+        ("model.hiden_size=3", "did you mean 'hidden_size'?"),
+        ("paralel.tp=2", "unknown config key 'paralel' (did you mean 'parallel'?); valid keys of the root config"),
+    ],
+)
+def test_misspelled_override_names_the_valid_keys(override, expected):
+    with pytest.raises(MegatronSotaError, match=None) as info:
+        check_override_keys([override])
+    assert expected in str(info.value)
+
+
+def test_group_choices_and_hydra_keys_are_not_checked_as_fields():
+    check_override_keys(["model=llama_8b", "hydra.run.dir=/tmp/x", "+extra=1", "parallel.tp=2", "experiment=quickstart_cpu"])
+
+
+def _compose(overrides):
+    register_configs()
+    with initialize_config_dir(config_dir=os.path.abspath(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_shipped_preset_composes_into_the_typed_config(preset):
+    job = to_job_config(_compose([f"model={preset}"]))
+    assert job.model.name == preset
+
+
+def test_appended_unknown_key_is_rejected_with_valid_keys():
+    with pytest.raises(MegatronSotaError, match="unknown config key 'model.foo'; valid keys of 'model': name,"):
+        to_job_config(_compose(["+model.foo=1"]))
+
+
+def test_overrides_of_the_documented_keys_compose():
+    job = to_job_config(
+        _compose(
+            [
+                "model=tiny", "precision=fp32", "parallel.tp=2", "parallel.pp=2", "parallel.vpp=2", "parallel.sp=true",
+                "train.iters=50", "train.global_batch_size=8", "train.micro_batch_size=2", "train.seq_length=256",
+                "train.seed=1234", "data.paths=[a,b]", "data.weights=[1,2]", "data.split=[98,1,1]",
+                "tokenizer.type=SentencePieceTokenizer", "tokenizer.model=x.model", "logging.interval=1",
+                "scheduler.warmup_iters=0",
+            ]
+        )
+    )
+    assert (job.parallel.tp, job.parallel.vpp, job.parallel.sp, job.train.iters) == (2, 2, True, 50)
+    assert job.data.weights == [1.0, 2.0] and job.precision.dtype == "fp32"
+
+
+def test_experiment_overrides_several_groups():
+    job = to_job_config(_compose(["experiment=quickstart_cpu"]))
+    assert (job.name, job.train.iters, job.scheduler.warmup_iters) == ("quickstart", 200, 30)

@@ -1,0 +1,266 @@
+"""Tests of the data tools: stdlib corpus, tokenizer training/wrapping, preprocessing, shard checks.
+
+Small corpus and vocabulary so the whole module runs in seconds; no GPU, no network.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy
+import pytest
+from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+from megatron_sota.data.preprocess import preprocess_jsonl
+from megatron_sota.data.shard_checks import check_shards
+from megatron_sota.data.stdlib_corpus import write_stdlib_corpus
+from megatron_sota.data.tokenizer import NullTokenizer, SentencePieceTokenizer, build_tokenizer
+from megatron_sota.data.tokenizer_training import train_sentencepiece
+from megatron_sota.errors import MegatronSotaError
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+VOCAB_SIZE = 1000
+MAX_FILES = 60
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    return tmp_path_factory.mktemp("data_tools")
+
+
+@pytest.fixture(scope="module")
+def corpus(workdir: pathlib.Path) -> pathlib.Path:
+    path = workdir / "corpus.jsonl"
+    stats = write_stdlib_corpus(str(path), max_files=MAX_FILES)
+    assert stats.docs == MAX_FILES
+    return path
+
+
+@pytest.fixture(scope="module")
+def docs(corpus: pathlib.Path) -> list[str]:
+    return [json.loads(line)["text"] for line in corpus.read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(corpus: pathlib.Path, workdir: pathlib.Path) -> SentencePieceTokenizer:
+    result = train_sentencepiece(
+        [str(corpus)], str(workdir / "spm"), vocab_size=VOCAB_SIZE, quiet=True
+    )
+    return SentencePieceTokenizer(result.model_path)
+
+
+def _preprocess(
+    corpus: pathlib.Path, prefix: pathlib.Path, tokenizer: SentencePieceTokenizer, **kw
+):
+    return preprocess_jsonl(
+        str(corpus),
+        str(prefix),
+        "SentencePieceTokenizer",
+        tokenizer_model=tokenizer.model_path,
+        append_eod=True,
+        progress=False,
+        **kw,
+    )
+
+
+# --- stdlib corpus -------------------------------------------------------------------------
+
+
+def test_corpus_is_deterministic_and_filtered(corpus: pathlib.Path, docs: list[str], tmp_path):
+    again = tmp_path / "again.jsonl"
+    write_stdlib_corpus(str(again), max_files=MAX_FILES)
+    assert again.read_bytes() == corpus.read_bytes()
+    assert len(docs) == MAX_FILES
+    assert all(len(text) >= 200 for text in docs)
+    assert not list(tmp_path.glob("*.tmp-*"))
+
+
+def test_corpus_heldout_split_partitions_documents(docs: list[str], tmp_path):
+    main, held = tmp_path / "main.jsonl", tmp_path / "held.jsonl"
+    stats = write_stdlib_corpus(
+        str(main), max_files=MAX_FILES, heldout_path=str(held), heldout_fraction=0.3
+    )
+    main_docs = [json.loads(line)["text"] for line in main.read_text(encoding="utf-8").splitlines()]
+    held_docs = [json.loads(line)["text"] for line in held.read_text(encoding="utf-8").splitlines()]
+    assert (stats.docs, stats.heldout_docs) == (len(main_docs), len(held_docs))
+    assert 0 < len(held_docs) < MAX_FILES
+    assert sorted(main_docs + held_docs) == sorted(docs)
+
+
+# --- tokenizer -----------------------------------------------------------------------------
+
+
+def test_tokenizer_round_trips_code_and_unicode(tokenizer: SentencePieceTokenizer, docs: list[str]):
+    code = "def f(x):\n\tif x:\n        return 'héllo ☃ 日本'  \n\n"
+    samples = docs[:5] + [code, "  leading spaces"]
+    for text in samples:
+        ids = tokenizer.tokenize(text)
+        assert ids and all(0 <= i < VOCAB_SIZE for i in ids)
+        assert tokenizer.detokenize(ids) == text
+    # Trained BPE merges must compress; pure byte fallback would give >= 1 token per byte.
+    assert len(tokenizer.tokenize(docs[0])) < len(docs[0].encode("utf-8")) / 2
+
+
+def test_tokenizer_special_ids_and_vocab(tokenizer: SentencePieceTokenizer):
+    assert tokenizer.vocab_size == VOCAB_SIZE
+    assert (tokenizer.eod, tokenizer.bos, tokenizer.pad) == (2, 1, 3)
+    assert len(tokenizer.vocab) == VOCAB_SIZE
+    assert all(tokenizer.vocab[piece] == i for i, piece in tokenizer.inv_vocab.items())
+
+
+def test_missing_model_file_names_the_path(tmp_path):
+    missing = tmp_path / "nope.model"
+    with pytest.raises(MegatronSotaError, match="nope.model"):
+        build_tokenizer("SentencePieceTokenizer", str(missing))
+    with pytest.raises(MegatronSotaError, match="GPT2BPETokenizer"):
+        build_tokenizer("GPT2BPETokenizer", str(missing))
+
+
+def test_null_tokenizer():
+    tok = build_tokenizer("NullTokenizer", None, vocab_size=100)
+    assert isinstance(tok, NullTokenizer)
+    assert tok.tokenize(" 5 7\n98 ") == [5, 7, 98]
+    assert tok.detokenize([5, 7]) == "5 7"
+    assert tok.eod == 99
+    with pytest.raises(MegatronSotaError, match="100"):
+        tok.tokenize("3 100")
+
+
+def test_training_is_reproducible(corpus: pathlib.Path, tmp_path):
+    models = []
+    for name in ("a", "b"):
+        result = train_sentencepiece([str(corpus)], str(tmp_path / name), vocab_size=VOCAB_SIZE,
+                                     input_sentence_size=500, quiet=True)
+        tok = SentencePieceTokenizer(result.model_path)
+        models.append([tok.inv_vocab[i] for i in range(tok.vocab_size)])
+    assert models[0] == models[1]
+
+
+# --- preprocess ----------------------------------------------------------------------------
+
+
+def test_preprocess_with_workers_keeps_input_order(corpus, docs, tokenizer, tmp_path):
+    prefix = tmp_path / "out"
+    stats = _preprocess(corpus, prefix, tokenizer, workers=2, chunksize=3)
+    dataset = IndexedDataset(str(tmp_path / "out_text_document"))
+    assert len(dataset) == len(docs) == stats.documents
+    for i, text in enumerate(docs):
+        assert dataset[i].tolist() == tokenizer.tokenize(text) + [tokenizer.eod]
+    assert stats.tokens == int(dataset.sequence_lengths.sum())
+    assert dataset.index.dtype == numpy.uint16
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert written == ["out_text_document.bin", "out_text_document.idx"]
+
+
+def test_preprocess_skips_and_counts_bad_lines(tokenizer, tmp_path):
+    good = ["x = 1\n", "def f():\n    pass\n", "print('ok')"]
+    raw = [
+        json.dumps({"text": good[0]}).encode(),
+        b"{not json",
+        json.dumps({"body": "no text key"}).encode(),
+        json.dumps({"text": good[1]}).encode(),
+        json.dumps({"text": ""}).encode(),
+        b"",
+        json.dumps([1, 2]).encode(),
+        json.dumps({"text": 3}).encode(),
+        b'{"text": "\xff\xfe"}',
+        json.dumps({"text": good[2]}).encode(),
+    ]
+    source = tmp_path / "mixed.jsonl.gz"
+    with gzip.open(source, "wb") as f:
+        f.write(b"\n".join(raw) + b"\n")
+    stats = _preprocess(source, tmp_path / "mixed", tokenizer, workers=2, chunksize=1)
+    assert stats.documents == 3
+    assert dict(stats.skipped) == {
+        "malformed_json": 2, "missing_key": 1, "empty": 2, "not_a_string": 1, "not_utf8": 1,
+    }
+    dataset = IndexedDataset(str(tmp_path / "mixed_text_document"))
+    assert [dataset[i].tolist() for i in range(len(dataset))] == [
+        tokenizer.tokenize(text) + [tokenizer.eod] for text in good
+    ]
+
+
+def test_failed_preprocess_leaves_no_files(tmp_path):
+    source = tmp_path / "ids.jsonl"
+    lines = [json.dumps({"text": "1 2 3"})] * 50 + [json.dumps({"text": "1 999"})]
+    source.write_text("\n".join(lines) + "\n")
+    with pytest.raises(MegatronSotaError, match=r"ids.jsonl line 51.*999"):
+        preprocess_jsonl(
+            str(source), str(tmp_path / "ids"), "NullTokenizer", vocab_size=10, progress=False
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ids.jsonl"]
+
+
+def test_preprocess_cli_with_two_workers(corpus, docs, tokenizer, tmp_path):
+    prefix = tmp_path / "cli"
+    proc = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "tools" / "preprocess_data.py"),
+         "--input", str(corpus), "--output-prefix", str(prefix),
+         "--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", tokenizer.model_path,
+         "--append-eod", "--workers", "2", "--no-progress"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"documents: {len(docs)}" in proc.stdout
+    dataset = IndexedDataset(str(tmp_path / "cli_text_document"))
+    assert [dataset[i].tolist() for i in range(len(dataset))] == [
+        tokenizer.tokenize(text) + [tokenizer.eod] for text in docs
+    ]
+
+
+# --- shard checks --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shard(corpus, tokenizer, workdir) -> str:
+    _preprocess(corpus, workdir / "shard", tokenizer, workers=1)
+    return str(workdir / "shard_text_document")
+
+
+def test_check_shards_returns_token_counts(shard: str):
+    dataset = IndexedDataset(shard)  # keep alive: its index arrays view an mmap closed on delete
+    expected = int(dataset.sequence_lengths.sum())
+    assert check_shards([shard, shard], VOCAB_SIZE) == [expected, expected]
+
+
+def test_check_shards_missing_prefix(shard: str, tmp_path):
+    missing = str(tmp_path / "absent_text_document")
+    with pytest.raises(MegatronSotaError, match=r"data\.paths\[1\].*absent_text_document\.bin"):
+        check_shards([shard, missing], VOCAB_SIZE)
+
+
+def test_check_shards_corrupted_magic(shard: str, tmp_path):
+    bad = tmp_path / "bad_text_document"
+    data = bytearray(pathlib.Path(shard + ".idx").read_bytes())
+    data[:9] = b"NOTANIDX!"
+    (tmp_path / "bad_text_document.idx").write_bytes(bytes(data))
+    (tmp_path / "bad_text_document.bin").write_bytes(pathlib.Path(shard + ".bin").read_bytes())
+    with pytest.raises(MegatronSotaError) as err:
+        check_shards([str(bad)], VOCAB_SIZE)
+    message = str(err.value)
+    assert "bad_text_document.idx" in message and "MMIDIDX" in message and "NOTANIDX" in message
+
+
+def test_check_shards_token_id_outside_vocab(shard: str):
+    dataset = IndexedDataset(shard)
+    max_id = max(int(dataset[i].max()) for i in range(len(dataset)))
+    assert check_shards([shard], max_id + 1)  # exactly big enough passes
+    with pytest.raises(MegatronSotaError) as err:
+        check_shards([shard], max_id)
+    message = str(err.value)
+    assert f"vocabulary has {max_id} tokens" in message
+    assert f"token id {max_id}" in message
+    assert os.path.basename(shard) + ".bin" in message
+
+
+def test_check_shards_truncated_bin(shard: str, tmp_path):
+    cut = tmp_path / "cut_text_document"
+    (tmp_path / "cut_text_document.idx").write_bytes(pathlib.Path(shard + ".idx").read_bytes())
+    (tmp_path / "cut_text_document.bin").write_bytes(pathlib.Path(shard + ".bin").read_bytes()[:-2])
+    with pytest.raises(MegatronSotaError, match="cut_text_document.bin"):
+        check_shards([str(cut)], VOCAB_SIZE)
