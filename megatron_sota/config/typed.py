@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import typing
 from typing import Any, Iterable
 
 from omegaconf import DictConfig, OmegaConf
@@ -27,25 +28,21 @@ def _unknown_key_error(path: str, schema: type, key: str) -> MegatronSotaError:
     )
 
 
+def _sub_schemas(schema: type) -> dict[str, type | None]:
+    """Field name -> the dataclass type of that field (None for plain values)."""
+    hints = typing.get_type_hints(schema)
+    return {f.name: (hints[f.name] if dataclasses.is_dataclass(hints[f.name]) else None) for f in dataclasses.fields(schema)}
+
+
 def check_keys(node: Any, schema: type, path: str = "") -> None:
     """Raises for the first key of ``node`` (a mapping) that ``schema`` (a dataclass) lacks."""
-    fields = {f.name: f for f in dataclasses.fields(schema)}
+    fields = _sub_schemas(schema)
     for key in node.keys():
         if key not in fields:
             raise _unknown_key_error(path, schema, str(key))
-        field_type = fields[key].type
-        sub_schema = _dataclass_named(field_type)
         value = node[key]
-        if sub_schema is not None and isinstance(value, (dict, DictConfig)):
-            check_keys(value, sub_schema, f"{path}.{key}" if path else str(key))
-
-
-def _dataclass_named(type_name: Any) -> type | None:
-    from megatron_sota.config import job
-
-    name = type_name if isinstance(type_name, str) else getattr(type_name, "__name__", "")
-    candidate = getattr(job, name, None)
-    return candidate if dataclasses.is_dataclass(candidate) else None
+        if fields[key] is not None and isinstance(value, (dict, DictConfig)):
+            check_keys(value, fields[key], f"{path}.{key}" if path else str(key))
 
 
 def check_override_keys(overrides: Iterable[str]) -> None:
@@ -56,16 +53,15 @@ def check_override_keys(overrides: Iterable[str]) -> None:
         dotted = override.split("=", 1)[0]
         if "." not in dotted or "@" in dotted:
             continue  # a group choice such as model=tiny; Hydra lists the available options itself
-        parts = dotted.split(".")
         schema: type | None = JobConfig
         path = ""
-        for part in parts:
+        for part in dotted.split("."):
             if schema is None:
-                break
-            fields = {f.name: f for f in dataclasses.fields(schema)}
+                break  # below a plain value (a list or dict field): nothing to check
+            fields = _sub_schemas(schema)
             if part not in fields:
                 raise _unknown_key_error(path, schema, part)
-            schema = _dataclass_named(fields[part].type)
+            schema = fields[part]
             path = f"{path}.{part}" if path else part
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import os
 import random
 from dataclasses import dataclass
 from typing import Iterator, Optional
@@ -70,8 +69,6 @@ def distributed_session(
             torch.cuda.set_device(env.local_rank % torch.cuda.device_count())
             torch_device = torch.device("cuda", torch.cuda.current_device())
             backend = "nccl"
-        os.environ.setdefault("MASTER_ADDR", env.master_addr)
-        os.environ.setdefault("MASTER_PORT", str(env.master_port))
         if not dist.is_initialized():
             dist.init_process_group(
                 backend=backend,
@@ -95,9 +92,10 @@ def distributed_session(
         model_parallel_cuda_manual_seed(seed)
         seed_everything(seed)
         yield Session(env=env, device=torch_device)
+        # Only on success: after an error the other ranks may never reach a barrier.
+        dist.barrier()
 
 
 def _destroy_process_group() -> None:
     if dist.is_initialized():
-        dist.barrier()
         dist.destroy_process_group()

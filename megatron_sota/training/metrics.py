@@ -49,6 +49,8 @@ class StepMetrics:
     mfu: Optional[float]
     memory_gib: Optional[float]
     loss_scale: Optional[float] = None
+    skipped: bool = False
+    """fp16: the loss scaler found inf/nan gradients and skipped the update."""
     eta_s: Optional[float] = None
     """Remaining wall time at the mean step time so far."""
 
@@ -82,6 +84,8 @@ class MetricsWriter:
             f"step {m.step_time_s * 1000:.0f} ms",
             f"MFU {m.mfu * 100:.1f}%" if m.mfu is not None else "MFU n/a",
             f"mem {m.memory_gib:.2f} GiB" if m.memory_gib is not None else "",
+            f"loss scale {m.loss_scale:g}" if m.loss_scale is not None else "",
+            "SKIPPED (inf/nan grads)" if m.skipped else "",
             f"ETA {_clock(m.eta_s)}" if m.eta_s is not None else "",
         ]
         print(" | ".join(p for p in parts if p), flush=True)

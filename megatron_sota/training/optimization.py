@@ -28,7 +28,8 @@ def wrap_for_training(
         overlap_grad_reduce=parallel.overlap_grad_reduce,
         overlap_param_gather=parallel.overlap_param_gather,
         use_distributed_optimizer=parallel.distributed_optimizer,
-        check_for_nan_in_grad=True,
+        # fp16's loss scaler expects overflowing gradients now and then and skips those steps.
+        check_for_nan_in_grad=not config.fp16,
     )
     wrapped = []
     for index, chunk in enumerate(chunks):

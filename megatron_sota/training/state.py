@@ -87,6 +87,9 @@ def build_training_state(job: JobConfig, inputs: CheckedInputs, session: Session
     chunks = build_model_chunks(job.model, config, inputs.padded_vocab, t.seq_length, t.seed, use_te)
     models = wrap_for_training(chunks, config, job.parallel, session.device)
     optimizer = build_optimizer(job.optimizer, job.scheduler, job.parallel, config, job.precision.initial_loss_scale, models)
+    # The schedules multiply each micro-batch loss by the current loss scale (1 unless fp16);
+    # the optimizer divides the gradients by it again before clipping and the update.
+    config.grad_scale_func = optimizer.scale_loss
     scheduler = build_scheduler(optimizer, job.optimizer, job.scheduler, t.iters)
     counts = sample_counts(t.iters, t.global_batch_size, t.eval_interval, t.eval_iters)
     cache_dir = job.data.cache_dir or os.path.join(run_dir, "data_cache")

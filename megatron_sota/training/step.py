@@ -44,7 +44,6 @@ def _forward_step(device: torch.device, data_iterator: Iterator[dict], model):
 def _reduce_loss(losses_reduced: List[dict], device: torch.device) -> tuple[float, int]:
     """Sums (loss, tokens) over micro-batches and DP ranks; last pipeline stage only."""
     totals = torch.zeros(2, dtype=torch.float64, device=device)
-    import os
     for item in losses_reduced:
         totals += item["lm loss"].to(torch.float64)
     torch.distributed.all_reduce(totals, group=parallel_state.get_data_parallel_group(with_context_parallel=True))

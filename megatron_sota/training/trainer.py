@@ -145,6 +145,7 @@ def _loop(state: TrainingState, writer: MetricsWriter, summary: TrainSummary) ->
                     mfu=(flops_per_step / elapsed / layout.world_size / peak) if peak else None,
                     memory_gib=memory_gib(device),
                     loss_scale=state.optimizer.get_loss_scale().item() if state.config.fp16 else None,
+                    skipped=result.skipped,
                     eta_s=(time.perf_counter() - start) / step * (t.iters - step),
                 )
             )

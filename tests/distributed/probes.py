@@ -80,3 +80,25 @@ def layout_probe(rank: int, job: JobConfig, run_dir: str, steps: int) -> dict:
         ]
         params = gather_full(state.models, "param")
         return {"first_loss": first_loss, "grads": grads, "losses": losses, "params": params}
+
+
+def step_stats_probe(rank: int, job: JobConfig, run_dir: str, steps: int) -> list[dict]:
+    """Loss, gradient norm, skip flag and loss scale of each of `steps` optimizer steps."""
+    env = read_launch_env()
+    inputs = check_inputs(job, env.world_size)
+    t = job.train
+    with distributed_session(job.parallel, "cpu", 5, t.seed, env) as session:
+        state = build_training_state(job, inputs, session, run_dir)
+        args = (state.layout.num_microbatches, t.micro_batch_size, t.seq_length, session.device)
+        stats = []
+        for _ in range(steps):
+            result = train_step(state.models, state.optimizer, state.scheduler, state.train_iterators, *args)
+            stats.append(
+                {
+                    "loss": result.loss,
+                    "grad_norm": result.grad_norm,
+                    "skipped": result.skipped,
+                    "loss_scale": float(state.optimizer.get_loss_scale().item()),
+                }
+            )
+        return stats

@@ -111,3 +111,12 @@ def test_startup_parameter_count_matches_the_built_model(stdlib_shards, referenc
 
     built = sum(tensor.numel() for tensor in reference["params"].values())
     assert built == count_params(JobConfig().model, padded_vocab_size(stdlib_shards.vocab_size, 128, 1)).total
+
+
+@pytest.mark.parametrize("recompute", ["selective", "full"])
+def test_activation_recompute_gives_the_same_training(stdlib_shards, tmp_path, reference, recompute):
+    job = _job(stdlib_shards)
+    job.train.recompute = recompute
+    run = run_distributed(layout_probe, 1, job, str(tmp_path), STEPS)[0]
+    _assert_same_losses(run, reference)
+    _assert_same_tensors(run, reference, "grads", rtol=1e-5, atol=1e-8)

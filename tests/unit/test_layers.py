@@ -56,3 +56,16 @@ def test_rms_norm_matches_torch_and_marks_weight_for_sequence_parallel():
     x = torch.randn(5, 2, 64)
     torch.testing.assert_close(norm(x), reference(x))
     assert norm.weight.sequence_parallel is True
+
+
+def test_fp8_without_transformer_engine_is_a_clear_error():
+    from megatron_sota.config.model import ModelConfig
+    from megatron_sota.config.optim import PrecisionConfig
+    from megatron_sota.config.parallel import ParallelConfig
+    from megatron_sota.errors import MegatronSotaError
+    from megatron_sota.model.gpt_builder import build_transformer_config
+
+    with pytest.raises(MegatronSotaError, match="precision.fp8=hybrid needs Transformer Engine"):
+        build_transformer_config(
+            ModelConfig(), ParallelConfig(), PrecisionConfig(dtype="bf16", fp8="hybrid"), "none", "cpu", use_te=False
+        )
