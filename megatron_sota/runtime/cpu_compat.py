@@ -133,11 +133,10 @@ def _cuda_stand_ins() -> dict[tuple[Any, str], Any]:
 def cpu_backend() -> Iterator[None]:
     """Makes megatron-core's CUDA assumptions hold on the CPU for the duration of the block.
 
-    Meant to wrap a whole CPU run (``runtime.session``): the patches are process-wide while
-    active and are undone on exit, so nothing leaks into code that runs afterwards.
+    Meant to wrap a whole CPU run (``runtime.session`` enters it only for runtime.device=cpu,
+    also on a GPU machine): the patches are process-wide while active and are undone on exit,
+    so nothing leaks into code that runs afterwards.
     """
-    if torch.cuda.is_available():
-        raise RuntimeError("cpu_backend() must not be used on a machine with CUDA devices")
     # torch.compile (megatron-core's jit_fuser, at import) indexes torch.cuda's functions once;
     # index the real ones before any stand-in is in place.
     from torch._dynamo.trace_rules import get_torch_obj_rule_map
