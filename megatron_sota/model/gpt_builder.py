@@ -54,6 +54,11 @@ def build_transformer_config(
             f"precision.fp8={precision.fp8} needs Transformer Engine, which is not importable here "
             "(set precision.fp8=null, or run in the NGC container on a GPU)"
         )
+    if parallel.cp > 1 and not use_te:
+        raise MegatronSotaError(
+            f"parallel.cp={parallel.cp} needs Transformer Engine's attention, which is not in use here "
+            "(set parallel.cp=1, or run with Transformer Engine on a GPU)"
+        )
     params_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
     recompute_kwargs = {}
     if recompute == "selective":

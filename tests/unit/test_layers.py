@@ -69,3 +69,14 @@ def test_fp8_without_transformer_engine_is_a_clear_error():
         build_transformer_config(
             ModelConfig(), ParallelConfig(), PrecisionConfig(dtype="bf16", fp8="hybrid"), "none", "cpu", use_te=False
         )
+
+
+def test_context_parallel_without_transformer_engine_is_a_clear_error():
+    from megatron_sota.config.model import ModelConfig
+    from megatron_sota.config.optim import PrecisionConfig
+    from megatron_sota.config.parallel import ParallelConfig
+    from megatron_sota.errors import MegatronSotaError
+    from megatron_sota.model.gpt_builder import build_transformer_config
+
+    with pytest.raises(MegatronSotaError, match="parallel.cp=2 needs Transformer Engine"):
+        build_transformer_config(ModelConfig(), ParallelConfig(cp=2), PrecisionConfig(), "none", "cpu", use_te=False)
