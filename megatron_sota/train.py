@@ -45,11 +45,13 @@ def _main(cfg: DictConfig) -> None:
 
     run_dir = HydraConfig.get().runtime.output_dir
     try:
-        pretrain(to_job_config(cfg), run_dir, command_line=" ".join(sys.argv))
+        summary = pretrain(to_job_config(cfg), run_dir, command_line=" ".join(sys.argv))
     except MegatronSotaError as err:
-        # Raised before training for a user's mistake: one message, no traceback.
+        # A user's mistake (bad config, data or checkpoint) or a diverged run: one message, no traceback.
         print(f"error: {err}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        sys.exit(getattr(err, "exit_code", 2))
+    if summary.exit_code:
+        sys.exit(summary.exit_code)  # preempted after saving: a launcher may requeue
 
 
 def main() -> None:

@@ -22,6 +22,12 @@ class TrainConfig:
     """Global batches averaged for one validation loss."""
     recompute: str = "none"
     """Activation recomputation: none, selective (attention core) or full (whole layers)."""
+    exit_duration_minutes: Optional[float] = None
+    """Save and exit (code 75) before this much wall time has passed; null for no budget."""
+    max_skipped_steps: int = 5
+    """Stop after this many consecutive steps skipped for a non-finite loss or gradient norm."""
+    loss_spike_factor: float = 3.0
+    """Log a loss spike when the loss exceeds this factor times its recent mean; 0 disables."""
 
 
 @dataclass
@@ -52,10 +58,21 @@ class TokenizerConfig:
 
 @dataclass
 class CheckpointConfig:
-    save: Optional[str] = None
-    """Checkpoint directory; <run_dir>/checkpoints when null."""
-    resume: bool = False
-    """Allow starting in a directory that already holds checkpoints (and continue from them)."""
+    dir: Optional[str] = None
+    """Checkpoint directory (iter_NNNNNNN/ folders + tracker file); <run_dir>/checkpoints when null."""
+    interval: int = 0
+    """Save every this many iterations; 0 saves only at the end (and on a stop signal)."""
+    keep: int = 2
+    """Complete checkpoints kept; older ones are deleted only once a newer one is complete."""
+    resume: str = "auto"
+    """auto (latest complete checkpoint in `dir`, if any), never, or a checkpoint path."""
+    load_optimizer: bool = True
+    """false: restart from the weights only (fresh optimizer, scheduler and data order)."""
+    async_save: bool = False
+    """Write checkpoints from a background process while training goes on."""
+    exit_on_signal: bool = True
+    """On SIGTERM/SIGUSR1: finish the step, save, exit with the 'preempted' code (75)."""
+    save_at_end: bool = True
 
 
 @dataclass

@@ -24,12 +24,12 @@ class SampleCounts:
     test: int
 
 
-def sample_counts(iters: int, global_batch_size: int, eval_interval: int, eval_iters: int) -> SampleCounts:
+def sample_counts(iters: int, global_batch_size: int, eval_iters: int) -> SampleCounts:
     """How many sequences each split must provide for a run of `iters` steps."""
-    evals = (iters // eval_interval + 1) if eval_interval > 0 else 1
+    # Every validation reads the same first eval_iters batches, so they are comparable over time.
     return SampleCounts(
         train=iters * global_batch_size,
-        valid=evals * eval_iters * global_batch_size,
+        valid=eval_iters * global_batch_size,
         test=eval_iters * global_batch_size,
     )
 

@@ -55,6 +55,22 @@ class StepMetrics:
     """Remaining wall time at the mean step time so far."""
 
 
+def drop_rows_after(run_dir: str, step: int) -> int:
+    """Removes metrics.jsonl rows of steps after `step` (a resumed run logs them again); returns how many."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return 0
+    with open(path) as handle:
+        lines = handle.readlines()
+    kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+    if len(kept) != len(lines):
+        tmp = path + ".tmp"
+        with open(tmp, "w") as handle:
+            handle.writelines(kept)
+        os.replace(tmp, path)
+    return len(lines) - len(kept)
+
+
 class MetricsWriter:
     """Rank 0's sinks for metrics: console, TensorBoard (optional) and <run_dir>/metrics.jsonl."""
 

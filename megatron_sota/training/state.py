@@ -61,12 +61,22 @@ class TrainingState:
     """One megatron-core DDP-wrapped GPTModel per virtual pipeline stage on this rank."""
     optimizer: Any
     scheduler: Any
-    train_iterators: Optional[list]
-    valid_iterators: Optional[list]
+    train_dataset: Any
+    valid_dataset: Any
+    train_iterators: Optional[list] = None
+    """Set by start_data once the consumed-sample count (0, or a checkpoint's) is known."""
 
     @property
     def layout(self) -> Layout:
         return self.inputs.layout
+
+    def start_data(self, consumed_samples: int) -> None:
+        """Training batches continue right after the `consumed_samples` already seen."""
+        self.train_iterators = _iterators(self.train_dataset, self.job, self.layout, consumed_samples, len(self.models))
+
+    def valid_iterators(self) -> Optional[list]:
+        """Fresh iterators over the validation split: every validation sees the same batches."""
+        return _iterators(self.valid_dataset, self.job, self.layout, 0, len(self.models))
 
 
 def _iterators(dataset, job: JobConfig, layout: Layout, consumed: int, chunks: int):
@@ -91,7 +101,7 @@ def build_training_state(job: JobConfig, inputs: CheckedInputs, session: Session
     # the optimizer divides the gradients by it again before clipping and the update.
     config.grad_scale_func = optimizer.scale_loss
     scheduler = build_scheduler(optimizer, job.optimizer, job.scheduler, t.iters)
-    counts = sample_counts(t.iters, t.global_batch_size, t.eval_interval, t.eval_iters)
+    counts = sample_counts(t.iters, t.global_batch_size, t.eval_iters)
     cache_dir = job.data.cache_dir or os.path.join(run_dir, "data_cache")
     train_ds, valid_ds, _ = build_datasets(
         job.data, inputs.tokenizer, t.seq_length, t.seed, counts, cache_dir, inputs.token_counts
@@ -105,6 +115,6 @@ def build_training_state(job: JobConfig, inputs: CheckedInputs, session: Session
         models=models,
         optimizer=optimizer,
         scheduler=scheduler,
-        train_iterators=_iterators(train_ds, job, inputs.layout, 0, len(models)),
-        valid_iterators=_iterators(valid_ds, job, inputs.layout, 0, len(models)),
+        train_dataset=train_ds,
+        valid_dataset=valid_ds,
     )

@@ -5,6 +5,7 @@ It computes losses and gradients and applies the optimizer; it must not log or s
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import partial
 from typing import Iterator, List, Optional
@@ -21,24 +22,28 @@ class StepResult:
     num_tokens: int
     grad_norm: Optional[float] = None
     skipped: bool = False
+    skip_reason: Optional[str] = None
+    """'overflow' (fp16 loss scaler backs off) or 'non-finite' (NaN/Inf loss or gradient norm)."""
 
 
-def _loss_func(loss_mask: torch.Tensor, per_token_loss: torch.Tensor):
+def _loss_func(loss_mask: torch.Tensor, poison: bool, per_token_loss: torch.Tensor):
     mask = loss_mask.view(-1).float()
     loss_sum = torch.sum(per_token_loss.view(-1).float() * mask)
+    if poison:  # fault injection (tests): a NaN loss, hence NaN gradients
+        loss_sum = loss_sum * float("nan")
     num_tokens = mask.sum().to(torch.int)
     report = torch.stack([loss_sum.detach(), mask.sum().detach()])
     return loss_sum, num_tokens, {"lm loss": report}
 
 
-def _forward_step(device: torch.device, data_iterator: Iterator[dict], model):
+def _forward_step(device: torch.device, poison: bool, data_iterator: Iterator[dict], model):
     batch = next(data_iterator)
     tokens = batch["tokens"].to(device, non_blocking=True)
     labels = batch["labels"].to(device, non_blocking=True)
     loss_mask = batch["loss_mask"].to(device, non_blocking=True)
     position_ids = batch["position_ids"].to(device, non_blocking=True)
     output = model(tokens, position_ids, None, labels=labels)
-    return output, partial(_loss_func, loss_mask)
+    return output, partial(_loss_func, loss_mask, poison)
 
 
 def _reduce_loss(losses_reduced: List[dict], device: torch.device) -> tuple[float, int]:
@@ -61,7 +66,9 @@ def _broadcast_from_last_stage(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
-def forward_backward(models, data_iterators, num_microbatches, micro_batch_size, seq_length, forward_only, device):
+def forward_backward(
+    models, data_iterators, num_microbatches, micro_batch_size, seq_length, forward_only, device, poison=False
+):
     """Runs the pipeline schedule over one global batch; returns (mean loss per token, tokens).
 
     Gradients (unless forward_only) are left in the DDP buffers, already reduced over DP and
@@ -71,7 +78,7 @@ def forward_backward(models, data_iterators, num_microbatches, micro_batch_size,
     data = data_iterators if len(models) > 1 else data_iterators[0]
     model = models if len(models) > 1 else models[0]
     losses_reduced = schedule(
-        forward_step_func=partial(_forward_step, device),
+        forward_step_func=partial(_forward_step, device, poison),
         data_iterator=data,
         model=model,
         num_microbatches=num_microbatches,
@@ -87,15 +94,35 @@ def forward_backward(models, data_iterators, num_microbatches, micro_batch_size,
     return values[0].item(), int(values[1].item())
 
 
-def train_step(models, optimizer, scheduler, data_iterators, num_microbatches, micro_batch_size, seq_length, device) -> StepResult:
+def _apply_update(optimizer, loss: float) -> tuple[bool, Optional[float], Optional[str]]:
+    """megatron-core's optimizer step, split so that a non-finite step is skipped, not applied.
+
+    Every rank takes the same decision: the loss is shared by all ranks and the gradient norm
+    is reduced over the whole model.
+    """
+    if optimizer.prepare_grads():  # fp16: inf/nan after unscaling; the scaler has backed off
+        return False, None, "overflow"
+    clip_grad = optimizer.config.clip_grad
+    grad_norm = optimizer.clip_grad_norm(clip_grad) if clip_grad > 0 else optimizer.get_grad_norm()
+    if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+        return False, grad_norm, "non-finite"
+    return optimizer.step_with_ready_grads(), grad_norm, None
+
+
+def train_step(
+    models, optimizer, scheduler, data_iterators, num_microbatches, micro_batch_size, seq_length, device,
+    poison: bool = False,
+) -> StepResult:
     for model in models:
         model.zero_grad_buffer()
     optimizer.zero_grad()
-    loss, tokens = forward_backward(models, data_iterators, num_microbatches, micro_batch_size, seq_length, False, device)
-    update_successful, grad_norm, _ = optimizer.step()
-    if update_successful:
+    loss, tokens = forward_backward(
+        models, data_iterators, num_microbatches, micro_batch_size, seq_length, False, device, poison
+    )
+    updated, grad_norm, reason = _apply_update(optimizer, loss)
+    if updated:
         scheduler.step(increment=1)
-    return StepResult(loss=loss, num_tokens=tokens, grad_norm=grad_norm, skipped=not update_successful)
+    return StepResult(loss=loss, num_tokens=tokens, grad_norm=grad_norm, skipped=not updated, skip_reason=reason)
 
 
 @torch.no_grad()

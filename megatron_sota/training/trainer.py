@@ -1,4 +1,4 @@
-"""The pretraining loop: checks inputs, builds the training state, steps, validates and logs.
+"""The pretraining loop: checks inputs, resumes, steps, validates, logs, saves and stops cleanly.
 
 Callable in-process (tests, notebooks) as well as from the Hydra entry point; it never
 parses command lines and reads no global state but the launcher's environment.
@@ -6,21 +6,31 @@ parses command lines and reads no global state but the launcher's environment.
 
 from __future__ import annotations
 
-import glob
 import os
 import time
 from dataclasses import dataclass, field
-from typing import List
+from typing import List, Optional
 
 import torch
 from omegaconf import OmegaConf
 
+from megatron_sota.checkpointing import paths
+from megatron_sota.checkpointing.manager import CheckpointManager, Progress, checkpoint_layout, resolve_resume
 from megatron_sota.config.job import JobConfig
 from megatron_sota.errors import MegatronSotaError
 from megatron_sota.model.param_count import count_params, format_count, train_flops_per_token
 from megatron_sota.runtime.launch_env import read_launch_env
 from megatron_sota.runtime.session import distributed_session
-from megatron_sota.training.metrics import MetricsWriter, StepMetrics, memory_gib, peak_flops_per_device
+from megatron_sota.training.fault_injection import FaultPlan, read_fault_plan
+from megatron_sota.training.health import LossHealth
+from megatron_sota.training.metrics import (
+    MetricsWriter,
+    StepMetrics,
+    drop_rows_after,
+    memory_gib,
+    peak_flops_per_device,
+)
+from megatron_sota.training.preemption import PREEMPTED_EXIT_CODE, StopWatch
 from megatron_sota.training.state import TrainingState, build_training_state, check_inputs
 from megatron_sota.training.step import eval_step, train_step
 
@@ -28,37 +38,45 @@ from megatron_sota.training.step import eval_step, train_step
 @dataclass
 class TrainSummary:
     losses: List[float] = field(default_factory=list)
-    """Per-step training loss (mean per token over the global batch)."""
+    """Per-step training loss of the steps this process ran (mean per token over the global batch)."""
+    first_step: int = 1
+    """The step losses[0] belongs to (> 1 after a resume)."""
     val_losses: List[float] = field(default_factory=list)
     tokens_per_s: float = 0.0
     """Mean throughput over the steps after the first (which includes warm-up)."""
     wall_time_s: float = 0.0
     num_params: int = 0
+    exit_code: int = 0
+    """0 when train.iters were reached, PREEMPTED_EXIT_CODE when stopped early after a save."""
+    stop_reason: Optional[str] = None
 
 
-def refuse_foreign_checkpoints(save_dir: str, resume: bool) -> None:
-    """A run directory holding another run's checkpoints is not written to unless resuming."""
-    if not os.path.isdir(save_dir):
+def refuse_foreign_checkpoints(save_dir: str, resume: str) -> None:
+    """With checkpoint.resume=never, a directory holding checkpoints is not written to."""
+    if resume != "never":
         return
-    found = sorted(glob.glob(os.path.join(save_dir, "iter_*")) + glob.glob(os.path.join(save_dir, "latest_*")))
-    if not found:
-        return
-    if not resume:
+    found = paths.complete_iterations(save_dir)
+    if found or os.path.exists(os.path.join(save_dir, paths.TRACKER)):
         raise MegatronSotaError(
-            f"checkpoint.save={save_dir} already holds checkpoints ({os.path.basename(found[-1])}): "
-            "set checkpoint.resume=true to continue that run, or choose another hydra.run.dir"
+            f"checkpoint.dir={save_dir} already holds checkpoints"
+            + (f" (iter_{found[-1]:07d})" if found else "")
+            + ": set checkpoint.resume=auto to continue that run, or choose another hydra.run.dir"
         )
-    # Loading arrives with distributed checkpointing; until then refuse rather than silently
-    # start from scratch beside the old run's checkpoints.
-    raise MegatronSotaError(
-        f"checkpoint.resume=true but this version cannot load checkpoints yet ({save_dir}); "
-        "choose another hydra.run.dir to start a new run"
-    )
 
 
 def print_rank0(*args) -> None:
     if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
         print(*args, flush=True)
+
+
+def save_resolved_config(job: JobConfig, run_dir: str, command_line: str) -> str:
+    """Prints the resolved config and writes it to <run_dir>/config.yaml; returns the YAML."""
+    text = OmegaConf.to_yaml(OmegaConf.structured(job))
+    print(f"resolved config (run dir {run_dir}):\n{text}", flush=True)
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, "config.yaml"), "w") as handle:
+        handle.write(f"# {command_line}\n{text}" if command_line else text)
+    return text
 
 
 def _describe(state: TrainingState) -> int:
@@ -77,62 +95,84 @@ def _describe(state: TrainingState) -> int:
     return counts.total
 
 
-def save_resolved_config(job: JobConfig, run_dir: str, command_line: str) -> None:
-    """Prints the resolved config and writes it to <run_dir>/config.yaml (rank 0 only)."""
-    text = OmegaConf.to_yaml(OmegaConf.structured(job))
-    print(f"resolved config (run dir {run_dir}):\n{text}", flush=True)
-    os.makedirs(run_dir, exist_ok=True)
-    with open(os.path.join(run_dir, "config.yaml"), "w") as handle:
-        handle.write(f"# {command_line}\n{text}" if command_line else text)
-
-
 def pretrain(job: JobConfig, run_dir: str, command_line: str = "") -> TrainSummary:
-    """Runs `job.train.iters` steps on this process's share of the layout; returns the losses.
+    """Runs (or resumes) training up to `job.train.iters` on this process's share of the layout.
 
     Every input is checked before anything is written to `run_dir`.
     """
     env = read_launch_env()
     inputs = check_inputs(job, env.world_size)
-    refuse_foreign_checkpoints(job.checkpoint.save or os.path.join(run_dir, "checkpoints"), job.checkpoint.resume)
+    save_dir = job.checkpoint.dir or os.path.join(run_dir, "checkpoints")
+    refuse_foreign_checkpoints(save_dir, job.checkpoint.resume)
+    resume_from = resolve_resume(job.checkpoint, save_dir)
+    config_yaml = OmegaConf.to_yaml(OmegaConf.structured(job))
     if env.rank == 0:
         save_resolved_config(job, run_dir, command_line)
-    t = job.train
-    with distributed_session(job.parallel, job.runtime.device, job.runtime.timeout_minutes, t.seed, env) as session:
+    faults = read_fault_plan()
+    with distributed_session(job.parallel, job.runtime.device, job.runtime.timeout_minutes, job.train.seed, env) as session:
         state = build_training_state(job, inputs, session, run_dir)
         summary = TrainSummary(num_params=_describe(state))
-        writer = MetricsWriter(run_dir, env.rank == 0, job.logging.tensorboard, t.iters)
+        manager = CheckpointManager(job.checkpoint, save_dir, faults.kill_during_save_at)
+        layout = checkpoint_layout(job.parallel, state.layout.dp)
+        progress = manager.load(state, resume_from, layout) if resume_from else Progress()
+        state.start_data(progress.consumed_samples)
+        if env.rank == 0 and progress.iteration:
+            drop_rows_after(run_dir, progress.iteration)
+        writer = MetricsWriter(run_dir, env.rank == 0, job.logging.tensorboard, job.train.iters)
+        watch = StopWatch(job.checkpoint.exit_on_signal, job.train.exit_duration_minutes, session.device)
         try:
-            _loop(state, writer, summary)
+            _loop(state, progress, manager, writer, watch, faults, summary, config_yaml, layout)
         finally:
+            watch.restore()
             writer.close()
-        print_rank0(
-            f"done: {t.iters} steps in {summary.wall_time_s:.1f}s; loss {summary.losses[0]:.4f} -> "
-            f"{summary.losses[-1]:.4f}; {summary.tokens_per_s:,.0f} tokens/s (mean of steps 2..{t.iters})"
-        )
+            manager.close()
+        if summary.losses:
+            last = summary.first_step + len(summary.losses) - 1
+            print_rank0(
+                f"{'stopped' if summary.exit_code else 'done'} at step {last}: {len(summary.losses)} steps in "
+                f"{summary.wall_time_s:.1f}s; loss {summary.losses[0]:.4f} -> {summary.losses[-1]:.4f}; "
+                f"{summary.tokens_per_s:,.0f} tokens/s"
+                + (f"; {summary.stop_reason}: checkpoint saved, exit code {summary.exit_code}" if summary.exit_code else "")
+            )
         return summary
 
 
-def _loop(state: TrainingState, writer: MetricsWriter, summary: TrainSummary) -> None:
-    job, layout, device = state.job, state.layout, state.session.device
+def _loop(
+    state: TrainingState, progress: Progress, manager: CheckpointManager, writer: MetricsWriter,
+    watch: StopWatch, faults: FaultPlan, summary: TrainSummary, config_yaml: str, layout: dict,
+) -> None:
+    job, device = state.job, state.session.device
     t = job.train
     tokens_per_step = t.global_batch_size * t.seq_length
     flops_per_step = train_flops_per_token(job.model, state.inputs.padded_vocab, t.seq_length) * tokens_per_step
     peak = peak_flops_per_device(device)
+    health = LossHealth(t.max_skipped_steps, t.loss_spike_factor)
     timed_tokens, timed_seconds = 0, 0.0
     start = time.perf_counter()
-    for step in range(1, t.iters + 1):
+    summary.first_step = progress.iteration + 1
+    step, saved_at = progress.iteration, progress.iteration
+    while step < t.iters:
+        step += 1
         step_start = time.perf_counter()
         result = train_step(
             state.models, state.optimizer, state.scheduler, state.train_iterators,
-            layout.num_microbatches, t.micro_batch_size, t.seq_length, device,
+            state.layout.num_microbatches, t.micro_batch_size, t.seq_length, device,
+            poison=step in faults.nan_loss_steps,
         )
         if device.type == "cuda":
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - step_start
         summary.losses.append(result.loss)
-        if step > 1:
+        if step > summary.first_step:
             timed_tokens, timed_seconds = timed_tokens + tokens_per_step, timed_seconds + elapsed
-        if step == 1 or step % job.logging.interval == 0 or step == t.iters:
+        if result.skip_reason == "non-finite":
+            print_rank0(health.record_skip(step, result.loss, result.grad_norm, manager.last_complete))
+        elif not result.skipped:
+            spike = health.record_update(step, result.loss)
+            if spike:
+                print_rank0(spike)
+        if step == summary.first_step or step % job.logging.interval == 0 or step == t.iters:
+            done = step - summary.first_step + 1
             writer.log_train(
                 StepMetrics(
                     step=step,
@@ -142,26 +182,41 @@ def _loop(state: TrainingState, writer: MetricsWriter, summary: TrainSummary) ->
                     tokens_per_s=tokens_per_step / elapsed,
                     step_time_s=elapsed,
                     consumed_samples=step * t.global_batch_size,
-                    mfu=(flops_per_step / elapsed / layout.world_size / peak) if peak else None,
+                    mfu=(flops_per_step / elapsed / state.layout.world_size / peak) if peak else None,
                     memory_gib=memory_gib(device),
                     loss_scale=state.optimizer.get_loss_scale().item() if state.config.fp16 else None,
                     skipped=result.skipped,
-                    eta_s=(time.perf_counter() - start) / step * (t.iters - step),
+                    eta_s=(time.perf_counter() - start) / done * (t.iters - step),
                 )
             )
-        if state.valid_iterators and t.eval_interval > 0 and (step % t.eval_interval == 0 or step == t.iters):
+        manager.poll()
+        if state.valid_dataset is not None and t.eval_interval > 0 and (step % t.eval_interval == 0 or step == t.iters):
             summary.val_losses.append(validate(state, writer, step))
+        current = Progress(iteration=step, consumed_samples=step * t.global_batch_size)
+        if job.checkpoint.interval > 0 and step % job.checkpoint.interval == 0:
+            manager.save(state, current, config_yaml, layout)
+            saved_at = step
+        stop = "stop signal (fault injection)" if faults.preempt_at == step else watch.reason()
+        if stop is not None and step < t.iters:
+            if saved_at != step:
+                manager.save(state, current, config_yaml, layout)
+                saved_at = step
+            summary.exit_code, summary.stop_reason = PREEMPTED_EXIT_CODE, stop
+            break
+    if job.checkpoint.save_at_end and saved_at != step:
+        manager.save(state, Progress(iteration=step, consumed_samples=step * t.global_batch_size), config_yaml, layout)
     summary.wall_time_s = time.perf_counter() - start
     summary.tokens_per_s = timed_tokens / timed_seconds if timed_seconds else 0.0
 
 
 def validate(state: TrainingState, writer: MetricsWriter, step: int) -> float:
-    """Token-weighted mean loss over `train.eval_iters` validation global batches."""
+    """Token-weighted mean loss over the first `train.eval_iters` global batches of the validation split."""
     t = state.job.train
+    iterators = state.valid_iterators()
     total, weight = 0.0, 0
     for _ in range(t.eval_iters):
         result = eval_step(
-            state.models, state.valid_iterators, state.layout.num_microbatches,
+            state.models, iterators, state.layout.num_microbatches,
             t.micro_batch_size, t.seq_length, state.session.device,
         )
         total += result.loss * result.num_tokens

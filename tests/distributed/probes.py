@@ -6,6 +6,7 @@ a TP=2 or PP=2 run can be compared with a single-process one entry by entry.
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Dict, Optional
 
@@ -102,3 +103,33 @@ def step_stats_probe(rank: int, job: JobConfig, run_dir: str, steps: int) -> lis
                 }
             )
         return stats
+
+
+def pretrain_probe(rank: int, job: JobConfig, run_dir: str, faults: str = "") -> dict:
+    """A whole run through the trainer (resume, saves, stops included), with optional fault hooks."""
+    from megatron_sota.training.fault_injection import ENV_VAR
+    from megatron_sota.training.trainer import pretrain
+
+    os.environ[ENV_VAR] = faults
+    summary = pretrain(job, run_dir)
+    return {
+        "losses": summary.losses,
+        "first_step": summary.first_step,
+        "val_losses": summary.val_losses,
+        "exit_code": summary.exit_code,
+    }
+
+
+def validation_probe(rank: int, job: JobConfig, run_dir: str, checkpoint_dir: str) -> float:
+    """Validation loss of a checkpoint loaded at this job's layout (no training)."""
+    from megatron_sota.checkpointing.manager import CheckpointManager, checkpoint_layout
+    from megatron_sota.training.metrics import MetricsWriter
+    from megatron_sota.training.trainer import validate
+
+    env = read_launch_env()
+    inputs = check_inputs(job, env.world_size)
+    with distributed_session(job.parallel, "cpu", 5, job.train.seed, env) as session:
+        state = build_training_state(job, inputs, session, run_dir)
+        manager = CheckpointManager(job.checkpoint, os.path.join(run_dir, "unused_checkpoints"))
+        manager.load(state, checkpoint_dir, checkpoint_layout(job.parallel, state.layout.dp))
+        return validate(state, MetricsWriter(run_dir, False, False, 0), 0)

@@ -59,7 +59,30 @@ def test_preset_that_does_not_fit_the_layout_is_refused(stdlib_shards, tmp_path)
     assert "model.num_layers=4 is not divisible by parallel.pp*parallel.vpp = 3*1 = 3" in message
 
 
-def test_run_dir_holding_another_runs_checkpoints_is_not_written(stdlib_shards, tmp_path):
+def test_run_dir_holding_checkpoints_is_not_written_when_resume_is_never(stdlib_shards, tmp_path):
     os.makedirs(tmp_path / "run" / "checkpoints" / "iter_0000100")
+    message = _refused(_job(stdlib_shards, checkpoint__resume="never"), tmp_path / "run")
+    assert "already holds checkpoints (iter_0000100)" in message and "checkpoint.resume=auto" in message
+
+
+def test_tracker_naming_a_missing_iteration_is_refused(stdlib_shards, tmp_path):
+    ckpt = tmp_path / "run" / "checkpoints"
+    os.makedirs(ckpt / "iter_0000010")
+    (ckpt / "latest_checkpointed_iteration.txt").write_text("20\n")
     message = _refused(_job(stdlib_shards), tmp_path / "run")
-    assert "already holds checkpoints (iter_0000100)" in message and "checkpoint.resume=true" in message
+    assert "latest_checkpointed_iteration.txt names iteration 20" in message and "iter_0000020 does not exist" in message
+    assert "[10]" in message
+
+
+def test_resume_from_a_missing_path_is_refused(stdlib_shards, tmp_path):
+    missing = str(tmp_path / "no_such_checkpoint")
+    message = _refused(_job(stdlib_shards, checkpoint__resume=missing), tmp_path / "run")
+    assert missing in message and "no such file or directory" in message
+
+
+def test_resume_from_a_foreign_directory_is_refused(stdlib_shards, tmp_path):
+    foreign = tmp_path / "foreign"
+    os.makedirs(foreign)
+    (foreign / "weights.bin").write_bytes(b"\x00" * 16)
+    message = _refused(_job(stdlib_shards, checkpoint__resume=str(foreign)), tmp_path / "run")
+    assert f"{foreign}: not a checkpoint" in message and "metadata.json" in message

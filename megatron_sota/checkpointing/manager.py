@@ -1,0 +1,248 @@
+"""Saves and loads training checkpoints with megatron-core's dist_checkpointing (torch_dist format).
+
+A save writes into iter_N.partial/ on every rank, and only when all ranks are done does rank 0
+rename it to iter_N/ and then replace the tracker, so a checkpoint is never half-visible and a
+crash mid-save leaves the previous one in charge. Loading checks format, shapes and the pickled
+metadata before any tensor is read, and reports problems as MegatronSotaError.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Optional
+
+import torch.distributed as dist
+from megatron.core import dist_checkpointing
+
+from megatron_sota.checkpointing import paths
+from megatron_sota.checkpointing.contents import (
+    FORMAT,
+    build_state_dict,
+    model_key,
+    optimizer_kind,
+    restore_rng,
+    sharded_tensor_shapes,
+    torch_optimizers,
+    unwrap,
+)
+from megatron_sota.checkpointing.mcore_fixes import install_fully_reshardable_step_fix, unshare_adam_steps
+from megatron_sota.checkpointing.safe_metadata import verify_checkpoint_metadata
+from megatron_sota.config.run import CheckpointConfig
+from megatron_sota.errors import MegatronSotaError
+
+
+@dataclass(frozen=True)
+class Progress:
+    iteration: int = 0
+    consumed_samples: int = 0
+
+    def as_dict(self) -> Dict[str, int]:
+        return {"iteration": self.iteration, "consumed_samples": self.consumed_samples}
+
+
+def _rank0() -> bool:
+    return dist.get_rank() == 0
+
+
+def _print0(message: str) -> None:
+    if _rank0():
+        print(message, flush=True)
+
+
+def resolve_resume(cfg: CheckpointConfig, save_dir: str) -> Optional[str]:
+    """The checkpoint directory to resume from, or None for a fresh start."""
+    if cfg.resume == "never":
+        return None
+    if cfg.resume == "auto":
+        return paths.latest_complete(save_dir)
+    target = cfg.resume
+    if not os.path.exists(target):
+        raise MegatronSotaError(f"checkpoint.resume={target}: no such file or directory")
+    if os.path.exists(os.path.join(target, paths.TRACKER)) or paths.complete_iterations(target):
+        latest = paths.latest_complete(target)
+        if latest is None:
+            raise MegatronSotaError(f"checkpoint.resume={target}: the directory holds no complete checkpoint")
+        return latest
+    if not os.path.exists(os.path.join(target, "metadata.json")):
+        raise MegatronSotaError(
+            f"checkpoint.resume={target}: not a checkpoint (expected {target}/metadata.json, or "
+            f"iter_NNNNNNN/ folders with {paths.TRACKER})"
+        )
+    return target
+
+
+class CheckpointManager:
+    """Owns one checkpoint directory for the life of a run."""
+
+    def __init__(self, cfg: CheckpointConfig, save_dir: str, kill_during_save_at: Optional[int] = None):
+        self.cfg = cfg
+        self.save_dir = save_dir
+        # Test hook (fault injection): SIGKILL this process after writing, before the rename.
+        self.kill_during_save_at = kill_during_save_at
+        self.last_complete: Optional[str] = None
+        install_fully_reshardable_step_fix()
+        self._async_queue = None
+        if cfg.async_save:
+            from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
+
+            self._async_queue = AsyncCallsQueue()
+        if _rank0():
+            for name in paths.remove_partials(save_dir):
+                print(f"removed {os.path.join(save_dir, name)} (a save that never completed)", flush=True)
+        dist.barrier()
+
+    # ------------------------------------------------------------------ save
+    def save(self, state, progress: Progress, config_yaml: str, layout: Dict[str, int]) -> None:
+        self.wait_for_pending()
+        step = progress.iteration
+        partial = paths.partial_dir(self.save_dir, step)
+        if _rank0():
+            shutil.rmtree(partial, ignore_errors=True)
+            os.makedirs(partial)
+        dist.barrier()
+        start = time.perf_counter()
+        state_dict = build_state_dict(
+            state.models, state.optimizer, state.scheduler, progress.as_dict(), config_yaml, layout, is_loading=False
+        )
+        request = dist_checkpointing.save(
+            state_dict, partial, async_sharded_save=self._async_queue is not None, content_metadata=None
+        )
+        finalize = self._finalizer(step, partial, start)
+        if request is None:
+            finalize()
+        else:
+            request.add_finalize_fn(finalize)
+            self._async_queue.schedule_async_request(request)
+            _print0(f"checkpoint iter_{step:07d}: writing in the background")
+
+    def _finalizer(self, step: int, partial: str, start: float) -> Callable[[], None]:
+        def finalize() -> None:
+            if self.kill_during_save_at == step:
+                import signal
+
+                os.kill(os.getpid(), signal.SIGKILL)
+            dist.barrier()  # every rank has written its shards
+            final = paths.iter_dir(self.save_dir, step)
+            if _rank0():
+                shutil.rmtree(final, ignore_errors=True)
+                os.rename(partial, final)
+                paths.write_tracker(self.save_dir, step)
+                pruned = paths.prune(self.save_dir, self.cfg.keep)
+                size = paths.dir_size_bytes(final)
+                print(
+                    f"saved checkpoint {final} ({size / 2**20:.1f} MiB) in {time.perf_counter() - start:.2f}s"
+                    + (f"; deleted iterations {pruned}" if pruned else ""),
+                    flush=True,
+                )
+            self.last_complete = final
+            dist.barrier()
+
+        return finalize
+
+    def poll(self) -> None:
+        """Completes background saves that have finished writing (call once per step)."""
+        if self._async_queue is not None:
+            self._async_queue.maybe_finalize_async_calls(blocking=False)
+
+    def wait_for_pending(self) -> None:
+        if self._async_queue is not None:
+            self._async_queue.maybe_finalize_async_calls(blocking=True)
+
+    def close(self) -> None:
+        self.wait_for_pending()
+        if self._async_queue is not None:
+            self._async_queue.close()
+
+    # ------------------------------------------------------------------ load
+    def load(self, state, checkpoint_dir: str, layout: Dict[str, int]) -> Progress:
+        start = time.perf_counter()
+        verify_checkpoint_metadata(checkpoint_dir)
+        try:
+            common = dist_checkpointing.load_common_state_dict(checkpoint_dir)
+        except Exception as err:
+            raise MegatronSotaError(f"{checkpoint_dir}/common.pt could not be read: {err}") from None
+        if not isinstance(common, dict) or common.get("format") != FORMAT:
+            found = common.get("format") if isinstance(common, dict) else type(common).__name__
+            raise MegatronSotaError(
+                f"{checkpoint_dir}: not a megatron_sota checkpoint (expected format {FORMAT!r}, found {found!r})"
+            )
+        same_layout = common.get("layout") == layout
+        load_optimizer = self.cfg.load_optimizer
+        saved_kind, current_kind = common.get("optimizer_kind"), optimizer_kind(state.optimizer)
+        if load_optimizer and saved_kind != current_kind:
+            raise MegatronSotaError(
+                f"{checkpoint_dir} holds {saved_kind} optimizer state but this run uses the {current_kind} "
+                f"optimizer (parallel.distributed_optimizer); megatron-core cannot convert between them: "
+                "set checkpoint.load_optimizer=false to restart from the weights, or match the setting"
+            )
+        template = build_state_dict(
+            state.models, state.optimizer, state.scheduler, {}, "", layout,
+            is_loading=True, include_optimizer=load_optimizer, include_rng=same_layout,
+        )
+        self._check_model_shapes(template, checkpoint_dir, len(state.models))
+        try:
+            loaded = dist_checkpointing.load(template, checkpoint_dir)
+        except MegatronSotaError:
+            raise
+        except Exception as err:
+            hint = (
+                "; if only the optimizer state cannot be resharded to this layout, set "
+                "checkpoint.load_optimizer=false to restart from the weights"
+                if load_optimizer else ""
+            )
+            raise MegatronSotaError(f"{checkpoint_dir}: loading failed ({type(err).__name__}: {err}){hint}") from None
+        for index, model in enumerate(state.models):
+            unwrap(model).load_state_dict(loaded[model_key(index, len(state.models))], strict=True)
+        if load_optimizer:
+            try:
+                state.optimizer.load_state_dict(loaded["optimizer"])
+            except Exception as err:
+                raise MegatronSotaError(
+                    f"{checkpoint_dir}: the optimizer state does not fit this run ({type(err).__name__}: {err}); "
+                    "set checkpoint.load_optimizer=false to restart from the weights"
+                ) from None
+            unshare_adam_steps(torch_optimizers(state.optimizer))
+            state.scheduler.load_state_dict(loaded["scheduler"])
+        progress = Progress(**common["progress"])
+        if not load_optimizer:
+            # Fresh moments, but the LR schedule continues where the run was.
+            state.scheduler.step(increment=progress.iteration)
+        if same_layout:
+            restore_rng(loaded["rng_state"])
+        _print0(
+            f"resumed from {checkpoint_dir} at iteration {progress.iteration} "
+            f"({progress.consumed_samples} samples consumed) in {time.perf_counter() - start:.2f}s"
+            + ("" if same_layout else f"; resharded from layout {common.get('layout')} to {layout}")
+            + ("" if load_optimizer else "; optimizer state not loaded (checkpoint.load_optimizer=false)")
+        )
+        self.last_complete = checkpoint_dir
+        return progress
+
+    @staticmethod
+    def _check_model_shapes(template: Dict[str, Any], checkpoint_dir: str, num_chunks: int) -> None:
+        model_keys = [model_key(i, num_chunks) for i in range(num_chunks)]
+        expected = sharded_tensor_shapes({key: template[key] for key in model_keys})
+        try:
+            stored = {k: tuple(v.global_shape) for k, v in dist_checkpointing.load_tensors_metadata(checkpoint_dir).items()}
+        except Exception as err:
+            raise MegatronSotaError(f"{checkpoint_dir}: tensor metadata unreadable ({err})") from None
+        problems = []
+        for key, shape in sorted(expected.items()):
+            if key not in stored:
+                problems.append(f"{key}: missing from the checkpoint (model expects {list(shape)})")
+            elif stored[key] != shape:
+                problems.append(f"{key}: checkpoint {list(stored[key])}, model {list(shape)}")
+        if problems:
+            raise MegatronSotaError(
+                f"{checkpoint_dir} does not fit the configured model:\n  - " + "\n  - ".join(problems[:10])
+                + (f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else "")
+            )
+
+
+def checkpoint_layout(parallel, dp: int) -> Dict[str, int]:
+    """What must match for RNG streams to be restored (weights and optimizer reshard regardless)."""
+    return {"tp": parallel.tp, "pp": parallel.pp, "vpp": parallel.vpp or 1, "dp": dp, "cp": parallel.cp}
+
