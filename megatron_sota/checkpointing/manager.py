@@ -16,6 +16,7 @@ from typing import Any, Callable, Dict, Optional
 
 import torch.distributed as dist
 from megatron.core import dist_checkpointing
+from torch.distributed.checkpoint.api import CheckpointException
 
 from megatron_sota.checkpointing import paths
 from megatron_sota.checkpointing.contents import (
@@ -187,7 +188,7 @@ class CheckpointManager:
             loaded = dist_checkpointing.load(template, checkpoint_dir)
         except MegatronSotaError:
             raise
-        except Exception as err:
+        except (Exception, CheckpointException) as err:  # torch's CheckpointException is a BaseException
             hint = (
                 "; if only the optimizer state cannot be resharded to this layout, set "
                 "checkpoint.load_optimizer=false to restart from the weights"

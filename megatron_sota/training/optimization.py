@@ -28,8 +28,9 @@ def wrap_for_training(
         overlap_grad_reduce=parallel.overlap_grad_reduce,
         overlap_param_gather=parallel.overlap_param_gather,
         use_distributed_optimizer=parallel.distributed_optimizer,
-        # fp16's loss scaler expects overflowing gradients now and then and skips those steps.
-        check_for_nan_in_grad=not config.fp16,
+        # Non-finite gradients are not fatal here: the step detects them through the gradient norm
+        # and skips the update (training/step.py), as fp16's loss scaler does for overflows.
+        check_for_nan_in_grad=False,
     )
     wrapped = []
     for index, chunk in enumerate(chunks):

@@ -68,6 +68,7 @@ def layout_probe(rank: int, job: JobConfig, run_dir: str, steps: int) -> dict:
     t = job.train
     with distributed_session(job.parallel, "cpu", 5, t.seed, env) as session:
         state = build_training_state(job, inputs, session, run_dir)
+        state.start_data(0)
         args = (state.layout.num_microbatches, t.micro_batch_size, t.seq_length)
         for model in state.models:
             model.zero_grad_buffer()
@@ -90,6 +91,7 @@ def step_stats_probe(rank: int, job: JobConfig, run_dir: str, steps: int) -> lis
     t = job.train
     with distributed_session(job.parallel, "cpu", 5, t.seed, env) as session:
         state = build_training_state(job, inputs, session, run_dir)
+        state.start_data(0)
         args = (state.layout.num_microbatches, t.micro_batch_size, t.seq_length, session.device)
         stats = []
         for _ in range(steps):
