@@ -115,7 +115,7 @@ def build_state_dict(
         state["scheduler"] = scheduler.state_dict()
     if include_rng:
         state["rng_state"] = _rng_sharded_object(None if is_loading else _rng_payload())
-    state["optimizer_kind"] = optimizer_kind(optimizer)
+    state["optimizer_kind"] = optimizer_kind(optimizer) if include_optimizer else "none"
     state["progress"] = dict(progress)
     state["format"] = FORMAT
     state["config_yaml"] = config_yaml

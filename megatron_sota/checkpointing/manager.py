@@ -96,7 +96,10 @@ class CheckpointManager:
         dist.barrier()
 
     # ------------------------------------------------------------------ save
-    def save(self, state, progress: Progress, config_yaml: str, layout: Dict[str, int]) -> None:
+    def save(
+        self, state, progress: Progress, config_yaml: str, layout: Dict[str, int], include_optimizer: bool = True
+    ) -> None:
+        """Writes iter_<step>/; `include_optimizer=False` writes the weights (and progress) only."""
         self.wait_for_pending()
         step = progress.iteration
         partial = paths.partial_dir(self.save_dir, step)
@@ -106,7 +109,8 @@ class CheckpointManager:
         dist.barrier()
         start = time.perf_counter()
         state_dict = build_state_dict(
-            state.models, state.optimizer, state.scheduler, progress.as_dict(), config_yaml, layout, is_loading=False
+            state.models, state.optimizer, state.scheduler, progress.as_dict(), config_yaml, layout,
+            is_loading=False, include_optimizer=include_optimizer,
         )
         request = dist_checkpointing.save(
             state_dict, partial, async_sharded_save=self._async_queue is not None, content_metadata=None
@@ -173,6 +177,10 @@ class CheckpointManager:
         same_layout = common.get("layout") == layout
         load_optimizer = self.cfg.load_optimizer
         saved_kind, current_kind = common.get("optimizer_kind"), optimizer_kind(state.optimizer)
+        if load_optimizer and saved_kind == "none":
+            raise MegatronSotaError(
+                f"{checkpoint_dir} holds weights only (no optimizer state): set checkpoint.load_optimizer=false"
+            )
         if load_optimizer and saved_kind != current_kind:
             raise MegatronSotaError(
                 f"{checkpoint_dir} holds {saved_kind} optimizer state but this run uses the {current_kind} "

@@ -170,3 +170,11 @@ def test_checkpoint_without_tensor_metadata_is_not_complete(saved_run, tmp_path)
     os.remove(ckpt / ".metadata")
     result = _train(run_dir, "train.iters=4")
     assert result.returncode == 2 and f"{ckpt}/.metadata is missing" in result.stderr
+
+
+def test_wall_clock_budget_saves_and_exits_with_the_preempted_code(tmp_path):
+    run_dir = tmp_path / "run"
+    result = _train(run_dir, "train.iters=50", "train.exit_duration_minutes=0.0001")
+    assert result.returncode == PREEMPTED
+    assert "time budget (train.exit_duration_minutes): checkpoint saved, exit code 75" in result.stdout
+    assert _tracker(run_dir) == 1
