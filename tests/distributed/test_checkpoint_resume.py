@@ -105,3 +105,12 @@ def test_switching_optimizer_kind_needs_load_optimizer_false_and_then_works(stdl
     job.checkpoint.load_optimizer = False
     resumed = run_distributed(pretrain_probe, 2, job, str(run_dir), "")[0]
     assert resumed["first_step"] == STOP_AT + 1 and len(resumed["losses"]) == ITERS - STOP_AT
+
+
+def test_plain_optimizer_checkpoint_reshards_from_tp2_to_tp1(stdlib_shards, tmp_path, tp2):
+    straight, _, _ = tp2
+    run_dir = tmp_path / "run"
+    stopped = _run(stdlib_shards, run_dir, 2, f"preempt_at={STOP_AT}", tp=2, distributed_optimizer=False)
+    assert stopped["exit_code"] == PREEMPTED
+    resumed = _run(stdlib_shards, run_dir, 1, tp=1, distributed_optimizer=False)
+    assert resumed["losses"] == pytest.approx(straight["losses"][STOP_AT:], abs=1e-4)
