@@ -6,6 +6,7 @@ a TP=2 or PP=2 run can be compared with a single-process one entry by entry.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from typing import Dict, Optional
@@ -61,14 +62,29 @@ def gather_full(models, kind: str) -> Optional[Dict[str, torch.Tensor]]:
     return merged
 
 
-def layout_probe(rank: int, job: JobConfig, run_dir: str, steps: int) -> dict:
-    """Gradients of the first global batch, then the losses of `steps` optimizer steps and the final weights."""
+@contextlib.contextmanager
+def fresh_training_state(job: JobConfig, run_dir: str, load_from: Optional[str] = None):
+    """This rank's training state inside a CPU session, with data from the first sample
+    (or loaded from a checkpoint directory, data untouched)."""
     env = read_launch_env()
     inputs = check_inputs(job, env.world_size)
-    t = job.train
-    with distributed_session(job.parallel, "cpu", 5, t.seed, env) as session:
+    with distributed_session(job.parallel, "cpu", 5, job.train.seed, env) as session:
         state = build_training_state(job, inputs, session, run_dir)
-        state.start_data(0)
+        if load_from is None:
+            state.start_data(0)
+        else:
+            from megatron_sota.checkpointing.manager import CheckpointManager, checkpoint_layout
+
+            manager = CheckpointManager(job.checkpoint, os.path.join(run_dir, "unused_checkpoints"))
+            manager.load(state, load_from, checkpoint_layout(job.parallel, state.layout.dp))
+        yield state
+
+
+def layout_probe(rank: int, job: JobConfig, run_dir: str, steps: int) -> dict:
+    """Gradients of the first global batch, then the losses of `steps` optimizer steps and the final weights."""
+    t = job.train
+    with fresh_training_state(job, run_dir) as state:
+        session = state.session
         args = (state.layout.num_microbatches, t.micro_batch_size, t.seq_length)
         for model in state.models:
             model.zero_grad_buffer()
@@ -86,13 +102,9 @@ def layout_probe(rank: int, job: JobConfig, run_dir: str, steps: int) -> dict:
 
 def step_stats_probe(rank: int, job: JobConfig, run_dir: str, steps: int) -> list[dict]:
     """Loss, gradient norm, skip flag and loss scale of each of `steps` optimizer steps."""
-    env = read_launch_env()
-    inputs = check_inputs(job, env.world_size)
     t = job.train
-    with distributed_session(job.parallel, "cpu", 5, t.seed, env) as session:
-        state = build_training_state(job, inputs, session, run_dir)
-        state.start_data(0)
-        args = (state.layout.num_microbatches, t.micro_batch_size, t.seq_length, session.device)
+    with fresh_training_state(job, run_dir) as state:
+        args = (state.layout.num_microbatches, t.micro_batch_size, t.seq_length, state.session.device)
         stats = []
         for _ in range(steps):
             result = train_step(state.models, state.optimizer, state.scheduler, state.train_iterators, *args)
@@ -124,14 +136,8 @@ def pretrain_probe(rank: int, job: JobConfig, run_dir: str, faults: str = "") ->
 
 def validation_probe(rank: int, job: JobConfig, run_dir: str, checkpoint_dir: str) -> float:
     """Validation loss of a checkpoint loaded at this job's layout (no training)."""
-    from megatron_sota.checkpointing.manager import CheckpointManager, checkpoint_layout
     from megatron_sota.training.metrics import MetricsWriter
     from megatron_sota.training.trainer import validate
 
-    env = read_launch_env()
-    inputs = check_inputs(job, env.world_size)
-    with distributed_session(job.parallel, "cpu", 5, job.train.seed, env) as session:
-        state = build_training_state(job, inputs, session, run_dir)
-        manager = CheckpointManager(job.checkpoint, os.path.join(run_dir, "unused_checkpoints"))
-        manager.load(state, checkpoint_dir, checkpoint_layout(job.parallel, state.layout.dp))
+    with fresh_training_state(job, run_dir, load_from=checkpoint_dir) as state:
         return validate(state, MetricsWriter(run_dir, False, False, 0), 0)
