@@ -132,9 +132,14 @@ class CheckpointManager:
             dist.barrier()  # every rank has written its shards
             final = paths.iter_dir(self.save_dir, step)
             if _rank0():
-                shutil.rmtree(final, ignore_errors=True)
+                # Re-saving an iteration (after resuming from an older one): move the old copy
+                # aside rather than deleting it first, so a crash here never loses both.
+                replaced = final + ".replaced"
+                if os.path.exists(final):
+                    os.rename(final, replaced)
                 os.rename(partial, final)
                 paths.write_tracker(self.save_dir, step)
+                shutil.rmtree(replaced, ignore_errors=True)
                 pruned = paths.prune(self.save_dir, self.cfg.keep)
                 size = paths.dir_size_bytes(final)
                 print(

@@ -80,7 +80,7 @@ def remove_partials(save_dir: str) -> List[str]:
         return []
     removed = []
     for name in os.listdir(save_dir):
-        if name.endswith(PARTIAL_SUFFIX):
+        if name.endswith((PARTIAL_SUFFIX, ".replaced")):  # .replaced: an old copy set aside by a re-save
             shutil.rmtree(os.path.join(save_dir, name), ignore_errors=True)
             removed.append(name)
     return removed

@@ -69,14 +69,12 @@ def print_rank0(*args) -> None:
         print(*args, flush=True)
 
 
-def save_resolved_config(job: JobConfig, run_dir: str, command_line: str) -> str:
-    """Prints the resolved config and writes it to <run_dir>/config.yaml; returns the YAML."""
-    text = OmegaConf.to_yaml(OmegaConf.structured(job))
+def save_resolved_config(text: str, run_dir: str, command_line: str) -> None:
+    """Prints the resolved config (YAML) and writes it to <run_dir>/config.yaml."""
     print(f"resolved config (run dir {run_dir}):\n{text}", flush=True)
     os.makedirs(run_dir, exist_ok=True)
     with open(os.path.join(run_dir, "config.yaml"), "w") as handle:
         handle.write(f"# {command_line}\n{text}" if command_line else text)
-    return text
 
 
 def _describe(state: TrainingState) -> int:
@@ -107,7 +105,7 @@ def pretrain(job: JobConfig, run_dir: str, command_line: str = "") -> TrainSumma
     resume_from = resolve_resume(job.checkpoint, save_dir)
     config_yaml = OmegaConf.to_yaml(OmegaConf.structured(job))
     if env.rank == 0:
-        save_resolved_config(job, run_dir, command_line)
+        save_resolved_config(config_yaml, run_dir, command_line)
     faults = read_fault_plan()
     with distributed_session(job.parallel, job.runtime.device, job.runtime.timeout_minutes, job.train.seed, env) as session:
         state = build_training_state(job, inputs, session, run_dir)
