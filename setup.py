@@ -16,6 +16,12 @@ setup(
         "hydra-core>=1.3,<1.4",
         "numpy",
         "sentencepiece",
+        # Data pipeline: HF/tiktoken tokenizers, parquet and .zst inputs, the data-mix chart.
+        "tokenizers",
+        "tiktoken",
+        "pyarrow",
+        "zstandard",
+        "matplotlib",
         "tensorboard",
         "tqdm",
         "psutil",

@@ -5,10 +5,8 @@ It composes and types the config, saves it to the run directory and hands over t
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
-import warnings
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -17,30 +15,16 @@ from omegaconf import DictConfig
 from megatron_sota.config.job import register_configs
 from megatron_sota.config.typed import check_override_keys, to_job_config
 from megatron_sota.errors import MegatronSotaError
+from megatron_sota.quiet import quiet_megatron
 
 CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
 
-# Known, harmless messages that would otherwise bury the progress lines on every rank:
-# megatron-core announcing each optional GPU library it lacks, deprecations inside it and torch,
-# the pad id of SentencePiece/Null tokenizers sharing EOS's id (megatron-core then masks nothing).
-_QUIET = (
-    ".*Transformer Engine and Apex are not installed.*",
-    ".*Apex is not installed.*",
-    ".*full scope is deprecated.*",
-    ".*pad token id in the tokenizer collides.*",
-    ".*The .grad attribute of a Tensor that is not a leaf Tensor.*",
-    ".*CUDA_DEVICE_MAX_CONNECTIONS.*",
-)
-for _pattern in _QUIET:
-    warnings.filterwarnings("ignore", message=_pattern)
-warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
+quiet_megatron()
 
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 def _main(cfg: DictConfig) -> None:
-    # megatron-core logs every import/dataset/bucket decision at INFO (and some at WARNING, such as
-    # "a BlendedDataset for a single MegatronDataset"); errors still show.
-    logging.getLogger("megatron").setLevel(logging.ERROR)
+    quiet_megatron()  # again: hydra's logging setup resets logger levels
     from megatron_sota.training.trainer import pretrain
 
     run_dir = HydraConfig.get().runtime.output_dir

@@ -21,7 +21,8 @@ class StdlibShards:
 
 @pytest.fixture(scope="session")
 def stdlib_shards(tmp_path_factory) -> StdlibShards:
-    from megatron_sota.data.preprocess import preprocess_jsonl
+    from megatron_sota.data.encode_worker import TokenizerSpec
+    from megatron_sota.data.preprocess import PreprocessOptions, preprocess
     from megatron_sota.data.stdlib_corpus import write_stdlib_corpus
     from megatron_sota.data.tokenizer_training import train_sentencepiece
 
@@ -31,13 +32,13 @@ def stdlib_shards(tmp_path_factory) -> StdlibShards:
     corpus = os.path.join(root, "stdlib.jsonl")
     write_stdlib_corpus(corpus, max_files=150)
     train_sentencepiece([corpus], os.path.join(root, "tok"), vocab_size=1900, quiet=True)
-    preprocess_jsonl(
-        corpus,
-        os.path.join(root, "stdlib"),
-        "SentencePieceTokenizer",
-        tokenizer_model=os.path.join(root, "tok.model"),
-        append_eod=True,
-        workers=1,
-        progress=False,
+    preprocess(
+        PreprocessOptions(
+            inputs=(corpus,),
+            output_prefix=os.path.join(root, "stdlib"),
+            tokenizer=TokenizerSpec("SentencePieceTokenizer", model=os.path.join(root, "tok.model")),
+            append_eod=True,
+            progress=False,
+        )
     )
     return StdlibShards(os.path.join(root, "stdlib_text_document"), os.path.join(root, "tok.model"), 1900)

@@ -1,4 +1,5 @@
-"""CLI: train a SentencePiece BPE tokenizer (unk=0, bos=1, eos=2, pad=3, byte fallback) from JSONL.
+#!/usr/bin/env python
+"""CLI: train a SentencePiece (BPE/unigram) or Hugging Face byte-level BPE tokenizer from JSONL, parquet or text.
 
 Argument parsing and printing only; the work is megatron_sota.data.tokenizer_training.
 """
@@ -7,65 +8,126 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 
 # Runnable as `python tools/train_tokenizer.py` from a checkout without installing the package.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from megatron_sota.data.tokenizer_training import train_sentencepiece  # noqa: E402
-from megatron_sota.errors import MegatronSotaError  # noqa: E402
+from megatron_sota.data.tokenizer_corpus import MAX_VOCAB_SIZE, UINT16_VOCAB_LIMIT
+from megatron_sota.data.tokenizer_training import (
+    LIBRARIES,
+    MODEL_TYPES,
+    train_tokenizer,
+)
+from megatron_sota.errors import MegatronSotaError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--input", nargs="+", required=True, help="JSONL (or .jsonl.gz) files")
-    parser.add_argument("--json-key", default="text")
-    parser.add_argument(
-        "--model-prefix", required=True, help="writes <prefix>.model and <prefix>.vocab"
+    group = parser.add_argument_group("input text")
+    group.add_argument(
+        "--input",
+        nargs="+",
+        required=True,
+        help="files, globs or directories: JSONL (.jsonl, .gz, .zst), parquet, or any other file "
+        "as one plain-text document",
     )
-    parser.add_argument("--vocab-size", type=int, default=8000)
-    parser.add_argument("--model-type", default="bpe", choices=["bpe", "unigram", "char", "word"])
-    parser.add_argument("--character-coverage", type=float, default=1.0)
-    parser.add_argument(
-        "--max-sentence-length", type=int, default=4192, help="bytes; longer lines are skipped"
-    )
-    parser.add_argument(
+    group.add_argument("--json-key", default="text", help="JSON key / parquet column of the text")
+    group.add_argument(
         "--input-sentence-size",
         type=int,
         default=200_000,
-        help="lines sampled (seeded) for training; 0 = all lines",
+        help="lines sampled (seeded, reproducible) for training; 0 = every line",
     )
-    parser.add_argument("--num-threads", type=int, default=None, help="default: all CPU cores")
-    parser.add_argument("--seed", type=int, default=1234)
-    parser.add_argument("--quiet", action="store_true", help="hide SentencePiece's progress log")
+    group.add_argument("--seed", type=int, default=1234, help="seed of the line sample")
+
+    group = parser.add_argument_group("tokenizer")
+    group.add_argument(
+        "--library",
+        default="sentencepiece",
+        help=f"one of {', '.join(LIBRARIES)} (default sentencepiece)",
+    )
+    group.add_argument(
+        "--model-prefix",
+        required=True,
+        help="sentencepiece: writes <prefix>.model and <prefix>.vocab; huggingface: a directory "
+        "that gets tokenizer.json, tokenizer_config.json, special_tokens_map.json, vocab.json "
+        "and merges.txt",
+    )
+    group.add_argument(
+        "--vocab-size",
+        type=int,
+        default=8000,
+        help=f"up to {MAX_VOCAB_SIZE:,}, including special and byte pieces; from "
+        f"{UINT16_VOCAB_LIMIT:,} on, preprocess_data.py writes int32 shards instead of uint16 "
+        f"(megatron-core's DType.optimal_dtype), twice the disk",
+    )
+    group.add_argument(
+        "--special-tokens",
+        nargs="+",
+        default=[],
+        help="extra tokens that always encode as one id, e.g. <|user|> <|assistant|> <|system|>; "
+        "built in: sentencepiece <unk> <s> </s>=EOD <pad>, huggingface <|endoftext|>=EOD <|pad|>",
+    )
+    group.add_argument(
+        "--model-type", default=None, help=f"sentencepiece: one of {', '.join(MODEL_TYPES)} (default bpe)"
+    )
+
+    group = parser.add_argument_group("sentencepiece only")
+    group.add_argument("--character-coverage", type=float, default=None, help="default 1.0")
+    group.add_argument(
+        "--max-sentence-length", type=int, default=None, help="bytes; longer lines are skipped (4192)"
+    )
+    group.add_argument("--num-threads", type=int, default=None, help="default: all CPU cores")
+
+    group = parser.add_argument_group("huggingface only")
+    group.add_argument(
+        "--model-max-length",
+        type=int,
+        default=None,
+        help="model_max_length in tokenizer_config.json (default: no limit)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        result = train_sentencepiece(
+        result = train_tokenizer(
+            args.library,
             args.input,
             args.model_prefix,
-            vocab_size=args.vocab_size,
+            args.vocab_size,
             json_key=args.json_key,
             model_type=args.model_type,
-            character_coverage=args.character_coverage,
-            max_sentence_length=args.max_sentence_length,
+            special_tokens=args.special_tokens,
             input_sentence_size=args.input_sentence_size,
-            num_threads=args.num_threads,
             seed=args.seed,
             quiet=args.quiet,
+            character_coverage=args.character_coverage,
+            max_sentence_length=args.max_sentence_length,
+            num_threads=args.num_threads,
+            model_max_length=args.model_max_length,
         )
     except MegatronSotaError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    corpus = result.corpus
+    skipped = f", {corpus.lines_too_long} too long skipped" if corpus.lines_too_long else ""
     print(
-        f"trained {result.model_path} (vocab {result.vocab_size}) in {result.seconds:.1f}s "
-        f"from {result.documents} documents: "
-        f"{result.sentences_fed} of {result.sentences_seen} lines "
-        f"sampled ({result.sentences_too_long} lines over {args.max_sentence_length} bytes skipped)"
+        f"trained {result.library} tokenizer (vocab {result.vocab_size}) in {result.seconds:.1f}s "
+        f"from {corpus.documents} documents: {corpus.lines_used} of {corpus.lines_seen} lines "
+        f"used{skipped}"
     )
+    for path in result.files:
+        print(f"  wrote {path}")
+    print("tools/preprocess_data.py flags for these files:")
+    for flags in result.preprocess_flags:
+        print(f"  {shlex.join(flags)}")
+    if result.vocab_size >= UINT16_VOCAB_LIMIT:
+        print(f"  (vocab >= {UINT16_VOCAB_LIMIT:,}: shards will hold int32 ids, 4 bytes per token)")
     return 0
 
 

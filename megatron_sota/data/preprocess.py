@@ -1,13 +1,12 @@
-"""Tokenize a JSONL corpus into megatron-core indexed shards (<prefix>_<key>_document.bin/.idx).
+"""Tokenize a corpus into megatron-core indexed shards (<prefix>_<key>_document.bin/.idx).
 
-Writes complete shards or nothing (temp names, renamed at the end); it must not train tokenizers.
+Workers tokenize chunks in parallel; the writer adds them in input order, one partition at a
+time, each finished partition kept so a re-run resumes. It must not train tokenizers.
 """
 
 from __future__ import annotations
 
-import functools
-import itertools
-import json
+import collections
 import multiprocessing
 import multiprocessing.pool
 import os
@@ -20,222 +19,364 @@ import numpy
 from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
 from tqdm import tqdm
 
-from megatron_sota.data.tokenizer import NullTokenizer, SentencePieceTokenizer, build_tokenizer
-from megatron_sota.data.tokenizer_training import open_jsonl
+from megatron_sota.data.encode_worker import (
+    EncodedChunk,
+    EncodedKey,
+    EncodeSettings,
+    TokenizerSpec,
+    encode_chunk,
+)
+from megatron_sota.data.merge import merge_datasets, publish
+from megatron_sota.data.partitions import WorkDir, piece_bytes, plan_partitions, settings_record
+from megatron_sota.data.readers import (
+    DEFAULT_CHUNK_BYTES,
+    Piece,
+    RawChunk,
+    expand_inputs,
+    read_chunks,
+    record_location,
+)
 from megatron_sota.errors import MegatronSotaError
 
-SKIP_REASONS = ("malformed_json", "not_utf8", "missing_key", "not_a_string", "empty")
-# Lines handed to the pool per block, in chunks: bounds memory, since Pool.imap alone would
-# read the whole input into its task queue ahead of the workers.
-_CHUNKS_PER_WORKER_PER_BLOCK = 16
+SKIP_REASONS = (
+    "malformed_json", "not_utf8", "missing_key", "not_a_string", "empty", "blank_line"
+)
+# Skipped records quoted by file and line in the summary; the rest are only counted.
+EXAMPLES_KEPT = 10
+# Chunks in flight per worker: enough to keep workers busy while the writer catches up.
+CHUNKS_IN_FLIGHT_PER_WORKER = 2
 
 _In = TypeVar("_In")
 _Out = TypeVar("_Out")
 
 
 @dataclass(frozen=True)
-class TokenizerSpec:
-    """Enough to rebuild the same tokenizer in a worker process (hashable, picklable)."""
+class PreprocessOptions:
+    inputs: tuple[str, ...]
+    """Files, globs or directories (JSONL, .jsonl.gz, .jsonl.zst, parquet, text files)."""
+    output_prefix: str
+    tokenizer: TokenizerSpec
+    json_keys: tuple[str, ...] = ("text",)
+    append_eod: bool = False
+    split_sentences: bool = False
+    keep_newlines: bool = False
+    workers: int = 1
+    partitions: int = 1
+    """Slices of the input finished (and kept across interruptions) one at a time."""
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    strict: bool = False
+    """Stop at the first malformed record instead of skipping it."""
+    log_interval: int = 1000
+    """Documents between progress-bar refreshes."""
+    progress: bool = True
 
-    tokenizer_type: str
-    model_path: str | None = None
-    vocab_size: int | None = None
-    # (mtime_ns, size) of the model file: a model retrained in place gets a new cache entry.
-    model_stamp: tuple[int, int] | None = None
+    @property
+    def level(self) -> str:
+        return "sentence" if self.split_sentences else "document"
 
 
 @dataclass
 class PreprocessStats:
-    """What preprocess_jsonl wrote and what it skipped, by reason."""
+    """What a run wrote and what it skipped, by reason."""
 
     documents: int = 0
     tokens: int = 0
+    text_bytes: int = 0
+    input_bytes: int = 0
+    output_bytes: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
+    examples: list[str] = field(default_factory=list)
+    """'file:line: reason' of the first skipped records."""
     outputs: dict[str, str] = field(default_factory=dict)
+    partitions_reused: int = 0
     seconds: float = 0.0
 
+    def add(self, other: dict) -> None:
+        self.documents += other["documents"]
+        self.tokens += other["tokens"]
+        self.text_bytes += other["text_bytes"]
+        self.skipped.update(other["skipped"])
+        room = EXAMPLES_KEPT - len(self.examples)
+        self.examples += other["examples"][: max(room, 0)]
+
     def summary(self) -> str:
-        rate = self.documents / self.seconds if self.seconds > 0 else 0.0
-        skipped = ", ".join(f"{r}={self.skipped[r]}" for r in SKIP_REASONS if self.skipped[r])
+        seconds = max(self.seconds, 1e-9)
+        skipped = ", ".join(f"{r}={n}" for r, n in sorted(self.skipped.items()))
         lines = [
-            f"documents: {self.documents}",
-            f"tokens: {self.tokens}",
-            f"skipped lines: {sum(self.skipped.values())}" + (f" ({skipped})" if skipped else ""),
-            f"time: {self.seconds:.1f}s ({rate:.0f} docs/s)",
+            f"documents: {self.documents:,}",
+            f"tokens: {self.tokens:,}",
+            f"input: {self.input_bytes / 2**20:,.1f} MiB on disk, "
+            f"{self.text_bytes / 2**20:,.1f} MiB of text; output: {self.output_bytes / 2**20:,.1f} MiB",
+            f"skipped records: {sum(self.skipped.values()):,}" + (f" ({skipped})" if skipped else ""),
         ]
+        lines += [f"  {example}" for example in self.examples]
+        lines.append(
+            f"time: {self.seconds:.1f}s ({self.documents / seconds:,.0f} docs/s, "
+            f"{self.text_bytes / 2**20 / seconds:,.2f} MB/s, {self.tokens / seconds:,.0f} tokens/s)"
+            + (f"; {self.partitions_reused} finished partitions reused" if self.partitions_reused else "")
+        )
         lines += [f"wrote: {prefix}.bin/.idx  [{key}]" for key, prefix in self.outputs.items()]
         return "\n".join(lines)
 
 
-@functools.lru_cache(maxsize=4)
-def _tokenizer_for(spec: TokenizerSpec) -> SentencePieceTokenizer | NullTokenizer:
-    # Memoized per process: pool workers forked after the parent's first call inherit the loaded
-    # model instead of reloading it for every chunk of lines they are handed.
-    return build_tokenizer(spec.tokenizer_type, spec.model_path, spec.vocab_size)
+def output_prefix_for(output_prefix: str, key: str, level: str = "document") -> str:
+    """Megatron-LM's naming: <output-prefix>_<key>_<document|sentence>."""
+    return f"{output_prefix}_{key}_{level}"
 
 
-def _encode_line(
-    spec: TokenizerSpec,
-    json_keys: tuple[str, ...],
-    append_eod: bool,
-    dtype: type,
-    source: str,
-    numbered_line: tuple[int, bytes],
-) -> tuple[str, list[numpy.ndarray]]:
-    """Return ("ok", token arrays per key) or (skip reason, [])."""
-    lineno, raw = numbered_line
-    if not raw.strip():
-        return "empty", []
-    try:
-        record = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        return "not_utf8", []
-    except ValueError:
-        return "malformed_json", []
-    if not isinstance(record, dict):
-        return "malformed_json", []
-    texts = []
-    for key in json_keys:
-        if key not in record:
-            return "missing_key", []
-        if not isinstance(record[key], str):
-            return "not_a_string", []
-        if not record[key].strip():
-            # All keys of a line are kept or dropped together so per-key shards stay aligned.
-            return "empty", []
-        texts.append(record[key])
-    tokenizer = _tokenizer_for(spec)
-    arrays = []
-    for text in texts:
-        try:
-            ids = tokenizer.tokenize(text)
-        except MegatronSotaError as err:
-            raise MegatronSotaError(f"{source} line {lineno}: {err}") from None
-        if append_eod:
-            ids = list(ids) + [tokenizer.eod]
-        arrays.append(numpy.asarray(ids, dtype=dtype))
-    return "ok", arrays
+def _ordered_map(
+    pool: multiprocessing.pool.Pool, fn: Callable[[_In], _Out], items: Iterable[_In], in_flight: int
+) -> Iterator[tuple[_In, _Out]]:
+    """(item, fn(item)) in input order, at most `in_flight` items read ahead.
+
+    Pool.imap would read the whole input into its task queue ahead of the workers.
+    """
+    pending: collections.deque = collections.deque()
+    for item in items:
+        pending.append((item, pool.apply_async(fn, (item,))))
+        if len(pending) >= in_flight:
+            item, result = pending.popleft()
+            yield item, result.get()
+    while pending:
+        item, result = pending.popleft()
+        yield item, result.get()
 
 
-def _numbered_lines(path: str) -> Iterator[tuple[int, bytes]]:
-    with open_jsonl(path) as f:
-        yield from enumerate(f, start=1)
+def _encode_in_worker(chunk):  # type: ignore[no-untyped-def]
+    return encode_chunk(_WORKER_SETTINGS[0], chunk)
 
 
-def _ordered_pool_map(
-    pool: multiprocessing.pool.Pool,
-    fn: Callable[[_In], _Out],
-    items: Iterator[_In],
-    chunksize: int,
-    block: int,
-) -> Iterator[_Out]:
-    """pool.imap in input order, but never more than `block` items read ahead of the consumer."""
-    while True:
-        batch = list(itertools.islice(items, block))
-        if not batch:
-            return
-        yield from pool.imap(fn, batch, chunksize=chunksize)
+# Set once per pool process by its initializer; pool tasks then carry only the chunk.
+_WORKER_SETTINGS: list[EncodeSettings] = []
 
 
-def output_prefix_for(output_prefix: str, key: str) -> str:
-    """Megatron-LM's naming: <output-prefix>_<key>_document."""
-    return f"{output_prefix}_{key}_document"
+def _init_worker(settings: EncodeSettings) -> None:
+    # One tokenizer thread per process: parallelism comes from the processes.
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    os.environ["RAYON_NUM_THREADS"] = "1"
+    _WORKER_SETTINGS[:] = [settings]
 
 
-def _remove_quietly(path: str) -> None:
-    if os.path.exists(path):
-        os.remove(path)
+def _chunks_of(pieces: Sequence[Piece], options: PreprocessOptions) -> Iterator[RawChunk]:
+    for piece in pieces:
+        yield from read_chunks(piece, options.json_keys, options.chunk_bytes)
 
 
-def preprocess_jsonl(
-    input_path: str,
-    output_prefix: str,
-    tokenizer_type: str,
-    tokenizer_model: str | None = None,
-    vocab_size: int | None = None,
-    json_keys: Sequence[str] = ("text",),
-    append_eod: bool = False,
-    workers: int = 1,
-    chunksize: int = 64,
-    log_interval: int = 1000,
-    progress: bool = True,
-) -> PreprocessStats:
-    """Tokenize every JSONL line, in input order, into one indexed shard per json key."""
-    if workers < 1:
-        raise MegatronSotaError(f"workers: expected an integer >= 1, found {workers}")
-    if not json_keys:
-        raise MegatronSotaError("json keys: expected at least one key, found none")
-    open_jsonl(input_path).close()  # a missing input fails before any output is created
-    stamp = None
-    if tokenizer_model and os.path.isfile(tokenizer_model):
-        info = os.stat(tokenizer_model)
-        stamp = (info.st_mtime_ns, info.st_size)
-    spec = TokenizerSpec(tokenizer_type, tokenizer_model, vocab_size, stamp)
-    tokenizer = _tokenizer_for(spec)
-    dtype = DType.optimal_dtype(tokenizer.vocab_size)
-    keys = tuple(json_keys)
-    encode = functools.partial(_encode_line, spec, keys, append_eod, dtype, input_path)
+def _add_documents(builder: IndexedDatasetBuilder, part: EncodedKey) -> None:
+    # Document by document through megatron-core's builder, as Megatron-LM's tool does.
+    token_ends = numpy.cumsum(part.sequence_lengths)
+    sequence_end = 0
+    token_start = 0
+    for count in part.sequences_per_document.tolist():
+        lengths = part.sequence_lengths[sequence_end : sequence_end + count].tolist()
+        sequence_end += count
+        token_end = int(token_ends[sequence_end - 1])
+        builder.add_document(part.tokens[token_start:token_end], lengths)
+        token_start = token_end
 
-    parent = os.path.dirname(os.path.abspath(output_prefix))
-    os.makedirs(parent, exist_ok=True)
-    finals = {key: output_prefix_for(output_prefix, key) for key in keys}
-    tmp_tag = f".tmp-{os.getpid()}"
-    temps = {key: f"{prefix}{tmp_tag}" for key, prefix in finals.items()}
 
-    stats = PreprocessStats()
-    start = time.perf_counter()
-    builders: dict[str, IndexedDatasetBuilder] = {}
-    pool = None
-    try:
-        for key in keys:
-            builders[key] = IndexedDatasetBuilder(f"{temps[key]}.bin", dtype=dtype)
-        lines = _numbered_lines(input_path)
-        if workers > 1:
-            pool = multiprocessing.Pool(workers)
-            block = workers * chunksize * _CHUNKS_PER_WORKER_PER_BLOCK
-            results: Iterable[tuple[str, list[numpy.ndarray]]] = _ordered_pool_map(
-                pool, encode, lines, chunksize, block
+class _Bar:
+    """tqdm over input bytes on disk, with docs/s and tokens/s beside MB/s and the ETA."""
+
+    def __init__(self, total_bytes: int, options: PreprocessOptions) -> None:
+        self.bar = tqdm(
+            total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024,
+            disable=not options.progress, desc="tokenizing", mininterval=1.0,
+        )
+        self.interval = max(options.log_interval, 1)
+        self.start = time.perf_counter()
+        self.documents = 0
+        self.tokens = 0
+        self.next_refresh = self.interval
+
+    def update(self, disk_bytes: int, documents: int, tokens: int) -> None:
+        self.bar.update(disk_bytes)
+        self.documents += documents
+        self.tokens += tokens
+        if self.documents >= self.next_refresh:
+            self.next_refresh = self.documents + self.interval
+            seconds = max(time.perf_counter() - self.start, 1e-9)
+            self.bar.set_postfix_str(
+                f"{self.documents:,} docs, {self.documents / seconds:,.0f} docs/s, "
+                f"{self.tokens / seconds:,.0f} tok/s", refresh=False,
             )
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _write_partition(
+    index: int,
+    pieces: Sequence[Piece],
+    work: WorkDir,
+    options: PreprocessOptions,
+    settings: EncodeSettings,
+    results: Callable[[Iterable[RawChunk]], Iterator[tuple[RawChunk, EncodedChunk]]],
+    bar: _Bar,
+) -> dict:
+    """Tokenize one partition into its part files; returns the stats its marker records."""
+    dtype = DType.optimal_dtype(settings.tokenizer.build().vocab_size)
+    temps = {key: work.part_prefix(index, key, options.level) + ".tmp" for key in options.json_keys}
+    builders = {key: IndexedDatasetBuilder(temps[key] + ".bin", dtype=dtype) for key in temps}
+    stats = {"documents": 0, "tokens": 0, "text_bytes": 0, "skipped": Counter(), "examples": []}
+    try:
+        for chunk, encoded in results(_chunks_of(pieces, options)):
+            for number, reason in encoded.skipped:
+                where = record_location(chunk.piece, number)
+                if options.strict:
+                    raise MegatronSotaError(
+                        f"{where}: {reason.replace('_', ' ')} (stopped by --strict; without it "
+                        f"such records are counted and skipped)"
+                    )
+                stats["skipped"][reason] += 1
+                if len(stats["examples"]) < EXAMPLES_KEPT:
+                    stats["examples"].append(f"{where}: {reason}")
+            tokens = 0
+            for key, part in encoded.keys.items():
+                _add_documents(builders[key], part)
+                tokens += int(part.sequence_lengths.sum())
+            stats["documents"] += encoded.documents
+            stats["tokens"] += tokens
+            stats["text_bytes"] += encoded.text_bytes
+            bar.update(encoded.disk_bytes, encoded.documents, tokens)
+        for key, builder in builders.items():
+            builder.finalize(temps[key] + ".idx")
+            publish(temps[key], work.part_prefix(index, key, options.level))
+    finally:
+        for key, builder in builders.items():
+            builder.data_file.close()
+            for ext in (".bin", ".idx"):
+                if os.path.exists(temps[key] + ext):
+                    os.remove(temps[key] + ext)
+    stats["skipped"] = dict(stats["skipped"])
+    work.mark_finished(index, stats)
+    return stats
+
+
+def _file_stamp(path: str | None) -> list | None:
+    if not path or not os.path.exists(path):
+        return None
+    info = os.stat(path)
+    return [os.path.abspath(path), info.st_size, info.st_mtime_ns]
+
+
+def _check_options(options: PreprocessOptions) -> None:
+    if options.workers < 1:
+        raise MegatronSotaError(f"--workers: expected an integer >= 1, found {options.workers}")
+    if options.partitions < 1:
+        raise MegatronSotaError(
+            f"--partitions: expected an integer >= 1, found {options.partitions}"
+        )
+    if not options.json_keys:
+        raise MegatronSotaError("--json-keys: expected at least one key, found none")
+    if options.chunk_bytes < 1:
+        raise MegatronSotaError(f"chunk size: expected >= 1 byte, found {options.chunk_bytes}")
+
+
+def _assemble(work: WorkDir, options: PreprocessOptions, finished: list[dict]) -> dict[str, str]:
+    """Concatenate the partitions' part files into the final pair per key."""
+    outputs = {}
+    for key in options.json_keys:
+        final = output_prefix_for(options.output_prefix, key, options.level)
+        # An empty partition has no .bin bytes to map; it contributes nothing anyway.
+        parts = [
+            work.part_prefix(i, key, options.level)
+            for i, done in enumerate(finished)
+            if done["documents"] > 0
+        ]
+        if len(parts) == 1:
+            publish(parts[0], final)
         else:
-            results = map(encode, lines)
-        with tqdm(
-            unit="docs", disable=not progress, miniters=log_interval, mininterval=1.0
-        ) as bar:
-            for status, arrays in results:
-                if status != "ok":
-                    stats.skipped[status] += 1
-                    continue
-                for key, array in zip(keys, arrays):
-                    builders[key].add_document(array, [len(array)])
-                    stats.tokens += len(array)
-                stats.documents += 1
-                bar.update(1)
+            merge_datasets(parts, final)
+        outputs[key] = final
+    return outputs
+
+
+def preprocess(options: PreprocessOptions) -> PreprocessStats:
+    """Tokenize every record of the inputs, in input order, into one indexed pair per json key."""
+    _check_options(options)
+    start = time.perf_counter()
+    files = expand_inputs(options.inputs)
+    tokenizer = options.tokenizer.build()  # a bad tokenizer fails before any output exists
+    dtype = DType.optimal_dtype(tokenizer.vocab_size)
+    settings = EncodeSettings(
+        tokenizer=options.tokenizer,
+        json_keys=tuple(options.json_keys),
+        append_eod=options.append_eod,
+        split_sentences=options.split_sentences,
+        keep_newlines=options.keep_newlines,
+        dtype=numpy.dtype(dtype).name,
+    )
+    partitions = plan_partitions(files, options.partitions)
+    if len(partitions) < options.partitions:
+        print(
+            f"note: {len(partitions)} partitions instead of {options.partitions}: only plain "
+            f".jsonl files can be cut, compressed/parquet/text files stay whole"
+        )
+    os.makedirs(os.path.dirname(os.path.abspath(options.output_prefix)), exist_ok=True)
+    work = WorkDir(f"{options.output_prefix}_{options.level}.partitions")
+    record = settings_record(
+        encode=settings,
+        tokenizer_files=[
+            _file_stamp(options.tokenizer.model),
+            _file_stamp(options.tokenizer.vocab_file),
+            _file_stamp(options.tokenizer.merge_file),
+        ],
+    )
+    reused, discarded = work.open(record, partitions)
+    if discarded:
+        print(
+            f"note: {work.path} held {discarded} finished partitions of a run with other inputs "
+            f"or settings; they were discarded"
+        )
+    if reused:
+        print(f"resuming: {reused} of {len(partitions)} partitions already finished in {work.path}")
+
+    stats = PreprocessStats(input_bytes=sum(f.size for f in files))
+    bar = _Bar(sum(piece_bytes(p) for pieces in partitions for p in pieces), options)
+    pool = None
+    if options.workers > 1:
+        pool = multiprocessing.Pool(options.workers, initializer=_init_worker, initargs=(settings,))
+        in_flight = options.workers * CHUNKS_IN_FLIGHT_PER_WORKER
+
+        def results(chunks: Iterable[RawChunk]) -> Iterator[tuple[RawChunk, EncodedChunk]]:
+            return _ordered_map(pool, _encode_in_worker, chunks, in_flight)
+    else:
+
+        def results(chunks: Iterable[RawChunk]) -> Iterator[tuple[RawChunk, EncodedChunk]]:
+            return ((chunk, encode_chunk(settings, chunk)) for chunk in chunks)
+
+    finished = []
+    try:
+        for index, pieces in enumerate(partitions):
+            done = work.finished(index)
+            if done is None:
+                done = _write_partition(index, pieces, work, options, settings, results, bar)
+            else:
+                stats.partitions_reused += 1
+                bar.update(sum(piece_bytes(p) for p in pieces), done["documents"], done["tokens"])
+            stats.add(done)
+            finished.append(done)
         if pool is not None:
             pool.close()
             pool.join()
             pool = None
-        if stats.documents == 0:
-            raise MegatronSotaError(
-                f"input file {input_path!r}: expected at least one usable line with keys "
-                f"{list(keys)}, found none ({sum(stats.skipped.values())} lines skipped: "
-                f"{dict(stats.skipped)})"
-            )
-        for key, builder in builders.items():
-            builder.finalize(f"{temps[key]}.idx")
-        for key in keys:
-            # Drop the old .idx first: a crash mid-rename then leaves a .bin without .idx,
-            # which check_shards reports, never a new .bin paired with a stale .idx.
-            _remove_quietly(f"{finals[key]}.idx")
-            os.replace(f"{temps[key]}.bin", f"{finals[key]}.bin")
-            os.replace(f"{temps[key]}.idx", f"{finals[key]}.idx")
-        stats.outputs = dict(finals)
     finally:
+        bar.close()
         if pool is not None:
             pool.terminate()
             pool.join()
-        for key, builder in builders.items():
-            builder.data_file.close()
-            _remove_quietly(f"{temps[key]}.bin")
-            _remove_quietly(f"{temps[key]}.idx")
+    if stats.documents == 0:
+        work.remove()
+        raise MegatronSotaError(
+            f"--input {', '.join(options.inputs)}: expected at least one record with non-empty "
+            f"text under {list(options.json_keys)}, found none "
+            f"({sum(stats.skipped.values())} records skipped: {dict(stats.skipped)})"
+        )
+    stats.outputs = _assemble(work, options, finished)
+    work.remove()
+    stats.output_bytes = sum(
+        os.path.getsize(prefix + ext) for prefix in stats.outputs.values() for ext in (".bin", ".idx")
+    )
     stats.seconds = time.perf_counter() - start
     return stats

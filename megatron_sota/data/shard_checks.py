@@ -62,10 +62,10 @@ def _id_range(bin_path: str, dtype: type, count: int) -> tuple[int, int]:
     return min(lows), max(highs)
 
 
-def check_shard(
-    prefix: str, vocab_size: int, position: int = 0, config_key: str = "data.paths"
-) -> int:
-    """Validate one <prefix>.bin/.idx pair and return its number of tokens."""
+def index_summary(
+    prefix: str, position: int = 0, config_key: str = "data.paths"
+) -> tuple[type, int]:
+    """(token dtype, token count) of a <prefix>.bin/.idx pair whose sizes agree; reads no tokens."""
     bin_path, idx_path = f"{prefix}.bin", f"{prefix}.idx"
     _require_file(bin_path, prefix, position, config_key)
     _require_file(idx_path, prefix, position, config_key)
@@ -74,7 +74,6 @@ def check_shard(
     dtype = dataset.index.dtype
     count = int(dataset.sequence_lengths.sum(dtype=numpy.int64))
     del dataset
-
     expected_bytes = count * DType.size(dtype)
     found_bytes = os.path.getsize(bin_path)
     if found_bytes != expected_bytes:
@@ -83,6 +82,15 @@ def check_shard(
             f"{numpy.dtype(dtype).name} per {idx_path}), found {found_bytes} bytes; the shard is "
             f"truncated or its .idx belongs to another .bin"
         )
+    return dtype, count
+
+
+def check_shard(
+    prefix: str, vocab_size: int, position: int = 0, config_key: str = "data.paths"
+) -> int:
+    """Validate one <prefix>.bin/.idx pair and return its number of tokens."""
+    bin_path = f"{prefix}.bin"
+    dtype, count = index_summary(prefix, position, config_key)
     if count == 0:
         raise MegatronSotaError(f"{bin_path}: expected at least one token, found an empty shard")
 

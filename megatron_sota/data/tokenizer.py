@@ -1,19 +1,32 @@
-"""Tokenizers megatron-core's GPT datasets accept: a SentencePiece model, or ids written as text.
+"""Tokenizers megatron-core's GPT datasets accept, built by Megatron-LM --tokenizer-type name.
 
-Wraps existing models only; it must not train tokenizers (tokenizer_training.py does) or read data.
+Wraps existing models only (BPE in hf_tokenizer.py, tiktoken_tokenizer.py); it must not train or read data.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import sentencepiece
 from megatron.core.datasets.megatron_tokenizer import MegatronLegacyTokenizer
 
+from megatron_sota.data.hf_tokenizer import GPT2BPETokenizer, HuggingFaceTokenizer
+from megatron_sota.data.tiktoken_tokenizer import (
+    DEFAULT_NUM_SPECIAL_TOKENS,
+    TikTokenizer,
+)
 from megatron_sota.errors import MegatronSotaError
 
-TOKENIZER_TYPES = ("SentencePieceTokenizer", "NullTokenizer")
+TOKENIZER_TYPES = (
+    "SentencePieceTokenizer",
+    "GPTSentencePieceTokenizer",
+    "HuggingFaceTokenizer",
+    "GPT2BPETokenizer",
+    "TikTokenizer",
+    "NullTokenizer",
+)
 
 
 class SentencePieceTokenizer(MegatronLegacyTokenizer):
@@ -55,6 +68,11 @@ class SentencePieceTokenizer(MegatronLegacyTokenizer):
 
     def tokenize(self, text: str) -> list[int]:
         return self._processor.EncodeAsIds(text)
+
+    def tokenize_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        # sentencepiece batches on all cores by default; one thread per worker process avoids
+        # oversubscription when preprocessing runs a process per core.
+        return self._processor.Encode(list(texts), out_type=int, num_threads=1)
 
     def detokenize(self, ids: Sequence[int]) -> str:
         return self._processor.DecodeIds([int(i) for i in ids])
@@ -125,6 +143,9 @@ class NullTokenizer(MegatronLegacyTokenizer):
             ids.append(token)
         return ids
 
+    def tokenize_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [self.tokenize(text) for text in texts]
+
     def detokenize(self, ids: Sequence[int]) -> str:
         return " ".join(str(int(i)) for i in ids)
 
@@ -154,26 +175,65 @@ class NullTokenizer(MegatronLegacyTokenizer):
         return self.eod
 
 
-def build_tokenizer(
-    tokenizer_type: str, model_path: str | None = None, vocab_size: int | None = None
-) -> SentencePieceTokenizer | NullTokenizer:
-    """Build a tokenizer by Megatron-LM type name.
+Tokenizer = (
+    SentencePieceTokenizer | HuggingFaceTokenizer | GPT2BPETokenizer | TikTokenizer | NullTokenizer
+)
 
-    SentencePieceTokenizer needs model_path; NullTokenizer needs vocab_size (eod = last id).
+
+def build_tokenizer(
+    tokenizer_type: str,
+    model_path: str | None = None,
+    vocab_size: int | None = None,
+    *,
+    vocab_file: str | None = None,
+    merge_file: str | None = None,
+    tiktoken_pattern: str = "v2",
+    tiktoken_num_special_tokens: int = DEFAULT_NUM_SPECIAL_TOKENS,
+) -> Tokenizer:
+    """Build a tokenizer by Megatron-LM --tokenizer-type name.
+
+    model_path is --tokenizer-model (a SentencePiece .model, a tokenizer.json or its directory, a
+    tiktoken .json); vocab_file and merge_file are GPT2BPETokenizer's --vocab-file/--merge-file;
+    vocab_size is NullTokenizer's (eod = last id) and TikTokenizer's (default 131072), ignored otherwise.
     """
-    if tokenizer_type == "SentencePieceTokenizer":
-        if not model_path:
-            raise MegatronSotaError(
-                "tokenizer model: expected a path to a SentencePiece .model file for "
-                "SentencePieceTokenizer, found none"
-            )
-        return SentencePieceTokenizer(model_path)
+    if tokenizer_type not in TOKENIZER_TYPES:
+        raise MegatronSotaError(
+            f"tokenizer type: expected one of {', '.join(TOKENIZER_TYPES)}, found {tokenizer_type!r}"
+        )
     if tokenizer_type == "NullTokenizer":
         if vocab_size is None:
             raise MegatronSotaError(
                 "tokenizer vocab_size: expected an integer for NullTokenizer, found none"
             )
         return NullTokenizer(vocab_size)
-    raise MegatronSotaError(
-        f"tokenizer type: expected one of {', '.join(TOKENIZER_TYPES)}, found {tokenizer_type!r}"
-    )
+    if tokenizer_type == "GPT2BPETokenizer":
+        missing = [
+            flag
+            for flag, value in (("vocab_file", vocab_file), ("merge_file", merge_file))
+            if not value
+        ]
+        if missing:
+            raise MegatronSotaError(
+                f"tokenizer {' and '.join(missing)}: expected GPT-2 vocab.json and merges.txt paths "
+                f"for GPT2BPETokenizer (tokenizer.model is not used), found none"
+            )
+        return GPT2BPETokenizer(vocab_file, merge_file)
+    if not model_path:
+        raise MegatronSotaError(
+            f"tokenizer model: expected a path to {_MODEL_FILE_KIND[tokenizer_type]} for "
+            f"{tokenizer_type}, found none"
+        )
+    if tokenizer_type == "HuggingFaceTokenizer":
+        return HuggingFaceTokenizer(model_path)
+    if tokenizer_type == "TikTokenizer":
+        return TikTokenizer(model_path, tiktoken_pattern, tiktoken_num_special_tokens, vocab_size)
+    # GPTSentencePieceTokenizer is the same model used the same way (plain pieces, eod = EOS).
+    return SentencePieceTokenizer(model_path)
+
+
+_MODEL_FILE_KIND = {
+    "SentencePieceTokenizer": "a SentencePiece .model file",
+    "GPTSentencePieceTokenizer": "a SentencePiece .model file",
+    "HuggingFaceTokenizer": "a tokenizer.json file or its directory",
+    "TikTokenizer": "a tiktoken .json vocabulary",
+}

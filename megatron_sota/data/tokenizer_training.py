@@ -1,179 +1,114 @@
-"""Train a SentencePiece BPE model from JSONL documents, with settings that round-trip source code.
+"""Train a tokenizer by library name: SentencePiece (BPE or unigram) or Hugging Face byte-level BPE.
 
-Produces <prefix>.model/.vocab only; it must not tokenize datasets or write training shards.
+Chooses and checks options only; the trainers are sentencepiece_training.py and
+byte_level_bpe_training.py, and it must not tokenize datasets or write shards.
 """
 
 from __future__ import annotations
 
-import gzip
-import json
-import os
-import random
-import time
-from dataclasses import dataclass
-from typing import IO, Iterator, Sequence
+from collections.abc import Sequence
 
-import sentencepiece
-
+from megatron_sota.data.sentencepiece_training import (
+    BOS_ID,
+    EOS_ID,
+    MODEL_TYPES,
+    PAD_ID,
+    UNK_ID,
+    train_sentencepiece,
+)
+from megatron_sota.data.tokenizer_corpus import MAX_VOCAB_SIZE, TrainedTokenizer
 from megatron_sota.errors import MegatronSotaError
 
-# Fixed special ids: the trainer and data pipeline rely on eos=2 being end-of-document.
-UNK_ID, BOS_ID, EOS_ID, PAD_ID = 0, 1, 2, 3
+__all__ = [
+    "BOS_ID",
+    "EOS_ID",
+    "LIBRARIES",
+    "MAX_VOCAB_SIZE",
+    "MODEL_TYPES",
+    "PAD_ID",
+    "UNK_ID",
+    "TrainedTokenizer",
+    "train_sentencepiece",
+    "train_tokenizer",
+]
+
+LIBRARIES = ("sentencepiece", "huggingface")
 
 
-@dataclass(frozen=True)
-class TrainedTokenizer:
-    """Where the trained model went and what it was trained on."""
-
-    model_path: str
-    vocab_path: str
-    vocab_size: int
-    documents: int
-    sentences_seen: int
-    sentences_fed: int
-    sentences_too_long: int
-    seconds: float
-
-
-@dataclass
-class _FeedCounts:
-    documents: int = 0
-    sentences: int = 0
-    too_long: int = 0
-
-
-def open_jsonl(path: str) -> IO[bytes]:
-    """Open a .jsonl or .jsonl.gz file for binary line iteration."""
-    if not os.path.isfile(path):
-        raise MegatronSotaError(f"input file {path!r}: expected an existing JSONL file, found none")
-    return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
-
-
-def iter_documents(paths: Sequence[str], json_key: str) -> Iterator[str]:
-    """Text of every well-formed line; malformed lines are skipped (preprocess_data counts them)."""
-    for path in paths:
-        with open_jsonl(path) as f:
-            for raw in f:
-                try:
-                    record = json.loads(raw)
-                except ValueError:
-                    continue
-                text = record.get(json_key) if isinstance(record, dict) else None
-                if isinstance(text, str) and text.strip():
-                    yield text
-
-
-def _iter_sentences(
-    paths: Sequence[str], json_key: str, max_sentence_length: int, counts: _FeedCounts
-) -> Iterator[str]:
-    # SentencePiece treats each item as one sentence and drops items over max_sentence_length
-    # bytes, so whole files would be discarded; lines are the natural unit for code.
-    for text in iter_documents(paths, json_key):
-        counts.documents += 1
-        for line in text.splitlines():
-            if not line.strip():
-                continue
-            if len(line.encode("utf-8")) > max_sentence_length:
-                counts.too_long += 1
-                continue
-            counts.sentences += 1
-            yield line
-
-
-def _reservoir_sample(items: Iterator[str], size: int, seed: int) -> list[str]:
-    """Uniform sample of `size` items in one pass (Algorithm R), reproducible for a given seed."""
-    rng = random.Random(seed)
-    sample: list[str] = []
-    for seen, item in enumerate(items):
-        if seen < size:
-            sample.append(item)
-        else:
-            slot = rng.randrange(seen + 1)
-            if slot < size:
-                sample[slot] = item
-    return sample
-
-
-def _no_text_error(inputs: Sequence[str], json_key: str) -> MegatronSotaError:
-    return MegatronSotaError(
-        f"tokenizer training inputs {', '.join(inputs)}: expected lines with non-empty "
-        f"{json_key!r} strings, found none"
-    )
-
-
-def train_sentencepiece(
+def train_tokenizer(
+    library: str,
     inputs: Sequence[str],
-    model_prefix: str,
-    vocab_size: int = 8000,
+    output: str,
+    vocab_size: int,
+    *,
     json_key: str = "text",
-    model_type: str = "bpe",
-    character_coverage: float = 1.0,
-    max_sentence_length: int = 4192,
+    model_type: str | None = None,
+    special_tokens: Sequence[str] = (),
     input_sentence_size: int = 200_000,
-    num_threads: int | None = None,
     seed: int = 1234,
     quiet: bool = False,
+    character_coverage: float | None = None,
+    max_sentence_length: int | None = None,
+    num_threads: int | None = None,
+    model_max_length: int | None = None,
 ) -> TrainedTokenizer:
-    """Train <model_prefix>.model/.vocab; ids: unk=0, bos=1, eos=2, pad=3, with byte fallback."""
-    if not inputs:
-        raise MegatronSotaError(
-            "tokenizer training inputs: expected at least one JSONL file, found none"
-        )
-    for path in inputs:
-        open_jsonl(path).close()  # fail before the trainer starts, with a message naming the file
-    parent = os.path.dirname(os.path.abspath(model_prefix))
-    os.makedirs(parent, exist_ok=True)
+    """Train with `library`; `output` is a file prefix (sentencepiece) or a directory (huggingface).
 
-    counts = _FeedCounts()
-    start = time.perf_counter()
-    sentences: Iterator[str] | list[str] = _iter_sentences(
-        inputs, json_key, max_sentence_length, counts
-    )
-    if input_sentence_size > 0:
-        # SentencePiece's own shuffled sampling ignores set_random_generator_seed (0.2.x), so
-        # the same corpus gave different models; sampling here makes training reproducible.
-        sentences = _reservoir_sample(sentences, input_sentence_size, seed)
-    try:
-        sentencepiece.SentencePieceTrainer.Train(
-            sentence_iterator=iter(sentences),
-            model_prefix=model_prefix,
+    Options left None take the library's default; one given to the library that has no use for
+    it is an error rather than silently ignored.
+    """
+    sentencepiece_only = {
+        "character_coverage": character_coverage,
+        "max_sentence_length": max_sentence_length,
+        "num_threads": num_threads,
+    }
+    given = {name: value for name, value in sentencepiece_only.items() if value is not None}
+    if library == "sentencepiece":
+        if model_max_length is not None:
+            raise MegatronSotaError(
+                "--model-max-length: applies to --library huggingface only, found it set for "
+                "sentencepiece"
+            )
+        return train_sentencepiece(
+            inputs,
+            output,
             vocab_size=vocab_size,
-            model_type=model_type,
-            character_coverage=character_coverage,
-            max_sentence_length=max_sentence_length,
-            input_sentence_size=0,  # already sampled above: use every sentence given
-            shuffle_input_sentence=False,
-            byte_fallback=True,
-            unk_id=UNK_ID,
-            bos_id=BOS_ID,
-            eos_id=EOS_ID,
-            pad_id=PAD_ID,
-            # Code needs exact whitespace: no NFKC, no collapsing of indentation, no dummy
-            # leading space, and runs of spaces may become single pieces.
-            normalization_rule_name="identity",
-            remove_extra_whitespaces=False,
-            add_dummy_prefix=False,
-            allow_whitespace_only_pieces=True,
-            num_threads=num_threads or os.cpu_count() or 1,
-            minloglevel=2 if quiet else 0,
+            json_key=json_key,
+            model_type=model_type or "bpe",
+            special_tokens=special_tokens,
+            input_sentence_size=input_sentence_size,
+            seed=seed,
+            quiet=quiet,
+            **given,  # type: ignore[arg-type]
         )
-    except RuntimeError as err:
-        if counts.sentences == 0:
-            raise _no_text_error(inputs, json_key) from err
-        raise MegatronSotaError(
-            f"tokenizer training on {', '.join(inputs)} (key {json_key!r}, "
-            f"vocab_size {vocab_size}) failed: {err}"
-        ) from err
-    seconds = time.perf_counter() - start
-    if counts.sentences == 0:
-        raise _no_text_error(inputs, json_key)
-    return TrainedTokenizer(
-        model_path=f"{model_prefix}.model",
-        vocab_path=f"{model_prefix}.vocab",
-        vocab_size=vocab_size,
-        documents=counts.documents,
-        sentences_seen=counts.sentences,
-        sentences_fed=min(counts.sentences, input_sentence_size or counts.sentences),
-        sentences_too_long=counts.too_long,
-        seconds=seconds,
+    if library == "huggingface":
+        if model_type not in (None, "bpe"):
+            raise MegatronSotaError(
+                f"--model-type: expected bpe (or nothing) for --library huggingface, which trains "
+                f"byte-level BPE only, found {model_type!r}"
+            )
+        if given:
+            flag = "--" + next(iter(given)).replace("_", "-")
+            raise MegatronSotaError(
+                f"{flag}: applies to --library sentencepiece only, found it set for huggingface"
+            )
+        # Imported here so SentencePiece training works without `tokenizers` installed.
+        from megatron_sota.data.byte_level_bpe_training import (
+            NO_MAX_LENGTH,
+            train_byte_level_bpe,
+        )
+
+        return train_byte_level_bpe(
+            inputs,
+            output,
+            vocab_size=vocab_size,
+            json_key=json_key,
+            special_tokens=special_tokens,
+            input_sentence_size=input_sentence_size,
+            seed=seed,
+            model_max_length=NO_MAX_LENGTH if model_max_length is None else model_max_length,
+            quiet=quiet,
+        )
+    raise MegatronSotaError(
+        f"--library: expected one of {', '.join(LIBRARIES)}, found {library!r}"
     )

@@ -5,18 +5,15 @@ Small corpus and vocabulary so the whole module runs in seconds; no GPU, no netw
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import pathlib
-import subprocess
-import sys
 
-import numpy
 import pytest
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-from megatron_sota.data.preprocess import preprocess_jsonl
+from megatron_sota.data.encode_worker import TokenizerSpec
+from megatron_sota.data.preprocess import PreprocessOptions, preprocess
 from megatron_sota.data.shard_checks import check_shards
 from megatron_sota.data.stdlib_corpus import write_stdlib_corpus
 from megatron_sota.data.tokenizer import NullTokenizer, SentencePieceTokenizer, build_tokenizer
@@ -54,17 +51,15 @@ def tokenizer(corpus: pathlib.Path, workdir: pathlib.Path) -> SentencePieceToken
     return SentencePieceTokenizer(result.model_path)
 
 
-def _preprocess(
-    corpus: pathlib.Path, prefix: pathlib.Path, tokenizer: SentencePieceTokenizer, **kw
-):
-    return preprocess_jsonl(
-        str(corpus),
-        str(prefix),
-        "SentencePieceTokenizer",
-        tokenizer_model=tokenizer.model_path,
-        append_eod=True,
-        progress=False,
-        **kw,
+def _preprocess(corpus: pathlib.Path, prefix: pathlib.Path, tokenizer: SentencePieceTokenizer):
+    return preprocess(
+        PreprocessOptions(
+            inputs=(str(corpus),),
+            output_prefix=str(prefix),
+            tokenizer=TokenizerSpec("SentencePieceTokenizer", model=tokenizer.model_path),
+            append_eod=True,
+            progress=False,
+        )
     )
 
 
@@ -141,84 +136,12 @@ def test_training_is_reproducible(corpus: pathlib.Path, tmp_path):
     assert models[0] == models[1]
 
 
-# --- preprocess ----------------------------------------------------------------------------
-
-
-def test_preprocess_with_workers_keeps_input_order(corpus, docs, tokenizer, tmp_path):
-    prefix = tmp_path / "out"
-    stats = _preprocess(corpus, prefix, tokenizer, workers=2, chunksize=3)
-    dataset = IndexedDataset(str(tmp_path / "out_text_document"))
-    assert len(dataset) == len(docs) == stats.documents
-    for i, text in enumerate(docs):
-        assert dataset[i].tolist() == tokenizer.tokenize(text) + [tokenizer.eod]
-    assert stats.tokens == int(dataset.sequence_lengths.sum())
-    assert dataset.index.dtype == numpy.uint16
-    written = sorted(p.name for p in tmp_path.iterdir())
-    assert written == ["out_text_document.bin", "out_text_document.idx"]
-
-
-def test_preprocess_skips_and_counts_bad_lines(tokenizer, tmp_path):
-    good = ["x = 1\n", "def f():\n    pass\n", "print('ok')"]
-    raw = [
-        json.dumps({"text": good[0]}).encode(),
-        b"{not json",
-        json.dumps({"body": "no text key"}).encode(),
-        json.dumps({"text": good[1]}).encode(),
-        json.dumps({"text": ""}).encode(),
-        b"",
-        json.dumps([1, 2]).encode(),
-        json.dumps({"text": 3}).encode(),
-        b'{"text": "\xff\xfe"}',
-        json.dumps({"text": good[2]}).encode(),
-    ]
-    source = tmp_path / "mixed.jsonl.gz"
-    with gzip.open(source, "wb") as f:
-        f.write(b"\n".join(raw) + b"\n")
-    stats = _preprocess(source, tmp_path / "mixed", tokenizer, workers=2, chunksize=1)
-    assert stats.documents == 3
-    assert dict(stats.skipped) == {
-        "malformed_json": 2, "missing_key": 1, "empty": 2, "not_a_string": 1, "not_utf8": 1,
-    }
-    dataset = IndexedDataset(str(tmp_path / "mixed_text_document"))
-    assert [dataset[i].tolist() for i in range(len(dataset))] == [
-        tokenizer.tokenize(text) + [tokenizer.eod] for text in good
-    ]
-
-
-def test_failed_preprocess_leaves_no_files(tmp_path):
-    source = tmp_path / "ids.jsonl"
-    lines = [json.dumps({"text": "1 2 3"})] * 50 + [json.dumps({"text": "1 999"})]
-    source.write_text("\n".join(lines) + "\n")
-    with pytest.raises(MegatronSotaError, match=r"ids.jsonl line 51.*999"):
-        preprocess_jsonl(
-            str(source), str(tmp_path / "ids"), "NullTokenizer", vocab_size=10, progress=False
-        )
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ids.jsonl"]
-
-
-def test_preprocess_cli_with_two_workers(corpus, docs, tokenizer, tmp_path):
-    prefix = tmp_path / "cli"
-    proc = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "tools" / "preprocess_data.py"),
-         "--input", str(corpus), "--output-prefix", str(prefix),
-         "--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", tokenizer.model_path,
-         "--append-eod", "--workers", "2", "--no-progress"],
-        capture_output=True, text=True, timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert f"documents: {len(docs)}" in proc.stdout
-    dataset = IndexedDataset(str(tmp_path / "cli_text_document"))
-    assert [dataset[i].tolist() for i in range(len(dataset))] == [
-        tokenizer.tokenize(text) + [tokenizer.eod] for text in docs
-    ]
-
-
 # --- shard checks --------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def shard(corpus, tokenizer, workdir) -> str:
-    _preprocess(corpus, workdir / "shard", tokenizer, workers=1)
+    _preprocess(corpus, workdir / "shard", tokenizer)
     return str(workdir / "shard_text_document")
 
 

@@ -1,0 +1,295 @@
+"""Raw records from every input preprocessing and tokenizer training accept, read in bounded chunks.
+
+JSONL (plain, .gz, .zst), parquet and plain text files, named as a file, a glob or a directory.
+It reads and frames records; it must not parse JSON or tokenize (workers do, in parallel).
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import gzip
+import io
+import json
+import os
+from dataclasses import dataclass
+from typing import IO, Iterator, Sequence
+
+from megatron_sota.errors import MegatronSotaError
+
+JSONL_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".jsonl.zst", ".json.zst")
+PARQUET_SUFFIXES = (".parquet",)
+# Bytes of input per chunk handed to a worker: large enough to amortize inter-process
+# overhead, small enough that the last chunks do not leave workers idle (at ~2 MB/s per
+# core, a 4 MB chunk is a 2 s tail) and that workers x in-flight chunks stays small.
+DEFAULT_CHUNK_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One input file and how its records are framed."""
+
+    path: str
+    kind: str
+    """jsonl (one JSON object per line), parquet (one row per record) or text (whole file)."""
+    size: int
+    """Bytes on disk; progress is measured in these."""
+
+    @property
+    def splittable(self) -> bool:
+        """Plain JSONL can be cut into byte ranges at line boundaries (for partitions)."""
+        return self.kind == "jsonl" and not self.path.endswith((".gz", ".zst"))
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A byte range of one input file (the whole file unless it is splittable)."""
+
+    file: InputFile
+    start: int = 0
+    end: int | None = None
+    """Exclusive; None = to the end. A line belongs to the piece its first byte falls in."""
+
+
+@dataclass
+class RawChunk:
+    """Consecutive records of one piece, still undecoded, plus where they came from."""
+
+    piece: Piece
+    kind: str
+    first_record: int
+    """1-based line (jsonl) or row (parquet) number of payloads[0] within its piece."""
+    payloads: list
+    """jsonl: one bytes block of whole lines; parquet: row dicts; text: one bytes file body."""
+    disk_bytes: int
+    """Bytes of the file on disk consumed by this chunk (compressed bytes for .gz/.zst)."""
+
+
+def _kind_of(path: str) -> str:
+    lower = path.lower()
+    if lower.endswith(JSONL_SUFFIXES):
+        return "jsonl"
+    if lower.endswith(PARQUET_SUFFIXES):
+        return "parquet"
+    return "text"
+
+
+def _walk(directory: str) -> list[str]:
+    found = []
+    for root, dirs, files in os.walk(directory):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [os.path.join(root, name) for name in sorted(files) if not name.startswith(".")]
+    return found
+
+
+def expand_inputs(inputs: str | Sequence[str]) -> list[InputFile]:
+    """Files named by each input (a file, a glob or a directory), in a stable sorted order.
+
+    In a directory, JSONL and parquet files are read as records and every other file as one
+    plain-text document, so a tree of .txt/.md/.py files is a corpus as it stands.
+    """
+    specs = [inputs] if isinstance(inputs, str) else list(inputs)
+    if not specs:
+        raise MegatronSotaError("--input: expected at least one file, glob or directory, found none")
+    paths: list[str] = []
+    for spec in specs:
+        if os.path.isdir(spec):
+            matched = _walk(spec)
+        elif os.path.isfile(spec):
+            matched = [spec]
+        else:
+            matched = sorted(p for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
+        if not matched:
+            raise MegatronSotaError(
+                f"--input {spec!r}: expected an existing file, a directory or a glob matching "
+                f"files, found nothing"
+            )
+        paths += matched
+    return [InputFile(p, _kind_of(p), os.path.getsize(p)) for p in paths]
+
+
+class _CountingReader(io.RawIOBase):
+    """Wraps the on-disk file so progress can count compressed bytes as they are consumed."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self.raw = raw
+        self.consumed = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
+        n = self.raw.readinto(buffer)
+        self.consumed += n or 0
+        return n
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()
+
+
+def _open_decompressed(path: str) -> tuple[IO[bytes], _CountingReader]:
+    counter = _CountingReader(open(path, "rb"))
+    if path.endswith(".gz"):
+        return gzip.GzipFile(fileobj=io.BufferedReader(counter)), counter
+    import zstandard  # only needed for .zst inputs
+
+    reader = zstandard.ZstdDecompressor().stream_reader(counter, read_across_frames=True)
+    return io.BufferedReader(reader), counter
+
+
+def _jsonl_chunks(piece: Piece, chunk_bytes: int) -> Iterator[RawChunk]:
+    # Whole-line blocks are cut here and split into lines by the workers, so the reading
+    # process does a few C-speed calls per block instead of Python work per line.
+    path = piece.file.path
+    counter = None
+    if piece.file.splittable:
+        stream: IO[bytes] = open(path, "rb")
+    else:
+        stream, counter = _open_decompressed(path)
+    with stream:
+        if piece.start > 0:
+            # Start on the first line that begins inside the range (the previous piece
+            # owns a line that straddles the boundary).
+            stream.seek(piece.start - 1)
+            if stream.read(1) != b"\n":
+                stream.readline()
+        left = None if piece.end is None else max(piece.end - stream.tell(), 0)
+        pending = b""
+        first = 1
+        reported = stream.tell() if counter is None else 0
+        while True:
+            want = chunk_bytes if left is None else min(chunk_bytes, left)
+            data = stream.read(want) if want > 0 else b""
+            if left is not None:
+                left -= len(data)
+            buffer = pending + data
+            at_end = not data
+            if left == 0 and not at_end and not buffer.endswith(b"\n"):
+                # The piece ends inside a line that started in it: that line is ours.
+                buffer += stream.readline()
+                left, at_end = -1, False
+            cut = len(buffer) if at_end else buffer.rfind(b"\n") + 1
+            block, pending = buffer[:cut], buffer[cut:]
+            if block:
+                done = stream.tell() if counter is None else counter.consumed
+                yield RawChunk(piece, "jsonl", first, [block], done - reported)
+                reported = done
+                first += block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
+            if at_end or left == -1 or (left == 0 and not pending):
+                return
+
+
+def _parquet_chunks(piece: Piece, chunk_bytes: int, columns: Sequence[str]) -> Iterator[RawChunk]:
+    import pyarrow.parquet  # only needed for parquet inputs
+
+    path = piece.file.path
+    try:
+        parquet = pyarrow.parquet.ParquetFile(path)
+    except Exception as err:  # pyarrow raises several unrelated types for a bad file
+        raise MegatronSotaError(
+            f"input file {path!r}: expected a parquet file, found one pyarrow cannot open ({err})"
+        ) from err
+    missing = [c for c in columns if c not in parquet.schema_arrow.names]
+    if missing:
+        raise MegatronSotaError(
+            f"input file {path!r}: expected text column(s) {missing}, found "
+            f"columns {parquet.schema_arrow.names}"
+        )
+    row_bytes = piece.file.size / max(parquet.metadata.num_rows, 1)
+    # About chunk_bytes of text per batch; text is typically ~3x its compressed size.
+    batch_rows = max(16, int(chunk_bytes / max(row_bytes * 3, 1.0)))
+    first = 1
+    for batch in parquet.iter_batches(batch_size=batch_rows, columns=list(columns)):
+        records = batch.to_pylist()
+        yield RawChunk(piece, "parquet", first, records, int(len(records) * row_bytes))
+        first += len(records)
+
+
+def _text_chunks(piece: Piece) -> Iterator[RawChunk]:
+    with open(piece.file.path, "rb") as f:
+        body = f.read()
+    yield RawChunk(piece, "text", 1, [body], piece.file.size)
+
+
+def read_chunks(
+    piece: Piece, keys: Sequence[str], chunk_bytes: int = DEFAULT_CHUNK_BYTES
+) -> Iterator[RawChunk]:
+    """Records of one piece in file order, framed into chunks of about chunk_bytes."""
+    if piece.file.kind == "jsonl":
+        return _jsonl_chunks(piece, chunk_bytes)
+    if piece.file.kind == "parquet":
+        return _parquet_chunks(piece, chunk_bytes, keys)
+    return _text_chunks(piece)
+
+
+def iter_payloads(chunk: RawChunk) -> Iterator[tuple[int, object]]:
+    """(record number, payload) for every record of a chunk; JSONL blocks split into lines."""
+    if chunk.kind != "jsonl":
+        yield from enumerate(chunk.payloads, start=chunk.first_record)
+        return
+    block = chunk.payloads[0]
+    lines = block.split(b"\n")
+    if block.endswith(b"\n"):
+        lines.pop()
+    yield from enumerate(lines, start=chunk.first_record)
+
+
+def decode_record(kind: str, payload: object, keys: Sequence[str]) -> tuple[dict | None, str]:
+    """(record, "ok") or (None, skip reason) for one raw payload of a chunk."""
+    if kind == "parquet":
+        record = payload
+    elif kind == "text":
+        try:
+            return {keys[0]: payload.decode("utf-8")}, "ok"  # type: ignore[union-attr]
+        except UnicodeDecodeError:
+            return None, "not_utf8"
+    else:
+        try:
+            record = json.loads(payload)  # type: ignore[arg-type]
+        except UnicodeDecodeError:
+            return None, "not_utf8"
+        except ValueError:
+            if not payload.strip():  # type: ignore[union-attr]
+                return None, "blank_line"
+            return None, "malformed_json"
+    if not isinstance(record, dict):
+        return None, "malformed_json"
+    return record, "ok"
+
+
+@functools.lru_cache(maxsize=256)
+def line_offset(piece: Piece) -> int:
+    """Lines of the file before the piece's first line, to report file-wide line numbers."""
+    if piece.start == 0 or piece.file.kind != "jsonl":
+        return 0
+    newlines = 0
+    with open(piece.file.path, "rb") as f:
+        left = piece.start
+        while left > 0:
+            block = f.read(min(left, 1 << 24))
+            newlines += block.count(b"\n")
+            left -= len(block)
+        f.seek(piece.start - 1)
+        straddles = f.read(1) != b"\n"
+    # A line straddling the start belongs to the previous piece.
+    return newlines + (1 if straddles else 0)
+
+
+def record_location(piece: Piece, number: int) -> str:
+    """'file:line N' (or row, for parquet) of a piece's record `number`, counted file-wide."""
+    if piece.file.kind == "text":
+        return piece.file.path
+    unit = "row" if piece.file.kind == "parquet" else "line"
+    return f"{piece.file.path}:{unit} {line_offset(piece) + number}"
+
+
+def iter_texts(inputs: str | Sequence[str], key: str) -> Iterator[str]:
+    """Non-empty text under `key` of every well-formed record (tokenizer training's input)."""
+    for file in expand_inputs(inputs):
+        for chunk in read_chunks(Piece(file), (key,)):
+            for _, payload in iter_payloads(chunk):
+                record, status = decode_record(chunk.kind, payload, (key,))
+                text = record.get(key) if record is not None else None
+                if isinstance(text, str) and text.strip():
+                    yield text
