@@ -6,7 +6,7 @@ Plain dataclasses only; validation across groups lives in config/validation.py.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 
 @dataclass
@@ -31,7 +31,24 @@ class TrainConfig:
 
 
 @dataclass
+class DataSource:
+    """One named part of the blend (web, code, books...): its share and its shards."""
+
+    weight: Optional[float] = None
+    """Required. Share of the blend relative to the other sources' (45 and 20, or 0.45 and 0.2); 0 leaves it out."""
+    paths: List[str] = field(default_factory=list)
+    """Prefixes of Megatron .bin/.idx shards (without the extension)."""
+    weights: Optional[List[float]] = None
+    """Share of each prefix within the source; proportional to each shard's token count when null."""
+
+
+@dataclass
 class DataConfig:
+    sources: Dict[str, DataSource] = field(default_factory=dict)
+    """Named sources of the blend; each prefix gets source share x share within its source.
+    Use either sources or paths/weights (a run with only paths is one source)."""
+    root: Optional[str] = None
+    """Directory the presets' prefixes live under (they interpolate ${data.root}); not read by the code."""
     paths: List[str] = field(default_factory=list)
     """Prefixes of Megatron .bin/.idx shards (without the extension)."""
     weights: Optional[List[float]] = None
@@ -49,11 +66,17 @@ class DataConfig:
 @dataclass
 class TokenizerConfig:
     type: Optional[str] = None
-    """SentencePieceTokenizer or NullTokenizer; null uses the model preset's vocabulary size."""
+    """A Megatron-LM --tokenizer-type (SentencePieceTokenizer, GPTSentencePieceTokenizer,
+    HuggingFaceTokenizer, GPT2BPETokenizer, TikTokenizer, NullTokenizer); null uses the model
+    preset's vocabulary size."""
     model: Optional[str] = None
-    """SentencePiece model file."""
+    """SentencePiece .model, HF tokenizer.json (or its directory), or tiktoken .json vocabulary."""
     vocab_size: Optional[int] = None
-    """NullTokenizer only."""
+    """NullTokenizer (model preset's when null); TikTokenizer (ids incl. specials, 131072 when null)."""
+    vocab_file: Optional[str] = None
+    """GPT2BPETokenizer only: GPT-2 vocab.json."""
+    merge_file: Optional[str] = None
+    """GPT2BPETokenizer only: GPT-2 merges.txt."""
 
 
 @dataclass

@@ -28,10 +28,26 @@ def _unknown_key_error(path: str, schema: type, key: str) -> MegatronSotaError:
     )
 
 
-def _sub_schemas(schema: type) -> dict[str, type | None]:
-    """Field name -> the dataclass type of that field (None for plain values)."""
+@dataclasses.dataclass(frozen=True)
+class _MappingOf:
+    """A ``Dict[str, <dataclass>]`` field (data.sources): any key, each value checked against ``schema``."""
+
+    schema: type
+
+
+def _field_schema(hint: Any) -> type | _MappingOf | None:
+    if dataclasses.is_dataclass(hint):
+        return hint
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is dict and len(args) == 2 and dataclasses.is_dataclass(args[1]):
+        return _MappingOf(args[1])
+    return None
+
+
+def _sub_schemas(schema: type) -> dict[str, type | _MappingOf | None]:
+    """Field name -> the dataclass type of that field, _MappingOf for named entries, None for plain values."""
     hints = typing.get_type_hints(schema)
-    return {f.name: (hints[f.name] if dataclasses.is_dataclass(hints[f.name]) else None) for f in dataclasses.fields(schema)}
+    return {f.name: _field_schema(hints[f.name]) for f in dataclasses.fields(schema)}
 
 
 def check_keys(node: Any, schema: type, path: str = "") -> None:
@@ -40,9 +56,15 @@ def check_keys(node: Any, schema: type, path: str = "") -> None:
     for key in node.keys():
         if key not in fields:
             raise _unknown_key_error(path, schema, str(key))
-        value = node[key]
-        if fields[key] is not None and isinstance(value, (dict, DictConfig)):
-            check_keys(value, fields[key], f"{path}.{key}" if path else str(key))
+        value, sub, here = node[key], fields[key], f"{path}.{key}" if path else str(key)
+        if not isinstance(value, (dict, DictConfig)):
+            continue
+        if isinstance(sub, _MappingOf):
+            for name, entry in value.items():
+                if isinstance(entry, (dict, DictConfig)):
+                    check_keys(entry, sub.schema, f"{here}.{name}")
+        elif sub is not None:
+            check_keys(value, sub, here)
 
 
 def check_override_keys(overrides: Iterable[str]) -> None:
@@ -53,11 +75,14 @@ def check_override_keys(overrides: Iterable[str]) -> None:
         dotted = override.split("=", 1)[0]
         if "." not in dotted or "@" in dotted:
             continue  # a group choice such as model=tiny; Hydra lists the available options itself
-        schema: type | None = JobConfig
+        schema: type | _MappingOf | None = JobConfig
         path = ""
         for part in dotted.split("."):
             if schema is None:
                 break  # below a plain value (a list or dict field): nothing to check
+            if isinstance(schema, _MappingOf):
+                schema, path = schema.schema, f"{path}.{part}"  # a name of the user's choosing (data.sources.web)
+                continue
             fields = _sub_schemas(schema)
             if part not in fields:
                 raise _unknown_key_error(path, schema, part)
@@ -72,6 +97,6 @@ def to_job_config(cfg: DictConfig) -> JobConfig:
     check_keys(container, JobConfig)
     try:
         merged = OmegaConf.merge(OmegaConf.structured(JobConfig), container)
+        return OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
         raise MegatronSotaError(f"invalid config value: {err}") from None
-    return OmegaConf.to_object(merged)

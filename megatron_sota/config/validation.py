@@ -5,6 +5,7 @@ Every impossible combination is reported at once, each message naming the keys a
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from megatron_sota.config.job import JobConfig
@@ -102,13 +103,54 @@ def _choice_problems(cfg: JobConfig) -> list[str]:
     return [f"{key} must be one of {', '.join(choices)}, got '{value}'" for key, value, choices in checks if value not in choices]
 
 
+def _weight_problems(key: str, weights: list, paths_key: str, num_paths: int) -> list[str]:
+    """Per-prefix weights: one per path, none negative, a positive sum."""
+    if len(weights) != num_paths:
+        return [f"{key} has {len(weights)} entries but {paths_key} has {num_paths}"]
+    bad = [f"{key}[{i}]={w}" for i, w in enumerate(weights) if not (math.isfinite(w) and w >= 0)]
+    if bad:
+        return [f"{', '.join(bad)}: expected weights >= 0"]
+    if sum(weights) <= 0:
+        return [f"{key} sum to {sum(weights)}: expected a positive sum ({list(weights)})"]
+    return []
+
+
+def _source_problems(cfg: JobConfig) -> list[str]:
+    """data.sources: every source a weight >= 0, a positive total, and shard prefixes for each used one."""
+    problems = []
+    for name, source in cfg.data.sources.items():
+        key = f"data.sources.{name}"
+        if source.weight is None or not (math.isfinite(source.weight) and source.weight >= 0):
+            found = "null" if source.weight is None else source.weight
+            problems.append(f"{key}.weight={found}: expected a number >= 0 (0 leaves the source out)")
+            continue
+        if source.weight == 0:
+            continue
+        if not source.paths:
+            problems.append(f"{key}.paths is empty: expected shard prefixes (or {key}.weight=0 to leave it out)")
+        elif source.weights is not None:
+            problems += _weight_problems(f"{key}.weights", source.weights, f"{key}.paths", len(source.paths))
+    weights = {name: s.weight for name, s in cfg.data.sources.items()}
+    if not problems and sum(weights.values()) <= 0:
+        listed = ", ".join(f"{name}={w}" for name, w in weights.items())
+        problems.append(f"data.sources weights sum to {sum(weights.values())} ({listed}): expected a positive sum")
+    return problems
+
+
 def _data_problems(cfg: JobConfig) -> list[str]:
     d = cfg.data
     problems = []
-    if not d.mock and not d.paths:
-        problems.append("data.paths is empty: give shard prefixes (data.paths=[/path/corpus_text_document]) or data.mock=true")
-    if d.weights is not None and len(d.weights) != len(d.paths):
-        problems.append(f"data.weights has {len(d.weights)} entries but data.paths has {len(d.paths)}")
+    if d.sources and d.paths:
+        problems.append("data.sources and data.paths are both set: give either named sources or one flat list of paths")
+    elif d.sources:
+        problems += _source_problems(cfg)
+    elif not d.mock and not d.paths:
+        problems.append(
+            "data.paths is empty and data.sources has no entries: give shard prefixes "
+            "(data.paths=[/path/corpus_text_document]), a blend (data=target_mix) or data.mock=true"
+        )
+    elif d.weights is not None:
+        problems += _weight_problems("data.weights", d.weights, "data.paths", len(d.paths))
     if len(d.split) != 3 or any(x < 0 for x in d.split) or sum(d.split) <= 0:
         problems.append(f"data.split must be three non-negative train/valid/test proportions, got {list(d.split)}")
     if cfg.tokenizer.type == "SentencePieceTokenizer" and not cfg.tokenizer.model:

@@ -7,7 +7,7 @@ configures them and decides which samples each data-parallel rank reads.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, List, Optional, Sequence
+from typing import Iterator, List, Optional
 
 import torch
 from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
@@ -15,6 +15,7 @@ from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig, Moc
 from megatron.core.datasets.megatron_tokenizer import MegatronLegacyTokenizer as MegatronTokenizer
 
 from megatron_sota.config.run import DataConfig
+from megatron_sota.data.mix import ResolvedBlend
 
 
 @dataclass(frozen=True)
@@ -41,17 +42,18 @@ def build_datasets(
     seed: int,
     counts: SampleCounts,
     cache_dir: str,
-    token_counts: Optional[Sequence[int]] = None,
+    blend: Optional[ResolvedBlend] = None,
 ):
-    """Returns (train, valid, test) megatron-core datasets; valid/test may be None for empty splits."""
-    blend = None
-    if not data.mock:
-        weights = list(data.weights) if data.weights is not None else (list(token_counts) if token_counts else None)
-        blend = (list(data.paths), weights)
+    """Returns (train, valid, test) megatron-core datasets; valid/test may be None for empty splits.
+
+    `blend` (from mix.resolve_blend) is required unless data.mock; its entries keep their order in
+    the BlendedDataset's `datasets`, which is how data_mix_report maps samples back to sources.
+    """
+    mcore_blend = None if data.mock else (blend.prefixes, list(blend.megatron_weights))
     config = GPTDatasetConfig(
         random_seed=seed,
         sequence_length=seq_length,
-        blend=blend,
+        blend=mcore_blend,
         split=",".join(str(x) for x in data.split),
         path_to_cache=cache_dir,
         tokenizer=tokenizer,

@@ -12,12 +12,11 @@ import multiprocessing.pool
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy
 from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
-from tqdm import tqdm
 
 from megatron_sota.data.encode_worker import (
     EncodedChunk,
@@ -27,7 +26,17 @@ from megatron_sota.data.encode_worker import (
     encode_chunk,
 )
 from megatron_sota.data.merge import merge_datasets, publish
-from megatron_sota.data.partitions import WorkDir, piece_bytes, plan_partitions, settings_record
+from megatron_sota.data.partitions import (
+    WorkDir,
+    piece_bytes,
+    plan_partitions,
+    settings_record,
+)
+from megatron_sota.data.preprocess_report import (
+    EXAMPLES_KEPT,
+    PreprocessStats,
+    ProgressBar,
+)
 from megatron_sota.data.readers import (
     DEFAULT_CHUNK_BYTES,
     Piece,
@@ -38,11 +47,6 @@ from megatron_sota.data.readers import (
 )
 from megatron_sota.errors import MegatronSotaError
 
-SKIP_REASONS = (
-    "malformed_json", "not_utf8", "missing_key", "not_a_string", "empty", "blank_line"
-)
-# Skipped records quoted by file and line in the summary; the rest are only counted.
-EXAMPLES_KEPT = 10
 # Chunks in flight per worker: enough to keep workers busy while the writer catches up.
 CHUNKS_IN_FLIGHT_PER_WORKER = 2
 
@@ -73,50 +77,6 @@ class PreprocessOptions:
     @property
     def level(self) -> str:
         return "sentence" if self.split_sentences else "document"
-
-
-@dataclass
-class PreprocessStats:
-    """What a run wrote and what it skipped, by reason."""
-
-    documents: int = 0
-    tokens: int = 0
-    text_bytes: int = 0
-    input_bytes: int = 0
-    output_bytes: int = 0
-    skipped: Counter[str] = field(default_factory=Counter)
-    examples: list[str] = field(default_factory=list)
-    """'file:line: reason' of the first skipped records."""
-    outputs: dict[str, str] = field(default_factory=dict)
-    partitions_reused: int = 0
-    seconds: float = 0.0
-
-    def add(self, other: dict) -> None:
-        self.documents += other["documents"]
-        self.tokens += other["tokens"]
-        self.text_bytes += other["text_bytes"]
-        self.skipped.update(other["skipped"])
-        room = EXAMPLES_KEPT - len(self.examples)
-        self.examples += other["examples"][: max(room, 0)]
-
-    def summary(self) -> str:
-        seconds = max(self.seconds, 1e-9)
-        skipped = ", ".join(f"{r}={n}" for r, n in sorted(self.skipped.items()))
-        lines = [
-            f"documents: {self.documents:,}",
-            f"tokens: {self.tokens:,}",
-            f"input: {self.input_bytes / 2**20:,.1f} MiB on disk, "
-            f"{self.text_bytes / 2**20:,.1f} MiB of text; output: {self.output_bytes / 2**20:,.1f} MiB",
-            f"skipped records: {sum(self.skipped.values()):,}" + (f" ({skipped})" if skipped else ""),
-        ]
-        lines += [f"  {example}" for example in self.examples]
-        lines.append(
-            f"time: {self.seconds:.1f}s ({self.documents / seconds:,.0f} docs/s, "
-            f"{self.text_bytes / 2**20 / seconds:,.2f} MB/s, {self.tokens / seconds:,.0f} tokens/s)"
-            + (f"; {self.partitions_reused} finished partitions reused" if self.partitions_reused else "")
-        )
-        lines += [f"wrote: {prefix}.bin/.idx  [{key}]" for key, prefix in self.outputs.items()]
-        return "\n".join(lines)
 
 
 def output_prefix_for(output_prefix: str, key: str, level: str = "document") -> str:
@@ -175,36 +135,6 @@ def _add_documents(builder: IndexedDatasetBuilder, part: EncodedKey) -> None:
         token_start = token_end
 
 
-class _Bar:
-    """tqdm over input bytes on disk, with docs/s and tokens/s beside MB/s and the ETA."""
-
-    def __init__(self, total_bytes: int, options: PreprocessOptions) -> None:
-        self.bar = tqdm(
-            total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024,
-            disable=not options.progress, desc="tokenizing", mininterval=1.0,
-        )
-        self.interval = max(options.log_interval, 1)
-        self.start = time.perf_counter()
-        self.documents = 0
-        self.tokens = 0
-        self.next_refresh = self.interval
-
-    def update(self, disk_bytes: int, documents: int, tokens: int) -> None:
-        self.bar.update(disk_bytes)
-        self.documents += documents
-        self.tokens += tokens
-        if self.documents >= self.next_refresh:
-            self.next_refresh = self.documents + self.interval
-            seconds = max(time.perf_counter() - self.start, 1e-9)
-            self.bar.set_postfix_str(
-                f"{self.documents:,} docs, {self.documents / seconds:,.0f} docs/s, "
-                f"{self.tokens / seconds:,.0f} tok/s", refresh=False,
-            )
-
-    def close(self) -> None:
-        self.bar.close()
-
-
 def _write_partition(
     index: int,
     pieces: Sequence[Piece],
@@ -212,7 +142,7 @@ def _write_partition(
     options: PreprocessOptions,
     settings: EncodeSettings,
     results: Callable[[Iterable[RawChunk]], Iterator[tuple[RawChunk, EncodedChunk]]],
-    bar: _Bar,
+    bar: ProgressBar,
 ) -> dict:
     """Tokenize one partition into its part files; returns the stats its marker records."""
     dtype = DType.optimal_dtype(settings.tokenizer.build().vocab_size)
@@ -333,7 +263,8 @@ def preprocess(options: PreprocessOptions) -> PreprocessStats:
         print(f"resuming: {reused} of {len(partitions)} partitions already finished in {work.path}")
 
     stats = PreprocessStats(input_bytes=sum(f.size for f in files))
-    bar = _Bar(sum(piece_bytes(p) for pieces in partitions for p in pieces), options)
+    total_bytes = sum(piece_bytes(p) for pieces in partitions for p in pieces)
+    bar = ProgressBar(total_bytes, options.progress, options.log_interval)
     pool = None
     if options.workers > 1:
         pool = multiprocessing.Pool(options.workers, initializer=_init_worker, initargs=(settings,))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, List, Optional
+from typing import Any, Optional
 
 from megatron.core import parallel_state
 from megatron.core.transformer.transformer_config import TransformerConfig
@@ -16,7 +16,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron_sota.config.job import JobConfig
 from megatron_sota.config.validation import Layout, validate_job
 from megatron_sota.data.blend import build_datasets, build_loader, sample_counts
-from megatron_sota.data.shard_checks import check_shards
+from megatron_sota.data.mix import ResolvedBlend, resolve_blend
 from megatron_sota.data.tokenizer import build_tokenizer
 from megatron_sota.model.gpt_builder import (
     build_model_chunks,
@@ -30,11 +30,12 @@ from megatron_sota.training.optimization import build_optimizer, build_scheduler
 
 @dataclass
 class CheckedInputs:
-    """What can be known before any process group exists: layout, tokenizer, shard sizes."""
+    """What can be known before any process group exists: layout, tokenizer, checked data blend."""
 
     layout: Layout
     tokenizer: Any
-    token_counts: Optional[List[int]]
+    blend: Optional[ResolvedBlend]
+    """The checked shards and their weights; None for mock data."""
     padded_vocab: int
 
 
@@ -44,10 +45,14 @@ def check_inputs(job: JobConfig, world_size: int) -> CheckedInputs:
     if tok.type is None:
         tokenizer = build_tokenizer("NullTokenizer", vocab_size=job.model.vocab_size)
     else:
-        tokenizer = build_tokenizer(tok.type, tok.model, tok.vocab_size or job.model.vocab_size)
-    token_counts = None if job.data.mock else check_shards(job.data.paths, tokenizer.vocab_size)
+        # The preset's vocab_size stands in for NullTokenizer's only: TikTokenizer would cut its vocabulary.
+        vocab_size = tok.vocab_size or (job.model.vocab_size if tok.type == "NullTokenizer" else None)
+        tokenizer = build_tokenizer(
+            tok.type, tok.model, vocab_size, vocab_file=tok.vocab_file, merge_file=tok.merge_file
+        )
+    blend = None if job.data.mock else resolve_blend(job.data, tokenizer.vocab_size)
     padded = padded_vocab_size(tokenizer.vocab_size, job.model.make_vocab_size_divisible_by, job.parallel.tp)
-    return CheckedInputs(layout, tokenizer, token_counts, padded)
+    return CheckedInputs(layout, tokenizer, blend, padded)
 
 
 @dataclass
@@ -104,7 +109,7 @@ def build_training_state(job: JobConfig, inputs: CheckedInputs, session: Session
     counts = sample_counts(t.iters, t.global_batch_size, t.eval_iters)
     cache_dir = job.data.cache_dir or os.path.join(run_dir, "data_cache")
     train_ds, valid_ds, _ = build_datasets(
-        job.data, inputs.tokenizer, t.seq_length, t.seed, counts, cache_dir, inputs.token_counts
+        job.data, inputs.tokenizer, t.seq_length, t.seed, counts, cache_dir, inputs.blend
     )
     return TrainingState(
         job=job,

@@ -17,6 +17,8 @@ from omegaconf import OmegaConf
 from megatron_sota.checkpointing import paths
 from megatron_sota.checkpointing.manager import CheckpointManager, Progress, checkpoint_layout, resolve_resume
 from megatron_sota.config.job import JobConfig
+from megatron_sota.data.blend import sample_counts
+from megatron_sota.data.mix_report import data_mix_report, format_data_mix, write_data_mix
 from megatron_sota.errors import MegatronSotaError
 from megatron_sota.model.param_count import count_params, format_count, train_flops_per_token
 from megatron_sota.runtime.launch_env import read_launch_env
@@ -93,6 +95,20 @@ def _describe(state: TrainingState) -> int:
     return counts.total
 
 
+def report_data_mix(state: TrainingState, run_dir: str) -> None:
+    """Prints the samples each source and prefix contributes to this run; saves data_mix.json/.png."""
+    blend, t = state.inputs.blend, state.job.train
+    if blend is None:
+        return  # mock data
+    counts = sample_counts(t.iters, t.global_batch_size, t.eval_iters)
+    splits = {"train": (state.train_dataset, counts.train)}
+    if t.eval_interval > 0:
+        splits["valid"] = (state.valid_dataset, counts.valid)
+    report = data_mix_report(blend, splits, t.seq_length)
+    print(format_data_mix(report), flush=True)
+    write_data_mix(report, run_dir)
+
+
 def pretrain(job: JobConfig, run_dir: str, command_line: str = "") -> TrainSummary:
     """Runs (or resumes) training up to `job.train.iters` on this process's share of the layout.
 
@@ -109,6 +125,8 @@ def pretrain(job: JobConfig, run_dir: str, command_line: str = "") -> TrainSumma
     faults = read_fault_plan()
     with distributed_session(job.parallel, job.runtime.device, job.runtime.timeout_minutes, job.train.seed, env) as session:
         state = build_training_state(job, inputs, session, run_dir)
+        if env.rank == 0:
+            report_data_mix(state, run_dir)
         summary = TrainSummary(num_params=_describe(state))
         manager = CheckpointManager(job.checkpoint, save_dir, faults.kill_during_save_at)
         layout = checkpoint_layout(job.parallel, state.layout.dp)
