@@ -144,9 +144,6 @@ def encode_chunk(settings: EncodeSettings, chunk: RawChunk) -> EncodedChunk:
         if any(not sequences for sequences in doc_ids):
             result.skipped.append((number, "empty"))
             continue
-        if settings.append_eod:
-            for sequences in doc_ids:
-                sequences[-1] = list(sequences[-1]) + [tokenizer.eod]
         for key, sequences in zip(keys, doc_ids):
             grouped[key].append(sequences)
         kept_numbers.append(number)
@@ -159,9 +156,11 @@ def encode_chunk(settings: EncodeSettings, chunk: RawChunk) -> EncodedChunk:
         tokens = numpy.fromiter(
             itertools.chain.from_iterable(sequences), dtype=dtype, count=int(lengths.sum())
         )
-        result.keys[key] = EncodedKey(
-            tokens=tokens,
-            sequence_lengths=lengths,
-            sequences_per_document=numpy.array([len(doc) for doc in grouped[key]], dtype=numpy.int64),
-        )
+        per_document = numpy.fromiter((len(doc) for doc in grouped[key]), dtype=numpy.int64)
+        if settings.append_eod and len(per_document):
+            # eod closes each document's last sequence; one vectorized insert, no list copies.
+            last = numpy.cumsum(per_document) - 1
+            tokens = numpy.insert(tokens, numpy.cumsum(lengths)[last], tokenizer.eod).astype(dtype, copy=False)
+            lengths[last] += 1
+        result.keys[key] = EncodedKey(tokens, lengths, per_document)
     return result
