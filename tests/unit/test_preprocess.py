@@ -21,6 +21,7 @@ from megatron_sota.data import preprocess as preprocess_module
 from megatron_sota.data.encode_worker import TokenizerSpec
 from megatron_sota.data.merge import merge_datasets
 from megatron_sota.data.preprocess import PreprocessOptions, preprocess
+from megatron_sota.data.readers import Piece, expand_inputs, iter_payloads, read_chunks
 from megatron_sota.data.stdlib_corpus import write_stdlib_corpus
 from megatron_sota.data.tokenizer_training import train_sentencepiece
 from megatron_sota.errors import MegatronSotaError
@@ -111,6 +112,7 @@ def test_output_is_the_same_for_any_worker_and_partition_count(
     stats = preprocess(_options(corpus, tmp_path / "out", spm_model, workers=workers, partitions=partitions))
     assert _same_bytes(str(tmp_path / "out_text_document"), reference)
     assert stats.documents == MAX_FILES
+    assert not stats.skipped  # no line cut in two at a partition boundary
     assert not (tmp_path / "out_document.partitions").exists()
 
 
@@ -142,6 +144,19 @@ def test_a_glob_reads_files_in_sorted_order(docs, spm_model, tmp_path):
     preprocess(_options(tmp_path / "shard_*.jsonl", tmp_path / "glob", spm_model, partitions=2))
     expected = _megatron_lm_reference(docs, spm_model, tmp_path / "expected")
     assert _same_bytes(str(tmp_path / "glob_text_document"), expected)
+
+
+@pytest.mark.parametrize("chunk_bytes", [7, 100, 1 << 20])
+def test_byte_ranges_give_every_line_to_exactly_one_piece(tmp_path, chunk_bytes):
+    lines = [json.dumps({"text": "x" * n}).encode() for n in (0, 1, 30, 2, 64, 5)]
+    path = tmp_path / "lines.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    (file,) = expand_inputs(str(path))
+    for cut in range(1, file.size):
+        pieces = [Piece(file, 0, cut), Piece(file, cut, None)]
+        got = [p for piece in pieces for chunk in read_chunks(piece, ("text",), chunk_bytes)
+               for _, p in iter_payloads(chunk)]
+        assert got == lines, cut
 
 
 def _bad_input(tmp_path: pathlib.Path) -> tuple[pathlib.Path, list[str]]:
@@ -337,8 +352,8 @@ def test_reader_stays_a_bounded_window_ahead_of_the_writer():
 
     pulled = []
 
-    def endless():
-        for n in itertools.count():
+    def endless():  # finite, so a reader that runs ahead fails the test instead of hanging
+        for n in range(10_000):
             pulled.append(n)
             yield n
 
