@@ -132,13 +132,69 @@ def _open_decompressed(path: str) -> tuple[IO[bytes], _CountingReader]:
     counter = _CountingReader(open(path, "rb"))
     if path.endswith(".gz"):
         return gzip.GzipFile(fileobj=io.BufferedReader(counter)), counter
-    import zstandard  # only needed for .zst inputs
+    return io.BufferedReader(_ZstdFrames(counter), buffer_size=1 << 20), counter
 
-    reader = zstandard.ZstdDecompressor().stream_reader(counter, read_across_frames=True)
-    return io.BufferedReader(reader), counter
+
+class _ZstdFrames(io.RawIOBase):
+    """Decompresses concatenated zstd frames; a file that ends inside a frame is an error.
+
+    zstandard's stream_reader returns what it has when the input stops mid-frame, so a
+    truncated download would silently lose its tail.
+    """
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        import zstandard  # only needed for .zst inputs
+
+        self.raw = raw
+        self._new = zstandard.ZstdDecompressor().decompressobj
+        self._error = zstandard.ZstdError
+        self._frame = self._new()
+        self._in_frame = False
+        self._out = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
+        while not self._out:
+            data = self.raw.read(1 << 20)
+            if not data:
+                if self._in_frame:
+                    raise self._error("input ends inside a zstd frame")
+                return 0
+            while data:
+                self._in_frame = True
+                self._out += self._frame.decompress(data)
+                data = b""
+                if self._frame.eof:  # frame complete: the rest starts the next one
+                    data, self._frame, self._in_frame = self._frame.unused_data, self._new(), False
+        n = min(len(buffer), len(self._out))
+        buffer[:n] = self._out[:n]
+        self._out = self._out[n:]
+        return n
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()
 
 
 def _jsonl_chunks(piece: Piece, chunk_bytes: int) -> Iterator[RawChunk]:
+    damaged: tuple[type[BaseException], ...] = (OSError, EOFError)  # gzip.BadGzipFile is an OSError
+    if piece.file.path.endswith(".zst"):
+        import zstandard
+
+        damaged += (zstandard.ZstdError,)
+    try:
+        yield from _jsonl_blocks(piece, chunk_bytes)
+    except damaged as err:
+        raise MegatronSotaError(
+            f"input file {piece.file.path!r}: expected a complete, readable file, found a damaged "
+            f"or truncated one ({type(err).__name__}: {err}); records read before it are kept only "
+            f"in finished partitions"
+        ) from err
+
+
+def _jsonl_blocks(piece: Piece, chunk_bytes: int) -> Iterator[RawChunk]:
     # Whole-line blocks are cut here and split into lines by the workers, so the reading
     # process does a few C-speed calls per block instead of Python work per line.
     path = piece.file.path

@@ -200,6 +200,19 @@ def test_strict_stops_at_the_first_bad_record_and_writes_nothing(spm_model, tmp_
     assert sorted(p.name for p in tmp_path.iterdir() if "text_document" in p.name) == []
 
 
+@pytest.mark.parametrize("suffix", [".jsonl.gz", ".jsonl.zst"])
+def test_a_truncated_compressed_file_is_named_and_nothing_is_written(corpus, spm_model, tmp_path, suffix):
+    import zstandard
+
+    raw = corpus.read_bytes()
+    packed = gzip.compress(raw) if suffix.endswith(".gz") else zstandard.ZstdCompressor().compress(raw)
+    source = tmp_path / f"cut{suffix}"
+    source.write_bytes(packed[: len(packed) // 2])
+    with pytest.raises(MegatronSotaError, match=rf"cut{suffix}'.*damaged or truncated"):
+        preprocess(_options(source, tmp_path / "cut", spm_model))
+    assert not any("text_document" in p.name for p in tmp_path.iterdir())
+
+
 def test_tokenizer_error_names_file_and_line_and_leaves_no_output(tmp_path):
     source = tmp_path / "ids.jsonl"
     lines = [json.dumps({"text": "1 2 3"})] * 50 + [json.dumps({"text": "1 999"})]
