@@ -44,6 +44,13 @@ def publish(temp_prefix: str, final_prefix: str) -> None:
     os.replace(temp_prefix + ".idx", final_prefix + ".idx")
 
 
+def remove_pair(prefix: str) -> None:
+    """Delete <prefix>.bin/.idx where they exist (temporary pairs of an unfinished write)."""
+    for ext in (".bin", ".idx"):
+        if os.path.exists(prefix + ext):
+            os.remove(prefix + ext)
+
+
 def merge_datasets(prefixes: Sequence[str], output_prefix: str) -> tuple[int, int]:
     """Write output_prefix.bin/.idx = prefixes concatenated; returns (documents, tokens)."""
     if not prefixes:
@@ -69,8 +76,6 @@ def merge_datasets(prefixes: Sequence[str], output_prefix: str) -> tuple[int, in
         publish(temp, output_prefix)
     finally:
         builder.data_file.close()
-        for ext in (".bin", ".idx"):
-            if os.path.exists(temp + ext):
-                os.remove(temp + ext)
+        remove_pair(temp)
     index = _IndexReader(output_prefix + ".idx", multimodal=False)
     return len(index.document_indices) - 1, int(index.sequence_lengths.sum())

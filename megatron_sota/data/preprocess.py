@@ -25,7 +25,7 @@ from megatron_sota.data.encode_worker import (
     TokenizerSpec,
     encode_chunk,
 )
-from megatron_sota.data.merge import merge_datasets, publish
+from megatron_sota.data.merge import merge_datasets, publish, remove_pair
 from megatron_sota.data.partitions import (
     WorkDir,
     piece_bytes,
@@ -146,7 +146,7 @@ def _write_partition(
     bar: ProgressBar,
 ) -> dict:
     """Tokenize one partition into its part files; returns the stats its marker records."""
-    dtype = DType.optimal_dtype(settings.tokenizer.build().vocab_size)
+    dtype = numpy.dtype(settings.dtype).type
     temps = {key: work.part_prefix(index, key, options.level) + ".tmp" for key in options.json_keys}
     builders = {key: IndexedDatasetBuilder(temps[key] + ".bin", dtype=dtype) for key in temps}
     stats = {"documents": 0, "tokens": 0, "text_bytes": 0, "skipped": Counter(), "examples": []}
@@ -176,9 +176,7 @@ def _write_partition(
     finally:
         for key, builder in builders.items():
             builder.data_file.close()
-            for ext in (".bin", ".idx"):
-                if os.path.exists(temps[key] + ext):
-                    os.remove(temps[key] + ext)
+            remove_pair(temps[key])
     stats["skipped"] = dict(stats["skipped"])
     work.mark_finished(index, stats)
     return stats

@@ -51,7 +51,8 @@ def _open_index(prefix: str, idx_path: str) -> IndexedDataset:
         ) from err
 
 
-def _id_range(bin_path: str, dtype: type, count: int) -> tuple[int, int]:
+def id_range(bin_path: str, dtype: type, count: int) -> tuple[int, int]:
+    """(lowest, highest) token id of a .bin, scanned in bounded chunks."""
     tokens = numpy.memmap(bin_path, dtype=dtype, mode="r", shape=(count,))
     lows, highs = [], []
     for start in range(0, count, _SCAN_CHUNK):
@@ -94,7 +95,7 @@ def check_shard(
     if count == 0:
         raise MegatronSotaError(f"{bin_path}: expected at least one token, found an empty shard")
 
-    low, high = _id_range(bin_path, dtype, count)
+    low, high = id_range(bin_path, dtype, count)
     if high >= vocab_size:
         raise MegatronSotaError(
             f"tokenizer vocabulary has {vocab_size} tokens but {bin_path} contains token id "

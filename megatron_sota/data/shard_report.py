@@ -12,11 +12,7 @@ from dataclasses import dataclass, field
 import numpy
 from megatron.core.datasets.indexed_dataset import DType, _IndexReader
 
-from megatron_sota.data.shard_checks import INDEX_MAGIC
-
-# Tokens per scan step for the id-range check: bounded memory on multi-GB shards.
-_SCAN_CHUNK = 64 * 1024 * 1024
-
+from megatron_sota.data.shard_checks import INDEX_MAGIC, id_range
 
 @dataclass
 class ShardReport:
@@ -76,14 +72,7 @@ def _check_index(report: ShardReport, index: _IndexReader, idx_path: str) -> Non
 
 
 def _scan_ids(report: ShardReport, bin_path: str, dtype: type, vocab_size: int | None) -> None:
-    tokens = numpy.memmap(bin_path, dtype=dtype, mode="r", shape=(report.tokens,))
-    lows, highs = [], []
-    for start in range(0, report.tokens, _SCAN_CHUNK):
-        chunk = tokens[start : start + _SCAN_CHUNK]
-        lows.append(int(chunk.min()))
-        highs.append(int(chunk.max()))
-    del tokens
-    report.min_id, report.max_id = min(lows), max(highs)
+    report.min_id, report.max_id = id_range(bin_path, dtype, report.tokens)
     if vocab_size is not None and report.max_id >= vocab_size:
         report.problems.append(
             f"{bin_path}: expected token ids below the tokenizer's vocabulary size {vocab_size}, "
