@@ -24,14 +24,17 @@ setup(
         "matplotlib",
         "tensorboard",
         "tqdm",
+        # Hugging Face checkpoint import reads safetensors files (export writes them itself).
+        "safetensors",
         "psutil",
         "pyyaml",
     ],
     extras_require={
         # GPU only; the NGC PyTorch image ships it (and apex, which is not on PyPI).
         "te": ["transformer-engine[pytorch]"],
-        "hf": ["transformers", "safetensors"],
-        "dev": ["pytest", "pytest-timeout"],
+        # Loading exported models with transformers; the conversion tests check against it.
+        "hf": ["transformers>=4.51"],
+        "dev": ["pytest", "pytest-timeout", "transformers>=4.51"],
     },
     entry_points={"console_scripts": ["megatron-sota-train=megatron_sota.train:main"]},
 )

@@ -104,7 +104,7 @@ def optimizer_kind(optimizer) -> str:
 
 def build_state_dict(
     models, optimizer, scheduler, progress: Dict[str, int], config_yaml: str, layout: Dict[str, int],
-    is_loading: bool, include_optimizer: bool = True, include_rng: bool = True,
+    is_loading: bool, include_optimizer: bool = True, include_rng: bool = True, vocab_size: Optional[int] = None,
 ) -> Dict[str, Any]:
     """The sharded state dict to save (or the template to load into)."""
     state: Dict[str, Any] = model_sharded_state_dict(models)
@@ -120,6 +120,8 @@ def build_state_dict(
     state["format"] = FORMAT
     state["config_yaml"] = config_yaml
     state["layout"] = dict(layout)
+    # The tokenizer's vocabulary: exports drop the embedding rows padded beyond it.
+    state["vocab_size"] = vocab_size
     return state
 
 

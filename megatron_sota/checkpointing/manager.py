@@ -23,6 +23,7 @@ from megatron_sota.checkpointing.contents import (
     FORMAT,
     build_state_dict,
     model_key,
+    model_sharded_state_dict,
     optimizer_kind,
     restore_rng,
     sharded_tensor_shapes,
@@ -59,28 +60,20 @@ def resolve_resume(cfg: CheckpointConfig, save_dir: str) -> Optional[str]:
         return None
     if cfg.resume == "auto":
         return paths.latest_complete(save_dir)
-    target = cfg.resume
-    if not os.path.exists(target):
-        raise MegatronSotaError(f"checkpoint.resume={target}: no such file or directory")
-    if os.path.exists(os.path.join(target, paths.TRACKER)) or paths.complete_iterations(target):
-        latest = paths.latest_complete(target)
-        if latest is None:
-            raise MegatronSotaError(f"checkpoint.resume={target}: the directory holds no complete checkpoint")
-        return latest
-    if not os.path.exists(os.path.join(target, "metadata.json")):
-        raise MegatronSotaError(
-            f"checkpoint.resume={target}: not a checkpoint (expected {target}/metadata.json, or "
-            f"iter_NNNNNNN/ folders with {paths.TRACKER})"
-        )
-    return target
+    return paths.resolve_checkpoint_dir(cfg.resume, "checkpoint.resume")
 
 
 class CheckpointManager:
     """Owns one checkpoint directory for the life of a run."""
 
-    def __init__(self, cfg: CheckpointConfig, save_dir: str, kill_during_save_at: Optional[int] = None):
+    def __init__(
+        self, cfg: CheckpointConfig, save_dir: str, vocab_size: Optional[int] = None, kill_during_save_at: Optional[int] = None
+    ):
         self.cfg = cfg
         self.save_dir = save_dir
+        self.vocab_size = vocab_size
+        self.pinned: set = set()
+        """Iterations that pruning must keep for now (an export is reading them)."""
         # Test hook (fault injection): SIGKILL this process after writing, before the rename.
         self.kill_during_save_at = kill_during_save_at
         self.last_complete: Optional[str] = None
@@ -110,7 +103,7 @@ class CheckpointManager:
         start = time.perf_counter()
         state_dict = build_state_dict(
             state.models, state.optimizer, state.scheduler, progress.as_dict(), config_yaml, layout,
-            is_loading=False, include_optimizer=include_optimizer,
+            is_loading=False, include_optimizer=include_optimizer, vocab_size=self.vocab_size,
         )
         request = dist_checkpointing.save(
             state_dict, partial, async_sharded_save=self._async_queue is not None, content_metadata=None
@@ -140,7 +133,7 @@ class CheckpointManager:
                 os.rename(partial, final)
                 paths.write_tracker(self.save_dir, step)
                 shutil.rmtree(replaced, ignore_errors=True)
-                pruned = paths.prune(self.save_dir, self.cfg.keep)
+                pruned = paths.prune(self.save_dir, self.cfg.keep, self.pinned)
                 size = paths.dir_size_bytes(final)
                 print(
                     f"saved checkpoint {final} ({size / 2**20:.1f} MiB) in {time.perf_counter() - start:.2f}s"
@@ -167,20 +160,12 @@ class CheckpointManager:
             self._async_queue.close()
 
     # ------------------------------------------------------------------ load
-    def load(self, state, checkpoint_dir: str, layout: Dict[str, int]) -> Progress:
+    def load(self, state, checkpoint_dir: str, layout: Dict[str, int], weights_only: bool = False) -> Progress:
+        """Restores a run from `checkpoint_dir`; `weights_only` starts a new run from its weights at step 0."""
         start = time.perf_counter()
-        verify_checkpoint_metadata(checkpoint_dir)
-        try:
-            common = dist_checkpointing.load_common_state_dict(checkpoint_dir)
-        except Exception as err:
-            raise MegatronSotaError(f"{checkpoint_dir}/common.pt could not be read: {err}") from None
-        if not isinstance(common, dict) or common.get("format") != FORMAT:
-            found = common.get("format") if isinstance(common, dict) else type(common).__name__
-            raise MegatronSotaError(
-                f"{checkpoint_dir}: not a megatron_sota checkpoint (expected format {FORMAT!r}, found {found!r})"
-            )
-        same_layout = common.get("layout") == layout
-        load_optimizer = self.cfg.load_optimizer
+        common = read_common(checkpoint_dir)
+        same_layout = common.get("layout") == layout and not weights_only
+        load_optimizer = self.cfg.load_optimizer and not weights_only
         saved_kind, current_kind = common.get("optimizer_kind"), optimizer_kind(state.optimizer)
         if load_optimizer and saved_kind == "none":
             raise MegatronSotaError(
@@ -196,7 +181,7 @@ class CheckpointManager:
             state.models, state.optimizer, state.scheduler, {}, "", layout,
             is_loading=True, include_optimizer=load_optimizer, include_rng=same_layout,
         )
-        self._check_model_shapes(template, checkpoint_dir, len(state.models))
+        check_model_shapes(template, checkpoint_dir, len(state.models))
         try:
             loaded = dist_checkpointing.load(template, checkpoint_dir)
         except MegatronSotaError:
@@ -220,6 +205,9 @@ class CheckpointManager:
                 ) from None
             unshare_adam_steps(torch_optimizers(state.optimizer))
             state.scheduler.load_state_dict(loaded["scheduler"])
+        if weights_only:
+            _print0(f"initialised the weights from {checkpoint_dir} in {time.perf_counter() - start:.2f}s; starting at step 0")
+            return Progress()
         progress = Progress(**common["progress"])
         if not load_optimizer:
             # Fresh moments, but the LR schedule continues where the run was.
@@ -235,25 +223,53 @@ class CheckpointManager:
         self.last_complete = checkpoint_dir
         return progress
 
-    @staticmethod
-    def _check_model_shapes(template: Dict[str, Any], checkpoint_dir: str, num_chunks: int) -> None:
-        model_keys = [model_key(i, num_chunks) for i in range(num_chunks)]
-        expected = sharded_tensor_shapes({key: template[key] for key in model_keys})
-        try:
-            stored = {k: tuple(v.global_shape) for k, v in dist_checkpointing.load_tensors_metadata(checkpoint_dir).items()}
-        except Exception as err:
-            raise MegatronSotaError(f"{checkpoint_dir}: tensor metadata unreadable ({err})") from None
-        problems = []
-        for key, shape in sorted(expected.items()):
-            if key not in stored:
-                problems.append(f"{key}: missing from the checkpoint (model expects {list(shape)})")
-            elif stored[key] != shape:
-                problems.append(f"{key}: checkpoint {list(stored[key])}, model {list(shape)}")
-        if problems:
-            raise MegatronSotaError(
-                f"{checkpoint_dir} does not fit the configured model:\n  - " + "\n  - ".join(problems[:10])
-                + (f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else "")
-            )
+def read_common(checkpoint_dir: str) -> Dict[str, Any]:
+    """The checkpoint's non-tensor part (format, progress, config, layout), after checking its metadata is safe."""
+    verify_checkpoint_metadata(checkpoint_dir)
+    try:
+        common = dist_checkpointing.load_common_state_dict(checkpoint_dir)
+    except Exception as err:
+        raise MegatronSotaError(f"{checkpoint_dir}/common.pt could not be read: {err}") from None
+    if not isinstance(common, dict) or common.get("format") != FORMAT:
+        found = common.get("format") if isinstance(common, dict) else type(common).__name__
+        raise MegatronSotaError(
+            f"{checkpoint_dir}: not a megatron_sota checkpoint (expected format {FORMAT!r}, found {found!r})"
+        )
+    return common
+
+
+def check_model_shapes(template: Dict[str, Any], checkpoint_dir: str, num_chunks: int) -> None:
+    model_keys = [model_key(i, num_chunks) for i in range(num_chunks)]
+    expected = sharded_tensor_shapes({key: template[key] for key in model_keys})
+    try:
+        stored = {k: tuple(v.global_shape) for k, v in dist_checkpointing.load_tensors_metadata(checkpoint_dir).items()}
+    except Exception as err:
+        raise MegatronSotaError(f"{checkpoint_dir}: tensor metadata unreadable ({err})") from None
+    problems = []
+    for key, shape in sorted(expected.items()):
+        if key not in stored:
+            problems.append(f"{key}: missing from the checkpoint (model expects {list(shape)})")
+        elif stored[key] != shape:
+            problems.append(f"{key}: checkpoint {list(stored[key])}, model {list(shape)}")
+    if problems:
+        raise MegatronSotaError(
+            f"{checkpoint_dir} does not fit the configured model:\n  - " + "\n  - ".join(problems[:10])
+            + (f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else "")
+        )
+
+
+def load_model_weights(models, checkpoint_dir: str) -> Dict[str, Any]:
+    """Loads only the weights of `checkpoint_dir` into `models` (any layout; collective over all ranks)."""
+    common = read_common(checkpoint_dir)
+    template = model_sharded_state_dict(models)
+    check_model_shapes(template, checkpoint_dir, len(models))
+    try:
+        loaded = dist_checkpointing.load(template, checkpoint_dir)
+    except (Exception, CheckpointException) as err:
+        raise MegatronSotaError(f"{checkpoint_dir}: loading the weights failed ({type(err).__name__}: {err})") from None
+    for index, model in enumerate(models):
+        unwrap(model).load_state_dict(loaded[model_key(index, len(models))], strict=True)
+    return common
 
 
 def checkpoint_layout(parallel, dp: int) -> Dict[str, int]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from typing import List, Optional
+from typing import Collection, List, Optional
 
 from megatron_sota.errors import MegatronSotaError
 
@@ -74,6 +74,26 @@ def latest_complete(save_dir: str) -> Optional[str]:
     return iter_dir(save_dir, complete[-1]) if complete else None
 
 
+def resolve_checkpoint_dir(target: str, what: str) -> str:
+    """An iter_NNNNNNN/ directory, or a checkpoint directory (its latest complete iteration).
+
+    `what` names the setting or flag the path came from, for error messages.
+    """
+    if not os.path.exists(target):
+        raise MegatronSotaError(f"{what}={target}: no such file or directory")
+    if os.path.exists(os.path.join(target, TRACKER)) or complete_iterations(target):
+        latest = latest_complete(target)
+        if latest is None:
+            raise MegatronSotaError(f"{what}={target}: the directory holds no complete checkpoint")
+        return latest
+    if not os.path.exists(os.path.join(target, "metadata.json")):
+        raise MegatronSotaError(
+            f"{what}={target}: not a checkpoint (expected {target}/metadata.json, or "
+            f"iter_NNNNNNN/ folders with {TRACKER})"
+        )
+    return target
+
+
 def remove_partials(save_dir: str) -> List[str]:
     """Deletes leftovers of saves that never completed; returns what was removed."""
     if not os.path.isdir(save_dir):
@@ -86,11 +106,11 @@ def remove_partials(save_dir: str) -> List[str]:
     return removed
 
 
-def prune(save_dir: str, keep: int) -> List[int]:
-    """Deletes all but the newest `keep` complete checkpoints (never the tracked one)."""
+def prune(save_dir: str, keep: int, pinned: Collection[int] = ()) -> List[int]:
+    """Deletes all but the newest `keep` complete checkpoints (never the tracked or a pinned one)."""
     tracked = read_tracker(save_dir)
     complete = complete_iterations(save_dir)
-    doomed = [step for step in complete[:-keep] if step != tracked] if keep > 0 else []
+    doomed = [step for step in complete[:-keep] if step != tracked and step not in pinned] if keep > 0 else []
     for step in doomed:
         shutil.rmtree(iter_dir(save_dir, step), ignore_errors=True)
     return doomed

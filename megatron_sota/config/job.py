@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from megatron_sota.config.generation import GenerationConfig
 from megatron_sota.config.model import ModelConfig
 from megatron_sota.config.optim import OptimizerConfig, PrecisionConfig, SchedulerConfig
 from megatron_sota.config.parallel import ParallelConfig
@@ -35,6 +36,7 @@ class JobConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
 
 
 def register_configs() -> None:

@@ -31,6 +31,9 @@ class ModelConfig:
     max_position_embeddings: int = 4096
     rotary_base: float = 10000.0
     """RoPE theta."""
+    rope_scaling_factor: Optional[float] = None
+    """Llama 3.x RoPE frequency scaling by this factor (megatron-core's: low/high frequency factors
+    1 and 4, original context 8192); null for plain RoPE."""
     rotary_percent: float = 1.0
     norm_epsilon: float = 1e-5
     init_method_std: float = 0.02

@@ -91,11 +91,20 @@ class CheckpointConfig:
     """auto (latest complete checkpoint in `dir`, if any), never, or a checkpoint path."""
     load_optimizer: bool = True
     """false: restart from the weights only (fresh optimizer, scheduler and data order)."""
+    init_from: Optional[str] = None
+    """Start a new run from this checkpoint's weights (e.g. one made by `tools/convert_checkpoint.py import`),
+    at step 0 with a fresh optimizer; used only while `dir` holds no checkpoint to resume, so a
+    requeued job resumes its own latest checkpoint instead."""
     async_save: bool = False
     """Write checkpoints from a background process while training goes on."""
     exit_on_signal: bool = True
     """On SIGTERM/SIGUSR1: finish the step, save, exit with the 'preempted' code (75)."""
     save_at_end: bool = True
+    export_hf_every: int = 0
+    """Also export a Hugging Face LlamaForCausalLM directory every this many iterations and at the end
+    (to <dir>/hf/iter_NNNNNNN, from a checkpoint saved at that step, in a background process); 0 never."""
+    export_hf_dtype: str = "bf16"
+    """Weight dtype of those exports: bf16 or fp32."""
 
 
 @dataclass

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from megatron_sota.config.generation import GenerationConfig
 from megatron_sota.config.job import JobConfig
 from megatron_sota.errors import MegatronSotaError
 
@@ -16,6 +17,7 @@ SCHEDULER_CHOICES = ("cosine", "constant", "wsd")
 DTYPE_CHOICES = ("auto", "fp32", "bf16", "fp16")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 IMPL_CHOICES = ("auto", "local", "transformer_engine")
+EXPORT_DTYPE_CHOICES = ("bf16", "fp32")
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,7 @@ def _choice_problems(cfg: JobConfig) -> list[str]:
         ("runtime.device", cfg.runtime.device, DEVICE_CHOICES),
         ("model.transformer_impl", cfg.model.transformer_impl, IMPL_CHOICES),
         ("optimizer.name", cfg.optimizer.name, ("adamw",)),
+        ("checkpoint.export_hf_dtype", cfg.checkpoint.export_hf_dtype, EXPORT_DTYPE_CHOICES),
     )
     return [f"{key} must be one of {', '.join(choices)}, got '{value}'" for key, value, choices in checks if value not in choices]
 
@@ -158,9 +161,30 @@ def _data_problems(cfg: JobConfig) -> list[str]:
     return problems
 
 
+def _model_problems(cfg: JobConfig) -> list[str]:
+    m, problems = cfg.model, []
+    if m.rope_scaling_factor is not None and m.rope_scaling_factor <= 0:
+        problems.append(f"model.rope_scaling_factor must be > 0 (or null), got {m.rope_scaling_factor}")
+    if cfg.checkpoint.export_hf_every < 0:
+        problems.append(f"checkpoint.export_hf_every must be >= 0, got {cfg.checkpoint.export_hf_every}")
+    return problems
+
+
+def generation_problems(g: GenerationConfig) -> list[str]:
+    checks = (
+        ("generation.temperature", g.temperature >= 0, ">= 0", g.temperature),
+        ("generation.top_p", 0 < g.top_p <= 1, "in (0, 1]", g.top_p),
+        ("generation.top_k", g.top_k >= 0, ">= 0", g.top_k),
+        ("generation.repetition_penalty", g.repetition_penalty > 0, "> 0", g.repetition_penalty),
+        ("generation.max_new_tokens", g.max_new_tokens >= 1, ">= 1", g.max_new_tokens),
+    )
+    return [f"{key} must be {rule}, got {value}" for key, ok, rule, value in checks if not ok]
+
+
 def validate_job(cfg: JobConfig, world_size: int) -> Layout:
     """Returns the derived layout, or raises one MegatronSotaError listing every problem."""
     problems = _choice_problems(cfg) + _layout_problems(cfg, world_size) + _data_problems(cfg)
+    problems += _model_problems(cfg) + generation_problems(cfg.generation)
     if cfg.train.iters < 1:
         problems.append(f"train.iters must be >= 1, got {cfg.train.iters}")
     if problems:

@@ -237,3 +237,12 @@ _MODEL_FILE_KIND = {
     "HuggingFaceTokenizer": "a tokenizer.json file or its directory",
     "TikTokenizer": "a tiktoken .json vocabulary",
 }
+
+
+def build_configured_tokenizer(tok, preset_vocab_size: int) -> Tokenizer:
+    """The tokenizer a run's `tokenizer` group (a TokenizerConfig) describes; a NullTokenizer when it names none."""
+    if tok.type is None:
+        return build_tokenizer("NullTokenizer", vocab_size=preset_vocab_size)
+    # The preset's vocab_size stands in for NullTokenizer's only: TikTokenizer would cut its vocabulary.
+    vocab_size = tok.vocab_size or (preset_vocab_size if tok.type == "NullTokenizer" else None)
+    return build_tokenizer(tok.type, tok.model, vocab_size, vocab_file=tok.vocab_file, merge_file=tok.merge_file)

@@ -142,6 +142,8 @@ def build_model_chunks(
                 position_embedding_type="rope",
                 rotary_percent=model.rotary_percent,
                 rotary_base=model.rotary_base,
+                rope_scaling=model.rope_scaling_factor is not None,
+                rope_scaling_factor=model.rope_scaling_factor or 8.0,
                 vp_stage=stage_arg,
             )
         )

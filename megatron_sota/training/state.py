@@ -17,7 +17,7 @@ from megatron_sota.config.job import JobConfig
 from megatron_sota.config.validation import Layout, validate_job
 from megatron_sota.data.blend import build_datasets, build_loader, sample_counts
 from megatron_sota.data.mix import ResolvedBlend, resolve_blend
-from megatron_sota.data.tokenizer import build_tokenizer
+from megatron_sota.data.tokenizer import build_configured_tokenizer
 from megatron_sota.model.gpt_builder import (
     build_model_chunks,
     build_transformer_config,
@@ -41,15 +41,7 @@ class CheckedInputs:
 
 def check_inputs(job: JobConfig, world_size: int) -> CheckedInputs:
     layout = validate_job(job, world_size)
-    tok = job.tokenizer
-    if tok.type is None:
-        tokenizer = build_tokenizer("NullTokenizer", vocab_size=job.model.vocab_size)
-    else:
-        # The preset's vocab_size stands in for NullTokenizer's only: TikTokenizer would cut its vocabulary.
-        vocab_size = tok.vocab_size or (job.model.vocab_size if tok.type == "NullTokenizer" else None)
-        tokenizer = build_tokenizer(
-            tok.type, tok.model, vocab_size, vocab_file=tok.vocab_file, merge_file=tok.merge_file
-        )
+    tokenizer = build_configured_tokenizer(job.tokenizer, job.model.vocab_size)
     blend = None if job.data.mock else resolve_blend(job.data, tokenizer.vocab_size)
     padded = padded_vocab_size(tokenizer.vocab_size, job.model.make_vocab_size_divisible_by, job.parallel.tp)
     return CheckedInputs(layout, tokenizer, blend, padded)

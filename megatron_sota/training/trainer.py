@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 
 from megatron_sota.checkpointing import paths
 from megatron_sota.checkpointing.manager import CheckpointManager, Progress, checkpoint_layout, resolve_resume
+from megatron_sota.checkpointing.paths import resolve_checkpoint_dir
 from megatron_sota.config.job import JobConfig
 from megatron_sota.data.blend import sample_counts
 from megatron_sota.data.mix_report import data_mix_report, format_data_mix, write_data_mix
@@ -25,6 +26,7 @@ from megatron_sota.runtime.launch_env import read_launch_env
 from megatron_sota.runtime.session import distributed_session
 from megatron_sota.training.fault_injection import FaultPlan, read_fault_plan
 from megatron_sota.training.health import LossHealth
+from megatron_sota.training.hf_export import BackgroundExporter
 from megatron_sota.training.metrics import (
     MetricsWriter,
     StepMetrics,
@@ -119,6 +121,9 @@ def pretrain(job: JobConfig, run_dir: str, command_line: str = "") -> TrainSumma
     save_dir = job.checkpoint.dir or os.path.join(run_dir, "checkpoints")
     refuse_foreign_checkpoints(save_dir, job.checkpoint.resume)
     resume_from = resolve_resume(job.checkpoint, save_dir)
+    init_from = None
+    if resume_from is None and job.checkpoint.init_from:
+        init_from = resolve_checkpoint_dir(job.checkpoint.init_from, "checkpoint.init_from")
     config_yaml = OmegaConf.to_yaml(OmegaConf.structured(job))
     if env.rank == 0:
         save_resolved_config(config_yaml, run_dir, command_line)
@@ -128,20 +133,28 @@ def pretrain(job: JobConfig, run_dir: str, command_line: str = "") -> TrainSumma
         if env.rank == 0:
             report_data_mix(state, run_dir)
         summary = TrainSummary(num_params=_describe(state))
-        manager = CheckpointManager(job.checkpoint, save_dir, faults.kill_during_save_at)
+        manager = CheckpointManager(job.checkpoint, save_dir, state.inputs.tokenizer.vocab_size, faults.kill_during_save_at)
         layout = checkpoint_layout(job.parallel, state.layout.dp)
-        progress = manager.load(state, resume_from, layout) if resume_from else Progress()
+        if resume_from:
+            progress = manager.load(state, resume_from, layout)
+        elif init_from:
+            progress = manager.load(state, init_from, layout, weights_only=True)
+        else:
+            progress = Progress()
         state.start_data(progress.consumed_samples)
         if env.rank == 0 and progress.iteration:
             drop_rows_after(run_dir, progress.iteration)
         writer = MetricsWriter(run_dir, env.rank == 0, job.logging.tensorboard, job.train.iters)
         watch = StopWatch(job.checkpoint.exit_on_signal, job.train.exit_duration_minutes, session.device)
+        c = job.checkpoint
+        exporter = BackgroundExporter(save_dir, c.export_hf_every, c.export_hf_dtype, manager.pinned, env.rank == 0)
         try:
-            _loop(state, progress, manager, writer, watch, faults, summary, config_yaml, layout)
+            _loop(state, progress, manager, exporter, writer, watch, faults, summary, config_yaml, layout)
         finally:
             watch.restore()
             writer.close()
             manager.close()
+        exporter.close()
         if summary.losses:
             last = summary.first_step + len(summary.losses) - 1
             print_rank0(
@@ -154,8 +167,8 @@ def pretrain(job: JobConfig, run_dir: str, command_line: str = "") -> TrainSumma
 
 
 def _loop(
-    state: TrainingState, progress: Progress, manager: CheckpointManager, writer: MetricsWriter,
-    watch: StopWatch, faults: FaultPlan, summary: TrainSummary, config_yaml: str, layout: dict,
+    state: TrainingState, progress: Progress, manager: CheckpointManager, exporter: BackgroundExporter,
+    writer: MetricsWriter, watch: StopWatch, faults: FaultPlan, summary: TrainSummary, config_yaml: str, layout: dict,
 ) -> None:
     job, device = state.job, state.session.device
     t = job.train
@@ -206,12 +219,17 @@ def _loop(
                 )
             )
         manager.poll()
+        exporter.poll()
         if state.valid_dataset is not None and t.eval_interval > 0 and (step % t.eval_interval == 0 or step == t.iters):
             summary.val_losses.append(validate(state, writer, step))
         current = Progress(iteration=step, consumed_samples=step * t.global_batch_size)
-        if job.checkpoint.interval > 0 and step % job.checkpoint.interval == 0:
+        export_now = exporter.due(step, last=step == t.iters)
+        if (job.checkpoint.interval > 0 and step % job.checkpoint.interval == 0) or export_now:
             manager.save(state, current, config_yaml, layout)
             saved_at = step
+        if export_now:
+            manager.wait_for_pending()  # the export reads the finished checkpoint
+            exporter.start(step)
         stop = "stop signal (fault injection)" if faults.preempt_at == step else watch.reason()
         if stop is not None and step < t.iters:
             if saved_at != step:

@@ -8,7 +8,8 @@ import shutil
 
 import pytest
 
-from tests.distributed.launcher import run_distributed
+from megatron_sota.errors import MegatronSotaError
+from megatron_sota.runtime.local_ranks import run_distributed
 from tests.distributed.probes import pretrain_probe, validation_probe
 from tests.distributed.test_parallel_equivalence import _job
 
@@ -100,7 +101,7 @@ def test_switching_optimizer_kind_needs_load_optimizer_false_and_then_works(stdl
     _, _, stopped_dir = tp2
     run_dir = _copy(stopped_dir, tmp_path / "run")
     job = _ckpt_job(stdlib_shards, str(run_dir), tp=2, distributed_optimizer=False)
-    with pytest.raises(AssertionError, match="holds distributed optimizer state but this run uses the plain"):
+    with pytest.raises(MegatronSotaError, match="holds distributed optimizer state but this run uses the plain"):
         run_distributed(pretrain_probe, 2, job, str(run_dir), "")
     job.checkpoint.load_optimizer = False
     resumed = run_distributed(pretrain_probe, 2, job, str(run_dir), "")[0]

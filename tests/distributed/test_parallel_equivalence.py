@@ -11,7 +11,7 @@ import torch
 
 from megatron_sota.config.job import JobConfig
 from megatron_sota.model.gpt_builder import padded_vocab_size
-from tests.distributed.launcher import run_distributed
+from megatron_sota.runtime.local_ranks import run_distributed
 from tests.distributed.probes import layout_probe
 
 STEPS = 3

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.distributed.launcher import run_distributed
+from megatron_sota.runtime.local_ranks import run_distributed
 from tests.distributed.probes import step_stats_probe
 from tests.distributed.test_parallel_equivalence import _job
 

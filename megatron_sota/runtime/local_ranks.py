@@ -1,7 +1,8 @@
-"""Runs a test body on N gloo ranks on CPU, each a fresh process, and returns each rank's result.
+"""Runs a function on N gloo ranks on this machine, each a fresh process, and returns each rank's result.
 
-The body is a module-level function (spawn pickles it by name) taking (rank, *args); its
-return value travels back through a file. A rank that raises fails the whole call.
+Used by tests and by offline tools that must build the model at a given layout (checkpoint
+import). The function is a module-level one (spawn pickles it by name) taking (rank, *args);
+its return value travels back through a file. A rank that raises fails the whole call.
 """
 
 from __future__ import annotations
@@ -14,6 +15,15 @@ from typing import Any, Callable, List
 
 import torch
 import torch.multiprocessing as mp
+
+from megatron_sota.errors import MegatronSotaError
+
+
+_USER_ERROR = "MegatronSotaError: "
+
+
+class RankFailure(RuntimeError):
+    """A rank crashed (not a user error); carries every failed rank's traceback."""
 
 
 def _free_port() -> int:
@@ -34,6 +44,10 @@ def _rank_main(rank: int, fn: Callable, world_size: int, port: int, out_dir: str
     torch.set_num_threads(1 if world_size > 1 else 2)
     try:
         result = fn(rank, *args)
+    except MegatronSotaError as err:
+        with open(os.path.join(out_dir, f"error_{rank}.txt"), "w") as handle:
+            handle.write(f"{_USER_ERROR}{err}")
+        raise
     except BaseException:
         with open(os.path.join(out_dir, f"error_{rank}.txt"), "w") as handle:
             handle.write(traceback.format_exc())
@@ -57,5 +71,8 @@ def run_distributed(fn: Callable, world_size: int, *args: Any) -> List[Any]:
                 for name in sorted(os.listdir(out_dir))
                 if name.startswith("error_")
             ]
-            raise AssertionError("a rank failed:\n" + "\n".join(errors or [str(err)])) from None
+            user_errors = [text[len(_USER_ERROR):] for text in errors if text.startswith(_USER_ERROR)]
+            if user_errors:
+                raise MegatronSotaError(user_errors[0]) from None
+            raise RankFailure("a rank failed:\n" + "\n".join(errors or [str(err)])) from None
         return [torch.load(os.path.join(out_dir, f"result_{r}.pt"), weights_only=False) for r in range(world_size)]

@@ -1,0 +1,192 @@
+"""Exports a megatron_sota checkpoint (any TP/PP/DP layout) as a Hugging Face LlamaForCausalLM directory.
+
+Reads one layer at a time from the layout-free global tensors and streams each converted
+tensor into pre-planned safetensors files, so memory stays at about one layer whatever the
+model size. Writes config.json, generation_config.json and the tokenizer beside the weights.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import torch
+from omegaconf import OmegaConf
+from tqdm import tqdm
+
+from megatron_sota.checkpointing.paths import resolve_checkpoint_dir
+from megatron_sota.config.job import JobConfig
+from megatron_sota.config.typed import to_job_config
+from megatron_sota.conversion import llama_mapping as names
+from megatron_sota.conversion.dist_reader import DistCheckpointReader
+from megatron_sota.conversion.hf_config import hf_config_from_model
+from megatron_sota.conversion.safetensors_files import StreamingSafetensorsWriter, parse_size
+from megatron_sota.conversion.staged_output import check_target, staged_directory
+from megatron_sota.conversion.tokenizer_export import special_token_ids, write_hf_tokenizer
+from megatron_sota.data.tokenizer import build_configured_tokenizer, build_tokenizer
+from megatron_sota.errors import MegatronSotaError
+
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+@dataclass
+class ExportOptions:
+    load: str
+    """A checkpoint directory (its latest iteration) or one iter_NNNNNNN/ directory."""
+    save: str
+    """The Hugging Face directory to write."""
+    dtype: str = "bf16"
+    max_shard_size: str = "5GB"
+    tokenizer_model: Optional[str] = None
+    """A tokenizer to ship instead of the one in the checkpoint's config (.model file or tokenizer.json/dir)."""
+    overwrite: bool = False
+    show_progress: bool = True
+
+
+@dataclass
+class ExportSummary:
+    source: str
+    out_dir: str
+    iteration: int
+    num_params: int
+    weight_bytes: int
+    files: List[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def job_from_checkpoint(reader: DistCheckpointReader) -> JobConfig:
+    text = reader.common.get("config_yaml")
+    if not text:
+        raise MegatronSotaError(f"{reader.path}/common.pt holds no run config (config_yaml); cannot tell the model's shape")
+    try:
+        return to_job_config(OmegaConf.create(text))
+    except MegatronSotaError as err:
+        raise MegatronSotaError(f"{reader.path}: the run config stored in the checkpoint is not valid here: {err}") from None
+
+
+def export_checkpoint(options: ExportOptions) -> ExportSummary:
+    start = time.perf_counter()
+    if options.dtype not in DTYPES:
+        raise MegatronSotaError(f"--dtype {options.dtype}: expected one of {', '.join(DTYPES)}")
+    max_shard_bytes = parse_size(options.max_shard_size)
+    check_target(options.save, options.overwrite)  # before any reading: fail fast
+    source = resolve_checkpoint_dir(options.load, "--load")
+    reader = DistCheckpointReader(source)
+    job = job_from_checkpoint(reader)
+    model = job.model
+    tokenizer = _tokenizer(job, options.tokenizer_model)
+    vocab_size = reader.common.get("vocab_size") or tokenizer.vocab_size
+    if tokenizer.vocab_size != vocab_size:
+        raise MegatronSotaError(
+            f"the tokenizer has {tokenizer.vocab_size} tokens but {source} was trained with a vocabulary of {vocab_size}"
+        )
+    padded = reader.shape(names.EMBEDDING)[0]
+    _check_shapes(reader, names.megatron_shapes(model, padded), vocab_size)
+    hf_config = hf_config_from_model(model, vocab_size, options.dtype, special_token_ids(tokenizer))
+    hf_config["megatron_sota"] = {"source": source, "iteration": reader.common["progress"]["iteration"], "preset": model.name}
+    shapes = names.hf_shapes(model, vocab_size)
+
+    with staged_directory(options.save, options.overwrite) as staging:
+        writer = StreamingSafetensorsWriter(staging, shapes, DTYPES[options.dtype], max_shard_bytes)
+        writer.write(names.HF_EMBEDDING, names.unpad_vocab(reader.read(names.EMBEDDING), vocab_size))
+        for layer in tqdm(range(model.num_layers), desc="export layers", disable=not options.show_progress):
+            megatron_layer = {key: reader.read(key, layer) for key in names.LAYER_KEYS}
+            for name, tensor in names.layer_to_hf(megatron_layer, model, layer).items():
+                writer.write(name, tensor)
+        writer.write(names.HF_FINAL_NORM, reader.read(names.FINAL_NORM))
+        if model.untie_embeddings_and_output_weights:
+            writer.write(names.HF_LM_HEAD, names.unpad_vocab(reader.read(names.OUTPUT_LAYER), vocab_size))
+        files = writer.finish()
+        files += _write_json(staging, "config.json", hf_config)
+        files += _write_json(staging, "generation_config.json", _generation_config(job, hf_config))
+        files += _write_tokenizer(job, options.tokenizer_model, staging)
+
+    return ExportSummary(
+        source=source,
+        out_dir=os.path.abspath(options.save),
+        iteration=reader.common["progress"]["iteration"],
+        num_params=sum(math.prod(shape) for shape in shapes.values()),
+        weight_bytes=writer.total_bytes,
+        files=files,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _check_shapes(reader: DistCheckpointReader, expected: Dict[str, tuple], vocab_size: int) -> None:
+    problems = []
+    for key, shape in expected.items():
+        if not reader.has(key):
+            problems.append(f"{key}: missing (expected {list(shape)})")
+        elif reader.shape(key) != shape:
+            problems.append(f"{key}: checkpoint {list(reader.shape(key))}, the stored model config implies {list(shape)}")
+    if expected[names.EMBEDDING][0] < vocab_size:
+        problems.append(f"{names.EMBEDDING}: {expected[names.EMBEDDING][0]} rows, fewer than the vocabulary ({vocab_size})")
+    if problems:
+        raise MegatronSotaError(f"{reader.path} does not match its own model config:\n  - " + "\n  - ".join(problems))
+
+
+def _tokenizer_source(job: JobConfig, override: Optional[str]):
+    """(type, model path, TokenizerConfig-like kwargs) of the tokenizer to ship."""
+    if override is None:
+        return job.tokenizer.type, job.tokenizer.model
+    if not os.path.exists(override):
+        raise MegatronSotaError(f"--tokenizer-model {override}: no such file or directory")
+    kind = "SentencePieceTokenizer" if override.endswith(".model") else "HuggingFaceTokenizer"
+    return kind, override
+
+
+def _tokenizer(job: JobConfig, override: Optional[str]):
+    kind, path = _tokenizer_source(job, override)
+    if override is not None:
+        return build_tokenizer(kind, path)
+    try:
+        return build_configured_tokenizer(job.tokenizer, job.model.vocab_size)
+    except MegatronSotaError as err:
+        raise MegatronSotaError(f"{err} (the checkpoint's tokenizer; pass --tokenizer-model to use another copy)") from None
+
+
+def _write_tokenizer(job: JobConfig, override: Optional[str], out_dir: str) -> List[str]:
+    kind, path = _tokenizer_source(job, override)
+    if kind in (None, "NullTokenizer"):
+        print("note: the checkpoint was trained without a text tokenizer (NullTokenizer); no tokenizer files written "
+              "(pass --tokenizer-model to ship one)", flush=True)
+        return []
+    tok = job.tokenizer
+    return write_hf_tokenizer(
+        kind, path, out_dir,
+        vocab_file=tok.vocab_file if override is None else None,
+        merge_file=tok.merge_file if override is None else None,
+        vocab_size=tok.vocab_size if override is None else None,
+    )
+
+
+def _generation_config(job: JobConfig, hf_config: dict) -> dict:
+    g = job.generation
+    return {
+        "do_sample": g.temperature > 0,
+        "temperature": g.temperature,
+        "top_p": g.top_p,
+        "top_k": g.top_k,
+        "repetition_penalty": g.repetition_penalty,
+        "max_new_tokens": min(g.max_new_tokens, job.model.max_position_embeddings),
+        **{key: hf_config.get(key) for key in ("bos_token_id", "eos_token_id", "pad_token_id")},
+    }
+
+
+def _write_json(out_dir: str, name: str, payload: dict) -> List[str]:
+    with open(os.path.join(out_dir, name), "w") as handle:
+        json.dump(payload, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+    return [name]
+
+
+def summary_text(summary: ExportSummary) -> str:
+    return (
+        f"exported {summary.source} (iteration {summary.iteration}) to {summary.out_dir}: {summary.num_params:,} parameters, "
+        f"{summary.weight_bytes / 2**20:,.1f} MiB of weights in {summary.seconds:.1f}s; files: {', '.join(summary.files)}"
+    )
+

@@ -1,0 +1,1 @@
+"""Running trained checkpoints: loading them for inference and computing logits."""
