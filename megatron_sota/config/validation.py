@@ -167,6 +167,11 @@ def _model_problems(cfg: JobConfig) -> list[str]:
         problems.append(f"model.rope_scaling_factor must be > 0 (or null), got {m.rope_scaling_factor}")
     if cfg.checkpoint.export_hf_every < 0:
         problems.append(f"checkpoint.export_hf_every must be >= 0, got {cfg.checkpoint.export_hf_every}")
+    if cfg.checkpoint.export_hf_every > 0 and cfg.tokenizer.type == "TikTokenizer":
+        problems.append(
+            "checkpoint.export_hf_every needs a tokenizer that can be written as Hugging Face files; "
+            "tokenizer.type=TikTokenizer cannot (export after training with tools/convert_checkpoint.py --tokenizer-model)"
+        )
     return problems
 
 

@@ -91,6 +91,7 @@ def export_checkpoint(options: ExportOptions) -> ExportSummary:
     shapes = names.hf_shapes(model, vocab_size)
 
     with staged_directory(options.save, options.overwrite) as staging:
+        tokenizer_files = _write_tokenizer(job, options.tokenizer_model, staging)  # first: it may refuse
         writer = StreamingSafetensorsWriter(staging, shapes, DTYPES[options.dtype], max_shard_bytes)
         writer.write(names.HF_EMBEDDING, names.unpad_vocab(reader.read(names.EMBEDDING), vocab_size))
         for layer in tqdm(range(model.num_layers), desc="export layers", disable=not options.show_progress):
@@ -103,7 +104,7 @@ def export_checkpoint(options: ExportOptions) -> ExportSummary:
         files = writer.finish()
         files += _write_json(staging, "config.json", hf_config)
         files += _write_json(staging, "generation_config.json", _generation_config(job, hf_config))
-        files += _write_tokenizer(job, options.tokenizer_model, staging)
+        files += tokenizer_files
 
     return ExportSummary(
         source=source,

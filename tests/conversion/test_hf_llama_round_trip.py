@@ -138,3 +138,33 @@ def test_tied_embeddings_round_trip_through_a_pipeline_split(tmp_path):
     with torch.no_grad():
         reference = model(tokens).logits
     assert (run_distributed(logits_probe, 1, checkpoint, tokens, 1)[0] - reference).abs().max().item() <= 1e-4
+
+
+def test_training_starts_from_an_imported_checkpoint_and_a_requeue_resumes_its_own(hf_model, imported, tmp_path):
+    """checkpoint.init_from loads the weights at step 0 (lr=0 keeps them, so the saved weights export
+    to the original tensors); a second start of the same run resumes its own checkpoint instead."""
+    from megatron_sota.config.job import JobConfig
+    from megatron_sota.conversion.hf_config import model_from_hf_config, read_hf_config
+    from tests.distributed.probes import pretrain_probe
+
+    path, _ = hf_model
+    job = JobConfig()
+    job.model = model_from_hf_config(read_hf_config(path), "config.json", "llama_gqa")
+    job.data.mock = True
+    job.data.num_workers = 0
+    job.train.iters, job.train.seq_length, job.train.eval_interval = 1, 32, 0
+    job.train.global_batch_size, job.train.micro_batch_size = 2, 1
+    job.optimizer.lr = 0.0
+    job.runtime.device = "cpu"
+    job.logging.tensorboard = False
+    job.checkpoint.init_from = imported
+    run_dir = str(tmp_path / "run")
+    first = run_distributed(pretrain_probe, 1, job, run_dir)[0]
+    assert first["first_step"] == 1 and len(first["losses"]) == 1
+    out = str(tmp_path / "hf")
+    assert convert(["export", "--load", os.path.join(run_dir, "checkpoints"), "--save", out, "--dtype", "fp32"]) == 0
+    original, exported = _hf_weights(path), _hf_weights(out)
+    assert all(torch.equal(exported[n], t) for n, t in original.items())
+    job.train.iters = 2
+    second = run_distributed(pretrain_probe, 1, job, run_dir)[0]
+    assert second["first_step"] == 2 and len(second["losses"]) == 1

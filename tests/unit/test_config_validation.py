@@ -60,6 +60,12 @@ def test_valid_layout_derives_dp_and_microbatches():
         (1, dict(data__paths=["a", "b"], data__weights=[1.0], data__mock=False),
          "data.weights has 1 entries but data.paths has 2"),
         (1, dict(tokenizer__type="SentencePieceTokenizer"), "tokenizer.type=SentencePieceTokenizer needs tokenizer.model"),
+        (1, dict(model__rope_scaling_factor=0.0), "model.rope_scaling_factor must be > 0 (or null), got 0.0"),
+        (1, dict(checkpoint__export_hf_dtype="fp16"), "checkpoint.export_hf_dtype must be one of bf16, fp32, got 'fp16'"),
+        (1, dict(checkpoint__export_hf_every=5, tokenizer__type="TikTokenizer"),
+         "checkpoint.export_hf_every needs a tokenizer that can be written as Hugging Face files"),
+        (1, dict(generation__top_p=1.5), "generation.top_p must be in (0, 1], got 1.5"),
+        (1, dict(generation__temperature=-0.1), "generation.temperature must be >= 0, got -0.1"),
     ],
 )
 def test_impossible_config_is_rejected_with_a_message_naming_key_and_values(world, overrides, expected):
