@@ -79,9 +79,14 @@ class BackgroundExporter:
                 self.failures.append(f"iter_{job.step:07d} (exit code {code}; log {job.log_path}): {_last_line(job.log_path)}")
         self._running = still
 
-    def close(self) -> None:
-        """Waits for every export; raises if any failed (the checkpoints themselves are intact)."""
-        self.poll(wait=True)
+    def close(self, wait: bool = True) -> None:
+        """Waits for every export (or only reports the running ones); raises if any failed.
+
+        A failed export leaves the checkpoint it read intact; rerun tools/convert_checkpoint.py on it.
+        """
+        self.poll(wait=wait)
+        for job in self._running:
+            print(f"not waiting for the export of iter_{job.step:07d} (log: {job.log_path})", flush=True)
         if self.failures:
             raise MegatronSotaError("Hugging Face export failed for " + "; ".join(self.failures))
 

@@ -154,7 +154,8 @@ def pretrain(job: JobConfig, run_dir: str, command_line: str = "") -> TrainSumma
             watch.restore()
             writer.close()
             manager.close()
-        exporter.close()
+        # A preempted job has seconds left: it does not wait for exports still running.
+        exporter.close(wait=summary.exit_code == 0)
         if summary.losses:
             last = summary.first_step + len(summary.losses) - 1
             print_rank0(
