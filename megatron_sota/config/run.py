@@ -5,6 +5,8 @@ Plain dataclasses only; validation across groups lives in config/validation.py.
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
@@ -77,6 +79,16 @@ class TokenizerConfig:
     """GPT2BPETokenizer only: GPT-2 vocab.json."""
     merge_file: Optional[str] = None
     """GPT2BPETokenizer only: GPT-2 merges.txt."""
+
+    def with_absolute_paths(self) -> "TokenizerConfig":
+        """The file settings made absolute: checkpoints store this config, and exports read it from any directory."""
+
+        def absolute(path: Optional[str]) -> Optional[str]:
+            return os.path.abspath(path) if path else path
+
+        return dataclasses.replace(
+            self, model=absolute(self.model), vocab_file=absolute(self.vocab_file), merge_file=absolute(self.merge_file)
+        )
 
 
 @dataclass

@@ -9,6 +9,7 @@ training writes and loads. It also writes the model config as a Hydra preset bes
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -106,7 +107,6 @@ def build_import_job(options: ImportOptions) -> JobConfig:
         tokenizer=_tokenizer_config(options.load),
         runtime=RuntimeConfig(device="cpu"),
     )
-    job.data.mock = True  # nothing is read; keeps the job valid for the checks below
     _check_layout(model, options)
     return job
 
@@ -146,7 +146,7 @@ def import_checkpoint(options: ImportOptions) -> ImportSummary:
         checkpoint=os.path.join(out_dir, "iter_0000000"),
         preset_file=os.path.join(out_dir, "conf", "model", f"{job.model.name}.yaml"),
         model=job.model,
-        num_params=sum(int(torch.Size(s).numel()) for s in names.hf_shapes(job.model, vocab_size).values()),
+        num_params=sum(math.prod(shape) for shape in names.hf_shapes(job.model, vocab_size).values()),
         seconds=time.perf_counter() - start,
         notes=notes,
     )

@@ -6,6 +6,7 @@ parses command lines and reads no global state but the launcher's environment.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
@@ -117,6 +118,7 @@ def pretrain(job: JobConfig, run_dir: str, command_line: str = "") -> TrainSumma
     Every input is checked before anything is written to `run_dir`.
     """
     env = read_launch_env()
+    job = dataclasses.replace(job, tokenizer=job.tokenizer.with_absolute_paths())
     inputs = check_inputs(job, env.world_size)
     save_dir = job.checkpoint.dir or os.path.join(run_dir, "checkpoints")
     refuse_foreign_checkpoints(save_dir, job.checkpoint.resume)

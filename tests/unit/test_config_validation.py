@@ -131,3 +131,13 @@ def test_overrides_of_the_documented_keys_compose():
 def test_experiment_overrides_several_groups():
     job = to_job_config(_compose(["experiment=quickstart_cpu"]))
     assert (job.name, job.train.iters, job.scheduler.warmup_iters) == ("quickstart", 200, 30)
+
+
+def test_tokenizer_files_are_stored_as_absolute_paths(tmp_path, monkeypatch):
+    """Checkpoints keep the run config; an export run elsewhere must still find the tokenizer."""
+    from megatron_sota.config.run import TokenizerConfig
+
+    monkeypatch.chdir(tmp_path)
+    config = TokenizerConfig(type="GPT2BPETokenizer", vocab_file="gpt2/vocab.json", merge_file="/abs/merges.txt")
+    absolute = config.with_absolute_paths()
+    assert (absolute.model, absolute.vocab_file, absolute.merge_file) == (None, str(tmp_path / "gpt2/vocab.json"), "/abs/merges.txt")
