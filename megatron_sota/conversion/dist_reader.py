@@ -12,6 +12,7 @@ import warnings
 from typing import Dict, Optional, Tuple
 
 import torch
+from omegaconf import OmegaConf
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
@@ -20,6 +21,8 @@ from torch.distributed.checkpoint.planner import LoadPlan
 from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
 
 from megatron_sota.checkpointing.manager import read_common
+from megatron_sota.config.job import JobConfig
+from megatron_sota.config.typed import to_job_config
 from megatron_sota.errors import MegatronSotaError
 
 
@@ -52,6 +55,16 @@ class DistCheckpointReader:
             for key, md in FileSystemReader(checkpoint_dir).read_metadata().state_dict_metadata.items()
             if isinstance(md, TensorStorageMetadata)
         }
+
+    def job_config(self) -> JobConfig:
+        """The run config the checkpoint was saved with (model shape, tokenizer, sampling defaults)."""
+        text = self.common.get("config_yaml")
+        if not text:
+            raise MegatronSotaError(f"{self.path}/common.pt holds no run config (config_yaml); cannot tell the model's shape")
+        try:
+            return to_job_config(OmegaConf.create(text))
+        except MegatronSotaError as err:
+            raise MegatronSotaError(f"{self.path}: the run config stored in the checkpoint is not valid here: {err}") from None
 
     def has(self, key: str) -> bool:
         return key in self._tensors

@@ -15,12 +15,10 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 import torch
-from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from megatron_sota.checkpointing.paths import resolve_checkpoint_dir
 from megatron_sota.config.job import JobConfig
-from megatron_sota.config.typed import to_job_config
 from megatron_sota.conversion import llama_mapping as names
 from megatron_sota.conversion.dist_reader import DistCheckpointReader
 from megatron_sota.conversion.hf_config import hf_config_from_model
@@ -58,16 +56,6 @@ class ExportSummary:
     seconds: float = 0.0
 
 
-def job_from_checkpoint(reader: DistCheckpointReader) -> JobConfig:
-    text = reader.common.get("config_yaml")
-    if not text:
-        raise MegatronSotaError(f"{reader.path}/common.pt holds no run config (config_yaml); cannot tell the model's shape")
-    try:
-        return to_job_config(OmegaConf.create(text))
-    except MegatronSotaError as err:
-        raise MegatronSotaError(f"{reader.path}: the run config stored in the checkpoint is not valid here: {err}") from None
-
-
 def export_checkpoint(options: ExportOptions) -> ExportSummary:
     start = time.perf_counter()
     if options.dtype not in DTYPES:
@@ -76,7 +64,7 @@ def export_checkpoint(options: ExportOptions) -> ExportSummary:
     check_target(options.save, options.overwrite)  # before any reading: fail fast
     source = resolve_checkpoint_dir(options.load, "--load")
     reader = DistCheckpointReader(source)
-    job = job_from_checkpoint(reader)
+    job = reader.job_config()
     model = job.model
     tokenizer = _tokenizer(job, options.tokenizer_model)
     vocab_size = reader.common.get("vocab_size") or tokenizer.vocab_size
@@ -131,7 +119,7 @@ def _check_shapes(reader: DistCheckpointReader, expected: Dict[str, tuple], voca
 
 
 def _tokenizer_source(job: JobConfig, override: Optional[str]):
-    """(type, model path, TokenizerConfig-like kwargs) of the tokenizer to ship."""
+    """(tokenizer type, model path) of the tokenizer to ship: the checkpoint's, or the --tokenizer-model file."""
     if override is None:
         return job.tokenizer.type, job.tokenizer.model
     if not os.path.exists(override):

@@ -17,7 +17,6 @@ from megatron_sota.checkpointing.paths import resolve_checkpoint_dir
 from megatron_sota.config.job import JobConfig
 from megatron_sota.config.parallel import ParallelConfig
 from megatron_sota.conversion.dist_reader import DistCheckpointReader
-from megatron_sota.conversion.export import job_from_checkpoint
 from megatron_sota.conversion.llama_mapping import EMBEDDING
 from megatron_sota.model.gpt_builder import build_model_chunks, build_transformer_config, choose_transformer_engine
 
@@ -49,7 +48,7 @@ def load_inference_model(checkpoint_dir: str, device: torch.device, dtype: str |
 
     checkpoint_dir = resolve_checkpoint_dir(checkpoint_dir, "checkpoint")
     reader = DistCheckpointReader(checkpoint_dir)
-    job = job_from_checkpoint(reader)
+    job = reader.job_config()
     tp = parallel_state.get_tensor_model_parallel_world_size()
     job.parallel = inference_parallel(tp)
     if dtype is not None:
