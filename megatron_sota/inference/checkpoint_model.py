@@ -10,7 +10,6 @@ import dataclasses
 from dataclasses import dataclass
 
 import torch
-from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
 
 from megatron_sota.checkpointing.manager import load_model_weights
 from megatron_sota.checkpointing.paths import resolve_checkpoint_dir
@@ -30,12 +29,20 @@ class InferenceModel:
     device: torch.device
 
     @torch.no_grad()
-    def logits(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Full-vocabulary fp32 logits [batch, seq, vocab] for token ids [batch, seq] (causal, no padding)."""
+    def logits(self, tokens: torch.Tensor, cache=None) -> torch.Tensor:
+        """Full-vocabulary fp32 logits for token ids [batch, seq] (causal, no padding).
+
+        Without `cache`: [batch, seq, vocab] for the whole sequence. With a megatron-core
+        StaticInferenceContext: `tokens` continue the cached ones, their keys and values are
+        added to the cache, and only the last position's logits come back, [batch, 1, vocab].
+        """
         tokens = tokens.to(self.device)
-        positions = torch.arange(tokens.shape[1], device=self.device).unsqueeze(0).expand_as(tokens)
-        output = self.model(tokens, positions, None)
-        return gather_from_tensor_model_parallel_region(output)[..., : self.vocab_size].float()
+        offset = cache.sequence_len_offset if cache is not None else 0
+        positions = torch.arange(offset, offset + tokens.shape[1], device=self.device).unsqueeze(0).expand_as(tokens)
+        output = self.model(tokens, positions, None, inference_context=cache, runtime_gather_output=True)
+        if cache is not None:
+            cache.increment_sequence_len_offset(tokens.shape[1])
+        return output[..., : self.vocab_size].float()
 
 
 def inference_parallel(tp: int) -> ParallelConfig:

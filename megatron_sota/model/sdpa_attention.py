@@ -62,11 +62,18 @@ class SDPACoreAttention(MegatronModule):
             raise ValueError("SDPACoreAttention supports neither packed sequences nor attention bias")
         # [s, b, n, d] -> [b, n, s, d], the layout SDPA's kernels expect.
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
+        # With a KV cache the queries are the last positions of a longer key sequence; SDPA's
+        # is_causal aligns them with the first ones, so those steps get an explicit mask.
+        q_len, k_len = q.size(2), k.size(2)
+        mask = None
+        if q_len != k_len:
+            mask = torch.ones(q_len, k_len, dtype=torch.bool, device=q.device).tril(diagonal=k_len - q_len)
         context = F.scaled_dot_product_attention(
             q,
             k,
             v,
-            is_causal=True,
+            attn_mask=mask,
+            is_causal=mask is None,
             dropout_p=self.dropout_p if self.training else 0.0,
             scale=self.softmax_scale,
             enable_gqa=k.size(1) != q.size(1),

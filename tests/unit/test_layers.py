@@ -40,6 +40,17 @@ def test_sdpa_core_attention_matches_hand_written_causal_gqa(monkeypatch):
     torch.testing.assert_close(attention(q, k, v, None), _naive_causal_gqa(q, k, v), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("new", [1, 3])
+def test_sdpa_core_attention_with_cached_keys_attends_like_the_last_rows_of_full_attention(monkeypatch, new):
+    """KV-cache steps: queries for the last `new` positions over all 10 keys."""
+    monkeypatch.setattr(parallel_state, "get_tensor_model_parallel_world_size", lambda: 1)
+    attention = SDPACoreAttention(_config(), 1, AttnMaskType.causal, "self")
+    torch.manual_seed(0)
+    q, k, v = torch.randn(10, 3, 8, 8), torch.randn(10, 3, 2, 8), torch.randn(10, 3, 2, 8)
+    full = _naive_causal_gqa(q, k, v)
+    torch.testing.assert_close(attention(q[-new:], k, v, None), full[-new:], rtol=1e-5, atol=1e-5)
+
+
 def test_sdpa_core_attention_refuses_non_causal_masks(monkeypatch):
     monkeypatch.setattr(parallel_state, "get_tensor_model_parallel_world_size", lambda: 1)
     with pytest.raises(ValueError, match="causal"):
