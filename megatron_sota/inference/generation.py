@@ -14,6 +14,7 @@ from typing import List, Optional, Sequence
 
 import torch
 
+from megatron_sota.errors import MegatronSotaError
 from megatron_sota.inference.checkpoint_model import InferenceModel
 from megatron_sota.inference.sampling import SamplingSettings, next_tokens
 
@@ -41,6 +42,12 @@ def generate(
 
     start = time.perf_counter()
     batch, prompt_len = prompts.shape
+    context = model.job.model.max_position_embeddings
+    if prompt_len + max_new_tokens > context:
+        raise MegatronSotaError(
+            f"{prompt_len} prompt tokens + max_new_tokens={max_new_tokens} exceed the model's context "
+            f"(max_position_embeddings={context})"
+        )
     generator = torch.Generator().manual_seed(seed)
     sequence = prompts.clone()
     stops = torch.tensor(sorted(set(stop_ids)), dtype=torch.long)

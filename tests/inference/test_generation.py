@@ -67,3 +67,10 @@ def test_seeds_change_samples_and_stop_ids_end_a_row(checkpoint, prompts, tp1):
     stopped = run_distributed(generate_probe, 1, checkpoint, prompts, [Request(16, GREEDY, stop_ids=(stop,))])[0][0]
     first = greedy[0].index(stop)
     assert stopped["tokens"][0] == greedy[0][: first + 1] and stopped["stop_reasons"][0] == "stop_id"
+
+
+def test_generation_beyond_the_context_is_refused(checkpoint, prompts):
+    from megatron_sota.errors import MegatronSotaError
+
+    with pytest.raises(MegatronSotaError, match=r"10 prompt tokens \+ max_new_tokens=5000 exceed the model's context \(max_position_embeddings=4096\)"):
+        run_distributed(generate_probe, 1, checkpoint, prompts, [Request(5000, GREEDY)])
