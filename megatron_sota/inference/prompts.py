@@ -1,0 +1,56 @@
+"""Prompts for generation: reading a JSONL prompt file, and fitting a prompt into the model's context."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import List, Sequence, Tuple
+
+from megatron_sota.errors import MegatronSotaError
+
+OVERFLOW_POLICIES = ("keep_end", "keep_start", "error")
+
+
+@dataclass(frozen=True)
+class Prompt:
+    id: object
+    """The record's "id" when it has one, else its line number."""
+    text: str
+
+
+def read_prompt_file(path: str) -> List[Prompt]:
+    """One JSON object per line with a non-empty string "prompt" (and optionally "id")."""
+    prompts = []
+    try:
+        handle = open(path, encoding="utf-8")
+    except OSError as err:
+        raise MegatronSotaError(f"--prompt-file {path}: {err.strerror}") from None
+    with handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise MegatronSotaError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+            text = record.get("prompt") if isinstance(record, dict) else None
+            if not isinstance(text, str) or not text:
+                found = "no 'prompt' field" if not isinstance(record, dict) or "prompt" not in record else f"{text!r}"
+                raise MegatronSotaError(f"{path}:{number}: field 'prompt': expected a non-empty string, found {found}")
+            prompts.append(Prompt(record.get("id", number), text))
+    if not prompts:
+        raise MegatronSotaError(f"{path}: no prompts (expected JSON lines with a 'prompt' field)")
+    return prompts
+
+
+def fit_to_context(ids: Sequence[int], limit: int, policy: str) -> Tuple[List[int], int]:
+    """(ids that fit in `limit` tokens, how many were dropped) under keep_end, keep_start or error."""
+    if policy not in OVERFLOW_POLICIES:
+        raise MegatronSotaError(f"overflow policy {policy!r}: expected one of {', '.join(OVERFLOW_POLICIES)}")
+    ids = list(ids)
+    dropped = max(0, len(ids) - limit)
+    if not dropped:
+        return ids, 0
+    if policy == "error":
+        raise MegatronSotaError(f"the prompt has {len(ids)} tokens, more than the {limit} that fit in the model's context")
+    return (ids[dropped:] if policy == "keep_end" else ids[:limit]), dropped

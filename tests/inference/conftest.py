@@ -1,0 +1,33 @@
+"""Shared fixtures of the generation tests: one trained checkpoint and two prompts."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from megatron_sota.runtime.local_ranks import run_distributed
+from tests.distributed.probes import pretrain_probe
+from tests.distributed.test_parallel_equivalence import _job
+
+
+@pytest.fixture(scope="session")
+def checkpoint(stdlib_shards, tmp_path_factory) -> str:
+    """tiny trained 20 steps on the stdlib corpus (a trained model: no near-ties between the top tokens)."""
+    run_dir = str(tmp_path_factory.mktemp("gen"))
+    job = _job(stdlib_shards)
+    job.train.iters = 20
+    run_distributed(pretrain_probe, 1, job, run_dir)
+    return os.path.join(run_dir, "checkpoints")
+
+
+@pytest.fixture(scope="session")
+def prompts(stdlib_shards) -> torch.Tensor:
+    from megatron_sota.data.tokenizer import build_tokenizer
+
+    tokenizer = build_tokenizer("SentencePieceTokenizer", stdlib_shards.tokenizer_model)
+    texts = ("def parse(self, text):\n    return self.parser.parse(text)\n", "import os\nimport sys\n\nclass Foo:\n    def __init__(self):")
+    return torch.tensor([tokenizer.tokenize(text)[:10] for text in texts])
+
+

@@ -1,0 +1,22 @@
+"""CLI: generate text from a checkpoint.
+
+  python tools/generate.py --load <checkpoint> --prompt "..." [--temperature T --top-p P --top-k K
+      --repetition-penalty R --max-new-tokens N --seed S --stop STR --overflow keep_end|keep_start|error]
+  python tools/generate.py --load <checkpoint> --prompt-file prompts.jsonl --output completions.jsonl
+  torchrun --nproc-per-node 2 tools/generate.py --load <checkpoint> --prompt "..."     # TP=2
+
+The command line lives in megatron_sota/inference/generate_cli.py.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# Runnable as `python tools/generate.py` from a checkout without installing the package.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from megatron_sota.inference.generate_cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())
