@@ -44,15 +44,27 @@ class _RegionPlanner(DefaultLoadPlanner):
         return self.state_dict[index.fqn]
 
 
+class _MetadataOnceReader(FileSystemReader):
+    """Unpickles the checkpoint's .metadata once, not once per tensor read (it grows with the model)."""
+
+    def __init__(self, path: str):
+        super().__init__(path)
+        self._metadata = super().read_metadata()
+
+    def read_metadata(self):
+        return self._metadata
+
+
 class DistCheckpointReader:
     """One iter_NNNNNNN/ directory of a megatron_sota checkpoint, opened read-only."""
 
     def __init__(self, checkpoint_dir: str):
         self.path = checkpoint_dir
         self.common = read_common(checkpoint_dir)  # checks .metadata is safe before torch unpickles it below
+        self._storage = _MetadataOnceReader(checkpoint_dir)
         self._tensors: Dict[str, TensorStorageMetadata] = {
             key: md
-            for key, md in FileSystemReader(checkpoint_dir).read_metadata().state_dict_metadata.items()
+            for key, md in self._storage.read_metadata().state_dict_metadata.items()
             if isinstance(md, TensorStorageMetadata)
         }
 
@@ -87,7 +99,7 @@ class DistCheckpointReader:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # no_dist: torch warns that no process group is used
-                dcp.load({key: dest}, storage_reader=FileSystemReader(self.path), planner=_RegionPlanner({key: offset}), no_dist=True)
+                dcp.load({key: dest}, storage_reader=self._storage, planner=_RegionPlanner({key: offset}), no_dist=True)
         except BaseException as err:  # torch's CheckpointException is a BaseException
             if isinstance(err, (KeyboardInterrupt, SystemExit)):
                 raise
