@@ -1,7 +1,8 @@
 """Command line of generation: `python tools/generate.py --load <checkpoint> --prompt "..." | --prompt-file <jsonl>`.
 
 Runs on one process (TP=1) or under torchrun with one rank per TP shard; rank 0 prints. Prompts
-are generated one at a time (prompts of different lengths are not batched yet). Sampling
+of a --prompt-file are generated --batch-size at a time, left padded to the batch's longest
+(output in input order); --prompt and --interactive generate one prompt at a time. Sampling
 defaults come from conf/generation/default.yaml.
 """
 
@@ -11,7 +12,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Iterable, Optional
+from typing import Iterable, List, Optional, Sequence, Set, Tuple
 
 from megatron_sota.quiet import quiet_megatron
 
@@ -52,37 +53,76 @@ def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
     parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable); the completion ends before it")
     parser.add_argument("--stop-id", type=int, action="append", default=[], help="extra stop token id (end-of-document always stops)")
     parser.add_argument("--overflow", choices=OVERFLOW_POLICIES, default="keep_end", help="a prompt longer than the context: keep its end, its start, or fail")
+    parser.add_argument(
+        "--batch-size", type=int, default=8,
+        help="--prompt-file: prompts generated together, left padded (output keeps the input order; a record's seconds "
+        "is its whole batch's time, tokens_per_s its own tokens over that time). Greedy completions do not depend on it; "
+        "sampled ones do (a batch shares one seeded generator). --prompt and --interactive: one at a time (default 8)",
+    )
     return parser.parse_args(argv)
 
 
-def _prompts(args: argparse.Namespace) -> Iterable[Prompt]:
+def _batches(args: argparse.Namespace) -> Iterable[List[Prompt]]:
+    """--prompt-file in batches of --batch-size; --prompt and stdin one prompt at a time."""
     if args.prompt is not None:
         if not args.prompt:
             raise MegatronSotaError("--prompt is empty")
-        yield Prompt(0, args.prompt)
+        yield [Prompt(0, args.prompt)]
     elif args.prompt_file:
-        yield from read_prompt_file(args.prompt_file)
+        prompts = read_prompt_file(args.prompt_file)
+        for first in range(0, len(prompts), args.batch_size):
+            yield prompts[first : first + args.batch_size]
     else:
         for number, line in enumerate(sys.stdin, start=1):
             if line.strip():
-                yield Prompt(number, line.rstrip("\n"))
+                yield [Prompt(number, line.rstrip("\n"))]
 
 
-def _complete(model, tokenizer, prompt: Prompt, args, settings) -> dict:
-    import torch
+def _special_ids(tokenizer) -> Set[int]:
+    """The tokenizer's end-of-document, bos, eos and pad ids (those it defines)."""
+    ids = set()
+    for name in ("eod", "eos", "bos", "pad"):
+        try:
+            ids.add(int(getattr(tokenizer, name)))
+        except (AttributeError, NotImplementedError, MegatronSotaError):
+            continue  # the tokenizer has no such token
+    return ids
 
-    from megatron_sota.inference.generation import generate
 
+def prompt_ids(tokenizer, prompt: Prompt, limit: int, overflow: str) -> Tuple[List[int], int]:
+    """(token ids fitted into `limit`, tokens dropped). A prompt of special tokens only (e.g. a
+    tokenizer that reads "<|endoftext|>" as end-of-document) has no text to continue: refused."""
     ids = tokenizer.tokenize(prompt.text)
     if not ids:
-        raise MegatronSotaError(f"prompt {prompt.id}: tokenizes to no tokens")
+        raise MegatronSotaError(f"prompt {prompt.id}: expected text that tokenizes to at least one token, found none")
+    special = _special_ids(tokenizer)
+    if all(i in special for i in ids):
+        raise MegatronSotaError(
+            f"prompt {prompt.id}: expected text to continue, found only special tokens {ids[:8]} "
+            f"(end-of-document/bos/eos/pad ids {sorted(special)})"
+        )
+    try:
+        return fit_to_context(ids, limit, overflow)
+    except MegatronSotaError as err:
+        raise MegatronSotaError(f"prompt {prompt.id}: {err}") from None
+
+
+def _complete_batch(model, tokenizer, prompts: Sequence[Prompt], args, settings) -> List[dict]:
+    """One record per prompt, generated as one left-padded batch; each row keeps its own budget."""
+    from megatron_sota.inference.generation import generate
+
     context = model.job.model.max_position_embeddings
-    ids, dropped = fit_to_context(ids, context - 1, args.overflow)  # room for at least one new token
-    max_new = min(args.max_new_tokens, context - len(ids))
+    fitted = [prompt_ids(tokenizer, prompt, context - 1, args.overflow) for prompt in prompts]  # room for a new token
+    budgets = [min(args.max_new_tokens, context - len(ids)) for ids, _ in fitted]
     stop_ids = [tokenizer.eod, *args.stop_id]
-    result = generate(model, torch.tensor([ids]), max_new, settings, stop_ids=stop_ids, seed=args.seed)
-    new = result.tokens[0]
-    reason = result.stop_reasons[0]
+    result = generate(model, [ids for ids, _ in fitted], budgets, settings, stop_ids=stop_ids, seed=args.seed)
+    return [
+        _record(prompt, ids, dropped, new, reason, result.seconds, tokenizer, args)
+        for prompt, (ids, dropped), new, reason in zip(prompts, fitted, result.tokens, result.stop_reasons)
+    ]
+
+
+def _record(prompt: Prompt, ids: List[int], dropped: int, new: List[int], reason: str, seconds: float, tokenizer, args) -> dict:
     text = tokenizer.detokenize(new[:-1] if reason == "stop_id" else new)
     cut = min((text.find(s) for s in args.stop if s in text), default=-1)
     if cut >= 0:
@@ -90,7 +130,7 @@ def _complete(model, tokenizer, prompt: Prompt, args, settings) -> dict:
     return {
         "id": prompt.id, "prompt": prompt.text, "completion": text, "stop_reason": reason,
         "prompt_tokens": len(ids), "prompt_tokens_dropped": dropped, "completion_tokens": len(new),
-        "seconds": round(result.seconds, 4), "tokens_per_s": round(len(new) / max(result.seconds, 1e-9), 2),
+        "seconds": round(seconds, 4), "tokens_per_s": round(len(new) / max(seconds, 1e-9), 2),
     }
 
 
@@ -101,6 +141,8 @@ def run(args: argparse.Namespace) -> None:
     from megatron_sota.runtime.launch_env import read_launch_env
     from megatron_sota.runtime.session import distributed_session
 
+    if args.batch_size < 1:
+        raise MegatronSotaError(f"--batch-size: expected an integer >= 1, found {args.batch_size}")
     env = read_launch_env()
     settings = SamplingSettings(args.temperature, args.top_k, args.top_p, args.repetition_penalty)
     with distributed_session(inference_parallel(env.world_size), "auto", env=env) as session:
@@ -111,17 +153,10 @@ def run(args: argparse.Namespace) -> None:
         # Written aside and renamed at the end: a failed run never leaves a half-written --output.
         output = open(args.output + ".partial", "w") if args.output and env.rank == 0 else None
         try:
-            for prompt in _prompts(args):
-                record = _complete(model, tokenizer, prompt, args, settings)
-                if env.rank != 0:
-                    continue
-                if output:
-                    output.write(json.dumps(record, ensure_ascii=False) + "\n")
-                    output.flush()
-                else:
-                    print(record["completion"], flush=True)
-                if record["prompt_tokens_dropped"]:
-                    print(f"note: prompt {prompt.id}: {record['prompt_tokens_dropped']} tokens dropped ({args.overflow})", file=sys.stderr)
+            for batch in _batches(args):
+                records = _complete_batch(model, tokenizer, batch, args, settings)
+                if env.rank == 0:
+                    _emit(records, output, args.overflow)
         except BaseException:
             if output:
                 output.close()
@@ -130,6 +165,17 @@ def run(args: argparse.Namespace) -> None:
         if output:
             output.close()
             os.replace(args.output + ".partial", args.output)
+
+
+def _emit(records: List[dict], output, overflow: str) -> None:
+    for record in records:
+        if output:
+            output.write(json.dumps(record, ensure_ascii=False) + "\n")
+            output.flush()
+        else:
+            print(record["completion"], flush=True)
+        if record["prompt_tokens_dropped"]:
+            print(f"note: prompt {record['id']}: {record['prompt_tokens_dropped']} tokens dropped ({overflow})", file=sys.stderr)
 
 
 def main(argv: Optional[list] = None) -> int:

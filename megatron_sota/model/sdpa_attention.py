@@ -22,6 +22,13 @@ class SDPACoreAttention(MegatronModule):
     Takes the constructor and forward arguments of megatron-core's ``DotProductAttention`` so
     that it drops into ``SelfAttentionSubmodules.core_attention``. Key/value heads are shared
     by query groups inside SDPA (``enable_gqa``) instead of being materialised per head.
+
+    ``attention_mask`` None (training, unpadded inference) means causal. An explicit mask
+    (bool, True = masked out, megatron's convention, broadcastable to [batch, heads, q_len,
+    k_len]) is the complete mask, causality included: batched generation builds one per step
+    to hide each row's left padding. Every query must keep at least one key: a fully masked
+    row is NaN on some kernels (CPU's returns zeros), and a NaN value reaches even the queries
+    that mask it out (0 * NaN).
     """
 
     def __init__(
@@ -62,12 +69,7 @@ class SDPACoreAttention(MegatronModule):
             raise ValueError("SDPACoreAttention supports neither packed sequences nor attention bias")
         # [s, b, n, d] -> [b, n, s, d], the layout SDPA's kernels expect.
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
-        # With a KV cache the queries are the last positions of a longer key sequence; SDPA's
-        # is_causal aligns them with the first ones, so those steps get an explicit mask.
-        q_len, k_len = q.size(2), k.size(2)
-        mask = None
-        if q_len != k_len:
-            mask = torch.ones(q_len, k_len, dtype=torch.bool, device=q.device).tril(diagonal=k_len - q_len)
+        mask = self._allowed(attention_mask, q.size(2), k.size(2), q.device)
         context = F.scaled_dot_product_attention(
             q,
             k,
@@ -80,3 +82,19 @@ class SDPACoreAttention(MegatronModule):
         )
         seq, batch = query.size(0), query.size(1)
         return context.permute(2, 0, 1, 3).reshape(seq, batch, self.heads_per_partition * self.head_dim)
+
+    @staticmethod
+    def _allowed(attention_mask: Optional[torch.Tensor], q_len: int, k_len: int, device) -> Optional[torch.Tensor]:
+        """SDPA's bool mask (True = attend), or None for its is_causal fast path."""
+        if attention_mask is not None:
+            if attention_mask.dtype != torch.bool or not 2 <= attention_mask.dim() <= 4 or tuple(attention_mask.shape[-2:]) != (q_len, k_len):
+                raise ValueError(
+                    f"attention_mask: expected a bool tensor broadcastable to [batch, heads, {q_len}, {k_len}] (True = masked out), "
+                    f"found {attention_mask.dtype} of shape {tuple(attention_mask.shape)}"
+                )
+            return ~attention_mask
+        # With a KV cache the queries are the last positions of a longer key sequence; SDPA's
+        # is_causal aligns them with the first ones, so those steps get an explicit mask.
+        if q_len != k_len:
+            return torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril(diagonal=k_len - q_len)
+        return None

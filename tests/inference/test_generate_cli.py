@@ -1,4 +1,4 @@
-"""tools/generate.py end to end: JSONL in and out, the completion of the library's greedy decoding, overflow, bad input."""
+"""tools/generate.py end to end: JSONL in and out in batches, the completion of the library's greedy decoding, overflow, bad input."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-import torch
+import pytest
 
 from megatron_sota.inference.sampling import SamplingSettings
 from megatron_sota.runtime.local_ranks import run_distributed
@@ -21,25 +21,67 @@ def _generate(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, TOOL, *args], capture_output=True, text=True, timeout=300)
 
 
-def test_prompt_file_to_jsonl_completions_equal_the_library_greedy_decoding(checkpoint, stdlib_shards, tmp_path):
+def test_prompt_file_in_batches_completes_each_prompt_as_the_library_does_alone(checkpoint, stdlib_shards, tmp_path):
+    """Three prompts of different lengths, --batch-size 2: a left-padded batch of two, then one alone.
+
+    Each completion must equal the library's greedy decoding of that prompt alone, which is
+    what --batch-size 1 runs (one prompt per generate call), so batching changes no completion.
+    """
     from megatron_sota.data.tokenizer import build_tokenizer
 
     prompts = tmp_path / "prompts.jsonl"
-    texts = ["def parse(self, text):\n    return", "import os\n"]
+    texts = ["def parse(self, text):\n    return", "import os\n", "class Foo:\n    def __init__(self, name):\n        self."]
     prompts.write_text("".join(json.dumps({"prompt": t, "id": f"p{i}"}) + "\n" for i, t in enumerate(texts)))
     out = tmp_path / "out.jsonl"
-    result = _generate("--load", checkpoint, "--prompt-file", str(prompts), "--output", str(out), "--max-new-tokens", "12", *GREEDY_FLAGS)
+    result = _generate("--load", checkpoint, "--prompt-file", str(prompts), "--output", str(out), "--max-new-tokens", "12", "--batch-size", "2", *GREEDY_FLAGS)
     assert result.returncode == 0, result.stderr
     records = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["id"] for r in records] == ["p0", "p1"] and not os.path.exists(str(out) + ".partial")
+    assert [r["id"] for r in records] == ["p0", "p1", "p2"] and not os.path.exists(str(out) + ".partial")
+    assert records[0]["seconds"] == records[1]["seconds"]  # one batch, one time
     tokenizer = build_tokenizer("SentencePieceTokenizer", stdlib_shards.tokenizer_model)
-    for text, record in zip(texts, records):
-        ids = tokenizer.tokenize(text)
-        assert record["prompt_tokens"] == len(ids) and record["prompt_tokens_dropped"] == 0
-        greedy = SamplingSettings(temperature=0.0, repetition_penalty=1.0)
-        tokens = run_distributed(generate_probe, 1, checkpoint, torch.tensor([ids]), [Request(12, greedy, stop_ids=(tokenizer.eod,))])[0][0]["tokens"][0]
+    ids = [tokenizer.tokenize(text) for text in texts]
+    assert len({len(i) for i in ids}) == 3
+    greedy = SamplingSettings(temperature=0.0, repetition_penalty=1.0)
+    alone = [Request(12, greedy, stop_ids=(tokenizer.eod,), prompts=[row]) for row in ids]
+    library = run_distributed(generate_probe, 1, checkpoint, None, alone)[0]
+    for row, record, generated in zip(ids, records, library):
+        tokens = generated["tokens"][0]
+        assert record["prompt_tokens"] == len(row) and record["prompt_tokens_dropped"] == 0
         assert record["completion_tokens"] == len(tokens)
         assert record["completion"] == tokenizer.detokenize([t for t in tokens if t != tokenizer.eod])
+
+
+class _SpecialTokenizer:
+    """Reads "<eod>" as end-of-document (as Hugging Face tokenizers read "<|endoftext|>"), other words as id 7."""
+
+    eod = 0
+    pad = 0
+
+    @property
+    def bos(self):
+        raise NotImplementedError
+
+    def tokenize(self, text):
+        return [self.eod if word == "<eod>" else 7 for word in text.split()]
+
+
+def test_prompts_without_text_tokens_are_refused_by_id():
+    from megatron_sota.errors import MegatronSotaError
+    from megatron_sota.inference.generate_cli import prompt_ids
+    from megatron_sota.inference.prompts import Prompt
+
+    with pytest.raises(MegatronSotaError, match=r"prompt q7: expected text to continue, found only special tokens \[0, 0\]"):
+        prompt_ids(_SpecialTokenizer(), Prompt("q7", "<eod> <eod>"), 100, "keep_end")
+    with pytest.raises(MegatronSotaError, match="prompt 3: expected text that tokenizes to at least one token, found none"):
+        prompt_ids(_SpecialTokenizer(), Prompt(3, "  "), 100, "keep_end")
+    assert prompt_ids(_SpecialTokenizer(), Prompt(4, "<eod> text"), 100, "keep_end") == ([0, 7], 0)
+
+
+def test_batch_size_below_one_is_refused(capsys):
+    from megatron_sota.inference.generate_cli import main
+
+    assert main(["--load", "unused", "--prompt", "x", "--batch-size", "0"]) == 1
+    assert "--batch-size: expected an integer >= 1, found 0" in capsys.readouterr().err
 
 
 def test_overflowing_prompt_is_cut_by_policy_or_refused(checkpoint, tmp_path):

@@ -1,4 +1,5 @@
-"""Generation from a checkpoint: the KV cache changes nothing but the cost; TP=2 generates what TP=1 does."""
+"""Generation from a checkpoint: the KV cache changes nothing but the cost; TP=2 generates what TP=1 does;
+a left-padded batch of prompts of different lengths generates what each prompt generates alone."""
 
 from __future__ import annotations
 
@@ -7,9 +8,15 @@ import torch
 
 from megatron_sota.inference.sampling import SamplingSettings
 from megatron_sota.runtime.local_ranks import run_distributed
-from tests.inference.probes import Request, cached_logits_probe, generate_probe
+from tests.inference.probes import LogitsRequest, Request, cached_logits_probe, generate_probe
 
 GREEDY = SamplingSettings(temperature=0.0, repetition_penalty=1.0)
+
+
+def _max_difference(a, b) -> float:
+    """Largest elementwise difference of two tensors or of two lists of tensors."""
+    pairs = zip(a, b) if isinstance(a, list) else [(a, b)]
+    return max((x - y).abs().max().item() for x, y in pairs)
 
 
 def test_cached_logits_equal_recomputed_logits_at_every_step(checkpoint, prompts):
@@ -22,19 +29,48 @@ def test_cached_logits_equal_recomputed_logits_at_every_step(checkpoint, prompts
 SAMPLED = SamplingSettings(temperature=1.0, top_k=50, top_p=0.9, repetition_penalty=1.1)
 
 
+RAGGED_NEW = 16
+RAGGED_BUDGETS = [16, 5, 16]
+"""The unpadded row stops early (its own budget) while the padded rows run on."""
+
+
 @pytest.fixture(scope="module")
-def tp1(checkpoint, prompts) -> list:
+def tp1(checkpoint, prompts, ragged_prompts) -> list:
+    """One spawn serves every TP=1 request: [0-3] the equal-length prompts, [4-] the ragged batch."""
     requests = [Request(32, GREEDY), Request(32, GREEDY, use_cache=False), Request(16, SAMPLED, seed=7), Request(16, SAMPLED, seed=8)]
+    requests += [Request(RAGGED_BUDGETS, GREEDY, prompts=ragged_prompts), Request(RAGGED_NEW, GREEDY, use_cache=False, prompts=ragged_prompts)]
+    requests += [Request(RAGGED_NEW, GREEDY, prompts=[row]) for row in ragged_prompts]
+    requests += [LogitsRequest(ragged_prompts, prefill=5)]
     return run_distributed(generate_probe, 1, checkpoint, prompts, requests)[0]
 
 
-def test_cached_greedy_equals_uncached_and_tp2_equals_tp1(checkpoint, prompts, tp1):
+def test_cached_greedy_equals_uncached_and_tp2_equals_tp1(checkpoint, prompts, ragged_prompts, tp1):
     cached, uncached = tp1[0], tp1[1]
-    tp2 = run_distributed(generate_probe, 2, checkpoint, prompts, [Request(32, GREEDY), Request(16, SAMPLED, seed=7)])
+    tp2_requests = [Request(32, GREEDY), Request(16, SAMPLED, seed=7), Request(RAGGED_BUDGETS, GREEDY, prompts=ragged_prompts)]
+    tp2_requests += [LogitsRequest(ragged_prompts, prefill=5)]
+    tp2 = run_distributed(generate_probe, 2, checkpoint, prompts, tp2_requests)
     assert [len(t) for t in cached["tokens"]] == [32, 32] and cached["stop_reasons"] == ["length", "length"]
     assert cached["tokens"] == uncached["tokens"] == tp2[0][0]["tokens"] == tp2[1][0]["tokens"]
     # Sampling: every TP rank draws the same tokens (same gathered logits, same seeded generator).
     assert tp2[0][1]["tokens"] == tp2[1][1]["tokens"]
+    # Left padding under TP: each rank masks the pads of its own heads.
+    assert tp2[0][2]["tokens"] == tp2[1][2]["tokens"] == tp1[4]["tokens"]
+    for key in ("padded", "cached"):
+        assert _max_difference(tp2[0][3][key], tp1[9][key]) <= 1e-4
+
+
+def test_left_padded_batch_generates_what_each_prompt_generates_alone(tp1):
+    batch_cached, batch_uncached, alone = tp1[4], tp1[5], [tp1[6 + row]["tokens"][0] for row in range(3)]
+    assert [len(t) for t in alone] == [RAGGED_NEW] * 3
+    assert batch_uncached["tokens"] == alone
+    # One budget per row: each row stops at its own, the batch runs on for the longest.
+    assert batch_cached["tokens"] == [tokens[:n] for tokens, n in zip(alone, RAGGED_BUDGETS)]
+    assert batch_cached["stop_reasons"] == batch_uncached["stop_reasons"] == ["length"] * 3
+    # Logits (more sensitive than greedy tokens): padded = alone, cached = recomputed, at every real position.
+    logits = tp1[9]
+    assert [t.shape for t in logits["padded"]] == [(7, 1900), (15, 1900), (3, 1900)]
+    assert _max_difference(logits["padded"], logits["alone"]) <= 1e-4
+    assert logits["cached"].shape == (3, 11, 1900) and _max_difference(logits["cached"], logits["recomputed"]) <= 1e-4
 
 
 def test_seeds_change_samples_and_stop_ids_end_a_row(checkpoint, prompts, tp1):
@@ -51,3 +87,53 @@ def test_generation_beyond_the_context_is_refused(checkpoint, prompts):
 
     with pytest.raises(MegatronSotaError, match=r"10 prompt tokens \+ max_new_tokens=5000 exceed the model's context \(max_position_embeddings=4096\)"):
         run_distributed(generate_probe, 1, checkpoint, prompts, [Request(5000, GREEDY)])
+
+
+def test_left_pads_repeat_the_first_token_so_the_repetition_penalty_sees_only_prompt_tokens():
+    from megatron_sota.inference.generation import left_pad
+    from megatron_sota.inference.sampling import apply_repetition_penalty
+
+    padded, pads = left_pad([[5, 6], [7, 8, 9, 4], [3]])
+    assert padded.tolist() == [[5, 5, 5, 6], [7, 8, 9, 4], [3, 3, 3, 3]] and pads == [2, 0, 3]
+    logits = torch.randn(3, 12, generator=torch.Generator().manual_seed(0))
+    for row, ids in enumerate([[5, 6], [7, 8, 9, 4], [3]]):
+        alone = apply_repetition_penalty(logits[row : row + 1], torch.tensor([ids]), 1.3)
+        torch.testing.assert_close(apply_repetition_penalty(logits, padded, 1.3)[row : row + 1], alone)
+
+
+def test_prompts_without_tokens_are_refused_by_row():
+    from megatron_sota.errors import MegatronSotaError
+    from megatron_sota.inference.generation import left_pad
+
+    with pytest.raises(MegatronSotaError, match="prompt 1: expected at least one token id, found none"):
+        left_pad([[5, 6], []])
+
+
+class _Recorder(torch.nn.Module):
+    """Stands in for the GPT model: records what InferenceModel.logits passes it."""
+
+    def forward(self, tokens, positions, mask, inference_context=None, runtime_gather_output=True):
+        self.positions, self.mask = positions, mask
+        return torch.zeros(*tokens.shape, 5)
+
+
+class _Cache:
+    sequence_len_offset = 0
+
+    def increment_sequence_len_offset(self, n):
+        self.sequence_len_offset += n
+
+
+def test_logits_give_the_model_positions_that_count_real_tokens_and_mask_only_when_padded():
+    """Learned absolute position embeddings read these positions (RoPE models, as tiny, do not)."""
+    from megatron_sota.inference.checkpoint_model import InferenceModel
+
+    recorder = _Recorder()
+    model = InferenceModel(job=None, model=recorder, vocab_size=5, device=torch.device("cpu"))
+    cache = _Cache()
+    model.logits(torch.zeros(2, 4, dtype=torch.long), cache, pad_lengths=[2, 0])
+    assert recorder.positions.tolist() == [[0, 0, 0, 1], [0, 1, 2, 3]] and recorder.mask.shape == (2, 1, 4, 4)
+    model.logits(torch.zeros(2, 1, dtype=torch.long), cache, pad_lengths=[2, 0])
+    assert recorder.positions.tolist() == [[2], [4]] and recorder.mask[:, 0, 0].tolist() == [[True, True, False, False, False], [False] * 5]
+    model.logits(torch.zeros(2, 3, dtype=torch.long), None, pad_lengths=[0, 0])
+    assert recorder.positions.tolist() == [[0, 1, 2], [0, 1, 2]] and recorder.mask is None

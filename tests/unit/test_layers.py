@@ -1,4 +1,5 @@
-"""The local-spec kernels compute what they replace: SDPA attention and the SP-capable RMSNorm."""
+"""The local-spec kernels compute what they replace: SDPA attention (causal or under an explicit
+left-padding mask) and the SP-capable RMSNorm."""
 
 from __future__ import annotations
 
@@ -49,6 +50,59 @@ def test_sdpa_core_attention_with_cached_keys_attends_like_the_last_rows_of_full
     q, k, v = torch.randn(10, 3, 8, 8), torch.randn(10, 3, 2, 8), torch.randn(10, 3, 2, 8)
     full = _naive_causal_gqa(q, k, v)
     torch.testing.assert_close(attention(q[-new:], k, v, None), full[-new:], rtol=1e-5, atol=1e-5)
+
+
+def _naive_masked_gqa(q, k, v, masked):
+    """Attention written out by hand under an explicit bool mask [b, 1, q_len, k_len] (True = masked out)."""
+    s, b, heads, d = q.shape
+    repeat = heads // k.shape[2]
+    k = k.repeat_interleave(repeat, dim=2)
+    v = v.repeat_interleave(repeat, dim=2)
+    scores = torch.einsum("sbhd,tbhd->bhst", q, k) / math.sqrt(d)
+    out = torch.einsum("bhst,tbhd->sbhd", scores.masked_fill(masked, float("-inf")).softmax(-1), v)
+    return out.reshape(s, b, heads * d)
+
+
+@pytest.mark.parametrize("offset", [0, 7])
+def test_sdpa_core_attention_with_an_explicit_mask_matches_hand_written_masked_gqa(monkeypatch, offset):
+    """The mask is complete (no causality added): random left padding over prefill (offset 0) or cached keys."""
+    from megatron_sota.inference.checkpoint_model import left_padding_mask
+
+    monkeypatch.setattr(parallel_state, "get_tensor_model_parallel_world_size", lambda: 1)
+    attention = SDPACoreAttention(_config(), 1, AttnMaskType.causal, "self")
+    torch.manual_seed(0)
+    q_len = 10 - offset
+    q, k, v = torch.randn(q_len, 3, 8, 8), torch.randn(10, 3, 2, 8), torch.randn(10, 3, 2, 8)
+    masked = left_padding_mask(torch.tensor([0, 4, 9]), offset, q_len)
+    assert masked.shape == (3, 1, q_len, 10) and not masked.all(-1).any()  # every query keeps a key
+    out = attention(q, k, v, masked)
+    torch.testing.assert_close(out, _naive_masked_gqa(q, k, v, masked), rtol=1e-5, atol=1e-5)
+    # A non-causal mask is obeyed as given: attending to everything is not the causal result.
+    everything = torch.zeros(1, 1, q_len, 10, dtype=torch.bool)
+    torch.testing.assert_close(attention(q, k, v, everything), _naive_masked_gqa(q, k, v, everything), rtol=1e-5, atol=1e-5)
+
+
+def test_left_padded_rows_attend_like_the_unpadded_rows(monkeypatch):
+    """A row padded by p on the left gives, at its real positions, the causal attention of the row alone."""
+    from megatron_sota.inference.checkpoint_model import left_padding_mask
+
+    monkeypatch.setattr(parallel_state, "get_tensor_model_parallel_world_size", lambda: 1)
+    attention = SDPACoreAttention(_config(), 1, AttnMaskType.causal, "self")
+    torch.manual_seed(0)
+    pads = [0, 3, 8]
+    q, k, v = torch.randn(10, 3, 8, 8), torch.randn(10, 3, 2, 8), torch.randn(10, 3, 2, 8)
+    out = attention(q, k, v, left_padding_mask(torch.tensor(pads), 0, 10))
+    for row, pad in enumerate(pads):
+        alone = _naive_causal_gqa(q[pad:, row : row + 1], k[pad:, row : row + 1], v[pad:, row : row + 1])
+        torch.testing.assert_close(out[pad:, row : row + 1], alone, rtol=1e-5, atol=1e-5)
+
+
+def test_sdpa_core_attention_refuses_a_mask_of_the_wrong_shape(monkeypatch):
+    monkeypatch.setattr(parallel_state, "get_tensor_model_parallel_world_size", lambda: 1)
+    attention = SDPACoreAttention(_config(), 1, AttnMaskType.causal, "self")
+    q, k = torch.randn(4, 1, 8, 8), torch.randn(6, 1, 2, 8)
+    with pytest.raises(ValueError, match=r"broadcastable to \[batch, heads, 4, 6\].*found torch.bool of shape \(1, 1, 6, 6\)"):
+        attention(q, k, k, torch.zeros(1, 1, 6, 6, dtype=torch.bool))
 
 
 def test_sdpa_core_attention_refuses_non_causal_masks(monkeypatch):
