@@ -1,0 +1,118 @@
+"""Command line of evaluation: `python tools/evaluate.py --load <checkpoint> --task <name|path> --output report.json`.
+
+Runs on one process (TP=1) or under torchrun with one rank per TP shard. Rank 0 prints the table
+and writes the report. Exit codes: 0 all thresholds met, 1 error, 3 a task below its threshold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+import time
+from typing import List, Optional
+
+from megatron_sota.quiet import quiet_megatron
+
+quiet_megatron()
+
+from megatron_sota.errors import MegatronSotaError  # noqa: E402
+from megatron_sota.evaluation.task_spec import TASK_TYPES, load_task, registered_tasks  # noqa: E402
+
+BELOW_THRESHOLD_EXIT_CODE = 3
+
+
+def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Evaluate a megatron_sota checkpoint on local tasks",
+        epilog=f"registered tasks (conf/eval/tasks/): {', '.join(registered_tasks()) or 'none'}",
+    )
+    parser.add_argument("--load", required=True, help="checkpoint directory (latest iteration) or iter_NNNNNNN/ directory")
+    parser.add_argument("--task", action="append", required=True, help="a name from conf/eval/tasks/, a .jsonl file, or a .bin/.idx prefix (repeatable)")
+    parser.add_argument("--task-type", choices=TASK_TYPES, help="the type of a task given as a path (overrides the registry's)")
+    parser.add_argument("--num-fewshot", type=int, help="few-shot examples per prompt (overrides the registry's; ignored by perplexity tasks)")
+    parser.add_argument("--limit", type=int, help="score at most this many records per task")
+    parser.add_argument("--micro-batch-size", type=int, default=8, help="sequences per forward pass while scoring")
+    parser.add_argument("--output", help="JSON report; also printed as a table")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    if args.limit is not None and args.limit < 1:
+        parser.error(f"--limit must be >= 1, got {args.limit}")
+    if args.num_fewshot is not None and args.num_fewshot < 0:
+        parser.error(f"--num-fewshot must be >= 0, got {args.num_fewshot}")
+    if args.micro_batch_size < 1:
+        parser.error(f"--micro-batch-size must be >= 1, got {args.micro_batch_size}")
+    return args
+
+
+def _progress_bar(enabled: bool, name: str):
+    if not enabled:
+        return None, None
+    from tqdm import tqdm
+
+    bar = tqdm(desc=name, unit="req", file=sys.stderr, leave=False)
+    return bar, bar.update
+
+
+def _load(name: str, args: argparse.Namespace):
+    spec = load_task(name, args.task_type)
+    if args.num_fewshot is None or spec.type == "perplexity":  # few-shot means nothing to perplexity
+        return spec
+    return load_task(name, args.task_type, args.num_fewshot)
+
+
+def run(args: argparse.Namespace) -> int:
+    from megatron_sota.data.tokenizer import build_configured_tokenizer
+    from megatron_sota.evaluation.eval_models import from_inference_model
+    from megatron_sota.evaluation.report import check_thresholds, format_table, write_report
+    from megatron_sota.evaluation.runner import check_task_data, evaluate
+    from megatron_sota.inference.checkpoint_model import inference_parallel, load_inference_model
+    from megatron_sota.runtime.launch_env import read_launch_env
+    from megatron_sota.runtime.session import distributed_session
+
+    specs = [_load(name, args) for name in args.task]
+    for spec in specs:  # a malformed task fails before the model is loaded
+        check_task_data(spec)
+    env = read_launch_env()
+    with distributed_session(inference_parallel(env.world_size), "auto", env=env) as session:
+        model = load_inference_model(args.load, session.device, "fp32" if session.is_cpu else None)
+        tokenizer = build_configured_tokenizer(model.job.tokenizer, model.job.model.vocab_size)
+        eval_model = from_inference_model(model, tokenizer, args.micro_batch_size)
+        rows, seconds = [], {}
+        for spec in specs:
+            start = time.perf_counter()
+            bar, progress = _progress_bar(env.rank == 0 and not args.no_progress, spec.name)
+            try:
+                rows.extend(evaluate(spec, eval_model, args.limit, progress))
+            finally:
+                if bar is not None:
+                    bar.close()
+            seconds[spec.name] = round(time.perf_counter() - start, 3)
+    failures = check_thresholds(rows, {spec.name: spec for spec in specs})
+    if env.rank != 0:
+        return BELOW_THRESHOLD_EXIT_CODE if failures else 0
+    print(format_table(rows), flush=True)
+    if args.output:
+        meta = {
+            "checkpoint": args.load,
+            "tensor_parallel": env.world_size,
+            "tasks": {s.name: {"type": s.type, "path": s.path, "num_fewshot": s.num_fewshot, "seconds": seconds[s.name]} for s in specs},
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        }
+        write_report(args.output, rows, failures, meta)
+    for failure in failures:
+        print(f"FAILED: {failure}", file=sys.stderr, flush=True)
+    return BELOW_THRESHOLD_EXIT_CODE if failures else 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except MegatronSotaError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""Prompts as lm-evaluation-harness builds them: few-shot examples, a separator, then the question.
+
+A multiple-choice context is `example_1 + sep + ... + example_k + sep + template(item)`, each example
+being `template(ex) + choice_template(gold choice of ex)`; the model then scores each
+`choice_template(choice)` as a continuation. exact_match writes examples as
+`template(ex) + target_template(ex)` and the model generates after `template(item)`.
+
+Template fields are the record's own fields plus:
+  question      the item's question (also from "problem" in exact-match files)
+  answer        exact_match: the gold answer; multiple_choice: the gold choice's text
+  answer_index  multiple_choice: the gold index;  answer_letter: its letter (A, B, ...)
+  choices_lettered  multiple_choice: "A. first\\nB. second\\n..." (MMLU-style listings)
+  choice, letter    choice_template only: the choice being written and its letter
+`template` may not name answer, answer_index, answer_letter, choice or letter (checked at load).
+Few-shot examples come from the same file, never the item itself, chosen by a seeded draw so a
+run is reproducible whatever PYTHONHASHSEED is.
+"""
+
+from __future__ import annotations
+
+import random
+import string
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from megatron_sota.errors import MegatronSotaError
+from megatron_sota.evaluation.task_files import ExactMatchItem, MultipleChoiceItem
+from megatron_sota.evaluation.task_spec import ANSWER_FIELDS, TaskSpec
+
+LETTERS = string.ascii_uppercase
+
+
+def fewshot_indices(num_items: int, index: int, k: int, seed: int) -> list[int]:
+    """k distinct indices in [0, num_items) other than `index`, the same for the same (seed, index).
+
+    The generator is seeded with the string "seed:index" (hashed with SHA-512 by `random`, not by
+    Python's salted `hash`), so examples differ between items but never between runs.
+    """
+    if not 0 <= index < num_items:
+        raise IndexError(f"item index {index} outside 0..{num_items - 1}")
+    if k < 0 or k > num_items - 1:
+        raise MegatronSotaError(
+            f"num_fewshot: expected at most {max(num_items - 1, 0)} (the task has {num_items} records and an item "
+            f"is never its own example), found {k}"
+        )
+    rng = random.Random(f"{seed}:{index}")
+    return [j + 1 if j >= index else j for j in rng.sample(range(num_items - 1), k)]
+
+
+def multiple_choice_context(spec: TaskSpec, items: Sequence[MultipleChoiceItem], index: int) -> str:
+    """Few-shot examples (each with its gold choice), then the item's question; no trailing separator."""
+
+    def solved(example: MultipleChoiceItem) -> str:
+        return _render(spec, "choice_template", example.line, _choice_fields(_mc_fields(example), example.answer, example.choices))
+
+    return _with_fewshot(spec, items, index, _mc_fields, solved)
+
+
+def multiple_choice_continuations(spec: TaskSpec, item: MultipleChoiceItem) -> list[str]:
+    """choice_template written for each choice, in the file's order (the gold one at item.answer)."""
+    fields = _mc_fields(item)
+    return [
+        _render(spec, "choice_template", item.line, _choice_fields(fields, i, item.choices))
+        for i in range(len(item.choices))
+    ]
+
+
+def exact_match_prompt(spec: TaskSpec, items: Sequence[ExactMatchItem], index: int) -> str:
+    """Few-shot examples written with their answers (target_template), then the item's question."""
+
+    def solved(example: ExactMatchItem) -> str:
+        return _render(spec, "target_template", example.line, _em_fields(example))
+
+    return _with_fewshot(spec, items, index, _em_fields, solved)
+
+
+def _with_fewshot(spec: TaskSpec, items: Sequence[Any], index: int, fields_of: Callable[[Any], dict[str, Any]], solved: Callable[[Any], str]) -> str:
+    """The drawn examples as template + their answer, then the item's template, joined by the separator."""
+    parts = [_render(spec, "template", items[j].line, fields_of(items[j])) + solved(items[j]) for j in _fewshot(spec, len(items), index)]
+    parts.append(_render(spec, "template", items[index].line, fields_of(items[index])))
+    return spec.fewshot_separator.join(parts)
+
+
+def check_prompts(spec: TaskSpec, items: Sequence[MultipleChoiceItem] | Sequence[ExactMatchItem]) -> None:
+    """Builds every prompt of the scored records once (cheap), so a template naming a field some record
+    lacks, or a num_fewshot larger than the file allows, fails before a model is loaded."""
+    count = len(items) if spec.limit is None else min(spec.limit, len(items))
+    for index in range(count):
+        if spec.type == "multiple_choice":
+            multiple_choice_context(spec, items, index)  # type: ignore[arg-type]
+            multiple_choice_continuations(spec, items[index])  # type: ignore[arg-type]
+        elif spec.type == "exact_match":
+            exact_match_prompt(spec, items, index)  # type: ignore[arg-type]
+
+
+def _fewshot(spec: TaskSpec, num_items: int, index: int) -> list[int]:
+    try:
+        return fewshot_indices(num_items, index, spec.num_fewshot, spec.fewshot_seed)
+    except MegatronSotaError as err:
+        raise MegatronSotaError(f"task {spec.name} ({spec.path}): {err}") from None
+
+
+def _mc_fields(item: MultipleChoiceItem) -> dict[str, Any]:
+    fields = dict(item.fields)
+    fields.update(
+        question=item.question,
+        answer=item.choices[item.answer],
+        answer_index=item.answer,
+        answer_letter=_letter(item.answer),
+        choices_lettered="\n".join(f"{_letter(i)}. {c}" for i, c in enumerate(item.choices)),
+    )
+    return fields
+
+
+def _choice_fields(fields: dict[str, Any], i: int, choices: Sequence[str]) -> dict[str, Any]:
+    return {**fields, "choice": choices[i], "letter": _letter(i)}
+
+
+def _em_fields(item: ExactMatchItem) -> dict[str, Any]:
+    return {**item.fields, "question": item.question, "answer": item.answer}
+
+
+def _letter(i: int) -> str:
+    return LETTERS[i] if i < len(LETTERS) else str(i)
+
+
+def _render(spec: TaskSpec, key: str, line: int, fields: dict[str, Any]) -> str:
+    """getattr(spec, key).format(**fields), or an error naming the task, the record's line and the field."""
+    template = getattr(spec, key)
+    if key == "template":  # the question never sees the answer, even in a TaskSpec built without load_task
+        fields = {k: v for k, v in fields.items() if k not in ANSWER_FIELDS}
+    try:
+        return template.format_map(fields)
+    except KeyError as err:
+        name = err.args[0]
+        why = " (the question template may not show the answer)" if name in ANSWER_FIELDS else ""
+        raise MegatronSotaError(
+            f"task {spec.name}: {spec.path}:{line}: {key} {template!r} names field '{name}'{why}: expected the record "
+            f"to have it, found only {', '.join(sorted(fields))}"
+        ) from None
+    except (IndexError, AttributeError, ValueError, TypeError) as err:
+        raise MegatronSotaError(f"task {spec.name}: {spec.path}:{line}: {key} {template!r}: cannot be filled ({err})") from None

@@ -1,0 +1,23 @@
+"""CLI: evaluate a checkpoint on local tasks (multiple choice, exact match, perplexity).
+
+  python tools/evaluate.py --load <checkpoint> --task arithmetic_mc --output report.json
+  python tools/evaluate.py --load <checkpoint> --task my_mcq.jsonl --task-type multiple_choice --num-fewshot 5
+  python tools/evaluate.py --load <checkpoint> --task data/valid_text_document --task-type perplexity --limit 200
+  torchrun --nproc-per-node 2 tools/evaluate.py --load <checkpoint> --task arithmetic_mc     # TP=2
+
+Exit code 3 when a task is below one of its thresholds. The command line lives in
+megatron_sota/evaluation/cli.py.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# Runnable as `python tools/evaluate.py` from a checkout without installing the package.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from megatron_sota.evaluation.cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())
