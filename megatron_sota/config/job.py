@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from megatron_sota.config.evaluation import EvalConfig
 from megatron_sota.config.generation import GenerationConfig
 from megatron_sota.config.model import ModelConfig
 from megatron_sota.config.optim import OptimizerConfig, PrecisionConfig, SchedulerConfig
@@ -37,6 +38,7 @@ class JobConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 def register_configs() -> None:

@@ -186,10 +186,42 @@ def generation_problems(g: GenerationConfig) -> list[str]:
     return [f"{key} must be {rule}, got {value}" for key, ok, rule, value in checks if not ok]
 
 
+def eval_problems(cfg: JobConfig) -> list[str]:
+    """In-loop evaluation: its numbers, and every task resolvable before training starts."""
+    from megatron_sota.evaluation.runner import check_task_data
+    from megatron_sota.evaluation.task_spec import load_task
+
+    e = cfg.eval
+    problems = [
+        f"{key} must be {rule}, got {value}"
+        for key, ok, rule, value in (
+            ("eval.interval", e.interval >= 0, ">= 0", e.interval),
+            ("eval.micro_batch_size", e.micro_batch_size >= 1, ">= 1", e.micro_batch_size),
+            ("eval.limit", e.limit is None or e.limit >= 1, ">= 1 or null", e.limit),
+        )
+        if not ok
+    ]
+    if not e.tasks or e.interval == 0:
+        return problems
+    if cfg.parallel.cp > 1:
+        problems.append(f"eval.tasks needs parallel.cp=1 (scoring does not split sequences over context-parallel ranks), got cp={cfg.parallel.cp}")
+    text_tokenizer = cfg.tokenizer.type not in (None, "NullTokenizer")
+    for name in e.tasks:
+        try:
+            spec = load_task(name)
+            check_task_data(spec)
+        except MegatronSotaError as err:
+            problems.append(f"eval.tasks: {err}")
+            continue
+        if not text_tokenizer and not (spec.type == "perplexity" and not spec.path.endswith(".jsonl")):
+            problems.append(f"eval.tasks: task {name} ({spec.type}) reads text, but the run has no text tokenizer (tokenizer.type={cfg.tokenizer.type})")
+    return problems
+
+
 def validate_job(cfg: JobConfig, world_size: int) -> Layout:
     """Returns the derived layout, or raises one MegatronSotaError listing every problem."""
     problems = _choice_problems(cfg) + _layout_problems(cfg, world_size) + _data_problems(cfg)
-    problems += _model_problems(cfg) + generation_problems(cfg.generation)
+    problems += _model_problems(cfg) + generation_problems(cfg.generation) + eval_problems(cfg)
     if cfg.train.iters < 1:
         problems.append(f"train.iters must be >= 1, got {cfg.train.iters}")
     if problems:

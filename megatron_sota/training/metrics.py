@@ -121,6 +121,17 @@ class MetricsWriter:
         if self._tb is not None:
             self._tb.add_scalar("valid/loss", loss, step)
 
+    def log_eval(self, step: int, values: dict, seconds: float) -> None:
+        """In-loop task metrics, keyed "<task>/<metric>"."""
+        if not self.enabled:
+            return
+        shown = " | ".join(f"{key} {value:.4f}" for key, value in values.items())
+        print(f"eval at step {step} ({seconds:.1f}s): {shown}", flush=True)
+        self._jsonl.write(json.dumps({"step": step, "eval": values, "eval_seconds": round(seconds, 3)}) + "\n")
+        if self._tb is not None:
+            for key, value in values.items():
+                self._tb.add_scalar(f"eval/{key}", value, step)
+
     def close(self) -> None:
         if self._jsonl is not None:
             self._jsonl.close()

@@ -10,7 +10,7 @@ import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import torch
 from omegaconf import OmegaConf
@@ -37,6 +37,7 @@ from megatron_sota.training.metrics import (
 )
 from megatron_sota.training.preemption import PREEMPTED_EXIT_CODE, StopWatch
 from megatron_sota.training.state import TrainingState, build_training_state, check_inputs
+from megatron_sota.training.in_loop_eval import InLoopEvaluator
 from megatron_sota.training.step import eval_step, train_step
 
 
@@ -47,6 +48,8 @@ class TrainSummary:
     first_step: int = 1
     """The step losses[0] belongs to (> 1 after a resume)."""
     val_losses: List[float] = field(default_factory=list)
+    eval_metrics: Dict[int, Dict[str, float]] = field(default_factory=dict)
+    """In-loop evaluation: step -> {"<task>/<metric>": value}."""
     tokens_per_s: float = 0.0
     """Mean throughput over the steps after the first (which includes warm-up)."""
     wall_time_s: float = 0.0
@@ -150,8 +153,9 @@ def pretrain(job: JobConfig, run_dir: str, command_line: str = "") -> TrainSumma
         watch = StopWatch(job.checkpoint.exit_on_signal, job.train.exit_duration_minutes, session.device)
         c = job.checkpoint
         exporter = BackgroundExporter(save_dir, c.export_hf_every, c.export_hf_dtype, manager.pinned, env.rank == 0)
+        evaluator = InLoopEvaluator(job.eval, state.models, state.inputs.tokenizer, job.model.max_position_embeddings, session.device)
         try:
-            _loop(state, progress, manager, exporter, writer, watch, faults, summary, config_yaml, layout)
+            _loop(state, progress, manager, exporter, evaluator, writer, watch, faults, summary, config_yaml, layout)
         finally:
             watch.restore()
             writer.close()
@@ -171,7 +175,7 @@ def pretrain(job: JobConfig, run_dir: str, command_line: str = "") -> TrainSumma
 
 def _loop(
     state: TrainingState, progress: Progress, manager: CheckpointManager, exporter: BackgroundExporter,
-    writer: MetricsWriter, watch: StopWatch, faults: FaultPlan, summary: TrainSummary, config_yaml: str, layout: dict,
+    evaluator: InLoopEvaluator, writer: MetricsWriter, watch: StopWatch, faults: FaultPlan, summary: TrainSummary, config_yaml: str, layout: dict,
 ) -> None:
     job, device = state.job, state.session.device
     t = job.train
@@ -225,6 +229,12 @@ def _loop(
         exporter.poll()
         if state.valid_dataset is not None and t.eval_interval > 0 and (step % t.eval_interval == 0 or step == t.iters):
             summary.val_losses.append(validate(state, writer, step))
+        if evaluator.due(step, last=step == t.iters):
+            values, warnings, seconds = evaluator.run()
+            writer.log_eval(step, values, seconds)
+            summary.eval_metrics[step] = values
+            for warning in warnings:
+                print_rank0(f"warning: {warning}")
         current = Progress(iteration=step, consumed_samples=step * t.global_batch_size)
         export_now = exporter.due(step, last=step == t.iters)
         if (job.checkpoint.interval > 0 and step % job.checkpoint.interval == 0) or export_now:

@@ -66,6 +66,9 @@ def test_valid_layout_derives_dp_and_microbatches():
          "checkpoint.export_hf_every needs a tokenizer that can be written as Hugging Face files"),
         (1, dict(generation__top_p=1.5), "generation.top_p must be in (0, 1], got 1.5"),
         (1, dict(generation__temperature=-0.1), "generation.temperature must be >= 0, got -0.1"),
+        (1, dict(eval__tasks=["no_such_task"], eval__interval=10), "eval.tasks: task 'no_such_task'"),
+        (1, dict(eval__tasks=["arithmetic_mc"], eval__interval=10), "task arithmetic_mc (multiple_choice) reads text, but the run has no text tokenizer"),
+        (1, dict(eval__interval=-1), "eval.interval must be >= 0, got -1"),
     ],
 )
 def test_impossible_config_is_rejected_with_a_message_naming_key_and_values(world, overrides, expected):
@@ -120,12 +123,13 @@ def test_overrides_of_the_documented_keys_compose():
                 "train.iters=50", "train.global_batch_size=8", "train.micro_batch_size=2", "train.seq_length=256",
                 "train.seed=1234", "data.paths=[a,b]", "data.weights=[1,2]", "data.split=[98,1,1]",
                 "tokenizer.type=SentencePieceTokenizer", "tokenizer.model=x.model", "logging.interval=1",
-                "scheduler.warmup_iters=0",
+                "scheduler.warmup_iters=0", "eval.tasks=[arithmetic_mc,python_docs_ppl]", "eval.interval=100", "eval.limit=50",
             ]
         )
     )
     assert (job.parallel.tp, job.parallel.vpp, job.parallel.sp, job.train.iters) == (2, 2, True, 50)
     assert job.data.weights == [1.0, 2.0] and job.precision.dtype == "fp32"
+    assert job.eval.tasks == ["arithmetic_mc", "python_docs_ppl"] and (job.eval.interval, job.eval.limit) == (100, 50)
 
 
 def test_experiment_overrides_several_groups():
