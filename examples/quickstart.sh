@@ -3,7 +3,8 @@
 # become a corpus, a SentencePiece tokenizer is trained on it, the corpus is written as
 # Megatron .bin/.idx shards, and the tiny model is trained on CPU, first on one process
 # (TP=1), then on two gloo ranks with tensor parallelism (TP=2) through torchrun, and the
-# TP=2 checkpoint is exported as a Hugging Face Llama directory.
+# TP=2 checkpoint is exported as a Hugging Face Llama directory, evaluated on the example
+# tasks of conf/eval/tasks/ and asked to complete a prompt.
 # Everything lands in ${QUICKSTART_DIR:-.quickstart}/. Takes a few minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,26 +13,37 @@ ITERS=${QUICKSTART_ITERS:-200}
 mkdir -p "$OUT"
 start=$(date +%s)
 
-echo "== 1/6 corpus from the standard library"
+echo "== 1/8 corpus from the standard library"
 python tools/build_stdlib_corpus.py --output "$OUT/stdlib.jsonl"
-echo "== 2/6 SentencePiece BPE tokenizer (vocab 8000)"
+echo "== 2/8 SentencePiece BPE tokenizer (vocab 8000)"
 python tools/train_tokenizer.py --input "$OUT/stdlib.jsonl" --model-prefix "$OUT/tokenizer" --vocab-size 8000
-echo "== 3/6 Megatron shards"
+echo "== 3/8 Megatron shards"
 python tools/preprocess_data.py --input "$OUT/stdlib.jsonl" --output-prefix "$OUT/stdlib" \
   --tokenizer-type SentencePieceTokenizer --tokenizer-model "$OUT/tokenizer.model" --append-eod --workers 2
 
 COMMON=(experiment=quickstart_cpu "train.iters=$ITERS" "data.paths=[$OUT/stdlib_text_document]"
         tokenizer=sentencepiece "tokenizer.model=$OUT/tokenizer.model")
 rm -rf "$OUT/tp1" "$OUT/tp2"
-echo "== 4/6 train tiny, TP=1 (one process)"
+echo "== 4/8 train tiny, TP=1 (one process)"
 python -m megatron_sota.train "${COMMON[@]}" "hydra.run.dir=$OUT/tp1"
-echo "== 5/6 train tiny, TP=2 (two gloo ranks via torchrun)"
-torchrun --nproc-per-node 2 -m megatron_sota.train "${COMMON[@]}" parallel.tp=2 "hydra.run.dir=$OUT/tp2"
+echo "== 5/8 train tiny, TP=2 (two gloo ranks via torchrun)"
+# In-loop evaluation at the last step: the perplexity task, scored on the TP=2 weights being trained.
+torchrun --nproc-per-node 2 -m megatron_sota.train "${COMMON[@]}" parallel.tp=2 "hydra.run.dir=$OUT/tp2" \
+  "eval.tasks=[python_docs_ppl]" "eval.interval=$ITERS"
 
-echo "== 6/6 export the TP=2 checkpoint to Hugging Face format"
+echo "== 6/8 export the TP=2 checkpoint to Hugging Face format"
 python tools/convert_checkpoint.py export --load "$OUT/tp2/checkpoints" --save "$OUT/hf_tiny" --overwrite --no-progress
+
+echo "== 7/8 evaluate the TP=2 checkpoint (tiny is far too small to answer arithmetic: expect chance level)"
+python tools/evaluate.py --load "$OUT/tp2/checkpoints" --task arithmetic_mc --task python_docs_ppl \
+  --output "$OUT/eval_report.json" --no-progress
+echo "== 8/8 complete a prompt (greedy, KV cache)"
+python tools/generate.py --load "$OUT/tp2/checkpoints" --prompt "import os
+import sys
+
+def main(" --temperature 0 --max-new-tokens 40
 
 echo "== loss, TP=1 vs TP=2 (same seed, same data: the curves should agree)"
 python tools/compare_runs.py "$OUT/tp1" "$OUT/tp2"
 echo "quickstart finished in $(( $(date +%s) - start ))s; metrics in $OUT/tp*/metrics.jsonl, TensorBoard in $OUT/tp*/tensorboard,"
-echo "Hugging Face model in $OUT/hf_tiny (transformers.AutoModelForCausalLM.from_pretrained(\"$OUT/hf_tiny\"))"
+echo "evaluation report in $OUT/eval_report.json; Hugging Face model in $OUT/hf_tiny (transformers.AutoModelForCausalLM.from_pretrained(\"$OUT/hf_tiny\"))"
