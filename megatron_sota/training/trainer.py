@@ -28,6 +28,7 @@ from megatron_sota.runtime.session import distributed_session
 from megatron_sota.training.fault_injection import FaultPlan, read_fault_plan
 from megatron_sota.training.health import LossHealth
 from megatron_sota.training.hf_export import BackgroundExporter
+from megatron_sota.training.in_loop_eval import InLoopEvaluator
 from megatron_sota.training.metrics import (
     MetricsWriter,
     StepMetrics,
@@ -37,7 +38,6 @@ from megatron_sota.training.metrics import (
 )
 from megatron_sota.training.preemption import PREEMPTED_EXIT_CODE, StopWatch
 from megatron_sota.training.state import TrainingState, build_training_state, check_inputs
-from megatron_sota.training.in_loop_eval import InLoopEvaluator
 from megatron_sota.training.step import eval_step, train_step
 
 
