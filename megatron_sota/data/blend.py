@@ -6,6 +6,7 @@ configures them and decides which samples each data-parallel rank reads.
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass
 from typing import Iterator, List, Optional
 
@@ -98,6 +99,14 @@ class GlobalBatchSampler:
             start += stride
 
 
+def _ignore_stop_signals(worker_id: int) -> None:
+    """SLURM sends SIGUSR1/SIGTERM to every process of a job. The trainer (the main process) turns
+    them into a save and a clean stop; a loader worker dying of them instead would fail the main
+    process mid-save ("DataLoader worker is killed by signal"). Workers end with the main process."""
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def build_loader(
     dataset, consumed_samples: int, micro_batch_size: int, dp_rank: int, dp_size: int, num_workers: int
 ) -> Iterator[dict]:
@@ -109,5 +118,6 @@ def build_loader(
         num_workers=num_workers,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=num_workers > 0,
+        worker_init_fn=_ignore_stop_signals if num_workers > 0 else None,
     )
     return iter(loader)

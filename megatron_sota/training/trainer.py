@@ -23,8 +23,9 @@ from megatron_sota.data.blend import sample_counts
 from megatron_sota.data.mix_report import data_mix_report, format_data_mix, write_data_mix
 from megatron_sota.errors import MegatronSotaError
 from megatron_sota.model.param_count import count_params, format_count, train_flops_per_token
+from megatron_sota.runtime.allocation import check_allocation
 from megatron_sota.runtime.launch_env import read_launch_env
-from megatron_sota.runtime.session import distributed_session
+from megatron_sota.runtime.session import distributed_session, resolve_device
 from megatron_sota.training.fault_injection import FaultPlan, read_fault_plan
 from megatron_sota.training.health import LossHealth
 from megatron_sota.training.hf_export import BackgroundExporter
@@ -121,6 +122,8 @@ def pretrain(job: JobConfig, run_dir: str, command_line: str = "") -> TrainSumma
     Every input is checked before anything is written to `run_dir`.
     """
     env = read_launch_env()
+    device = resolve_device(job.runtime.device)
+    check_allocation(job.parallel, env, os.environ, torch.cuda.device_count() if device.type == "cuda" else None)
     job = dataclasses.replace(job, tokenizer=job.tokenizer.with_absolute_paths())
     inputs = check_inputs(job, env.world_size)
     save_dir = job.checkpoint.dir or os.path.join(run_dir, "checkpoints")
