@@ -34,7 +34,9 @@ setup(
         "te": ["transformer-engine[pytorch]"],
         # Loading exported models with transformers; the conversion tests check against it.
         "hf": ["transformers>=4.51"],
-        "dev": ["pytest", "pytest-timeout", "transformers>=4.51"],
+        # Hydra sweeps submitted as SLURM jobs (hydra/launcher=slurm).
+        "slurm": ["hydra-submitit-launcher>=1.2"],
+        "dev": ["pytest", "pytest-timeout", "transformers>=4.51", "hydra-submitit-launcher>=1.2"],
     },
     entry_points={"console_scripts": ["megatron-sota-train=megatron_sota.train:main"]},
 )
