@@ -36,16 +36,13 @@ def allocation_problems(parallel: ParallelConfig, env: LaunchEnv, environ: Mappi
     """Every way the layout does not fit the allocation; `visible_gpus` is None for a CPU run."""
     problems = []
     model_parallel = parallel.tp * parallel.pp * parallel.cp
-    if model_parallel >= 1 and env.world_size % model_parallel:
-        if env.launcher == "slurm":
-            source = (
-                f"SLURM_NTASKS={environ.get('SLURM_NTASKS')} (SLURM_JOB_NUM_NODES={environ.get('SLURM_JOB_NUM_NODES', '?')}, "
-                f"SLURM_NTASKS_PER_NODE={environ.get('SLURM_NTASKS_PER_NODE', environ.get('SLURM_TASKS_PER_NODE', '?'))})"
-            )
-        else:
-            source = f"WORLD_SIZE={env.world_size} ({env.launcher})"
+    # Under torchrun or on one process the config check (validate_job) reports this with every other
+    # config problem; under SLURM the task count comes from sbatch's options, so name them.
+    if env.launcher == "slurm" and model_parallel >= 1 and env.world_size % model_parallel:
         problems.append(
-            f"{source} is not divisible by parallel.tp*parallel.pp*parallel.cp = "
+            f"SLURM_NTASKS={environ.get('SLURM_NTASKS')} (SLURM_JOB_NUM_NODES={environ.get('SLURM_JOB_NUM_NODES', '?')}, "
+            f"SLURM_NTASKS_PER_NODE={environ.get('SLURM_NTASKS_PER_NODE', environ.get('SLURM_TASKS_PER_NODE', '?'))}) "
+            f"is not divisible by parallel.tp*parallel.pp*parallel.cp = "
             f"{parallel.tp}*{parallel.pp}*{parallel.cp} = {model_parallel}: ask for a multiple of {model_parallel} tasks"
         )
     if visible_gpus is not None:

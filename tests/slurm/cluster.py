@@ -117,6 +117,10 @@ class JobInfo:
     """Every Key=Value of the scontrol line."""
 
     @property
+    def name(self) -> str:
+        return self.fields.get("JobName", "")
+
+    @property
     def terminal(self) -> bool:
         return self.state in TERMINAL_STATES
 
@@ -588,9 +592,16 @@ class SlurmCluster:
         return self
 
     def job_ids(self) -> list[str]:
-        """Ids of the jobs the controller still runs or queues."""
+        """Ids of the jobs still pending, running or completing (squeue's default; finished jobs are
+        not listed: see ``jobs()``)."""
         result = self.command(["squeue", "-h", "-o", "%A"], check=False, timeout=10)
         return result.stdout.split() if result.returncode == 0 else []
+
+    def jobs(self) -> list[JobInfo]:
+        """Every job the controller remembers, finished ones included (MinJobAge=3600), oldest first."""
+        result = self.command(["scontrol", "show", "job", "-o"], check=False)
+        lines = [line for line in result.stdout.splitlines() if line.startswith("JobId=")]
+        return sorted((_job_info(parse_scontrol_line(line)) for line in lines), key=lambda job: int(job.job_id))
 
     def step_processes(self) -> list[int]:
         """Pids of this cluster's slurmstepd processes (SLURM_CONF=<our slurm.conf> in their

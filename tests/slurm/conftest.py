@@ -17,6 +17,7 @@ import pytest
 
 from tests.slurm.cluster import REQUIRE_ENV, SlurmCluster, missing_requirements, slurm_required
 
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "slurm_cluster" in getattr(item, "fixturenames", ()):
@@ -35,15 +36,15 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory):
     if not SlurmCluster.paths_fit(directory):  # Unix socket paths are short (108 bytes)
         directory = Path(tempfile.mkdtemp(prefix="slurm-"))
     cluster = SlurmCluster(directory)
-    # Should the finalizer below never run: at exit, and on a SIGTERM (`timeout 900 pytest ...`),
-    # which would otherwise leave the daemons behind; the SIGTERM then does what it would have done.
+    # Should the finalizer below not run otherwise: at exit; and a SIGTERM (`timeout 900 pytest ...`),
+    # which would leave the daemons behind, becomes a KeyboardInterrupt, like Ctrl-C, after which
+    # pytest still tears the fixtures down.
     atexit.register(cluster.stop)
     previous = signal.getsignal(signal.SIGTERM)
 
     def on_sigterm(signum: int, frame: object) -> None:
-        cluster.stop()
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGTERM)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills at once
+        raise KeyboardInterrupt("SIGTERM")
 
     if previous == signal.SIG_DFL:
         signal.signal(signal.SIGTERM, on_sigterm)
@@ -54,7 +55,19 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory):
         yield cluster
     finally:
         monkeypatch.undo()
-        cluster.stop()
-        atexit.unregister(cluster.stop)
+        # A SIGTERM during the stop waits for it, then takes its ordinary course.
+        deferred: list[int] = []
+
+        def defer(signum: int, frame: object) -> None:
+            deferred.append(signum)
+
         if signal.getsignal(signal.SIGTERM) is on_sigterm:
-            signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGTERM, defer)
+        try:
+            cluster.stop()
+        finally:
+            atexit.unregister(cluster.stop)
+            if signal.getsignal(signal.SIGTERM) in (on_sigterm, defer):
+                signal.signal(signal.SIGTERM, previous)
+            if deferred:
+                os.kill(os.getpid(), signal.SIGTERM)
