@@ -27,35 +27,22 @@ the project's machines. Typical use (the ``slurm_cluster`` fixture in conftest.p
 from __future__ import annotations
 
 import os
-import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.slurm.job_records import TERMINAL_STATES, JobInfo, _job_info, _read, _tail, parse_scontrol_line
+from tests.slurm.processes import SlurmError, _available_memory_mib, _children, _Daemon, _environment, _free_ports, _kill_all, _read_pid, slurm_processes
 
 REQUIRE_ENV = "MEGATRON_SOTA_REQUIRE_SLURM"
 """Set to 1 (CI does) to make a missing SLURM fail the slurm tests instead of skipping them."""
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-TERMINAL_STATES = frozenset(
-    {
-        "COMPLETED",
-        "FAILED",
-        "CANCELLED",
-        "TIMEOUT",
-        "NODE_FAIL",
-        "OUT_OF_MEMORY",
-        "PREEMPTED",
-        "BOOT_FAIL",
-        "DEADLINE",
-    }
-)
 
 _REQUIRED_PROGRAMS = (
     "sbatch", "srun", "scontrol", "squeue", "sinfo", "scancel", "slurmctld", "slurmd", "slurmstepd", "munged"
@@ -63,8 +50,6 @@ _REQUIRED_PROGRAMS = (
 _SBIN = ("/usr/sbin", "/usr/local/sbin", "/sbin")
 
 
-class SlurmError(RuntimeError):
-    """The cluster could not be started, or a SLURM command failed."""
 
 
 class SlurmTimeout(AssertionError):
@@ -97,80 +82,6 @@ def slurm_required() -> bool:
     return os.environ.get(REQUIRE_ENV, "") not in ("", "0")
 
 
-@dataclass(frozen=True)
-class JobInfo:
-    """One job as ``scontrol show job -o`` describes it."""
-
-    job_id: str
-    state: str
-    """JobState: PENDING, RUNNING, COMPLETING, REQUEUED, COMPLETED, FAILED, CANCELLED, TIMEOUT, ..."""
-    exit_code: int
-    """The batch script's exit status (first half of ExitCode=status:signal)."""
-    exit_signal: int
-    """The signal that ended the batch script, 0 if none (second half of ExitCode)."""
-    restarts: int
-    """Restarts=N: how many times the job was requeued."""
-    reason: str
-    stdout: str | None
-    stderr: str | None
-    fields: Mapping[str, str] = field(repr=False)
-    """Every Key=Value of the scontrol line."""
-
-    @property
-    def name(self) -> str:
-        return self.fields.get("JobName", "")
-
-    @property
-    def terminal(self) -> bool:
-        return self.state in TERMINAL_STATES
-
-    def output(self) -> str:
-        """The job's stdout file (empty string if not there yet)."""
-        return _read(self.stdout)
-
-
-_KEY = re.compile(r"(?:^|\s)([A-Za-z][\w/:.\-]*)=")
-
-
-def parse_scontrol_line(line: str) -> dict[str, str]:
-    """Key=Value pairs of one ``scontrol show ... -o`` line; a value runs until the next `` Key=``."""
-    line = line.strip()
-    matches = list(_KEY.finditer(line))
-    fields: dict[str, str] = {}
-    for i, match in enumerate(matches):
-        end = matches[i + 1].start() if i + 1 < len(matches) else len(line)
-        fields.setdefault(match.group(1), line[match.end() : end].strip())
-    return fields
-
-
-def _job_info(fields: Mapping[str, str]) -> JobInfo:
-    status, _, sig = fields.get("ExitCode", "0:0").partition(":")
-    return JobInfo(
-        job_id=fields.get("JobId", ""),
-        state=fields.get("JobState", "UNKNOWN").split()[0] if fields.get("JobState") else "UNKNOWN",
-        exit_code=int(status or 0),
-        exit_signal=int(sig or 0),
-        restarts=int(fields.get("Restarts", "0") or 0),
-        reason=fields.get("Reason", ""),
-        stdout=fields.get("StdOut") or None,
-        stderr=fields.get("StdErr") or None,
-        fields=dict(fields),
-    )
-
-
-def _read(path: str | os.PathLike | None) -> str:
-    if not path:
-        return ""
-    try:
-        return Path(path).read_text(errors="replace")
-    except OSError:
-        return ""
-
-
-def _tail(path: str | os.PathLike | None, lines: int) -> str:
-    text = _read(path)
-    return "\n".join(text.splitlines()[-lines:]) if text else "(empty or missing)"
-
 
 def _sbatch_directives(script: str | os.PathLike) -> list[str]:
     """The options of a batch script's ``#SBATCH`` lines (those before its first command)."""
@@ -197,131 +108,6 @@ def _has_option(options: Sequence[str], long: str, short: str | None = None) -> 
     return False
 
 
-def _free_ports(count: int, start: int = 6817, stop: int = 7817) -> list[int]:
-    """``count`` TCP ports that nothing listens on (a stale slurmctld keeps 6817 busy: take the next)."""
-    ports: list[int] = []
-    for port in range(start, stop):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            try:
-                probe.bind(("0.0.0.0", port))
-            except OSError:
-                continue
-        ports.append(port)
-        if len(ports) == count:
-            return ports
-    raise SlurmError(f"no {count} free TCP ports in {start}..{stop}")
-
-
-def _available_memory_mib() -> int:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) // 1024
-    except OSError:
-        pass
-    return 1024
-
-
-def _process_name(pid: int) -> str | None:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return None
-
-
-def _read_pid(path: Path) -> int | None:
-    try:
-        return int(path.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _alive(pid: int) -> bool:
-    """Whether pid is a live process (a zombie counts as gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
-
-
-def _children() -> dict[int, list[int]]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[-1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    return children
-
-
-def _environment(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
-        return b""
-
-
-def slurm_processes() -> list[tuple[int, str]]:
-    """(pid, name) of every running slurmctld, slurmd, slurmstepd and munged on this machine."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            name = _process_name(int(entry.name))
-            if name in ("slurmctld", "slurmd", "slurmstepd", "munged") and _alive(int(entry.name)):
-                found.append((int(entry.name), name))
-    return sorted(found)
-
-
-def _kill_all(pids: Sequence[int], grace: float = 3.0) -> None:
-    """SIGTERM, then after ``grace`` seconds SIGKILL, to each pid still alive."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        live = [pid for pid in pids if _alive(pid)]
-        for pid in live:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + grace
-        while live and time.monotonic() < deadline:
-            live = [pid for pid in live if _alive(pid)]
-            time.sleep(0.05)
-        if not live:
-            return
-
-
-class _Daemon:
-    """One daemon this object started: the child process and the pid file it writes."""
-
-    def __init__(self, name: str, process: subprocess.Popen, pid_file: Path) -> None:
-        self.name, self.process, self.pid_file = name, process, pid_file
-
-    def pids(self) -> list[int]:
-        pids = [self.process.pid]
-        from_file = _read_pid(self.pid_file)
-        # The pid file should name the child itself; should a daemon ever fork, signal that too.
-        if from_file and from_file != self.process.pid and _process_name(from_file) == self.name:
-            pids.append(from_file)
-        return pids
-
-    def stop(self, grace: float = 5.0) -> None:
-        pids = self.pids()
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            for pid in pids:
-                if _alive(pid):
-                    try:
-                        os.kill(pid, sig)
-                    except ProcessLookupError:
-                        pass
-            deadline = time.monotonic() + grace
-            while time.monotonic() < deadline:
-                self.process.poll()  # reap the child
-                if not any(_alive(pid) for pid in pids):
-                    return
-                time.sleep(0.05)
-        self.process.poll()
 
 
 class SlurmCluster:

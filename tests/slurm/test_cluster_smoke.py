@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.slurm.cluster import SlurmCluster, SlurmTimeout, _alive
+from tests.slurm.cluster import SlurmCluster, SlurmTimeout
+from tests.slurm.processes import _alive
 
 pytestmark = pytest.mark.slurm
 
