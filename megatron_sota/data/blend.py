@@ -6,7 +6,9 @@ configures them and decides which samples each data-parallel rank reads.
 
 from __future__ import annotations
 
+import atexit
 import signal
+import weakref
 from dataclasses import dataclass
 from typing import Iterator, List, Optional
 
@@ -120,4 +122,21 @@ def build_loader(
         persistent_workers=num_workers > 0,
         worker_init_fn=_ignore_stop_signals if num_workers > 0 else None,
     )
-    return iter(loader)
+    iterator = iter(loader)
+    if num_workers > 0:
+        _stop_workers_at_exit(iterator)
+    return iterator
+
+
+def _stop_workers_at_exit(iterator) -> None:
+    """Workers ignore SIGTERM, so multiprocessing's exit hook (terminate, then join) would wait
+    for them forever if the iterator is still alive at exit, as it is when a crash's traceback
+    holds it. This hook, registered after multiprocessing's, runs before it and stops them."""
+
+    def stop() -> None:
+        alive = ref()
+        if alive is not None:
+            alive._shutdown_workers()
+
+    ref = weakref.ref(iterator, lambda _: atexit.unregister(stop))
+    atexit.register(stop)
