@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from megatron_sota.config.evaluation import EvalConfig
 from megatron_sota.config.generation import GenerationConfig
+from megatron_sota.config.kernels import KernelConfig
 from megatron_sota.config.model import ModelConfig
 from megatron_sota.config.optim import OptimizerConfig, PrecisionConfig, SchedulerConfig
 from megatron_sota.config.parallel import ParallelConfig
@@ -31,6 +32,7 @@ class JobConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    kernels: KernelConfig = field(default_factory=KernelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from megatron_sota.config.generation import GenerationConfig
 from megatron_sota.config.job import JobConfig
+from megatron_sota.config.kernels import ATTENTION_BACKENDS
 from megatron_sota.errors import MegatronSotaError
 
 RECOMPUTE_CHOICES = ("none", "selective", "full")
@@ -102,6 +103,7 @@ def _choice_problems(cfg: JobConfig) -> list[str]:
         ("model.transformer_impl", cfg.model.transformer_impl, IMPL_CHOICES),
         ("optimizer.name", cfg.optimizer.name, ("adamw",)),
         ("checkpoint.export_hf_dtype", cfg.checkpoint.export_hf_dtype, EXPORT_DTYPE_CHOICES),
+        ("kernels.attention_backend", cfg.kernels.attention_backend, ATTENTION_BACKENDS),
     )
     return [f"{key} must be one of {', '.join(choices)}, got '{value}'" for key, value, choices in checks if value not in choices]
 

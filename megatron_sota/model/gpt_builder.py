@@ -16,6 +16,8 @@ from megatron_sota.config.model import ModelConfig
 from megatron_sota.config.optim import PrecisionConfig
 from megatron_sota.config.parallel import ParallelConfig
 from megatron_sota.errors import MegatronSotaError
+from megatron_sota.model.compile_layers import compile_transformer_layers
+from megatron_sota.model.kernel_choice import KernelChoice
 from megatron_sota.model.layer_spec import build_block_spec, use_transformer_engine
 
 
@@ -47,7 +49,10 @@ def build_transformer_config(
     recompute: str,
     device_type: str,
     use_te: bool,
+    kernels: KernelChoice = KernelChoice(),
 ) -> TransformerConfig:
+    """`kernels` (resolved by model.kernel_choice.choose_kernels) switches megatron-core's own fusions;
+    all off by default, the eager path."""
     dtype = resolve_dtype(precision, device_type)
     if precision.fp8 and not use_te:
         raise MegatronSotaError(
@@ -99,14 +104,19 @@ def build_transformer_config(
         perform_initialization=True,
         # Average the loss over all tokens of the global batch, not per micro-batch.
         calculate_per_token_loss=True,
-        # The jit/apex fusions are CUDA-only; TE brings its own.
-        bias_activation_fusion=False,
+        # SwiGLU: megatron-core's torch.compile'd kernel (it handles the bias-free MLP too).
+        bias_activation_fusion=kernels.swiglu,
+        cross_entropy_loss_fusion=kernels.cross_entropy,
+        cross_entropy_fusion_impl="native",  # "te" needs Transformer Engine
+        # Apex/TE kernels only: softmax (SDPA replaces it), persistent LayerNorm, fused RoPE and the
+        # fused weight-gradient accumulation into main_grad. compile_layers fuses RoPE instead.
         masked_softmax_fusion=False,
         persist_layer_norm=False,
-        bias_dropout_fusion=False,
         apply_rope_fusion=False,
         gradient_accumulation_fusion=False,
-        cross_entropy_loss_fusion=False,
+        # Without biases and (by default) dropout, this compiles a lone residual add: nothing to fuse.
+        # compile_layers fuses the add with its neighbours.
+        bias_dropout_fusion=False,
         # gloo matches point-to-point messages between two ranks in posting order; the batched
         # variant posts send-prev/send-next and recv-prev/recv-next in orders that swap same-shape
         # activations and gradients at pp=2 with interleaving. The paired variant keeps them apart.
@@ -122,8 +132,12 @@ def build_model_chunks(
     seq_length: int,
     init_seed: int,
     use_te: bool,
+    kernels: KernelChoice = KernelChoice(),
 ) -> List[GPTModel]:
-    """One GPTModel per virtual pipeline stage held by this rank (a single one without VPP)."""
+    """One GPTModel per virtual pipeline stage held by this rank (a single one without VPP).
+
+    `kernels` picks the norm class and whether each layer is compiled; the weights are the same either way.
+    """
     vpp = config.virtual_pipeline_model_parallel_size or 1
     chunks = []
     for vp_stage in range(vpp):
@@ -133,7 +147,7 @@ def build_model_chunks(
         chunks.append(
             GPTModel(
                 config=config,
-                transformer_layer_spec=build_block_spec(config, use_te, init_seed, stage_arg),
+                transformer_layer_spec=build_block_spec(config, use_te, init_seed, stage_arg, kernels.rms_norm, kernels.attention_backend),
                 vocab_size=vocab_size,
                 max_sequence_length=max(seq_length, model.max_position_embeddings),
                 pre_process=pre,
@@ -147,6 +161,8 @@ def build_model_chunks(
                 vp_stage=stage_arg,
             )
         )
+    if kernels.compile_layers:
+        compile_transformer_layers(chunks)
     return chunks
 
 

@@ -9,6 +9,13 @@ import torch
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """The normalisation itself, a plain function so that kernels.rms_norm can compile it unchanged."""
+    x32 = x.float()
+    normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return normed.to(x.dtype) * weight
+
+
 class RMSNorm(torch.nn.Module):
     """RMSNorm whose weight is marked for megatron-core's sequence-parallel gradient all-reduce.
 
@@ -24,6 +31,4 @@ class RMSNorm(torch.nn.Module):
         setattr(self.weight, "sequence_parallel", config.sequence_parallel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return normed.to(x.dtype) * self.weight
+        return rms_norm(x, self.weight, self.eps)

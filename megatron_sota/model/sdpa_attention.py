@@ -5,15 +5,34 @@ Flash/memory-efficient kernels on GPU, exact math on CPU; it must not change the
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.utils import divide
+
+# kernels.attention_backend: the kernel SDPA tries first; the others stay as fallbacks, in this order.
+_PREFERRED = {
+    "cudnn": SDPBackend.CUDNN_ATTENTION,
+    "flash": SDPBackend.FLASH_ATTENTION,
+    "efficient": SDPBackend.EFFICIENT_ATTENTION,
+    "math": SDPBackend.MATH,
+}
+_DEFAULT_ORDER = [SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
+def backend_order(preferred: str) -> Optional[list]:
+    """SDPA kernels in the order to try them, or None for PyTorch's default choice."""
+    if preferred == "auto":
+        return None
+    first = _PREFERRED[preferred]
+    return [first] + [b for b in _DEFAULT_ORDER if b != first]
 
 
 class SDPACoreAttention(MegatronModule):
@@ -41,8 +60,10 @@ class SDPACoreAttention(MegatronModule):
         softmax_scale: Optional[float] = None,
         cp_comm_type: Optional[str] = None,
         pg_collection=None,
+        backend: str = "auto",
     ):
         super().__init__(config=config)
+        self.backend_order = backend_order(backend)
         if config.context_parallel_size != 1:
             raise ValueError("context parallelism needs Transformer Engine's attention (parallel.cp=1 without it)")
         if attn_mask_type != AttnMaskType.causal:
@@ -70,7 +91,13 @@ class SDPACoreAttention(MegatronModule):
         # [s, b, n, d] -> [b, n, s, d], the layout SDPA's kernels expect.
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
         mask = self._allowed(attention_mask, q.size(2), k.size(2), q.device)
-        context = F.scaled_dot_product_attention(
+        with sdpa_kernel(self.backend_order, set_priority=True) if self.backend_order else contextlib.nullcontext():
+            context = self._sdpa(q, k, v, mask)
+        seq, batch = query.size(0), query.size(1)
+        return context.permute(2, 0, 1, 3).reshape(seq, batch, self.heads_per_partition * self.head_dim)
+
+    def _sdpa(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        return F.scaled_dot_product_attention(
             q,
             k,
             v,
@@ -80,8 +107,6 @@ class SDPACoreAttention(MegatronModule):
             scale=self.softmax_scale,
             enable_gqa=k.size(1) != q.size(1),
         )
-        seq, batch = query.size(0), query.size(1)
-        return context.permute(2, 0, 1, 3).reshape(seq, batch, self.heads_per_partition * self.head_dim)
 
     @staticmethod
     def _allowed(attention_mask: Optional[torch.Tensor], q_len: int, k_len: int, device) -> Optional[torch.Tensor]:

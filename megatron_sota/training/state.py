@@ -23,7 +23,9 @@ from megatron_sota.model.gpt_builder import (
     build_transformer_config,
     choose_transformer_engine,
     padded_vocab_size,
+    resolve_dtype,
 )
+from megatron_sota.model.kernel_choice import KernelChoice, choose_kernels
 from megatron_sota.runtime.session import Session
 from megatron_sota.training.optimization import build_optimizer, build_scheduler, wrap_for_training
 
@@ -62,6 +64,8 @@ class TrainingState:
     valid_dataset: Any
     train_iterators: Optional[list] = None
     """Set by start_data once the consumed-sample count (0, or a checkpoint's) is known."""
+    kernels: KernelChoice = KernelChoice()
+    """The fusions the model was built with (the `kernels` group resolved for this device)."""
 
     @property
     def layout(self) -> Layout:
@@ -89,9 +93,11 @@ def _iterators(dataset, job: JobConfig, layout: Layout, consumed: int, chunks: i
 
 def build_training_state(job: JobConfig, inputs: CheckedInputs, session: Session, run_dir: str) -> TrainingState:
     t = job.train
-    use_te = choose_transformer_engine(job.model, session.device.type)
-    config = build_transformer_config(job.model, job.parallel, job.precision, t.recompute, session.device.type, use_te)
-    chunks = build_model_chunks(job.model, config, inputs.padded_vocab, t.seq_length, t.seed, use_te)
+    device_type = session.device.type
+    use_te = choose_transformer_engine(job.model, device_type)
+    kernels = choose_kernels(job.kernels, device_type, resolve_dtype(job.precision, device_type), use_te)
+    config = build_transformer_config(job.model, job.parallel, job.precision, t.recompute, device_type, use_te, kernels)
+    chunks = build_model_chunks(job.model, config, inputs.padded_vocab, t.seq_length, t.seed, use_te, kernels)
     models = wrap_for_training(chunks, config, job.parallel, session.device)
     optimizer = build_optimizer(job.optimizer, job.scheduler, job.parallel, config, job.precision.initial_loss_scale, models)
     # The schedules multiply each micro-batch loss by the current loss scale (1 unless fp16);
@@ -114,4 +120,5 @@ def build_training_state(job: JobConfig, inputs: CheckedInputs, session: Session
         scheduler=scheduler,
         train_dataset=train_ds,
         valid_dataset=valid_ds,
+        kernels=kernels,
     )

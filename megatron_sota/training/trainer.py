@@ -96,7 +96,7 @@ def _describe(state: TrainingState) -> int:
         f"layout: world {layout.world_size} = tp {job.parallel.tp} x pp {job.parallel.pp} x cp {job.parallel.cp} "
         f"x dp {layout.dp}; vpp {job.parallel.virtual_stages}; sp {job.parallel.sp}; "
         f"{layout.num_microbatches} micro-batches of {job.train.micro_batch_size} per step; "
-        f"kernels: {'Transformer Engine' if state.use_te else 'local + SDPA'}; "
+        f"kernels: {'Transformer Engine' if state.use_te else 'local + SDPA'} ({state.kernels.describe()}); "
         f"vocab {state.inputs.tokenizer.vocab_size} padded to {state.inputs.padded_vocab}"
     )
     return counts.total

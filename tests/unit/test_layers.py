@@ -145,3 +145,32 @@ def test_context_parallel_without_transformer_engine_is_a_clear_error():
 
     with pytest.raises(MegatronSotaError, match="parallel.cp=2 needs Transformer Engine"):
         build_transformer_config(ModelConfig(), ParallelConfig(cp=2), PrecisionConfig(), "none", "cpu", use_te=False)
+
+
+@pytest.mark.parametrize("backend", ["math", "flash", "cudnn"])
+def test_sdpa_backend_preference_is_in_force_during_the_call_and_computes_the_same(monkeypatch, backend):
+    """kernels.attention_backend: the preferred kernel first in SDPA's priority order, the rest as
+    fallbacks (cudnn does not exist on CPU: SDPA falls back and still answers)."""
+    from torch.nn.attention import SDPBackend
+
+    import megatron_sota.model.sdpa_attention as sdpa_module
+
+    monkeypatch.setattr(parallel_state, "get_tensor_model_parallel_world_size", lambda: 1)
+    seen = []
+    real = sdpa_module.F.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        seen.append(torch._C._get_sdp_priority_order()[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sdpa_module.F, "scaled_dot_product_attention", spy)
+    torch.manual_seed(0)
+    q, k, v = torch.randn(10, 3, 8, 8), torch.randn(10, 3, 2, 8), torch.randn(10, 3, 2, 8)
+    default_first = torch._C._get_sdp_priority_order()[0]
+    preferred = SDPACoreAttention(_config(), 1, AttnMaskType.causal, "self", backend=backend)
+    torch.testing.assert_close(preferred(q, k, v, None), _naive_causal_gqa(q, k, v), rtol=1e-5, atol=1e-5)
+    expected = {"math": SDPBackend.MATH, "flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}[backend]
+    assert seen == [int(expected)]
+    assert torch._C._get_sdp_priority_order()[0] == default_first  # restored after the call
+    SDPACoreAttention(_config(), 1, AttnMaskType.causal, "self")(q, k, v, None)
+    assert seen[-1] == default_first  # auto leaves PyTorch's order alone
