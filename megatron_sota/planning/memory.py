@@ -1,0 +1,252 @@
+"""Per-GPU peak memory of a training layout: weights, gradients, optimizer states, activations, logits.
+
+Derived from what this project's trainer allocates (megatron-core DDP with fp32 main grads, Adam,
+the local layer spec with our RMSNorm and SDPA core attention); it must not build anything.
+
+Activations saved for backward by one transformer layer, for one micro-batch on one TP rank
+(n = s/cp * b tokens, e = bytes per element of params_dtype, t = tp, t_sp = t with sequence
+parallelism else 1, q = heads*head_dim, kv = groups*head_dim, f = ffn_hidden_size)::
+
+    norms        2 * n*h * (4 + 2e) / t_sp   each RMSNorm keeps x.float() (4 B), x*rsqrt (e) and
+                                             the linear's input x*rsqrt*w (e); in fp32 x.float() is
+                                             the layer input itself
+    attention    n * e * (3q + 3kv) / t      fused QKV output (held whole by the value view), q and
+                                             k after RoPE, core output (the proj's input)
+    mlp          5 * n * e * f / t           fc1 output (2f), silu(gate), up + 0 offset, silu*up
+    small        8n/t_sp + 4*b*s*heads/t + 4*s*head_dim*e
+                                             rsqrt rows, SDPA logsumexp, RoPE cos/sin of q and k
+
+SDPA (flash kernels on GPU, its flash kernel on CPU) saves q, k, v, its output and the
+logsumexp: never an s x s score matrix. Selective recompute (megatron-core's "core_attn") thus
+only drops the logsumexp; full recompute keeps just each layer's input (n*h*e/t_sp) and rebuilds
+one layer at a time in backward. These per-layer figures match, byte for byte, what the real
+layer keeps on CPU (fp32 and bf16), and the totals match measured peaks of whole training steps
+(tests/integration/test_planner_memory.py); the TP/SP/PP/VPP terms were checked once by hand
+against 2-rank gloo runs (tp=2 with and without SP, pp=2 with and without interleaving: every
+rank within 0.3%), which the test suite does not repeat.
+
+Not counted (the planner's memory_fraction leaves room for them): the CUDA context and NCCL
+buffers, the caching allocator's fragmentation, the distributed optimizer's bucket padding, the
+batch's token/label tensors. Transformer Engine's fused layers save less than this local spec.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from megatron_sota.config.model import ModelConfig
+from megatron_sota.model.param_count import count_params
+from megatron_sota.planning.layout import ParallelLayout
+
+GRAD_BYTES = 4
+"""megatron-core DDP main grads: grad_reduce_in_fp32=True (training/optimization.py)."""
+ADAM_BYTES = 8
+"""exp_avg and exp_avg_sq, fp32."""
+MASTER_BYTES = 4
+"""fp32 master copy of bf16 parameters (none for fp32 parameters: the optimizer steps them in place)."""
+
+OPTIMIZER_KERNELS = ("fused", "foreach", "per_tensor")
+"""Which Adam runs, which decides its temporaries: TE/apex FusedAdam (the NGC image) makes none;
+torch.optim.AdamW (megatron-core's fallback without TE/apex) runs `foreach` on CUDA, one fp32
+temporary the size of all the parameters it steps, and `per_tensor` on CPU, two temporaries of
+the largest one."""
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes on one GPU at its peak moment; the fields add up to `total`."""
+
+    weights: int
+    gradients: int
+    optimizer: int
+    activations: int
+    """Saved for backward, summed over the micro-batches in flight at the peak."""
+    logits: int
+    """Logits and cross-entropy buffers held at the peak (last pipeline stage only)."""
+    transient: int
+    """Short-lived buffers on top at the peak: weight-gradient and activation-gradient
+    temporaries, the layer being recomputed, or the optimizer step's temporaries."""
+    pipeline_rank: int
+    phase: str
+    """When the peak happens: 'output-layer backward', 'layer backward' or 'optimizer step'."""
+
+    @property
+    def static(self) -> int:
+        return self.weights + self.gradients + self.optimizer
+
+    @property
+    def total(self) -> int:
+        return self.static + self.activations + self.logits + self.transient
+
+    def breakdown_gib(self) -> dict:
+        gib = 2**30
+        return {
+            "weights": self.weights / gib,
+            "gradients": self.gradients / gib,
+            "optimizer": self.optimizer / gib,
+            "activations": self.activations / gib,
+            "logits": self.logits / gib,
+            "transient": self.transient / gib,
+            "total": self.total / gib,
+        }
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """The tensor sizes of one micro-batch on one TP rank."""
+
+    tokens: int
+    """s/cp * b: tokens of a micro-batch on this rank's slice of the sequence."""
+    e: int
+    t: int
+    t_sp: int
+
+    def hidden(self, model: ModelConfig) -> int:
+        """Bytes of one [s, b, h] activation as this rank holds it (split over TP with SP)."""
+        return self.tokens * model.hidden_size * self.e // self.t_sp
+
+
+def layer_activation_bytes(model: ModelConfig, layout: ParallelLayout) -> int:
+    """Bytes one layer saves for backward for one micro-batch without recompute (module docstring)."""
+    shape = _shape(layout)
+    n, e, t, t_sp = shape.tokens, shape.e, shape.t, shape.t_sp
+    h, f, d = model.hidden_size, model.ffn_hidden_size, model.head_dim
+    q, kv = model.num_attention_heads * d, model.num_query_groups * d
+    norms = 2 * n * h * (4 + 2 * e) // t_sp
+    attention = n * e * (3 * q + 3 * kv) // t
+    mlp = 5 * n * e * f // t
+    seq = layout.seq_length // layout.cp
+    small = 2 * 4 * n // t_sp + 4 * n * model.num_attention_heads // t + 4 * seq * d * e
+    return norms + attention + mlp + small
+
+
+def _logsumexp_bytes(model: ModelConfig, layout: ParallelLayout) -> int:
+    shape = _shape(layout)
+    return 4 * shape.tokens * model.num_attention_heads // shape.t
+
+
+def _shape(layout: ParallelLayout) -> _Shape:
+    return _Shape(
+        tokens=layout.seq_length // layout.cp * layout.micro_batch_size,
+        e=layout.bytes_per_element,
+        t=layout.tp,
+        t_sp=layout.tp if layout.sp else 1,
+    )
+
+
+def stored_layer_bytes(model: ModelConfig, layout: ParallelLayout) -> int:
+    """What one layer keeps between its forward and its backward, by recompute mode."""
+    if layout.recompute == "full":
+        return _shape(layout).hidden(model)  # the checkpoint keeps the layer input only
+    full = layer_activation_bytes(model, layout)
+    return full - _logsumexp_bytes(model, layout) if layout.recompute == "selective" else full
+
+
+def inflight_chunks(layout: ParallelLayout, rank: int) -> int:
+    """Model-chunk forwards whose activations a pipeline rank holds at once (megatron-core schedules).
+
+    1F1B: rank r runs pp-r-1 warm-up forwards, then one more before its first backward. Interleaved:
+    2(pp-r-1) + (vpp-1)*pp warm-up chunk forwards (microbatch_group_size_per_vp_stage = pp), plus one;
+    for rank 0 that is pp*vpp + pp - 1 chunks, i.e. the factor 1 + (pp-1)/(pp*vpp) of Korthikanti
+    et al. 2022 ("Reducing Activation Recomputation in Large Transformer Models", sec. 4.2.3).
+    """
+    if layout.pp == 1:
+        return 1  # forward_backward_no_pipelining: one micro-batch at a time
+    total = layout.num_microbatches * layout.vpp
+    if layout.vpp == 1:
+        return min(total, layout.pp - rank)
+    warmup = 2 * (layout.pp - rank - 1) + (layout.vpp - 1) * layout.pp
+    return total if warmup >= total else warmup + 1
+
+
+def params_on_rank(model: ModelConfig, padded_vocab: int, layout: ParallelLayout, rank: int) -> tuple[int, int]:
+    """(parameters on this rank, largest single parameter tensor on it), TP split applied.
+
+    Norm weights are replicated over TP; every matrix (embedding and output rows included) is split.
+    """
+    counts = count_params(model, padded_vocab, layout.pp)
+    layers = model.num_layers // layout.pp
+    replicated = layers * 2 * model.hidden_size + (model.hidden_size if rank == layout.pp - 1 else 0)
+    params = (counts.per_stage[rank] - replicated) // layout.tp + replicated
+    h = model.hidden_size
+    largest = 2 * model.ffn_hidden_size * h // layout.tp if layers else 0  # fused gate+up
+    holds_vocab = rank == 0 or (rank == layout.pp - 1 and (model.untie_embeddings_and_output_weights or layout.pp > 1))
+    if holds_vocab:
+        largest = max(largest, padded_vocab * h // layout.tp)
+    return params, largest
+
+
+def _optimizer_temporaries(kernel: str, optimizer_params: int, largest: int) -> int:
+    if kernel == "fused":
+        return 0
+    if kernel == "foreach":
+        return 4 * optimizer_params  # torch._foreach_sqrt(exp_avg_sqs): one fp32 copy of them all
+    if kernel == "per_tensor":
+        return 2 * 4 * min(largest, optimizer_params)  # exp_avg_sq.sqrt() and its division, one tensor at a time
+    raise ValueError(f"optimizer kernel must be one of {', '.join(OPTIMIZER_KERNELS)}, got {kernel!r}")
+
+
+def estimate_rank_memory(
+    model: ModelConfig, padded_vocab: int, layout: ParallelLayout, rank: int, optimizer_kernel: str = "fused"
+) -> MemoryEstimate:
+    e, t = layout.bytes_per_element, layout.tp
+    shape = _shape(layout)
+    h, f = model.hidden_size, model.ffn_hidden_size
+    first, last = rank == 0, rank == layout.pp - 1
+
+    params, largest = params_on_rank(model, padded_vocab, layout, rank)
+    shards = layout.dp * layout.cp if layout.distributed_optimizer else 1
+    optimizer_params = -(-params // shards)
+    per_param_state = ADAM_BYTES + (MASTER_BYTES if e != 4 else 0)
+    weights, gradients, optimizer = params * e, params * GRAD_BYTES, optimizer_params * per_param_state
+
+    # Activations of the in-flight micro-batches: each chunk's layers plus its pipeline messages.
+    layers_per_chunk = model.num_layers // (layout.pp * layout.vpp)
+    chunk = layers_per_chunk * stored_layer_bytes(model, layout)
+    if layout.pp > 1:
+        # The schedule keeps each chunk's output (deallocate_pipeline_outputs=False) and its received
+        # input; in fp32, or under full recompute, that input is already the first layer's saved input.
+        if not (last and layout.vpp == 1):
+            chunk += shape.hidden(model)
+        if not (first and layout.vpp == 1) and e != 4 and layout.recompute != "full":
+            chunk += shape.hidden(model)
+    inflight = inflight_chunks(layout, rank)
+    activations = inflight * chunk
+    if last:
+        activations += shape.tokens * h * (4 + 2 * e) // shape.t_sp  # final norm, as each layer norm
+
+    # Candidate peak moments of the backward pass: (phase, activations held, logits held, on top).
+    grad_in = shape.hidden(model)  # gradient flowing back along the residual stream
+    layer_backward = grad_in + shape.tokens * f * e // t + f * h * e // t  # fc2: input grad + weight-grad temp
+    if layout.recompute == "full":
+        recomputed = layer_activation_bytes(model, layout)
+        if e == 4:
+            recomputed -= shape.hidden(model)  # its x.float() is the kept input itself
+        layer_backward += recomputed
+    candidates = [("layer backward", activations, 0, layer_backward)]
+    if first:
+        # The dense [V/t, h] embedding gradient comes once a micro-batch's layers are all freed.
+        candidates.append(("embedding backward", activations - chunk, 0, padded_vocab * h * e // t))
+    if last:
+        logits = shape.tokens * padded_vocab // t  # full sequence per TP rank, even with SP
+        cast = e if e != 4 else 0  # bf16 logits and their gradient next to the fp32 copy
+        held = (4 + cast) * logits
+        # Output-layer backward: the gradient (cast down, or the fp32 softmax reused in place),
+        # the [V/t, h] weight-gradient temporary and the [s, b, h] input gradient.
+        backward = (cast or 4) * logits + padded_vocab * h * e // t + shape.tokens * h * e
+        candidates.append(("output-layer backward", activations, held, max(0, backward - held)))
+    step_temporaries = _optimizer_temporaries(optimizer_kernel, optimizer_params, largest)
+    candidates.append(("optimizer step", 0, 0, step_temporaries))
+    phase, held_activations, held_logits, extra = max(candidates, key=lambda c: c[1] + c[2] + c[3])
+    return MemoryEstimate(weights, gradients, optimizer, held_activations, held_logits, extra, rank, phase)
+
+
+def estimate_memory(
+    model: ModelConfig, padded_vocab: int, layout: ParallelLayout, optimizer_kernel: str = "fused"
+) -> MemoryEstimate:
+    """The pipeline rank with the highest peak: the first holds the most micro-batches (and the
+    embedding), the last the logits; ranks in between hold less than the first, so only the two
+    ends and their neighbours are evaluated."""
+    ranks = sorted({0, 1, layout.pp - 2, layout.pp - 1} & set(range(layout.pp)))
+    estimates = [estimate_rank_memory(model, padded_vocab, layout, r, optimizer_kernel) for r in ranks]
+    return max(estimates, key=lambda m: m.total)

@@ -1,0 +1,260 @@
+"""The cluster planner's arithmetic: layout rejections with reasons, memory breakdown, ranking, the
+175B plan, and the CPU peak-memory meter it is validated with (tests/integration/test_planner_memory.py)."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from megatron_sota.errors import MegatronSotaError
+from megatron_sota.perf.memory_meter import PeakMemoryMeter
+from megatron_sota.planning.cluster import build_cluster
+from megatron_sota.planning.layout import ParallelLayout, parse_layout
+from megatron_sota.planning.memory import estimate_memory, inflight_chunks, stored_layer_bytes
+from megatron_sota.planning.presets import load_model_preset
+from megatron_sota.planning.report import verdict
+from megatron_sota.planning.search import PlanRequest, SearchSpace, evaluate, search
+from megatron_sota.planning.step_time import estimate_step_time
+from tests.tool_runner import run_tool
+
+SOTA = load_model_preset("sota_175b")
+GIB = 2**30
+
+
+def _request(nodes: int = 128, gpu: str = "h100-80gb", gbs: int = 2048, seq: int = 8192) -> PlanRequest:
+    return PlanRequest(model=SOTA, cluster=build_cluster(gpu, 8, nodes), seq_length=seq, global_batch_size=gbs)
+
+
+def _layout(**kw) -> ParallelLayout:
+    base = dict(tp=8, pp=8, vpp=1, dp=16, micro_batch_size=1, num_microbatches=128, seq_length=8192, sp=True, recompute="full")
+    return ParallelLayout(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def plan_1024():
+    return search(_request(128))
+
+
+# --- PeakMemoryMeter on CPU -------------------------------------------------------------------
+
+
+def test_meter_counts_each_storage_once_and_subtracts_frees():
+    before = torch.empty(10_000)  # allocated before entry: not counted
+    with PeakMemoryMeter(torch.device("cpu")) as meter:
+        a = torch.empty(1000)  # 4000 bytes
+        views = [a[10:20], a.view(10, 100), a.view(10, 100).t()]
+        assert meter.current_bytes == 4000
+        b = torch.ones(500, dtype=torch.float64)  # 4000 bytes
+        assert (meter.current_bytes, meter.peak_bytes) == (8000, 8000)
+        del a
+        assert meter.current_bytes == 8000  # the views keep the storage alive
+        del views
+        assert (meter.current_bytes, meter.peak_bytes) == (4000, 8000)
+        meter.reset_peak()
+        assert meter.peak_bytes == 4000
+        c = b * 2
+        del c
+        assert (meter.current_bytes, meter.peak_bytes) == (4000, 8000)
+        before.add_(1)  # in place on a storage from before entry: nothing new
+        assert meter.current_bytes == 4000
+    del before
+
+
+def test_meter_counts_tensors_made_by_gloo_collectives():
+    if dist.is_initialized():
+        pytest.skip("a process group already exists in this process")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        with PeakMemoryMeter(torch.device("cpu")) as meter:
+            x = torch.ones(256)
+            dist.all_reduce(x)  # in place
+            assert meter.current_bytes == 1024
+            gathered = [torch.empty(256)]
+            dist.all_gather(gathered, x)
+            assert meter.current_bytes == 2048 and gathered[0].sum().item() == 256
+    finally:
+        dist.destroy_process_group()
+
+
+def test_meter_on_cuda_reads_the_allocator_above_the_entry_baseline(monkeypatch):
+    stats = {"allocated": 1000, "peak": 5000}  # a stand-in for CUDA's caching allocator
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: stats.update(peak=stats["allocated"]))
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: stats["allocated"])
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: stats["peak"])
+    with PeakMemoryMeter(torch.device("cuda", 0)) as meter:
+        stats.update(allocated=1500, peak=4000)
+        assert (meter.current_bytes, meter.peak_bytes) == (500, 3000)
+        meter.reset_peak()
+        assert meter.peak_bytes == 500
+        stats.update(peak=2500)
+    stats.update(peak=9000)  # after the block: no longer counted
+    assert meter.peak_bytes == 1500
+
+
+# --- rejections with reasons ------------------------------------------------------------------
+
+
+def test_tp_not_dividing_heads_or_query_groups_is_rejected_with_the_reason():
+    _, problems = evaluate(_request(), _layout(tp=5, dp=25))
+    messages = {p.kind: p.message for p in problems}
+    assert messages["heads_not_divisible"] == "heads 96 not divisible by tp 5"
+    assert messages["groups_not_divisible"] == "query groups 8 not divisible by tp 5"
+
+
+def test_tp_across_nodes_is_rejected_with_the_reason(plan_1024):
+    reasons = {r.message for r in plan_1024.rejections if r.kind == "tp_across_nodes"}
+    assert "tp=16 > 8 GPUs per node: tensor parallel across nodes" in reasons
+    assert all(p.layout.tp <= 8 for p in plan_1024.plans)
+
+
+def test_tp_across_nodes_pays_the_inter_node_bandwidth():
+    request = _request()
+    across = estimate_step_time(SOTA, 131072, _layout(tp=16, dp=8), request.cluster)
+    inside = estimate_step_time(SOTA, 131072, _layout(tp=8, dp=16), request.cluster)
+    assert across.tp_comm_s > 5 * inside.tp_comm_s
+
+
+def test_layout_over_the_gpu_memory_is_rejected_with_needed_and_usable_gib():
+    plan, problems = evaluate(_request(), _layout(tp=1, pp=1, dp=1024, num_microbatches=2, sp=False, recompute="none"))
+    (problem,) = problems
+    assert problem.kind == "memory"
+    assert problem.message == f"needs {plan.memory.total / GIB:.1f} GiB > 71.6 GiB usable (90% of 79.6 GiB H100-80GB SXM)"
+
+
+def test_global_batch_not_divisible_by_mbs_times_dp_is_rejected(plan_1024):
+    reasons = {r.message for r in plan_1024.rejections if r.kind == "batch_not_divisible"}
+    assert "global batch 2048 not divisible by mbs*dp = 4*1024" in reasons
+    _, problems = evaluate(_request(gbs=2000), _layout())
+    assert [p.kind for p in problems] == ["batch_not_divisible"]
+
+
+def test_layers_not_dividing_pp_times_vpp_are_rejected(plan_1024):
+    assert "layers 104 not divisible by pp 16" in {r.message for r in plan_1024.rejections}
+    _, problems = evaluate(_request(), _layout(vpp=3))
+    assert [p.message for p in problems] == ["layers 104 not divisible by pp*vpp = 8*3"]
+
+
+def test_parse_layout_names_the_valid_keys_for_a_typo():
+    assert parse_layout("tp=8,pp=4,mbs=2,recompute=full,dopt=0") == ParallelLayout(
+        tp=8, pp=4, micro_batch_size=2, recompute="full", distributed_optimizer=False
+    )
+    with pytest.raises(MegatronSotaError, match="cannot read 'tpp=8'.*micro_batch_size"):
+        parse_layout("tpp=8")
+
+
+# --- the memory model ---------------------------------------------------------------------------
+
+
+def test_memory_breakdown_adds_up_to_the_total(plan_1024):
+    for plan in plan_1024.plans[:20]:
+        parts = plan.memory.breakdown_gib()
+        total = parts.pop("total")
+        assert sum(parts.values()) == pytest.approx(total)
+        assert plan.memory.total <= _request().usable_bytes
+
+
+def test_distributed_optimizer_shards_optimizer_states_over_dp():
+    request = _request()
+    sharded = estimate_memory(SOTA, 131072, _layout(distributed_optimizer=True))
+    replicated = estimate_memory(SOTA, 131072, _layout(distributed_optimizer=False))
+    assert sharded.optimizer * 16 == pytest.approx(replicated.optimizer, rel=1e-6)
+    assert (sharded.weights, sharded.gradients) == (replicated.weights, replicated.gradients)
+    assert replicated.optimizer == 12 * replicated.weights // 2  # fp32 master + Adam per bf16 param
+    assert sharded.total < replicated.total < request.usable_bytes * 3
+
+
+def test_full_recompute_keeps_only_layer_inputs_and_selective_only_drops_the_logsumexp():
+    none, selective, full = (stored_layer_bytes(SOTA, _layout(recompute=r)) for r in ("none", "selective", "full"))
+    assert full == 8192 * 12288 * 2 // 8  # [s, b, h] bf16, sequence-parallel over tp=8
+    assert 0 < none - selective < none / 100
+    assert full < none / 20
+
+
+def test_interleaving_holds_the_korthikanti_first_stage_factor():
+    pp, vpp = 8, 13
+    layout = _layout(pp=pp, vpp=vpp)
+    assert inflight_chunks(_layout(), 0) == pp and inflight_chunks(_layout(), pp - 1) == 1
+    layers_held = inflight_chunks(layout, 0) * SOTA.num_layers // (pp * vpp)
+    assert layers_held == pytest.approx(SOTA.num_layers * (1 + (pp - 1) / (pp * vpp)))
+
+
+# --- step time, ranking and the 175B plan -------------------------------------------------------
+
+
+def test_step_time_calibration_reproduces_the_h200_baseline():
+    """shared/docs/GPU.md: megatron-core local spec + SDPA, llama_1b3 shape, s=4096, b=4, bf16: 44,177 tokens/s."""
+    request = PlanRequest(load_model_preset("llama_1b3"), build_cluster("h200", 1, 1), 4096, 4)
+    plan, problems = evaluate(request, ParallelLayout(micro_batch_size=4, seq_length=4096, distributed_optimizer=False))
+    assert problems == []
+    assert plan.time.tokens_per_s == pytest.approx(44_177, rel=0.03)
+    assert plan.time.mfu == pytest.approx(0.429, abs=0.015)
+
+
+def test_ranking_puts_the_fastest_layout_first(plan_1024):
+    steps = [p.time.step_s for p in plan_1024.plans]
+    assert steps == sorted(steps)
+    days = [p.time.days_for(15e12) for p in plan_1024.plans]
+    assert days == sorted(days)
+    assert 0.2 < plan_1024.plans[0].time.mfu < 0.7
+
+
+@pytest.mark.parametrize("nodes", [128, 256])
+def test_sota_175b_on_1024_and_2048_h100s_has_feasible_layouts(nodes):
+    result = search(_request(nodes))
+    assert len(result.plans) >= 10
+    best = result.plans[0]
+    assert best.layout.world_size == nodes * 8 and best.layout.tp <= 8
+    assert best.layout.global_batch_size == 2048
+
+
+def test_twice_the_gpus_nearly_halve_the_days(plan_1024):
+    days_1024 = plan_1024.plans[0].time.days_for(15e12)
+    days_2048 = search(_request(256)).plans[0].time.days_for(15e12)
+    assert 0.45 < days_2048 / days_1024 < 0.6
+
+
+def test_verdict_checks_the_spec_flops_and_months(plan_1024):
+    v = verdict(_request(), plan_1024, 15e12)
+    checks = v.checks()
+    assert checks["params"] and checks["tokens"] and checks["gpus"] and checks["flops"]
+    assert 1e25 < v.flops_6nd < v.flops < 2e25
+    assert checks["days"] == (91 <= v.days <= 183)
+    assert "Spec claim" in v.line()
+
+
+def test_search_space_can_be_narrowed():
+    result = search(_request(), SearchSpace(tp=(8,), pp=(8,), micro_batch_sizes=(1,), recompute=("full",)))
+    assert {(p.layout.tp, p.layout.pp, p.layout.recompute) for p in result.plans} == {(8, 8, "full")}
+
+
+# --- the command line ---------------------------------------------------------------------------
+
+
+def test_plan_cli_prints_a_ranked_table_and_the_verdict(capsys):
+    code, out, _ = run_tool("plan", ["--model", "sota_175b", "--nodes", "128", "--tokens", "15e12", "--top", "3", "--show-rejected"], capsys)
+    assert code == 0
+    assert "sota_175b on 1024 x H100-80GB SXM" in out and "Spec claim" in out
+    assert "tp=9 > 8 GPUs per node: tensor parallel across nodes" in out
+
+
+def test_plan_cli_explains_an_infeasible_layout(capsys):
+    code, out, _ = run_tool("plan", ["--model", "sota_175b", "--nodes", "128", "--layout", "tp=16,pp=1,recompute=none"], capsys)
+    assert code == 1
+    assert "INFEASIBLE" in out and "tp=16 > 8 GPUs per node" in out and "query groups 8 not divisible by tp 16" in out
+    assert "needs " in out
+
+
+def test_plan_cli_json_lists_plans_and_the_verdict(capsys):
+    code, out, _ = run_tool("plan", ["--model", "sota_175b", "--nodes", "256", "--top", "2", "--json"], capsys)
+    data = json.loads(out)
+    assert code == 0 and len(data["plans"]) == 2 and data["gpus"] == 2048
+    assert set(data["plans"][0]["memory_gib"]) == {"weights", "gradients", "optimizer", "activations", "logits", "transient", "total"}
+    assert data["verdict"]["checks"]["flops"] is True and data["verdict"]["days"] > 0
