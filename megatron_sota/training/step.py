@@ -14,6 +14,8 @@ import torch
 from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
+from megatron_sota.runtime.phase_timer import PhaseTimer, phase
+
 
 @dataclass
 class StepResult:
@@ -112,16 +114,21 @@ def _apply_update(optimizer, loss: float) -> tuple[bool, Optional[float], Option
 def train_step(
     models, optimizer, scheduler, data_iterators, num_microbatches, micro_batch_size, seq_length, device,
     poison: bool = False,
+    timer: Optional[PhaseTimer] = None,
 ) -> StepResult:
-    for model in models:
-        model.zero_grad_buffer()
-    optimizer.zero_grad()
-    loss, tokens = forward_backward(
-        models, data_iterators, num_microbatches, micro_batch_size, seq_length, False, device, poison
-    )
-    updated, grad_norm, reason = _apply_update(optimizer, loss)
-    if updated:
-        scheduler.step(increment=1)
+    """One optimizer step over a global batch; `timer` (benchmarks) times its phases."""
+    with phase(timer, "zero_grad"):
+        for model in models:
+            model.zero_grad_buffer()
+        optimizer.zero_grad()
+    with phase(timer, "forward_backward"):
+        loss, tokens = forward_backward(
+            models, data_iterators, num_microbatches, micro_batch_size, seq_length, False, device, poison
+        )
+    with phase(timer, "optimizer"):
+        updated, grad_norm, reason = _apply_update(optimizer, loss)
+        if updated:
+            scheduler.step(increment=1)
     return StepResult(loss=loss, num_tokens=tokens, grad_norm=grad_norm, skipped=not updated, skip_reason=reason)
 
 
