@@ -18,7 +18,6 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import yaml  # noqa: E402
 
 
 def main() -> None:
@@ -32,12 +31,11 @@ def main() -> None:
     from megatron_sota.checkpointing.manager import CheckpointManager, Progress, checkpoint_layout
     from megatron_sota.checkpointing.paths import dir_size_bytes, iter_dir
     from megatron_sota.config.job import JobConfig
-    from megatron_sota.config.model import ModelConfig
+    from megatron_sota.config.presets import load_model_preset
     from megatron_sota.runtime.session import distributed_session
     from megatron_sota.training.state import build_training_state, check_inputs
 
-    conf = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf", "model", f"{args.preset}.yaml")
-    job = JobConfig(model=ModelConfig(**yaml.safe_load(open(conf))))
+    job = JobConfig(model=load_model_preset(args.preset))
     job.data.mock = True
     job.train.iters = 1
     job.train.seq_length = 128

@@ -24,16 +24,15 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 import torch  # noqa: E402
-import yaml  # noqa: E402
 
 
 def write_random_hf(preset: str, out_dir: str, dtype: str, max_shard: str) -> int:
-    from megatron_sota.config.model import ModelConfig
+    from megatron_sota.config.presets import load_model_preset
     from megatron_sota.conversion import llama_mapping as names
     from megatron_sota.conversion.hf_config import hf_config_from_model
     from megatron_sota.conversion.safetensors_files import StreamingSafetensorsWriter, parse_size
 
-    model = ModelConfig(**yaml.safe_load(open(os.path.join(REPO, "conf", "model", f"{preset}.yaml"))))
+    model = load_model_preset(preset)
     shapes = names.hf_shapes(model, model.vocab_size)
     torch_dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
     os.makedirs(out_dir)

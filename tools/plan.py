@@ -25,7 +25,7 @@ from megatron_sota.errors import MegatronSotaError  # noqa: E402
 from megatron_sota.planning.cluster import GPUS, build_cluster  # noqa: E402
 from megatron_sota.planning.layout import DTYPES, ParallelLayout, parse_layout  # noqa: E402
 from megatron_sota.planning.memory import OPTIMIZER_KERNELS  # noqa: E402
-from megatron_sota.planning.presets import load_model_preset  # noqa: E402
+from megatron_sota.config.presets import load_model_preset  # noqa: E402
 from megatron_sota.planning.report import format_plan, format_rejections, format_table, plan_json, result_json, verdict  # noqa: E402
 from megatron_sota.planning.search import PlanRequest, SearchSpace, evaluate, search  # noqa: E402
 from megatron_sota.planning.step_time import Efficiency  # noqa: E402

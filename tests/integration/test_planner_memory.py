@@ -15,7 +15,7 @@ from megatron_sota.config.job import JobConfig
 from megatron_sota.perf.memory_meter import PeakMemoryMeter
 from megatron_sota.planning.layout import ParallelLayout
 from megatron_sota.planning.memory import estimate_memory, stored_layer_bytes
-from megatron_sota.planning.presets import load_model_preset
+from megatron_sota.config.presets import load_model_preset
 from megatron_sota.runtime.local_ranks import run_distributed
 from megatron_sota.runtime.session import distributed_session
 from megatron_sota.training.state import build_training_state, check_inputs

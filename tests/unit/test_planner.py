@@ -15,7 +15,7 @@ from megatron_sota.perf.memory_meter import PeakMemoryMeter
 from megatron_sota.planning.cluster import build_cluster
 from megatron_sota.planning.layout import ParallelLayout, parse_layout
 from megatron_sota.planning.memory import estimate_memory, inflight_chunks, stored_layer_bytes
-from megatron_sota.planning.presets import load_model_preset
+from megatron_sota.config.presets import load_model_preset
 from megatron_sota.planning.report import verdict
 from megatron_sota.planning.search import PlanRequest, SearchSpace, evaluate, search
 from megatron_sota.planning.step_time import estimate_step_time

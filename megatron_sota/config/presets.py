@@ -1,4 +1,4 @@
-"""Loads a model preset of conf/model/ into the typed ModelConfig, for planning without Hydra's app.
+"""Loads a model preset of conf/model/ into the typed ModelConfig without Hydra's app (planner, benchmarks).
 
 It reads files only; validation of a whole job stays in config/validation.py.
 """
