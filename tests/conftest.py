@@ -42,3 +42,12 @@ def stdlib_shards(tmp_path_factory) -> StdlibShards:
         )
     )
     return StdlibShards(os.path.join(root, "stdlib_text_document"), os.path.join(root, "tok.model"), 1900)
+
+
+@pytest.fixture(scope="session")
+def web_run(tmp_path_factory, stdlib_shards):
+    """tools/curate.py's web pipeline run locally on the planted corpus (tests/curation/corpus.py), tokenized;
+    shared by the curation tests and the SLURM comparison."""
+    from tests.curation.runs import make_web_run
+
+    return make_web_run(tmp_path_factory.mktemp("curate_web"), stdlib_shards.tokenizer_model)

@@ -67,15 +67,15 @@ def check_keys(node: Any, schema: type, path: str = "") -> None:
             check_keys(value, sub, here)
 
 
-def check_override_keys(overrides: Iterable[str]) -> None:
-    """Checks dotted command-line overrides (``train.iterz=5``) before Hydra composes anything."""
+def check_override_keys(overrides: Iterable[str], root: type = JobConfig) -> None:
+    """Checks dotted command-line overrides (``train.iterz=5``) against ``root`` before Hydra composes anything."""
     for override in overrides:
         if "=" not in override or override.startswith(("+", "~", "hydra.", "-")):
             continue
         dotted = override.split("=", 1)[0]
         if "." not in dotted or "@" in dotted:
             continue  # a group choice such as model=tiny; Hydra lists the available options itself
-        schema: type | _MappingOf | None = JobConfig
+        schema: type | _MappingOf | None = root
         path = ""
         for part in dotted.split("."):
             if schema is None:
@@ -90,13 +90,18 @@ def check_override_keys(overrides: Iterable[str]) -> None:
             path = f"{path}.{part}" if path else part
 
 
-def to_job_config(cfg: DictConfig) -> JobConfig:
-    """Validates key names, then types (str → int etc.), and returns a JobConfig object."""
+def to_typed_config(cfg: DictConfig, schema: type) -> Any:
+    """Validates key names, then types (str → int etc.), and returns a ``schema`` (a dataclass) object."""
     container = OmegaConf.to_container(cfg, resolve=True)
     container.pop("hydra", None)
-    check_keys(container, JobConfig)
+    check_keys(container, schema)
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(JobConfig), container)
+        merged = OmegaConf.merge(OmegaConf.structured(schema), container)
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
         raise MegatronSotaError(f"invalid config value: {err}") from None
+
+
+def to_job_config(cfg: DictConfig) -> JobConfig:
+    """The training job's typed config (see to_typed_config)."""
+    return to_typed_config(cfg, JobConfig)

@@ -1,0 +1,11 @@
+"""Document filters for the data-curation pipeline (datatrove steps): length, language, code, toxicity.
+
+Re-exports only; it must not import models (each filter loads its own lazily).
+"""
+
+from megatron_sota.curation.filters.code import CodeFilter
+from megatron_sota.curation.filters.language import LanguageFilter
+from megatron_sota.curation.filters.length import LengthFilter
+from megatron_sota.curation.filters.toxicity import ToxicityFilter
+
+__all__ = ["CodeFilter", "LanguageFilter", "LengthFilter", "ToxicityFilter"]
