@@ -1,4 +1,4 @@
-"""The ``slurm_cluster`` session fixture: a real one-node SLURM cluster (see cluster.py).
+"""The ``slurm_cluster`` fixture (one per test module): a real one-node SLURM cluster (see cluster.py).
 
 Skipped when SLURM/munge are not installed or the tests do not run as root, unless
 MEGATRON_SOTA_REQUIRE_SLURM=1 (CI), which turns that into a failure. Tests that use the fixture
@@ -24,9 +24,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.slurm)
 
 
-@pytest.fixture(scope="session")
+# Module scope: the cluster (and the SIGTERM handler below) lives only while a SLURM test module runs. A
+# session-long handler was inherited by multiprocessing.Pool workers forked in later tests, and one such
+# worker outlived Pool.terminate(), leaving the suite joining it forever. Starting a cluster takes ~1 s.
+@pytest.fixture(scope="module")
 def slurm_cluster(tmp_path_factory: pytest.TempPathFactory):
-    """A started SlurmCluster; SLURM_CONF points at its slurm.conf for the whole session."""
+    """A started SlurmCluster; SLURM_CONF points at its slurm.conf for the test module."""
     reason = missing_requirements()
     if reason:
         if slurm_required():
