@@ -1,6 +1,7 @@
-"""Offline corpora for the curation pipeline's tests, with planted documents whose fate is known.
+"""The planted web corpus for the curation tests: documents whose fate (kept, or which filter drops them) is known.
 
-Prose comes from Python's own documentation (pydoc_data) and code from the standard library, so nothing is downloaded.
+Clean prose, exact and near duplicates at measured Jaccard similarities, foreign, PII, short, repetitive and
+toxic documents, and the JSONL/parquet writers; nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -12,15 +13,17 @@ import os
 import random
 import re
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
-from datatrove.utils.text import TextNormConfig, ngrams, simplify_text
-from datatrove.utils.typeshelper import Languages
-from datatrove.utils.word_tokenizers import load_word_tokenizer
-
-from megatron_sota.curation.config import CodeConfig
+from tests.curation.prose import (
+    MIN_ALPHA_DOC,
+    MIN_PARAGRAPH_WORDS,
+    ParagraphSource,
+    corpus_paragraphs,
+    word_count,
+)
+from tests.curation.shingles import minhash_match, shingle_jaccard
 
 KINDS = (
     "clean",
@@ -49,178 +52,6 @@ class PlantedDoc:
     """For duplicates: the id of the original it copies or near-copies."""
     jaccard: float | None = None
     """For near-duplicates: the measured 5-gram shingle Jaccard similarity to the original."""
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Shingle similarity, measured the way datatrove's MinhashDedupSignature.get_shingles sees a text
-
-
-@lru_cache(maxsize=None)
-def _word_tokenizer():
-    return load_word_tokenizer(Languages.english)
-
-
-def shingle_set(text: str, n_grams: int = 5) -> frozenset[str]:
-    """The set of word n-grams MinhashDedupSignature hashes (before hashing), for English text."""
-    words = _word_tokenizer().word_tokenize(simplify_text(text, TextNormConfig()))
-    return frozenset(" ".join(gram) for gram in ngrams(words, n_grams))
-
-
-def shingle_jaccard(a: str, b: str, n_grams: int = 5) -> float:
-    """Exact Jaccard similarity of the shingle sets of a and b (what MinHash estimates)."""
-    sa, sb = shingle_set(a, n_grams), shingle_set(b, n_grams)
-    union = len(sa | sb)
-    return len(sa & sb) / union if union else 1.0
-
-
-@lru_cache(maxsize=None)
-def _minhash_signer():
-    import tempfile
-
-    from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupSignature
-
-    # datatrove's default MinhashConfig (5-grams, 14 buckets x 8 hashes, seed 1) is also the pipeline's default;
-    # the output folder is required but never written to
-    return MinhashDedupSignature(output_folder=tempfile.gettempdir(), config=MinhashConfig())
-
-
-@lru_cache(maxsize=1024)
-def minhash_buckets(text: str) -> tuple[tuple[int, ...], ...]:
-    """The per-bucket MinHash signature datatrove computes for text at its default settings."""
-    signer = _minhash_signer()
-    return tuple(tuple(bucket) for bucket in signer.get_signature(signer.get_shingles(text)))
-
-
-def minhash_match(a: str, b: str) -> bool:
-    """Whether datatrove's default MinHash dedup pairs a and b (they agree on a whole bucket)."""
-    return any(x == y for x, y in zip(minhash_buckets(a), minhash_buckets(b)))
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Prose paragraphs from the Python documentation topics
-
-_MIN_PARAGRAPH_WORDS = 12
-_MAX_PARAGRAPH_WORDS = 220
-# Characters that only show up in code, markup, or text the quality filters treat specially
-# (C4 drops documents with "{", Gopher counts "#" and ellipses).
-_CODE_CHARS = ("{", "}", ">>>", "...", "…", "#", "=", "*", "`", "\\", "|", "<", ">", "[", "]", "::")
-_BANNED_PHRASES = ("javascript", "lorem ipsum", "terms of use", "privacy policy", "cookie")
-_TERMINAL = (".", "?", "!")
-# pydoc renders reST markup as plain characters: *emphasis*, "literal" and call parentheses name(). They are
-# typography, not words, and Gopher would count each quote and parenthesis as a non-alphabetic word.
-_MARKUP = (
-    (re.compile(r"\*([^\s*][^*]*?)\*"), r"\1"),
-    (re.compile(r'"([^"]+)"'), r"\1"),
-    (re.compile(r"(\w)\(\)"), r"\1"),
-)
-# A plain word, optionally bracketed, optionally followed by punctuation.
-_PLAIN_WORD = re.compile(r"^\(?[A-Za-z][A-Za-z'’\-]*\)?[,.;:?!]?\)?$")
-_MIN_PLAIN_WORDS = 0.85
-# Gopher drops a document when under 80% of its words (punctuation tokens included) contain a letter. Paragraphs
-# below _MIN_ALPHA_PARAGRAPH are too code-like to keep; documents are assembled to stay above _MIN_ALPHA_DOC.
-_MIN_ALPHA_PARAGRAPH = 0.75
-_MIN_ALPHA_DOC = 0.83
-
-
-@dataclass(frozen=True)
-class _Paragraph:
-    text: str
-    words: int
-    alpha_tokens: int
-    tokens: int
-
-
-def _flatten(paragraph: str) -> str | None:
-    """One line of text from a wrapped paragraph; None when its lines are not uniformly indented.
-
-    Uniform indentation is kept because definition-list bodies (method descriptions, notes) are indented prose;
-    code blocks are rejected by the character and word-shape tests of _is_prose instead.
-    """
-    lines = paragraph.split("\n")
-    if len({len(line) - len(line.lstrip()) for line in lines}) != 1:
-        return None
-    text = " ".join(line.strip() for line in lines)
-    for pattern, replacement in _MARKUP:
-        text = pattern.sub(replacement, text)
-    # the wrapper breaks lines after hyphens ("comma-\nseparated"), which joining turned into "comma- separated"
-    text = re.sub(r"(\w)- (\w)", r"\1-\2", text)
-    return re.sub(r"\s+", " ", text).strip()
-
-
-def _is_prose(text: str) -> bool:
-    words = text.split()
-    if not _MIN_PARAGRAPH_WORDS <= len(words) <= _MAX_PARAGRAPH_WORDS or not text.endswith(_TERMINAL):
-        return False
-    if any(s in text for s in _CODE_CHARS) or any(p in text.lower() for p in _BANNED_PHRASES):
-        return False
-    return sum(bool(_PLAIN_WORD.match(w)) for w in words) >= _MIN_PLAIN_WORDS * len(words)
-
-
-def _measure(text: str) -> _Paragraph:
-    tokens = _word_tokenizer().word_tokenize(text)
-    alpha = sum(any(c.isalpha() for c in t) for t in tokens)
-    return _Paragraph(text, _n_words(text), alpha, len(tokens))
-
-
-@lru_cache(maxsize=None)
-def _prose_pool() -> tuple[_Paragraph, ...]:
-    """Every distinct prose paragraph of pydoc_data.topics, in sorted-topic order (one line each)."""
-    from pydoc_data.topics import topics
-
-    seen: set[str] = set()
-    pool: list[_Paragraph] = []
-    for key in sorted(topics):
-        for block in re.split(r"\n\s*\n", topics[key]):
-            text = _flatten(block)
-            # topics repeat each other (compound contains if, while, ...), so drop repeats
-            if text is None or text in seen or not _is_prose(text):
-                continue
-            seen.add(text)
-            paragraph = _measure(text)
-            if paragraph.alpha_tokens >= _MIN_ALPHA_PARAGRAPH * paragraph.tokens:
-                pool.append(paragraph)
-    return tuple(pool)
-
-
-def _n_words(text: str) -> int:
-    return len(text.split())
-
-
-# Every _RESERVED_EVERY-th paragraph is kept for write_bad_input's good documents, so they never appear in a corpus.
-_RESERVED_EVERY = 30
-
-
-def _reserved_paragraphs() -> list[_Paragraph]:
-    return list(_prose_pool()[::_RESERVED_EVERY])
-
-
-def _corpus_paragraphs(seed: int) -> list[_Paragraph]:
-    pool = [p for i, p in enumerate(_prose_pool()) if i % _RESERVED_EVERY]
-    random.Random(seed).shuffle(pool)
-    return pool
-
-
-class _ParagraphSource:
-    """Hands out paragraphs, each one once, so no two documents share text unless planted."""
-
-    def __init__(self, paragraphs: list[_Paragraph]):
-        self._left = list(paragraphs)
-
-    def take_words(self, target_words: int, min_alpha: float = _MIN_ALPHA_DOC) -> list[str]:
-        """Paragraphs, in order, until target_words; one that would pull the document's share of alphabetic
-        tokens under min_alpha waits for a later document."""
-        taken: list[_Paragraph] = []
-        words = alpha = tokens = 0
-        for p in list(self._left):
-            if words >= target_words:
-                break
-            if alpha + p.alpha_tokens >= min_alpha * (tokens + p.tokens):
-                taken.append(p)
-                self._left.remove(p)
-                words, alpha, tokens = words + p.words, alpha + p.alpha_tokens, tokens + p.tokens
-        if words < target_words:
-            raise RuntimeError("ran out of prose paragraphs; lower the document targets")
-        return [p.text for p in taken]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -305,18 +136,18 @@ def _near_duplicate_high(original: str, phase: float) -> tuple[str, float]:
 _LOW_BAND = (0.25, 0.45)
 
 
-def _near_duplicate_low(original: str, source: _ParagraphSource) -> tuple[str, float]:
+def _near_duplicate_low(original: str, source: ParagraphSource) -> tuple[str, float]:
     """Keep about the first half of the original and add fresh prose: shingle Jaccard near 1/3.
 
     Sharing k of the original's t words and adding f new ones gives a Jaccard of about k / (t + f), so f = 3k - t
     aims at 1/3: similar to the original, but far below MinHash's 0.72 threshold. MinHash still pairs such
     documents about once in 500; then a neighbouring cut is used, so the document is certainly kept.
     """
-    total = _n_words(original)
+    total = word_count(original)
     # cut after a sentence or a clause (some pydoc paragraphs are one long sentence of clauses)
     ends = [m.end() for m in re.finditer(r"[.?!;](?=\s)", original)]
-    cuts = sorted(ends, key=lambda c: (abs(_n_words(original[:c]) - total / 2), c))
-    fresh = source.take_words(max(_MIN_PARAGRAPH_WORDS, 3 * _n_words(original[: cuts[0]]) - total))
+    cuts = sorted(ends, key=lambda c: (abs(word_count(original[:c]) - total / 2), c))
+    fresh = source.take_words(max(MIN_PARAGRAPH_WORDS, 3 * word_count(original[: cuts[0]]) - total))
     for cut in cuts[:5]:
         kept = original[:cut].rstrip(";") + "." if original[cut - 1] == ";" else original[:cut]
         text = "\n".join([kept] + fresh)
@@ -526,7 +357,7 @@ _MIN_ALPHA_PII = 0.87
 
 
 def _clean_docs(
-    source: _ParagraphSource, rng: random.Random, count: int, min_alpha: float = _MIN_ALPHA_DOC
+    source: ParagraphSource, rng: random.Random, count: int, min_alpha: float = MIN_ALPHA_DOC
 ) -> list[str]:
     return ["\n".join(source.take_words(rng.randint(*_CLEAN_WORDS), min_alpha)) for _ in range(count)]
 
@@ -538,7 +369,7 @@ def build_web_corpus(seed: int = 0) -> list[PlantedDoc]:
     exact_dup) last so every original precedes its copies.
     """
     rng = random.Random(seed)
-    source = _ParagraphSource(_corpus_paragraphs(seed))
+    source = ParagraphSource(corpus_paragraphs(seed))
     clean = [
         PlantedDoc(f"clean-{i:03d}", text, "clean", "keep")
         for i, text in enumerate(_clean_docs(source, rng, N_CLEAN))
@@ -559,7 +390,7 @@ def build_web_corpus(seed: int = 0) -> list[PlantedDoc]:
 
     # Longest eligible originals for the near-duplicates: more shingles, so each edit moves the Jaccard less.
     eligible = list(range(0, N_CLEAN, _ORIGINAL_STRIDE))
-    eligible.sort(key=lambda i: (-_n_words(clean[i].text), i))
+    eligible.sort(key=lambda i: (-word_count(clean[i].text), i))
     high_originals = sorted(eligible[:N_NEAR_HIGH])
     exact_originals = sorted(rng.sample(sorted(eligible[N_NEAR_HIGH:]), N_EXACT))
     others = [i for i in range(N_CLEAN) if i % _ORIGINAL_STRIDE]
@@ -588,7 +419,7 @@ def _jsonl_line(doc: PlantedDoc) -> str:
     return json.dumps({"id": doc.id, "text": doc.text, "kind": doc.kind}, ensure_ascii=False) + "\n"
 
 
-def _write_gzip(path: Path, data: bytes) -> None:
+def write_gzip(path: Path, data: bytes) -> None:
     # mtime=0 and no file name in the header keep the bytes identical from run to run
     buffer = io.BytesIO()
     with gzip.GzipFile(filename="", mode="wb", fileobj=buffer, mtime=0) as gz:
@@ -610,7 +441,7 @@ def write_jsonl_shards(
         data = "".join(_jsonl_line(d) for d in docs[shard::shards]).encode("utf-8")
         if shard and gzip_shards:
             path = directory / f"shard-{shard:05d}.jsonl.gz"
-            _write_gzip(path, data)
+            write_gzip(path, data)
         else:
             path = directory / f"shard-{shard:05d}.jsonl"
             path.write_bytes(data)
@@ -628,143 +459,3 @@ def write_parquet(docs: Sequence[PlantedDoc], path: str | os.PathLike) -> Path:
     table = pa.table({field: [getattr(d, field) for d in docs] for field in ("id", "text", "kind")})
     pq.write_table(table, path)
     return path
-
-
-BAD_LINES: dict[str, dict[str, int]] = {
-    "bad.jsonl": {"good": 3, "malformed_json": 2, "missing_text": 1, "text_not_string": 1},
-    "corrupt.jsonl.gz": {"unreadable": 1},
-}
-
-
-def _good_input_texts() -> list[str]:
-    source = _ParagraphSource(_reserved_paragraphs())
-    return ["\n".join(source.take_words(150)) for _ in range(BAD_LINES["bad.jsonl"]["good"])]
-
-
-def write_bad_input(directory: str | os.PathLike) -> dict[str, dict[str, int]]:
-    """Write input files with broken records; return the expected counts per file name (a copy of BAD_LINES).
-
-    bad.jsonl:
-        good: lines with a string "text" (clean English prose found nowhere in build_web_corpus), ids bad-good-*;
-        malformed_json: lines that are not valid JSON;
-        missing_text: a JSON object without a "text" key;
-        text_not_string: a JSON object whose "text" is a number.
-    corrupt.jsonl.gz:
-        unreadable: the whole file; a valid gzip of good lines cut short, so decompression fails before the first
-        line is complete and no document can come out of it.
-    """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    good = [json.dumps({"id": f"bad-good-{i}", "text": t}) for i, t in enumerate(_good_input_texts())]
-    lines = [
-        good[0],
-        '{"id": "bad-malformed-0", "text": "an unterminated string',
-        good[1],
-        "this line is not json at all",
-        json.dumps({"id": "bad-missing-text", "content": "The text is stored under the wrong key."}),
-        json.dumps({"id": "bad-text-number", "text": 12345}),
-        good[2],
-    ]
-    (directory / "bad.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-    corrupt = directory / "corrupt.jsonl.gz"
-    _write_gzip(corrupt, "".join(line + "\n" for line in good).encode("utf-8"))
-    # keep only the header and a few compressed bytes: less than the first line decodes
-    corrupt.write_bytes(corrupt.read_bytes()[:40])
-    return {name: dict(counts) for name, counts in BAD_LINES.items()}
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# The code corpus
-
-N_CODE_FILES = 20
-_CODE_BYTES = (2_000, 40_000)
-AUTOGENERATED_HEADER = "# This file is auto-generated. Do not edit."
-
-
-def code_reject_reasons(text: str, config: CodeConfig | None = None) -> list[str]:
-    """The code heuristics (CodeConfig defaults) a file fails: too_large, long_line, mean_line_length,
-    alphanumeric_fraction, autogenerated. Empty for a file the code filter keeps."""
-    config = config or CodeConfig()
-    lines = text.splitlines() or [""]
-    reasons = []
-    if len(text.encode("utf-8")) > config.max_file_bytes:
-        reasons.append("too_large")
-    if max(map(len, lines)) > config.max_line_length:
-        reasons.append("long_line")
-    if sum(map(len, lines)) / len(lines) > config.max_mean_line_length:
-        reasons.append("mean_line_length")
-    if sum(c.isalnum() for c in text) / max(1, len(text)) < config.min_alphanumeric_fraction:
-        reasons.append("alphanumeric_fraction")
-    header = "\n".join(lines[: config.marker_lines]).lower()
-    if any(marker in header for marker in config.autogenerated_markers):
-        reasons.append("autogenerated")
-    return reasons
-
-
-def _stdlib_sources() -> list[tuple[str, str]]:
-    """(file name, text) of N_CODE_FILES top-level stdlib modules of 2-40 KB that pass the code heuristics,
-    spread evenly over the sorted candidates."""
-    stdlib = Path(os.__file__).parent
-    candidates = []
-    for path in sorted(stdlib.glob("*.py")):
-        if not _CODE_BYTES[0] <= path.stat().st_size <= _CODE_BYTES[1]:
-            continue
-        text = path.read_text(encoding="utf-8")
-        if not code_reject_reasons(text):
-            candidates.append((path.name, text))
-    step = len(candidates) / N_CODE_FILES
-    return [candidates[int(i * step)] for i in range(N_CODE_FILES)]
-
-
-def _minified_source() -> str:
-    statements = ["import math"] + [f"v{i}=math.sqrt({i})*{i % 7}+len('x'*{i % 5})" for i in range(300)]
-    return ";".join(statements) + "\n"
-
-
-def _autogenerated_source() -> str:
-    names = ["NOP", "LOAD", "STORE", "ADD", "SUB", "MUL", "DIV", "JUMP", "JUMP_IF", "CALL", "RETURN", "PUSH", "POP"]
-    body = "\n".join(f'    "{name}": {i},' for i, name in enumerate(names))
-    return (
-        f"{AUTOGENERATED_HEADER}\n"
-        '"""Opcode numbers of the toy virtual machine."""\n\n'
-        f"OPCODES = {{\n{body}\n}}\n\n"
-        "OPNAMES = {number: name for name, number in OPCODES.items()}\n\n\n"
-        "def opname(number):\n"
-        '    """The name of an opcode number."""\n'
-        "    return OPNAMES[number]\n"
-    )
-
-
-def _data_blob_source() -> str:
-    """A 5x7 bitmap font as rows of '#' and '.': real data, almost no alphanumerics."""
-    rows = []
-    for code in range(32, 127):
-        for r in range(7):
-            bits = (code * (r + 3) * 37 + r * 11) % 32
-            rows.append('    "' + format(bits, "05b").replace("1", "#").replace("0", ".") + '",')
-    return "GLYPHS = [\n" + "\n".join(rows) + "\n]\n"
-
-
-def _large_source() -> str:
-    """A lookup table module over 1 MB whose lines are otherwise ordinary."""
-    rows = [f'    ({i}, {hex(i * 2654435761 % 2**32)}, "item_{i:06d}"),' for i in range(30_000)]
-    return '"""Precomputed hash table."""\n\nTABLE = [\n' + "\n".join(rows) + "\n]\n"
-
-
-def build_code_corpus() -> list[PlantedDoc]:
-    """N_CODE_FILES stdlib modules (kept) + 4 files the code filter rejects + 2 exact copies of stdlib modules."""
-    sources = _stdlib_sources()
-    kept = [PlantedDoc(f"code-{name}", text, "code", "keep") for name, text in sources]
-    rejects = [
-        PlantedDoc("code-reject-minified.py", _minified_source(), "code", "code"),
-        PlantedDoc("code-reject-autogenerated.py", _autogenerated_source(), "code", "code"),
-        PlantedDoc("code-reject-data_blob.py", _data_blob_source(), "code", "code"),
-        PlantedDoc("code-reject-large.py", _large_source(), "code", "code"),
-    ]
-    # originals at positions 0 and 4 land in shard 0 for 1, 2 or 4 round-robin shards (see _ORIGINAL_STRIDE)
-    copies = [
-        PlantedDoc(f"code-copy-{i}-{kept[o].id[5:]}", kept[o].text, "exact_dup", "exact_dedup", kept[o].id)
-        for i, o in enumerate((0, _ORIGINAL_STRIDE))
-    ]
-    return kept + rejects + copies

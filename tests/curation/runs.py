@@ -6,7 +6,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.curation.corpus import PlantedDoc, build_web_corpus, write_jsonl_shards, write_parquet
+from tests.curation.corpus import (
+    PlantedDoc,
+    build_web_corpus,
+    write_jsonl_shards,
+    write_parquet,
+)
 
 
 @dataclass(frozen=True)
@@ -55,9 +60,8 @@ def web_overrides(inputs: Path, tokenizer_model: str) -> list[str]:
 def run_curate(argv: list[str]) -> tuple[int, str]:
     """tools/curate.py main() in this process (no interpreter start); (exit code, what it printed)."""
     import contextlib
-    import io
-
     import importlib.util
+    import io
 
     from tests.tool_runner import TOOLS
 

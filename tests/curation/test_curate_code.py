@@ -6,8 +6,9 @@ import json
 
 import pytest
 
+from tests.curation.code_corpus import build_code_corpus
+from tests.curation.corpus import write_jsonl_shards
 from tests.curation.runs import read_documents, run_curate
-from tests.curation.corpus import build_code_corpus, write_jsonl_shards
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.curation.bad_input import write_bad_input
+from tests.curation.corpus import build_web_corpus, write_jsonl_shards
 from tests.curation.runs import read_documents, run_curate
-from tests.curation.corpus import build_web_corpus, write_bad_input, write_jsonl_shards
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -11,7 +11,6 @@ import pytest
 
 from megatron_sota.data.encode_worker import TokenizerSpec
 from megatron_sota.data.preprocess import PreprocessOptions, preprocess
-from tests.curation.runs import read_documents
 from tests.curation.corpus import (
     PLANTED_CARDS,
     PLANTED_EMAILS,
@@ -19,6 +18,7 @@ from tests.curation.corpus import (
     PLANTED_NOT_A_CARD,
     PLANTED_PHONES,
 )
+from tests.curation.runs import read_documents
 
 pytestmark = pytest.mark.timeout(600)
 
