@@ -30,9 +30,9 @@ class RunLayout:
         """Documents a filter dropped, each with metadata.filter_reason when the filter gives one."""
         return self._at("rejected", filter_label)
 
-    @property
-    def tokenized_prefix(self) -> str:
-        return self._at("tokenized", "{name}")
+    def tokenized_prefix(self, name: str) -> str:
+        """tokenized/<name>; the pair is <name>_text_document.bin/.idx."""
+        return self._at("tokenized", name)
 
     def report(self, extension: str) -> str:
         return self._at(f"report.{extension}")

@@ -15,6 +15,7 @@ from typing import Iterator
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.readers.base import BaseReader
 
+from megatron_sota.curation.atomic_file import write_text_atomically
 from megatron_sota.errors import MegatronSotaError
 
 # Problem kinds, as they appear in the report's per-file table.
@@ -172,12 +173,5 @@ class AuditedReader(BaseReader):
             for document in self._read_file(path, kind, audit):
                 self.stat_update("documents")
                 yield document
-        _write_json_atomically(os.path.join(self.audit_dir, f"{rank:05d}.json"), audit)
+        write_text_atomically(os.path.join(self.audit_dir, f"{rank:05d}.json"), json.dumps(audit, indent=1))
 
-
-def _write_json_atomically(path: str, payload: object) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    temporary = f"{path}.tmp"
-    with open(temporary, "w") as handle:
-        json.dump(payload, handle, indent=1)
-    os.replace(temporary, path)

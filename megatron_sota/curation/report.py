@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
+from megatron_sota.curation.atomic_file import write_text_atomically
 from megatron_sota.curation.layout import RunLayout
 from megatron_sota.curation.reader import PROBLEM_KINDS
 from megatron_sota.curation.tally import TALLY_PREFIX, TOKENS_KEY
@@ -180,13 +181,6 @@ def draw_chart(report: dict, path: str) -> None:
     os.replace(temporary, path)
 
 
-def _write_atomically(path: str, text: str) -> None:
-    temporary = f"{path}.tmp"
-    with open(temporary, "w") as handle:
-        handle.write(text)
-    os.replace(temporary, path)
-
-
 class BuildReport(PipelineStep):
     """The run's last stage (one task): report.json, report.txt and report.png in the output directory."""
 
@@ -203,5 +197,5 @@ class BuildReport(PipelineStep):
             yield from data
         report = build_report(self.layout, self.plan)
         draw_chart(report, self.layout.report("png"))
-        _write_atomically(self.layout.report("txt"), format_table(report) + "\n")
-        _write_atomically(self.layout.report("json"), json.dumps(report, indent=1))  # last: its presence = done
+        write_text_atomically(self.layout.report("txt"), format_table(report) + "\n")
+        write_text_atomically(self.layout.report("json"), json.dumps(report, indent=1))  # last: its presence = done

@@ -10,6 +10,7 @@ import json
 import os
 from typing import Callable
 
+from megatron_sota.curation.atomic_file import write_text_atomically
 from megatron_sota.curation.config import CurateConfig
 from megatron_sota.curation.executors import run_local, submit_slurm, wait_for_slurm
 from megatron_sota.curation.layout import RunLayout
@@ -72,11 +73,7 @@ def claim_output_dir(cfg: CurateConfig, layout: RunLayout, files: list[tuple[str
                 f"({', '.join(differing) or 'format'}); expected the same config to resume, or a new output_dir"
             )
         return True
-    os.makedirs(layout.root, exist_ok=True)
-    temporary = layout.config_record + ".tmp"
-    with open(temporary, "w") as handle:
-        json.dump(record, handle, indent=1)
-    os.replace(temporary, layout.config_record)
+    write_text_atomically(layout.config_record, json.dumps(record, indent=1))
     return False
 
 

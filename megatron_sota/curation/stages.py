@@ -215,7 +215,7 @@ def plan_stages(cfg: CurateConfig, layout: RunLayout, files: list[tuple[str, str
     tokenized_prefix = None
     spec = tokenizer_spec(cfg)
     if cfg.tokenize.enabled and spec is not None:
-        tokenized_prefix = layout.tokenized_prefix.format(name=cfg.tokenize.output_name)
+        tokenized_prefix = layout.tokenized_prefix(cfg.tokenize.output_name)
         shards = layout.work("tokenized_shards")
         stages.append(Stage("tokenize", [TokenizeShard(layout.documents, shards, spec, cfg.tokenize.append_eod)], tasks))
         stages.append(Stage("merge", [MergeShards(shards, tasks, tokenized_prefix)], 1))
