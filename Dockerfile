@@ -6,7 +6,6 @@ FROM nvcr.io/nvidia/pytorch:25.04-py3
 WORKDIR /workspace/megatron_sota
 COPY setup.py README.md ./
 COPY megatron_sota ./megatron_sota
-COPY conf ./conf
 COPY tools ./tools
 COPY examples ./examples
 # torch (and Transformer Engine) come from the image: keep pip from replacing them.

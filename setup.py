@@ -17,6 +17,9 @@ setup(
     description="Hydra-configured 3D-parallel LLM pretraining on megatron-core, from a laptop CPU to thousands of GPUs",
     python_requires=">=3.10",
     packages=find_packages(include=["megatron_sota", "megatron_sota.*"]),
+    # The Hydra configs, task files and their data ship inside the package (megatron_sota/conf/),
+    # so a wheel finds them through importlib.resources (megatron_sota/config/files.py).
+    package_data={"megatron_sota": ["conf/**/*.yaml", "conf/**/*.jsonl", "conf/**/*.md"]},
     install_requires=[
         # On the project's CPU machines `pip install torch==2.13.0` takes the local CPU build;
         # install it first (see README), or pip may fetch a multi-GB CUDA build.

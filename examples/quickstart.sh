@@ -4,7 +4,7 @@
 # Megatron .bin/.idx shards, and the tiny model is trained on CPU, first on one process
 # (TP=1), then on two gloo ranks with tensor parallelism (TP=2) through torchrun, and the
 # TP=2 checkpoint is exported as a Hugging Face Llama directory, evaluated on the example
-# tasks of conf/eval/tasks/ and asked to complete a prompt.
+# tasks of megatron_sota/conf/eval/tasks/ and asked to complete a prompt.
 # Everything lands in ${QUICKSTART_DIR:-.quickstart}/. Takes a few minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."

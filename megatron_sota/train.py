@@ -12,12 +12,13 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from megatron_sota.config.files import conf_dir
 from megatron_sota.config.job import register_configs
 from megatron_sota.config.typed import check_override_keys, to_job_config
 from megatron_sota.errors import MegatronSotaError
 from megatron_sota.quiet import quiet_megatron
 
-CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
+CONF_DIR = conf_dir()
 
 quiet_megatron()
 

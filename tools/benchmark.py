@@ -49,6 +49,7 @@ def parse_args(argv=None):
 def compose_job(overrides):
     from hydra import compose, initialize_config_dir
 
+    from megatron_sota.config.files import conf_dir
     from megatron_sota.config.job import register_configs
     from megatron_sota.config.typed import check_override_keys, to_job_config
 
@@ -56,7 +57,7 @@ def compose_job(overrides):
         overrides = [*overrides, "data.mock=true"]
     check_override_keys(overrides)
     register_configs()
-    with initialize_config_dir(config_dir=os.path.join(REPO, "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
         return to_job_config(compose(config_name="config", overrides=overrides))
 
 

@@ -25,10 +25,11 @@ from megatron_sota.quiet import quiet_megatron  # noqa: E402
 
 quiet_megatron()  # the tokenize stage uses megatron-core's dataset writer
 
+from megatron_sota.config.files import conf_dir  # noqa: E402
 from megatron_sota.errors import MegatronSotaError  # noqa: E402
 
 SOURCES = ("web", "code", "papers", "books", "dialogue")
-CONFIG_DIR = os.path.join(REPO, "conf", "curate")
+CONFIG_DIR = conf_dir("curate")
 
 
 def parse_args(argv=None) -> argparse.Namespace:

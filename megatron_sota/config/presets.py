@@ -10,10 +10,11 @@ import os
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from megatron_sota.config.files import conf_dir
 from megatron_sota.config.model import ModelConfig
 from megatron_sota.errors import MegatronSotaError
 
-MODEL_CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "conf", "model")
+MODEL_CONF_DIR = conf_dir("model")
 
 
 def preset_names() -> list[str]:

@@ -25,10 +25,10 @@ BELOW_THRESHOLD_EXIT_CODE = 3
 def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Evaluate a megatron_sota checkpoint on local tasks",
-        epilog=f"registered tasks (conf/eval/tasks/): {', '.join(registered_tasks()) or 'none'}",
+        epilog=f"registered tasks (megatron_sota/conf/eval/tasks/): {', '.join(registered_tasks()) or 'none'}",
     )
     parser.add_argument("--load", required=True, help="checkpoint directory (latest iteration) or iter_NNNNNNN/ directory")
-    parser.add_argument("--task", action="append", required=True, help="a name from conf/eval/tasks/, a .jsonl file, or a .bin/.idx prefix (repeatable)")
+    parser.add_argument("--task", action="append", required=True, help="a name from megatron_sota/conf/eval/tasks/, a .jsonl file, or a .bin/.idx prefix (repeatable)")
     parser.add_argument("--task-type", choices=TASK_TYPES, help="the type of a task given as a path (overrides the registry's)")
     parser.add_argument("--num-fewshot", type=int, help="few-shot examples per prompt (overrides the registry's; ignored by perplexity tasks)")
     parser.add_argument("--limit", type=int, help="score at most this many records per task")

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from megatron_sota.config.files import conf_dir
 from megatron_sota.errors import MegatronSotaError
 
 TASK_TYPES = ("multiple_choice", "exact_match", "perplexity")
@@ -28,9 +29,7 @@ TASK_METRICS: dict[str, tuple[str, ...]] = {
     "perplexity": ("perplexity", "bits_per_byte"),
 }
 """The metrics each task type reports (and so the only ones a threshold may name)."""
-REGISTRY_DIR = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "conf", "eval", "tasks"
-)
+REGISTRY_DIR = conf_dir("eval", "tasks")
 ANSWER_FIELDS = ("answer", "answer_index", "answer_letter", "choice", "letter")
 """Template fields that give the gold answer away; the question `template` may not name them."""
 

@@ -18,10 +18,11 @@ from megatron_sota.quiet import quiet_megatron
 
 quiet_megatron()
 
+from megatron_sota.config.files import conf_dir  # noqa: E402
 from megatron_sota.errors import MegatronSotaError  # noqa: E402
 from megatron_sota.inference.prompts import OVERFLOW_POLICIES, Prompt, fit_to_context, read_prompt_file  # noqa: E402
 
-DEFAULTS_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "conf", "generation", "default.yaml")
+DEFAULTS_FILE = conf_dir("generation", "default.yaml")
 
 
 def _defaults():

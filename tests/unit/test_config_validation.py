@@ -7,12 +7,13 @@ import os
 import pytest
 from hydra import compose, initialize_config_dir
 
+from megatron_sota.config.files import conf_dir
 from megatron_sota.config.job import JobConfig, register_configs
 from megatron_sota.config.typed import check_override_keys, to_job_config
 from megatron_sota.config.validation import validate_job
 from megatron_sota.errors import MegatronSotaError
 
-CONF = os.path.join(os.path.dirname(__file__), "..", "..", "conf")
+CONF = conf_dir()
 PRESETS = sorted(f[:-5] for f in os.listdir(os.path.join(CONF, "model")) if f.endswith(".yaml"))
 
 

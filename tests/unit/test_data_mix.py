@@ -12,6 +12,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
+from megatron_sota.config.files import conf_dir
 from megatron_sota.config.job import JobConfig, register_configs
 from megatron_sota.config.run import DataConfig, DataSource
 from megatron_sota.config.typed import check_override_keys, to_job_config
@@ -25,7 +26,7 @@ from megatron_sota.data.mix_report import (
 )
 from megatron_sota.errors import MegatronSotaError
 
-CONF = os.path.join(os.path.dirname(__file__), "..", "..", "conf")
+CONF = conf_dir()
 VOCAB = 1000
 TARGET_MIX = {"web": 45, "code": 20, "academic": 10, "books_reference": 10, "math_science": 10, "dialogue_instructions": 5}
 

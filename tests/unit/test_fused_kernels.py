@@ -12,6 +12,7 @@ import os
 import pytest
 import torch
 
+from megatron_sota.config.files import conf_dir
 from megatron_sota.config.job import JobConfig
 from megatron_sota.config.kernels import KernelConfig
 from megatron_sota.config.model import ModelConfig
@@ -59,7 +60,7 @@ def test_kernel_overrides_compose_into_the_typed_config():
     from megatron_sota.config.job import register_configs
     from megatron_sota.config.typed import to_job_config
 
-    conf = os.path.join(os.path.dirname(__file__), "..", "..", "conf")
+    conf = conf_dir()
     register_configs()
     with initialize_config_dir(config_dir=os.path.abspath(conf), version_base="1.3"):
         composed = compose(config_name="config", overrides=["kernels.swiglu=true", "kernels.compile_layers=false"])

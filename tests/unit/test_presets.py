@@ -7,11 +7,12 @@ import os
 import pytest
 import yaml
 
+from megatron_sota.config.files import conf_dir
 from megatron_sota.config.model import ModelConfig
 from megatron_sota.model.gpt_builder import padded_vocab_size
 from megatron_sota.model.param_count import count_params, train_flops_per_token
 
-CONF = os.path.join(os.path.dirname(__file__), "..", "..", "conf", "model")
+CONF = conf_dir("model")
 
 
 def preset(name: str) -> ModelConfig:
