@@ -2,11 +2,11 @@
 """One run that compares this project's training speed with the Hugging Face baseline, side by side.
 
 Each variant runs in its own subprocess (a fresh CUDA context and allocator): the baseline script's
-Hugging Face variant (shared/bench/gpu_baseline.py, same shape), then tools/benchmark.py with the
+Hugging Face variant (gpu_baseline.py, same shape; docs/performance.md), then tools/benchmark.py with the
 project's variants. Before any speed counts, each variant's losses of the first steps must equal
 the unfused reference's within the tolerance (same weights, same data: only kernels differ).
 
-  python tools/speed_comparison.py --baseline-script ../shared/bench/gpu_baseline.py --out results/
+  python tools/speed_comparison.py --baseline-script .bench/gpu_baseline.py --out results/
   python tools/speed_comparison.py --cpu-smoke        # the same logic on tiny, on CPU, no baseline
 
 Variants are run in the order given and skipped once --budget-s is spent, so the most important come first.
@@ -25,7 +25,7 @@ from typing import Dict, List, Optional
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# The baseline's shape (shared/docs/GPU.md): llama_1b3, sequence 4096, 4 x 4096 = 16,384 tokens per step.
+# The baseline's shape (docs/performance.md): llama_1b3, sequence 4096, 4 x 4096 = 16,384 tokens per step.
 GPU_SHAPE = ["model=llama_1b3", "precision=bf16", "train.seq_length=4096", "train.micro_batch_size=4",
              "train.global_batch_size=4", "parallel.distributed_optimizer=false"]
 CPU_SHAPE = ["model=tiny", "precision=fp32", "runtime.device=cpu", "train.seq_length=128",

@@ -32,7 +32,7 @@ GPUS = {
     # 400 Gb/s = 50 GB/s per GPU.
     "h100-80gb": GpuSpec("H100-80GB SXM", 989.4, 79.6, 3.35, 450.0, 50.0),
     # NVIDIA H200 datasheet: same compute as the H100, 141 GB HBM3e at 4.8 TB/s, NVLink 900 GB/s;
-    # 139 GiB usable as seen on the project's H200 (shared/docs/GPU.md).
+    # 139 GiB usable as seen on the project's H200 (docs/performance.md).
     "h200": GpuSpec("H200 SXM", 989.4, 139.0, 4.8, 450.0, 50.0),
     # NVIDIA A100 datasheet (SXM4 80GB): 312 TFLOP/s dense bf16, 2,039 GB/s, NVLink 600 GB/s;
     # DGX A100: 8x ConnectX-6 200 Gb/s = 25 GB/s per GPU.

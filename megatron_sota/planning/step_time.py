@@ -43,13 +43,13 @@ SECONDS_PER_DAY = 86_400.0
 @dataclass(frozen=True)
 class Efficiency:
     matmul: float = 0.73
-    """Achieved / peak for large bf16 GEMMs: 722.8 of 989.4 TFLOP/s for 8192^3 on the H200 (shared/docs/GPU.md)."""
+    """Achieved / peak for large bf16 GEMMs: 722.8 of 989.4 TFLOP/s for 8192^3 on the H200 (docs/performance.md)."""
     attention: float = 0.35
     """Achieved / peak of fused SDPA (FlashAttention-2 class) forward+backward on Hopper, head dim 128:
     ~350 TFLOP/s in the FlashAttention-2/-3 papers' H100 benchmarks. An assumption, not measured here."""
     elementwise_passes: float = 15.0
     """How many times the element-wise kernels read or write the bytes a layer saves for backward,
-    forward and backward together. Calibrated on the one measured step in shared/docs/GPU.md
+    forward and backward together. Calibrated on the one measured step in docs/performance.md
     (megatron-core local spec + SDPA, llama_1b3 shape, s=4096, b=4, bf16 on the H200: 44,177
     tokens/s, 42.9% MFU); tests/unit/test_planner.py checks that calibration."""
     comm: float = 0.8

@@ -13,8 +13,8 @@ in each pid file, which is the child's pid), SIGTERM and, after a few seconds, S
 any slurmstepd of this cluster (found by the SLURM_CONF in its environment) still alive, with its
 processes.
 
-See /work/shared/docs/LOCAL_SLURM.md (or shared/docs/LOCAL_SLURM.md) for the behaviour observed on
-the project's machines. Typical use (the ``slurm_cluster`` fixture in conftest.py does this)::
+See docs/slurm.md ("The one-node cluster on the development machines") for the behaviour observed
+on the project's machines. Typical use (the ``slurm_cluster`` fixture in conftest.py does this)::
 
     cluster = SlurmCluster(directory)
     cluster.start()

@@ -190,7 +190,7 @@ def test_interleaving_holds_the_korthikanti_first_stage_factor():
 
 
 def test_step_time_calibration_reproduces_the_h200_baseline():
-    """shared/docs/GPU.md: megatron-core local spec + SDPA, llama_1b3 shape, s=4096, b=4, bf16: 44,177 tokens/s."""
+    """docs/performance.md: megatron-core local spec + SDPA, llama_1b3 shape, s=4096, b=4, bf16: 44,177 tokens/s."""
     request = PlanRequest(load_model_preset("llama_1b3"), build_cluster("h200", 1, 1), 4096, 4)
     plan, problems = evaluate(request, ParallelLayout(micro_batch_size=4, seq_length=4096, distributed_optimizer=False))
     assert problems == []
