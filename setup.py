@@ -1,4 +1,5 @@
-"""Installs megatron_sota: `pip install -e .` (add `[dev]` for tests, `[hf]` for Hugging Face export, `[curate]` for data curation)."""
+"""Installs megatron_sota: `pip install .` or `pip install -e .` (add `[dev]` for tests, `[hf]` for Hugging Face export,
+`[curate]` for data curation). The Dockerfile repeats install_requires but torch (tests/unit/test_packaging.py)."""
 
 from setuptools import find_packages, setup
 
@@ -54,5 +55,22 @@ setup(
         "curate": CURATE,
         "dev": ["pytest", "pytest-timeout", "transformers>=4.51", "hydra-submitit-launcher>=1.2", *CURATE],
     },
-    entry_points={"console_scripts": ["megatron-sota-train=megatron_sota.train:main"]},
+    # One command per user tool; tools/<Megatron-style name>.py runs the same main() from a checkout.
+    entry_points={
+        "console_scripts": [
+            "megatron-sota-train=megatron_sota.train:main",
+            "megatron-sota-preprocess=megatron_sota.cli.preprocess_data:main",
+            "megatron-sota-merge-datasets=megatron_sota.cli.merge_datasets:main",
+            "megatron-sota-inspect-data=megatron_sota.cli.inspect_data:main",
+            "megatron-sota-train-tokenizer=megatron_sota.cli.train_tokenizer:main",
+            "megatron-sota-build-stdlib-corpus=megatron_sota.cli.build_stdlib_corpus:main",
+            "megatron-sota-curate=megatron_sota.cli.curate:main",
+            "megatron-sota-convert=megatron_sota.conversion.cli:main",
+            "megatron-sota-generate=megatron_sota.inference.generate_cli:main",
+            "megatron-sota-evaluate=megatron_sota.evaluation.cli:main",
+            "megatron-sota-plan=megatron_sota.cli.plan:main",
+            "megatron-sota-benchmark=megatron_sota.cli.benchmark:main",
+            "megatron-sota-compare-runs=megatron_sota.cli.compare_runs:main",
+        ]
+    },
 )

@@ -7,6 +7,8 @@ back to back in each of --repeats rounds; the headline is the median of the per-
 
   python tools/benchmark_preprocess.py --input corpus.jsonl --workers 2 \
       --spm-model tok.model --hf-tokenizer hf_tok/
+
+A developer's script: it imports the installed megatron_sota (pip install -e . in a checkout).
 """
 
 from __future__ import annotations
@@ -20,9 +22,7 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from megatron_sota.quiet import quiet_megatron  # noqa: E402
+from megatron_sota.quiet import quiet_megatron
 
 quiet_megatron()
 

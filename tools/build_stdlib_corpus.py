@@ -1,56 +1,11 @@
-"""CLI: write the running Python's standard library as a JSONL corpus (plus optional held-out file).
+"""`python tools/build_stdlib_corpus.py --help`: the Python standard library as a JSONL corpus; the same command as `megatron-sota-build-stdlib-corpus`.
 
-Argument parsing and printing only; the work is megatron_sota.data.stdlib_corpus.
+A wrapper with the Megatron-style name only; the command is megatron_sota/cli/build_stdlib_corpus.py, in the installed package.
 """
 
-from __future__ import annotations
-
-import argparse
-import os
 import sys
 
-# Runnable as `python tools/build_stdlib_corpus.py` from a checkout without installing the package.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from megatron_sota.data.stdlib_corpus import write_stdlib_corpus  # noqa: E402
-from megatron_sota.errors import MegatronSotaError  # noqa: E402
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", required=True, help="JSONL file to write")
-    parser.add_argument("--max-files", type=int, default=None, help="cap on documents written")
-    parser.add_argument("--min-chars", type=int, default=200, help="skip files shorter than this")
-    parser.add_argument("--heldout-output", default=None, help="JSONL file for held-out documents")
-    parser.add_argument("--heldout-fraction", type=float, default=0.01)
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        stats = write_stdlib_corpus(
-            args.output,
-            max_files=args.max_files,
-            min_chars=args.min_chars,
-            heldout_path=args.heldout_output,
-            heldout_fraction=args.heldout_fraction,
-        )
-    except MegatronSotaError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(f"wrote {stats.docs} documents ({stats.bytes / 1e6:.1f} MB) to {args.output}")
-    if args.heldout_output:
-        print(
-            f"wrote {stats.heldout_docs} held-out documents "
-            f"({stats.heldout_bytes / 1e6:.2f} MB) to {args.heldout_output}"
-        )
-    print(
-        f"skipped: {stats.skipped_not_utf8} not UTF-8, "
-        f"{stats.skipped_short} shorter than {args.min_chars} chars"
-    )
-    return 0
-
+from megatron_sota.cli.build_stdlib_corpus import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -6,18 +6,16 @@ project's CheckpointManager and loads it back into a fresh state, printing size 
 
   python tools/checkpoint_benchmark.py --preset tiny
   python tools/checkpoint_benchmark.py --preset llama_1b3 --weights-only   # fits 24 GiB of RAM
+
+A developer's script: it imports the installed megatron_sota (pip install -e . in a checkout).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 
 
 def main() -> None:

@@ -1,47 +1,11 @@
-#!/usr/bin/env python
-"""Prints the training loss of several runs side by side from their metrics.jsonl files.
+"""`python tools/compare_runs.py --help`: training losses of several runs side by side; the same command as `megatron-sota-compare-runs`.
 
-Usage: python tools/compare_runs.py RUN_DIR [RUN_DIR ...] [--every 25]
+A wrapper with the Megatron-style name only; the command is megatron_sota/cli/compare_runs.py, in the installed package.
 """
 
-from __future__ import annotations
-
-import argparse
-import json
-import os
 import sys
 
-
-def read_losses(run_dir: str) -> dict[int, float]:
-    path = os.path.join(run_dir, "metrics.jsonl")
-    if not os.path.exists(path):
-        sys.exit(f"error: {path} does not exist (expected a run directory written by megatron_sota.train)")
-    losses = {}
-    with open(path) as handle:
-        for line in handle:
-            row = json.loads(line)
-            if "loss" in row:
-                losses[row["step"]] = row["loss"]
-    return losses
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+")
-    parser.add_argument("--every", type=int, default=1, help="show every Nth logged step")
-    args = parser.parse_args()
-    runs = [read_losses(r) for r in args.runs]
-    steps = sorted(set().union(*runs))
-    shown = [s for i, s in enumerate(steps) if i % args.every == 0 or s == steps[-1]]
-    names = [os.path.basename(os.path.normpath(r)) for r in args.runs]
-    print("step".rjust(6) + "".join(n[:14].rjust(16) for n in names))
-    for step in shown:
-        cells = [f"{r[step]:.4f}" if step in r else "-" for r in runs]
-        print(f"{step:>6}" + "".join(c.rjust(16) for c in cells))
-    for name, r in zip(names, runs):
-        first, last = r[min(r)], r[max(r)]
-        print(f"{name}: loss {first:.4f} -> {last:.4f} ({'falling' if last < first else 'NOT falling'})")
-
+from megatron_sota.cli.compare_runs import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

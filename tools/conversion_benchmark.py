@@ -2,11 +2,13 @@
 """Times Hugging Face import and export of any preset and reports each one's peak memory beside the model size.
 
 Writes a random-weight Llama directory of the preset's shape (streamed, so building it needs
-little memory), imports it with tools/convert_checkpoint.py, exports the checkpoint back and
+little memory), imports it with the installed megatron-sota-convert, exports the checkpoint back and
 checks the export equals the input. Import and export each run in their own process, measured by
 /usr/bin/time (peak RSS of the process and, for import, of its largest rank).
 
   python tools/conversion_benchmark.py --preset llama_1b3 --dtype bf16 --max-shard-size 1GB
+
+A developer's script: it imports the installed megatron_sota (pip install -e . in a checkout).
 """
 
 from __future__ import annotations
@@ -20,10 +22,7 @@ import sys
 import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-
-import torch  # noqa: E402
+import torch
 
 
 def write_random_hf(preset: str, out_dir: str, dtype: str, max_shard: str) -> int:
@@ -68,7 +67,7 @@ def main() -> None:
     parser.add_argument("--dir", default=None, help="working directory (default: a temporary one, removed after)")
     args = parser.parse_args()
 
-    tool = [sys.executable, os.path.join(REPO, "tools", "convert_checkpoint.py")]
+    tool = [sys.executable, "-m", "megatron_sota.conversion.cli"]  # megatron-sota-convert, in this interpreter
     with tempfile.TemporaryDirectory(dir=args.dir) as root:
         source, checkpoint, exported = (os.path.join(root, name) for name in ("hf_in", "ckpt", "hf_out"))
         num_params = write_random_hf(args.preset, source, args.dtype, args.max_shard_size)

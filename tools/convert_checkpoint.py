@@ -8,13 +8,9 @@ The command line lives in megatron_sota/conversion/cli.py (the trainer's in-trai
 
 from __future__ import annotations
 
-import os
 import sys
 
-# Runnable as `python tools/convert_checkpoint.py` from a checkout without installing the package.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from megatron_sota.conversion.cli import main  # noqa: E402
+from megatron_sota.conversion.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

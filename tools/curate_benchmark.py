@@ -1,11 +1,12 @@
 #!/usr/bin/env python
 """Curation speed: documents/s per core of the full web pipeline, beside a read-score-write floor from the same run.
 
-  python tools/curate_benchmark.py                      # ~5000 documents, all cores
-  python tools/curate_benchmark.py --docs 20000 --workers 8 --json bench.json
+  python -m tools.curate_benchmark                      # ~5000 documents, all cores
+  python -m tools.curate_benchmark --docs 20000 --workers 8 --json bench.json
 
 The corpus is the tests' planted web corpus (tests/curation/corpus.py: pydoc prose, near and exact duplicates,
-foreign, toxic, PII, junk) built with successive seeds until --docs documents; nothing is downloaded.
+foreign, toxic, PII, junk) built with successive seeds until --docs documents; nothing is downloaded. So it runs
+from a checkout's root (`-m` puts it on the import path) with megatron_sota installed, never from a wheel alone.
 """
 
 from __future__ import annotations
@@ -19,10 +20,7 @@ import tempfile
 import time
 from collections import Counter
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-
-from megatron_sota.quiet import quiet_megatron  # noqa: E402
+from megatron_sota.quiet import quiet_megatron
 
 quiet_megatron()
 
@@ -45,7 +43,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def write_corpus(directory: str, docs: int, files: int) -> tuple[int, int]:
     """The planted web corpus over successive seeds, dealt round-robin into JSONL files; (documents, bytes)."""
-    from tests.curation.corpus import build_web_corpus
+    try:
+        from tests.curation.corpus import build_web_corpus
+    except ModuleNotFoundError as err:
+        if not (err.name or "").startswith("tests"):
+            raise
+        sys.exit("error: the planted corpus is the checkout's tests/curation/corpus.py: run "
+                 "`python -m tools.curate_benchmark` from the checkout's root")
 
     os.makedirs(directory, exist_ok=True)
     handles = [open(os.path.join(directory, f"part-{i:03d}.jsonl"), "w") for i in range(files)]
@@ -74,9 +78,7 @@ def step_seconds(logs_dir: str) -> Counter:
 
 
 def run(source_dir: str, output_dir: str, workers: int, extra: list[str]) -> tuple[dict, float]:
-    sys.path.insert(0, os.path.join(REPO, "tools"))
-    from curate import compose
-
+    from megatron_sota.cli.curate import compose
     from megatron_sota.curation.logs import quiet_datatrove
     from megatron_sota.curation.run import curate
 

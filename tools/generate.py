@@ -11,13 +11,9 @@ The command line lives in megatron_sota/inference/generate_cli.py.
 
 from __future__ import annotations
 
-import os
 import sys
 
-# Runnable as `python tools/generate.py` from a checkout without installing the package.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from megatron_sota.inference.generate_cli import main  # noqa: E402
+from megatron_sota.inference.generate_cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -6,17 +6,15 @@ tokens. With the cache the time per token should stay flat as the output grows (
 recomputing the whole sequence each step grows per-token time with length (quadratic total).
 
   python tools/generation_benchmark.py --load .quickstart/tp1/checkpoints --lengths 64 128 256
+
+A developer's script: it imports the installed megatron_sota (pip install -e . in a checkout).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from megatron_sota.quiet import quiet_megatron  # noqa: E402
+from megatron_sota.quiet import quiet_megatron
 
 quiet_megatron()
 

@@ -2,14 +2,17 @@
 """One run that compares this project's training speed with the Hugging Face baseline, side by side.
 
 Each variant runs in its own subprocess (a fresh CUDA context and allocator): the baseline script's
-Hugging Face variant (gpu_baseline.py, same shape; docs/performance.md), then tools/benchmark.py with the
-project's variants. Before any speed counts, each variant's losses of the first steps must equal
-the unfused reference's within the tolerance (same weights, same data: only kernels differ).
+Hugging Face variant (gpu_baseline.py, same shape; docs/performance.md), then the installed package's
+benchmark (megatron-sota-benchmark, run as `python -m megatron_sota.cli.benchmark`) with the project's
+variants. Before any speed counts, each variant's losses of the first steps must equal the unfused
+reference's within the tolerance (same weights, same data: only kernels differ).
 
   python tools/speed_comparison.py --baseline-script .bench/gpu_baseline.py --out results/
   python tools/speed_comparison.py --cpu-smoke        # the same logic on tiny, on CPU, no baseline
 
 Variants are run in the order given and skipped once --budget-s is spent, so the most important come first.
+A developer's script: it imports nothing from the checkout; the variants import megatron_sota as installed
+(or from PYTHONPATH, as examples/gpu/h200_speed_run.sh sets it).
 """
 
 from __future__ import annotations
@@ -22,8 +25,6 @@ import sys
 import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The baseline's shape (docs/performance.md): llama_1b3, sequence 4096, 4 x 4096 = 16,384 tokens per step.
 GPU_SHAPE = ["model=llama_1b3", "precision=bf16", "train.seq_length=4096", "train.micro_batch_size=4",
@@ -84,11 +85,11 @@ def run_baseline(script: str, timeout: float) -> Outcome:
 def run_variant(variant: Variant, shape: List[str], steps: int, warmup: int, out_dir: str, run_dir: str,
                 timeout: float) -> Outcome:
     path = os.path.join(out_dir, f"bench_{variant.name}.json")
-    command = [sys.executable, os.path.join(REPO, "tools", "benchmark.py"), *shape, *variant.overrides,
+    command = [sys.executable, "-m", "megatron_sota.cli.benchmark", *shape, *variant.overrides,
                "--steps", str(steps), "--warmup", str(warmup), "--json", path, "--run-dir", run_dir]
     outcome = Outcome(variant.name, "project", prediction=variant.prediction)
     try:
-        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         outcome.status = "timeout"
         return outcome
@@ -131,7 +132,8 @@ def format_table(outcomes: List[Outcome]) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--baseline-script", default=os.path.join(REPO, "..", "shared", "bench", "gpu_baseline.py"))
+    parser.add_argument("--baseline-script", default=None,
+                        help="the Hugging Face baseline (shared/bench/gpu_baseline.py); required unless --cpu-smoke")
     parser.add_argument("--out", default="speed_results", help="folder for each variant's JSON and the summary")
     parser.add_argument("--run-dir", default=os.path.join("outputs", "benchmark"), help="the benchmarks' data cache")
     parser.add_argument("--steps", type=int, default=10)
@@ -149,6 +151,9 @@ def main(argv=None) -> int:
     outcomes: List[Outcome] = []
     shape = CPU_SHAPE if args.cpu_smoke else GPU_SHAPE
     if not args.cpu_smoke:
+        if args.baseline_script is None:
+            print("error: --baseline-script is required (the Hugging Face baseline), unless --cpu-smoke", file=sys.stderr)
+            return 2
         if not os.path.exists(args.baseline_script):
             print(f"error: --baseline-script {args.baseline_script} does not exist", file=sys.stderr)
             return 2

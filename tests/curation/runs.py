@@ -60,17 +60,13 @@ def web_overrides(inputs: Path, tokenizer_model: str) -> list[str]:
 def run_curate(argv: list[str]) -> tuple[int, str]:
     """tools/curate.py main() in this process (no interpreter start); (exit code, what it printed)."""
     import contextlib
-    import importlib.util
     import io
 
-    from tests.tool_runner import TOOLS
+    from tests.tool_runner import package_logger_kept, tool_main
 
-    spec = importlib.util.spec_from_file_location("tools_curate", TOOLS / "curate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     out = io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-        code = module.main(argv)
+    with package_logger_kept(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        code = tool_main("curate")(argv)
     return code, out.getvalue()
 
 

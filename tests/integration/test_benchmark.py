@@ -71,10 +71,8 @@ def test_peak_memory_holds_at_least_weights_gradients_and_adam_states(tiny_resul
 
 def test_losses_are_the_trainers_own(tiny_result, tmp_path):
     """The benchmark steps the same model on the same batches as `pretrain` does."""
+    from megatron_sota.cli.benchmark import compose_job
     from megatron_sota.training.trainer import pretrain
-
-    sys.path.insert(0, os.path.join(REPO, "tools"))
-    from benchmark import compose_job  # noqa: E402
 
     r, _ = tiny_result
     job = compose_job(SHAPE)

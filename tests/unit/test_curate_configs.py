@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
 
+from megatron_sota.cli.curate import compose
 from megatron_sota.curation.layout import RunLayout
 from megatron_sota.curation.run import resolve_inputs, validate
 from megatron_sota.curation.stages import content_filters, implied_threshold, plan_stages
-from tests.tool_runner import TOOLS
 
 
 def _compose(source: str, overrides: list[str]):
-    spec = importlib.util.spec_from_file_location("tools_curate", TOOLS / "curate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.compose(source, overrides)[0]
+    return compose(source, overrides)[0]
 
 
 @pytest.mark.parametrize("source, filters", [

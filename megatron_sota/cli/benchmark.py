@@ -1,0 +1,99 @@
+"""Times training steps of any preset and layout: tokens/s, TFLOP/s per device, MFU, peak memory, phases.
+
+Hydra overrides select the run exactly as for training (mock data unless data.paths is given):
+
+  python tools/benchmark.py model=tiny --steps 5                      # CPU, seconds
+  python tools/benchmark.py model=llama_1b3 precision=bf16 train.seq_length=4096 \\
+      train.micro_batch_size=4 train.global_batch_size=4 --steps 10 --json result.json
+  torchrun --nproc-per-node 8 tools/benchmark.py model=llama_8b parallel.tp=2 ...
+
+The FLOP formula and what each number means are in megatron_sota/perf/benchmark.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+
+from megatron_sota.quiet import quiet_megatron
+
+quiet_megatron()
+
+from megatron_sota.atomic_files import write_text  # noqa: E402
+from megatron_sota.runtime.log import setup_logging  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.splitlines()[2:]))
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=llama_1b3 parallel.tp=2")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps (default 10)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first, at least 2 (default 3)")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="peak dense TFLOP/s per device for MFU (default: known GPUs' bf16 peak; none on CPU)")
+    parser.add_argument("--no-forward-split", action="store_true",
+                        help="skip the forward-only passes that split forward from backward time")
+    parser.add_argument("--no-cpu-memory", action="store_true",
+                        help="on CPU, do not count live tensors during warm-up (peak memory then n/a)")
+    parser.add_argument("--run-dir", default=os.path.join("outputs", "benchmark"),
+                        help="where the datasets' index cache is written (shared by all ranks; default outputs/benchmark)")
+    parser.add_argument("--json", dest="json_path", nargs="?", const="-", default=None,
+                        help="write the result as JSON to this file (no file: print it as the last line)")
+    return parser.parse_intermixed_args(argv)  # overrides may come before or after the options
+
+
+def compose_job(overrides):
+    from hydra import compose, initialize_config_dir
+
+    from megatron_sota.config.files import conf_dir
+    from megatron_sota.config.job import register_configs
+    from megatron_sota.config.typed import check_override_keys, to_job_config
+
+    if not any(o.split("=")[0].lstrip("+") in ("data.paths", "data.mock") for o in overrides):
+        overrides = [*overrides, "data.mock=true"]
+    check_override_keys(overrides)
+    register_configs()
+    with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
+        return to_job_config(compose(config_name="config", overrides=overrides))
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    setup_logging()
+    from megatron_sota.errors import MegatronSotaError
+    from megatron_sota.perf.benchmark import BenchmarkOptions, format_result, run_benchmark
+
+    options = BenchmarkOptions(
+        steps=args.steps,
+        warmup=args.warmup,
+        peak_tflops=args.peak_tflops,
+        forward_passes=not args.no_forward_split,
+        measure_cpu_memory=not args.no_cpu_memory,
+        run_dir=args.run_dir,
+    )
+    try:
+        if args.steps < 1:
+            raise MegatronSotaError(f"--steps must be >= 1, got {args.steps}")
+        if args.warmup < 2:
+            raise MegatronSotaError(f"--warmup must be >= 2 (the first step allocates optimizer states), got {args.warmup}")
+        result = run_benchmark(compose_job(args.overrides), options)
+    except MegatronSotaError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return 2
+    if result is None:  # not rank 0
+        return 0
+    print(format_result(result), flush=True)
+    if args.json_path is not None:
+        text = json.dumps(dataclasses.asdict(result))
+        if args.json_path == "-":
+            print(text, flush=True)
+        else:
+            write_text(args.json_path, text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

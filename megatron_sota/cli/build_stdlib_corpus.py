@@ -1,0 +1,58 @@
+"""CLI: write the running Python's standard library as a JSONL corpus (plus optional held-out file).
+
+Argument parsing and printing only (`megatron-sota-build-stdlib-corpus`, tools/build_stdlib_corpus.py); the work is
+megatron_sota.data.stdlib_corpus.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from megatron_sota.data.stdlib_corpus import write_stdlib_corpus
+from megatron_sota.errors import MegatronSotaError
+from megatron_sota.runtime.log import setup_logging
+
+log = logging.getLogger(__name__)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", required=True, help="JSONL file to write")
+    parser.add_argument("--max-files", type=int, default=None, help="cap on documents written")
+    parser.add_argument("--min-chars", type=int, default=200, help="skip files shorter than this")
+    parser.add_argument("--heldout-output", default=None, help="JSONL file for held-out documents")
+    parser.add_argument("--heldout-fraction", type=float, default=0.01)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging()
+    try:
+        stats = write_stdlib_corpus(
+            args.output,
+            max_files=args.max_files,
+            min_chars=args.min_chars,
+            heldout_path=args.heldout_output,
+            heldout_fraction=args.heldout_fraction,
+        )
+    except MegatronSotaError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    log.info(f"wrote {stats.docs} documents ({stats.bytes / 1e6:.1f} MB) to {args.output}")
+    if args.heldout_output:
+        log.info(
+            f"wrote {stats.heldout_docs} held-out documents "
+            f"({stats.heldout_bytes / 1e6:.2f} MB) to {args.heldout_output}"
+        )
+    log.info(
+        f"skipped: {stats.skipped_not_utf8} not UTF-8, "
+        f"{stats.skipped_short} shorter than {args.min_chars} chars"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
