@@ -16,7 +16,7 @@ def conf_dir(*parts: str) -> str:
     root = resources.files("megatron_sota").joinpath("conf")
     if not isinstance(root, os.PathLike) or not os.path.isdir(root):
         raise MegatronSotaError(
-            f"the package's configs were not found as a directory (looked at {root}): "
-            "install megatron_sota from a wheel or a source tree, not from a zip archive"
+            f"the package's configs are missing: expected the directory {root} "
+            "(installed as package data of megatron_sota; reinstall from a wheel or a source tree)"
         )
     return os.path.join(os.fspath(root), *parts)
