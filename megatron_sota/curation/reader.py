@@ -15,7 +15,7 @@ from typing import Iterator
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.readers.base import BaseReader
 
-from megatron_sota.curation.atomic_file import write_text_atomically
+from megatron_sota.atomic_files import write_json
 from megatron_sota.errors import MegatronSotaError
 
 # Problem kinds, as they appear in the report's per-file table.
@@ -173,5 +173,5 @@ class AuditedReader(BaseReader):
             for document in self._read_file(path, kind, audit):
                 self.stat_update("documents")
                 yield document
-        write_text_atomically(os.path.join(self.audit_dir, f"{rank:05d}.json"), json.dumps(audit, indent=1))
+        write_json(os.path.join(self.audit_dir, f"{rank:05d}.json"), audit, indent=1)
 
