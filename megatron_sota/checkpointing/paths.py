@@ -15,6 +15,7 @@ import re
 import shutil
 from typing import Collection, List, Optional
 
+from megatron_sota.atomic_files import write_text
 from megatron_sota.errors import MegatronSotaError
 
 TRACKER = "latest_checkpointed_iteration.txt"
@@ -50,13 +51,7 @@ def read_tracker(save_dir: str) -> Optional[int]:
 
 def write_tracker(save_dir: str, step: int) -> None:
     """Replaces the tracker atomically: readers see the old or the new iteration, never a torn file."""
-    path = os.path.join(save_dir, TRACKER)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as handle:
-        handle.write(f"{step}\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    write_text(os.path.join(save_dir, TRACKER), f"{step}\n")
 
 
 def latest_complete(save_dir: str) -> Optional[str]:

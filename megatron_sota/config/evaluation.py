@@ -1,9 +1,15 @@
-"""Typed in-loop evaluation settings (the `eval` group of conf/): which tasks run on the weights being trained, and how often."""
+"""Typed evaluation settings: the `eval` group of conf/ (in-loop evaluation) and the schema of a task file.
+
+A task file is conf/eval/tasks/<name>.yaml; evaluation/task_spec.py reads it against TaskFile and adds the
+checks a type cannot express (ranges, templates, the metrics of each task type). No file is read here.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
+
+from omegaconf import MISSING
 
 
 @dataclass
@@ -16,3 +22,41 @@ class EvalConfig:
     """Score at most this many records per task (in-loop evaluation should cost seconds, not minutes)."""
     micro_batch_size: int = 4
     """Sequences per forward pass while scoring."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskSettings:
+    """How a task is prompted, scored and judged: every key of a task file except `type` and `file`.
+
+    metadata "min": the smallest value allowed; "keys": what the keys of a mapping name (for messages).
+    """
+
+    num_fewshot: int = field(default=0, metadata={"min": 0})
+    fewshot_seed: int = 1234
+    template: str = "Question: {question}\nAnswer:"
+    """The context of one record (str.format with its fields); never shows the answer."""
+    choice_template: str = " {choice}"
+    """multiple_choice: the continuation scored for each choice (its leading space belongs to it)."""
+    target_template: str = " {answer}"
+    """exact_match: how a few-shot example's answer follows its template."""
+    fewshot_separator: str = "\n\n"
+    max_new_tokens: int = field(default=256, metadata={"min": 1})
+    """exact_match: generation budget per record."""
+    stop: Any = ("\n\n",)
+    """exact_match: generation is cut at the first of these non-empty strings (a task file may give one
+    string or a list; an empty list: only max_new_tokens)."""
+    limit: Optional[int] = field(default=None, metadata={"min": 1})
+    """Score only the first `limit` records (few-shot examples are still drawn from all of them)."""
+    thresholds: Dict[str, float] = field(default_factory=dict, metadata={"keys": "metric name"})
+    """metric -> bound: a minimum, or a maximum for metrics where lower is better (perplexity, bits_per_byte)."""
+    description: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskFile(TaskSettings):
+    """One task file; its name (without .yaml) is the task's name."""
+
+    type: str = MISSING
+    """multiple_choice, exact_match or perplexity."""
+    file: str = MISSING
+    """The records: a .jsonl file, or for perplexity a Megatron .bin/.idx prefix; relative to the task file."""

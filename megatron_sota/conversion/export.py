@@ -17,10 +17,10 @@ from typing import Dict, List, Optional
 import torch
 from tqdm import tqdm
 
+from megatron_sota.checkpointing.dist_reader import DistCheckpointReader
 from megatron_sota.checkpointing.paths import resolve_checkpoint_dir
 from megatron_sota.config.job import JobConfig
 from megatron_sota.conversion import llama_mapping as names
-from megatron_sota.conversion.dist_reader import DistCheckpointReader
 from megatron_sota.conversion.hf_config import hf_config_from_model
 from megatron_sota.conversion.safetensors_files import StreamingSafetensorsWriter, parse_size
 from megatron_sota.conversion.staged_output import check_target, staged_directory
@@ -72,7 +72,7 @@ def export_checkpoint(options: ExportOptions) -> ExportSummary:
         raise MegatronSotaError(
             f"the tokenizer has {tokenizer.vocab_size} tokens but {source} was trained with a vocabulary of {vocab_size}"
         )
-    padded = reader.shape(names.EMBEDDING)[0]
+    padded = reader.padded_vocab_size()
     _check_shapes(reader, names.megatron_shapes(model, padded), vocab_size)
     hf_config = hf_config_from_model(model, vocab_size, options.dtype, special_token_ids(tokenizer))
     hf_config["megatron_sota"] = {"source": source, "iteration": reader.common["progress"]["iteration"], "preset": model.name}

@@ -19,10 +19,10 @@ from typing import Dict, Tuple
 
 import torch
 
+from megatron_sota.checkpointing.dist_reader import EMBEDDING
 from megatron_sota.config.model import ModelConfig
 from megatron_sota.errors import MegatronSotaError
 
-EMBEDDING = "embedding.word_embeddings.weight"
 FINAL_NORM = "decoder.final_layernorm.weight"
 OUTPUT_LAYER = "output_layer.weight"
 

@@ -1,12 +1,11 @@
 """The first step of a curation run: documents from JSONL(.gz/.zst), parquet or text files, with every bad record counted.
 
-Problems are recorded per file (and fatal under strict); nothing is skipped without a count. It must not filter.
+Files are opened by data/readers.py (the project's one reader); problems are recorded per file (and fatal
+under strict), nothing is skipped without a count. It must not filter.
 """
 
 from __future__ import annotations
 
-import gzip
-import io
 import json
 import os
 from collections import Counter
@@ -15,7 +14,8 @@ from typing import Iterator
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.readers.base import BaseReader
 
-from megatron_sota.curation.atomic_file import write_text_atomically
+from megatron_sota.atomic_files import write_json
+from megatron_sota.data.readers import READ_ERRORS, open_input
 from megatron_sota.errors import MegatronSotaError
 
 # Problem kinds, as they appear in the report's per-file table.
@@ -38,16 +38,6 @@ class BadRecord(Exception):
         self.kind = kind
 
 
-def _open_binary(path: str) -> io.BufferedIOBase:
-    if path.endswith(".gz"):
-        return gzip.open(path, "rb")
-    if path.endswith(".zst"):
-        import zstandard
-
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True))
-    return open(path, "rb")
-
-
 def _text_of(record: object, text_key: str, where: str) -> str:
     if not isinstance(record, dict):
         raise BadRecord(NOT_AN_OBJECT, where, f"expected a JSON object, found {type(record).__name__}")
@@ -64,7 +54,7 @@ def _text_of(record: object, text_key: str, where: str) -> str:
 
 def _jsonl_records(path: str) -> Iterator[tuple[str, object]]:
     """(location, parsed record) per non-blank line; a bad line yields a BadRecord in place of the record."""
-    with _open_binary(path) as handle:
+    with open_input(path) as handle:
         for number, raw in enumerate(handle, start=1):
             where = f"{path}:{number}"
             if not raw.strip():
@@ -158,8 +148,8 @@ class AuditedReader(BaseReader):
                 yield self._document(record, where, text)
         except BadRecord as problem:  # the whole file (a parquet file without the text column)
             bad(problem)
-        except (OSError, EOFError, UnicodeDecodeError, ValueError) as err:
-            # Truncated gzip, unreadable parquet, a text file that is not UTF-8: the documents
+        except (*READ_ERRORS, UnicodeDecodeError, ValueError) as err:
+            # A truncated .gz or .zst, unreadable parquet, a text file that is not UTF-8: the documents
             # read before the error stay; the file is reported as unreadable from that point.
             bad(BadRecord(UNREADABLE, path, f"expected a readable {kind} file, found {type(err).__name__}: {err}"))
         audit[path] = {"kind": kind, **{k: counts[k] for k in ("documents", *PROBLEM_KINDS) if counts[k]}, "examples": examples}
@@ -173,5 +163,5 @@ class AuditedReader(BaseReader):
             for document in self._read_file(path, kind, audit):
                 self.stat_update("documents")
                 yield document
-        write_text_atomically(os.path.join(self.audit_dir, f"{rank:05d}.json"), json.dumps(audit, indent=1))
+        write_json(os.path.join(self.audit_dir, f"{rank:05d}.json"), audit, indent=1)
 

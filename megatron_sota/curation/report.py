@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
-from megatron_sota.curation.atomic_file import write_text_atomically
+from megatron_sota.atomic_files import atomic_output, write_json, write_text
 from megatron_sota.curation.layout import RunLayout
 from megatron_sota.curation.reader import PROBLEM_KINDS
 from megatron_sota.curation.tally import TALLY_PREFIX, TOKENS_KEY
@@ -175,10 +175,9 @@ def draw_chart(report: dict, path: str) -> None:
         axis.set_xlabel(f"{unit} dropped (red) / kept (green)")
     fig.suptitle(f"curation of {report['source']}: {report['input']['documents']:,} documents in")
     fig.tight_layout()
-    temporary = f"{path}.tmp.png"
-    fig.savefig(temporary, dpi=100)
+    with atomic_output(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=100)
     plt.close(fig)
-    os.replace(temporary, path)
 
 
 class BuildReport(PipelineStep):
@@ -197,5 +196,5 @@ class BuildReport(PipelineStep):
             yield from data
         report = build_report(self.layout, self.plan)
         draw_chart(report, self.layout.report("png"))
-        write_text_atomically(self.layout.report("txt"), format_table(report) + "\n")
-        write_text_atomically(self.layout.report("json"), json.dumps(report, indent=1))  # last: its presence = done
+        write_text(self.layout.report("txt"), format_table(report) + "\n")
+        write_json(self.layout.report("json"), report, indent=1)  # last: its presence = done

@@ -10,7 +10,7 @@ import json
 import os
 from typing import Callable
 
-from megatron_sota.curation.atomic_file import write_text_atomically
+from megatron_sota.atomic_files import write_json
 from megatron_sota.curation.config import CurateConfig
 from megatron_sota.curation.executors import run_local, submit_slurm, wait_for_slurm
 from megatron_sota.curation.layout import RunLayout
@@ -73,7 +73,7 @@ def claim_output_dir(cfg: CurateConfig, layout: RunLayout, files: list[tuple[str
                 f"({', '.join(differing) or 'format'}); expected the same config to resume, or a new output_dir"
             )
         return True
-    write_text_atomically(layout.config_record, json.dumps(record, indent=1))
+    write_json(layout.config_record, record, indent=1)
     return False
 
 

@@ -36,7 +36,8 @@ def publish(temp_prefix: str, final_prefix: str) -> None:
     """Rename a finished temp pair onto the final names.
 
     The old .idx goes first: a crash in between leaves a .bin without .idx (reported by the
-    shard checks), never a new .bin paired with a stale .idx.
+    shard checks), never a new .bin paired with a stale .idx. Not atomic_files: megatron-core's
+    builder writes both files by name, and the two renames must happen in this order.
     """
     if os.path.exists(final_prefix + ".idx"):
         os.remove(final_prefix + ".idx")

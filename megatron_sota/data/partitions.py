@@ -13,6 +13,7 @@ import shutil
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
+from megatron_sota.atomic_files import write_json
 from megatron_sota.data.readers import InputFile, Piece
 
 MANIFEST = "manifest.json"
@@ -87,11 +88,8 @@ class WorkDir:
             return None
 
     def mark_finished(self, index: int, stats: dict) -> None:
-        # Written last and renamed into place: a marker exists only for complete part files.
-        tmp = self.done_marker(index) + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(stats, f)
-        os.replace(tmp, self.done_marker(index))
+        # Written last and atomically: a marker exists only for complete part files.
+        write_json(self.done_marker(index), stats, indent=None)
 
     def open(self, settings: dict, partitions: Sequence[Sequence[Piece]]) -> tuple[int, int]:
         """Create or reuse the directory: (finished partitions reused, finished ones discarded).
@@ -114,9 +112,7 @@ class WorkDir:
             discarded = len([n for n in os.listdir(self.path) if n.endswith(".done.json")])
             shutil.rmtree(self.path)
         os.makedirs(self.path)
-        with open(manifest_path + ".tmp", "w") as f:
-            json.dump(manifest, f, indent=1)
-        os.replace(manifest_path + ".tmp", manifest_path)
+        write_json(manifest_path, manifest, indent=1)
         return 0, discarded
 
     def remove(self) -> None:

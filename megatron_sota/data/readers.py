@@ -1,7 +1,7 @@
-"""Raw records from every input preprocessing and tokenizer training accept, read in bounded chunks.
+"""The one reader of input files: preprocessing, tokenizer training and curation find and open their inputs here.
 
-JSONL (plain, .gz, .zst), parquet and plain text files, named as a file, a glob or a directory.
-It reads and frames records; it must not parse JSON or tokenize (workers do, in parallel).
+JSONL (plain, .gz, .zst), parquet and plain text files, named as a file, a glob or a directory; a truncated
+or corrupt compressed file raises (READ_ERRORS), never ends early. It must not parse JSON or tokenize.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import gzip
 import io
 import json
 import os
+import zlib
 from dataclasses import dataclass
 from typing import IO, Iterator, Sequence
 
@@ -23,6 +24,9 @@ PARQUET_SUFFIXES = (".parquet",)
 # overhead, small enough that the last chunks do not leave workers idle (at ~2 MB/s per
 # core, a 4 MB chunk is a 2 s tail) and that workers x in-flight chunks stays small.
 DEFAULT_CHUNK_BYTES = 1024 * 1024
+READ_ERRORS: tuple[type[BaseException], ...] = (OSError, EOFError, zlib.error)
+"""What reading a damaged file raises: OSError (disk, gzip.BadGzipFile, corrupt zstd), EOFError (a
+truncated .gz or .zst), zlib.error (corrupt deflate data)."""
 
 
 @dataclass(frozen=True)
@@ -128,6 +132,11 @@ class _CountingReader(io.RawIOBase):
         super().close()
 
 
+def open_input(path: str) -> IO[bytes]:
+    """The bytes of an input file: decompressed for .gz and .zst, whose damage raises one of READ_ERRORS."""
+    return _open_decompressed(path)[0] if path.endswith((".gz", ".zst")) else open(path, "rb")
+
+
 def _open_decompressed(path: str) -> tuple[IO[bytes], _CountingReader]:
     counter = _CountingReader(open(path, "rb"))
     if path.endswith(".gz"):
@@ -136,10 +145,10 @@ def _open_decompressed(path: str) -> tuple[IO[bytes], _CountingReader]:
 
 
 class _ZstdFrames(io.RawIOBase):
-    """Decompresses concatenated zstd frames; a file that ends inside a frame is an error.
+    """Decompresses concatenated zstd frames; a file that ends inside a frame raises EOFError, as gzip does.
 
     zstandard's stream_reader returns what it has when the input stops mid-frame, so a
-    truncated download would silently lose its tail.
+    truncated download would silently lose its tail. Corrupt frames raise OSError.
     """
 
     def __init__(self, raw: IO[bytes]) -> None:
@@ -160,11 +169,14 @@ class _ZstdFrames(io.RawIOBase):
             data = self.raw.read(1 << 20)
             if not data:
                 if self._in_frame:
-                    raise self._error("input ends inside a zstd frame")
+                    raise EOFError("zstd input ends inside a frame (a truncated file)")
                 return 0
             while data:
                 self._in_frame = True
-                self._out += self._frame.decompress(data)
+                try:
+                    self._out += self._frame.decompress(data)
+                except self._error as err:
+                    raise OSError(f"corrupt zstd data: {err}") from err
                 data = b""
                 if self._frame.eof:  # frame complete: the rest starts the next one
                     data, self._frame, self._in_frame = self._frame.unused_data, self._new(), False
@@ -179,14 +191,9 @@ class _ZstdFrames(io.RawIOBase):
 
 
 def _jsonl_chunks(piece: Piece, chunk_bytes: int) -> Iterator[RawChunk]:
-    damaged: tuple[type[BaseException], ...] = (OSError, EOFError)  # gzip.BadGzipFile is an OSError
-    if piece.file.path.endswith(".zst"):
-        import zstandard
-
-        damaged += (zstandard.ZstdError,)
     try:
         yield from _jsonl_blocks(piece, chunk_bytes)
-    except damaged as err:
+    except READ_ERRORS as err:
         raise MegatronSotaError(
             f"input file {piece.file.path!r}: expected a complete, readable file, found a damaged "
             f"or truncated one ({type(err).__name__}: {err}); records read before it are kept only "

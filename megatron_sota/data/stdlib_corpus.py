@@ -5,13 +5,14 @@ Writes files atomically and deterministically; it must not tokenize or fetch any
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sysconfig
 import zlib
 from dataclasses import dataclass
-from typing import IO
 
+from megatron_sota.atomic_files import atomic_output
 from megatron_sota.errors import MegatronSotaError
 
 # Test suites are huge and full of deliberately odd code; site-packages is not the stdlib.
@@ -65,13 +66,6 @@ def _read_text(path: str) -> str | None:
         return None
 
 
-def _open_tmp(final_path: str) -> tuple[str, IO[str]]:
-    parent = os.path.dirname(os.path.abspath(final_path))
-    os.makedirs(parent, exist_ok=True)
-    tmp_path = f"{final_path}.tmp-{os.getpid()}"
-    return tmp_path, open(tmp_path, "w", encoding="utf-8")
-
-
 def write_stdlib_corpus(
     out_path: str,
     max_files: int | None = None,
@@ -98,15 +92,10 @@ def write_stdlib_corpus(
 
     counts = {"docs": 0, "bytes": 0, "heldout_docs": 0, "heldout_bytes": 0}
     skipped_not_utf8 = skipped_short = 0
-    outputs: list[tuple[str, str, IO[str]]] = []
-    try:
-        tmp_main, main_file = _open_tmp(out_path)
-        outputs.append((tmp_main, out_path, main_file))
-        heldout_file = None
-        if heldout_path is not None:
-            tmp_heldout, heldout_file = _open_tmp(heldout_path)
-            outputs.append((tmp_heldout, heldout_path, heldout_file))
-
+    # Both files are written aside and renamed only when the whole corpus is written: no partial corpus is left.
+    with contextlib.ExitStack() as stack:
+        main_file = stack.enter_context(atomic_output(out_path))
+        heldout_file = stack.enter_context(atomic_output(heldout_path)) if heldout_path is not None else None
         for rel in list_stdlib_sources(root):
             if max_files is not None and counts["docs"] + counts["heldout_docs"] >= max_files:
                 break
@@ -127,18 +116,6 @@ def write_stdlib_corpus(
                 main_file.write(line)
                 counts["docs"] += 1
                 counts["bytes"] += size
-
-        for _, _, f in outputs:
-            f.close()
-        for tmp, final, _ in outputs:
-            os.replace(tmp, final)
-        outputs.clear()
-    finally:
-        # Anything still listed was not renamed: remove it so no partial corpus is left behind.
-        for tmp, _, f in outputs:
-            f.close()
-            if os.path.exists(tmp):
-                os.remove(tmp)
 
     return CorpusStats(
         skipped_not_utf8=skipped_not_utf8, skipped_short=skipped_short, **counts

@@ -1,18 +1,17 @@
 """The results of an evaluation: a table for people, a JSON file for CI, and the threshold verdict.
 
-The JSON is written whole or not at all (a .partial file renamed into place), so a CI job that reads
-it after a crash finds the previous report or none, never a truncated one.
+The JSON is written whole or not at all (megatron_sota.atomic_files), so a CI job that reads it after
+a crash finds the previous report or none, never a truncated one.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from megatron_sota.atomic_files import write_json
 from megatron_sota.evaluation.task_spec import LOWER_IS_BETTER, TaskSpec
 
 RESERVED_KEYS = ("results", "failures", "passed")
@@ -70,7 +69,7 @@ def format_table(rows: Sequence[MetricRow]) -> str:
 
 
 def write_report(path: str, rows: Sequence[MetricRow], failures: Sequence[str], meta: Mapping[str, Any]) -> None:
-    """JSON {"results": [...], "failures": [...], "passed": bool, **meta}, via path + ".partial" and os.replace.
+    """JSON {"results": [...], "failures": [...], "passed": bool, **meta}, replaced atomically.
 
     Non-finite values (an overflowing perplexity) are written as null, since JSON has no NaN/Infinity.
     """
@@ -83,20 +82,7 @@ def write_report(path: str, rows: Sequence[MetricRow], failures: Sequence[str], 
         "passed": not failures,
         **meta,
     }
-    text = json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    partial = path + ".partial"
-    try:
-        with open(partial, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(partial, path)
-    except BaseException:
-        if os.path.exists(partial):
-            os.remove(partial)
-        raise
+    write_json(path, report, indent=2, ensure_ascii=False, allow_nan=False)
 
 
 def _finite(value: Any) -> Any:

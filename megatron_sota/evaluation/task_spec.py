@@ -2,7 +2,8 @@
 
 A task is a YAML file in conf/eval/tasks/ (so a team shares one definition of "arithmetic_em, 3-shot"),
 or, for a one-off run, a bare JSONL file or Megatron .bin/.idx prefix given on the command line.
-Every mistake in a YAML file is reported with the file, line and key, before any model is loaded.
+A YAML file is typed by task_file.py; the checks here need the whole task (its type, file, templates).
+Every mistake in a YAML file is reported at once, each with the file, line and key, before any model is loaded.
 """
 
 from __future__ import annotations
@@ -12,13 +13,12 @@ import math
 import os
 import string
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass
 
-import yaml
-
+from megatron_sota.config.evaluation import TaskSettings
 from megatron_sota.config.files import conf_dir
 from megatron_sota.errors import MegatronSotaError
+from megatron_sota.evaluation.task_file import expected_value, read_task_file
 
 TASK_TYPES = ("multiple_choice", "exact_match", "perplexity")
 LOWER_IS_BETTER = ("perplexity", "bits_per_byte")
@@ -35,7 +35,7 @@ ANSWER_FIELDS = ("answer", "answer_index", "answer_letter", "choice", "letter")
 
 
 @dataclass(frozen=True)
-class TaskSpec:
+class TaskSpec(TaskSettings):
     """One task, fully resolved: `path` is absolute and exists, templates are well-formed."""
 
     name: str
@@ -43,24 +43,6 @@ class TaskSpec:
     """One of TASK_TYPES."""
     path: str
     """Absolute path of a JSONL file or, for perplexity only, a Megatron .bin/.idx prefix (no extension)."""
-    num_fewshot: int = 0
-    fewshot_seed: int = 1234
-    template: str = "Question: {question}\nAnswer:"
-    """The context of one record (str.format with its fields); never shows the answer."""
-    choice_template: str = " {choice}"
-    """multiple_choice: the continuation scored for each choice (its leading space belongs to it)."""
-    target_template: str = " {answer}"
-    """exact_match: how a few-shot example's answer follows its template."""
-    fewshot_separator: str = "\n\n"
-    max_new_tokens: int = 256
-    """exact_match: generation budget per record."""
-    stop: tuple[str, ...] = ("\n\n",)
-    """exact_match: generation is cut at the first of these strings (empty: only max_new_tokens)."""
-    limit: int | None = None
-    """Score only the first `limit` records (few-shot examples are still drawn from all of them)."""
-    thresholds: dict[str, float] = field(default_factory=dict)
-    """metric -> bound: a minimum, or a maximum for LOWER_IS_BETTER metrics."""
-    description: str = ""
 
     def __post_init__(self) -> None:
         if self.type not in TASK_TYPES:
@@ -74,10 +56,6 @@ class TaskSpec:
     def is_megatron_prefix(self) -> bool:
         """True when `path` is a tokenized .bin/.idx prefix (perplexity on token ids, no text)."""
         return not self.path.endswith(".jsonl") and _is_prefix(self.path)
-
-
-_YAML_KEYS = {f.name for f in fields(TaskSpec)} - {"name", "path"} | {"file"}
-_DEFAULTS = TaskSpec("defaults", "perplexity", "")
 
 
 def registered_tasks(registry_dir: str = REGISTRY_DIR) -> list[str]:
@@ -143,148 +121,90 @@ def load_task(
 
 
 def _load_yaml(yaml_file: str, name: str, task_type: str | None, num_fewshot: int | None) -> TaskSpec:
-    """Reads and checks one registry file; every error names the file, the line and the key."""
-    try:
-        with open(yaml_file, encoding="utf-8") as handle:
-            text = handle.read()
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except OSError as err:
-        raise MegatronSotaError(f"{yaml_file}: {err.strerror}") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"{yaml_file}:{mark.line + 1}" if mark is not None else yaml_file
-        raise MegatronSotaError(f"{where}: not valid YAML ({getattr(err, 'problem', None) or err})") from None
-    if not isinstance(data, dict):
-        raise MegatronSotaError(f"{yaml_file}: expected a mapping of task keys, found {type(data).__name__}")
+    """Reads and checks one registry file; every problem is reported at once, each naming the file, line and key."""
+    task_file = read_task_file(yaml_file)
+    data, values, problems, where = task_file.data, task_file.values, task_file.problems, task_file.where
 
-    lines: dict[str, int] = {}
-    for key_node, _ in root.value:
-        key = key_node.value
-        if key in lines:
-            raise MegatronSotaError(
-                f"{yaml_file}:{key_node.start_mark.line + 1}: key '{key}': expected once, found again (first on line {lines[key]})"
-            )
-        lines[key] = key_node.start_mark.line + 1
+    declared_type = values.get("type")
+    if declared_type is not None and declared_type not in TASK_TYPES:
+        problems["type"] = f"{where('type')}: expected one of {', '.join(TASK_TYPES)}, found {declared_type!r}"
+    path = _resolve_file(values["file"], yaml_file, where, problems) if "file" in values else None
+    if "stop" in values:
+        stop = values["stop"]
+        if isinstance(stop, str):
+            values["stop"] = stop = (stop,)
+        if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) and s for s in stop):
+            problems["stop"] = f"{where('stop')}: expected a non-empty string or a list of them, found {data['stop']!r}"
+    if not all(math.isfinite(v) for v in values.get("thresholds", {}).values()):
+        problems["thresholds"] = f"{where('thresholds')}: expected {expected_value('thresholds')}, found {data['thresholds']!r}"
 
-    def where(key: str) -> str:
-        return f"{yaml_file}:{lines[key]}: key '{key}'" if key in lines else f"{yaml_file}: key '{key}'"
+    spec = None
+    if "type" not in problems:  # the checks of the whole task, on every key that passed its own
+        settings = {k: v for k, v in values.items() if k not in problems and k not in ("type", "file")}
+        if num_fewshot is not None:
+            settings["num_fewshot"] = num_fewshot
+        spec = TaskSpec(name=name, type=task_type or declared_type, path=path or "", **settings)
+        for key, message in _spec_problems(spec, where):
+            problems.setdefault(key, message)
+    if problems:
+        raise MegatronSotaError("\n".join(problems[k] for k in sorted(problems, key=task_file.line)))
+    return spec
 
-    for key in data:
-        if key not in _YAML_KEYS:
-            hint = difflib.get_close_matches(str(key), sorted(_YAML_KEYS), n=1)
-            raise MegatronSotaError(
-                f"{where(key)}: unknown key; expected one of {', '.join(sorted(_YAML_KEYS))}"
-                + (f" (did you mean {hint[0]!r}?)" if hint else "")
-            )
-    for key in ("type", "file"):
-        if key not in data:
-            raise MegatronSotaError(f"{yaml_file}: key '{key}': expected it (required), found nothing")
 
-    def get(key: str, kind: str) -> Any:
-        value = data.get(key, getattr(_DEFAULTS, key) if key != "file" else None)
-        if key not in data:
-            return value
-        ok = {
-            "str": isinstance(value, str),
-            "int": _is_int(value),
-            "int>=0": _is_int(value) and value >= 0,
-            "int>=1": _is_int(value) and value >= 1,
-            "int>=1|null": value is None or (_is_int(value) and value >= 1),
-        }[kind]
-        if not ok:
-            expected = {
-                "str": "a string",
-                "int": "an integer",
-                "int>=0": "an integer >= 0",
-                "int>=1": "an integer >= 1",
-                "int>=1|null": "an integer >= 1 or null",
-            }[kind]
-            raise MegatronSotaError(f"{where(key)}: expected {expected}, found {value!r}")
-        return value
-
-    declared_type = get("type", "str")
-    if declared_type not in TASK_TYPES:
-        raise MegatronSotaError(f"{where('type')}: expected one of {', '.join(TASK_TYPES)}, found {declared_type!r}")
-    file_value = get("file", "str")
+def _resolve_file(file_value: str, yaml_file: str, where: Callable[[str], str], problems: dict[str, str]) -> str | None:
+    """The absolute JSONL path or .bin/.idx prefix `file` names, relative to the YAML file."""
     path = os.path.normpath(os.path.join(os.path.dirname(yaml_file), os.path.expanduser(file_value)))
     if path.endswith((".bin", ".idx")):
         path = path[: -len(".bin")]
     if os.path.isfile(path) and not path.endswith(".jsonl"):
-        raise MegatronSotaError(
-            f"{where('file')}: expected a .jsonl file or a .bin/.idx prefix, found {os.path.basename(path)!r}"
-        )
-    if not os.path.isfile(path) and not _is_prefix(path):
+        problems["file"] = f"{where('file')}: expected a .jsonl file or a .bin/.idx prefix, found {os.path.basename(path)!r}"
+    elif not os.path.isfile(path) and not _is_prefix(path):
         halves = [path + ext for ext in (".bin", ".idx") if os.path.isfile(path + ext)]
         found = f"{halves[0]} without its other half" if halves else f"no file {path}"
-        raise MegatronSotaError(
+        problems["file"] = (
             f"{where('file')}: expected an existing JSONL file or .bin/.idx prefix "
             f"(relative to {os.path.dirname(yaml_file)}), found {found}"
         )
-
-    stop = data.get("stop", _DEFAULTS.stop)
-    if isinstance(stop, str):
-        stop = (stop,)
-    if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) and s for s in stop):
-        raise MegatronSotaError(f"{where('stop')}: expected a non-empty string or a list of them, found {stop!r}")
-
-    thresholds = data.get("thresholds", {}) or {}
-    if not isinstance(thresholds, dict) or not all(
-        isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-        for k, v in thresholds.items()
-    ):
-        raise MegatronSotaError(f"{where('thresholds')}: expected a mapping of metric name to number, found {thresholds!r}")
-
-    spec = TaskSpec(
-        name=name,
-        type=task_type or declared_type,
-        path=path,
-        num_fewshot=get("num_fewshot", "int>=0") if num_fewshot is None else num_fewshot,
-        fewshot_seed=get("fewshot_seed", "int"),
-        template=get("template", "str"),
-        choice_template=get("choice_template", "str"),
-        target_template=get("target_template", "str"),
-        fewshot_separator=get("fewshot_separator", "str"),
-        max_new_tokens=get("max_new_tokens", "int>=1"),
-        stop=tuple(stop),
-        limit=get("limit", "int>=1|null"),
-        thresholds={k: float(v) for k, v in thresholds.items()},
-        description=get("description", "str"),
-    )
-    return _check_spec(spec, yaml_file, where)
+    return path
 
 
-def _check_spec(spec: TaskSpec, origin: str, where: Callable[[str], str] | None = None) -> TaskSpec:
-    """Checks that need the final type (after a command-line override): data format, templates, thresholds."""
+def _check_spec(spec: TaskSpec, origin: str) -> TaskSpec:
+    """A task given as a path on the command line: the checks of _spec_problems, all reported at once."""
+    problems = _spec_problems(spec, lambda key: f"task {spec.name} ({origin}): {key}")
+    if problems:
+        raise MegatronSotaError("\n".join(message for _, message in problems))
+    return spec
 
-    def at(key: str) -> str:
-        return where(key) if where is not None else f"task {spec.name} ({origin}): {key}"
 
+def _spec_problems(spec: TaskSpec, at: Callable[[str], str]) -> list[tuple[str, str]]:
+    """(key, message) for what needs the final type (after a command-line override): data format, templates, thresholds."""
+    problems = []
     if spec.is_megatron_prefix and spec.type != "perplexity":
-        raise MegatronSotaError(
-            f"{at('file')}: a .bin/.idx prefix holds token ids, only for type 'perplexity', found type {spec.type!r}"
-        )
+        problems.append(("file", f"{at('file')}: a .bin/.idx prefix holds token ids, only for type 'perplexity', found type {spec.type!r}"))
     if spec.type == "perplexity" and spec.num_fewshot:
-        raise MegatronSotaError(
+        problems.append(("num_fewshot",
             f"{at('num_fewshot')}: perplexity scores whole documents without few-shot examples: expected 0, found {spec.num_fewshot}"
-        )
+        ))
     for key in ("template", "choice_template", "target_template"):
-        names = _template_fields(getattr(spec, key), at(key))
-        if key == "template":
-            leaked = sorted(names & set(ANSWER_FIELDS))
-            if leaked:
-                raise MegatronSotaError(
-                    f"{at(key)}: the question template must not show the answer: expected no field among "
-                    f"{', '.join(ANSWER_FIELDS)}, found {{{leaked[0]}}}"
-                )
+        try:
+            names = _template_fields(getattr(spec, key), at(key))
+        except MegatronSotaError as err:
+            problems.append((key, str(err)))
+            continue
+        leaked = sorted(names & set(ANSWER_FIELDS)) if key == "template" else []
+        if leaked:
+            problems.append((key,
+                f"{at(key)}: the question template must not show the answer: expected no field among "
+                f"{', '.join(ANSWER_FIELDS)}, found {{{leaked[0]}}}"
+            ))
     reported = TASK_METRICS[spec.type]
     for metric in spec.thresholds:
         if metric not in reported:
-            raise MegatronSotaError(
+            problems.append(("thresholds",
                 f"{at('thresholds')}: metric {metric!r}: expected one that {spec.type} tasks report "
                 f"({', '.join(reported)}), found {metric!r}"
-            )
-    return spec
+            ))
+    return problems
 
 
 def _template_fields(template: str, where: str) -> set[str]:

@@ -12,12 +12,11 @@ from typing import Optional, Sequence
 
 import torch
 
+from megatron_sota.checkpointing.dist_reader import DistCheckpointReader
 from megatron_sota.checkpointing.manager import load_model_weights
 from megatron_sota.checkpointing.paths import resolve_checkpoint_dir
 from megatron_sota.config.job import JobConfig
 from megatron_sota.config.parallel import ParallelConfig
-from megatron_sota.conversion.dist_reader import DistCheckpointReader
-from megatron_sota.conversion.llama_mapping import EMBEDDING
 from megatron_sota.errors import MegatronSotaError
 from megatron_sota.model.gpt_builder import build_model_chunks, build_transformer_config
 
@@ -98,7 +97,7 @@ def load_inference_model(checkpoint_dir: str, device: torch.device, dtype: str |
     use_te = False
     config = build_transformer_config(job.model, job.parallel, job.precision, "none", device.type, use_te)
     config.perform_initialization = False  # the checkpoint overwrites every weight
-    padded = reader.shape(EMBEDDING)[0]
+    padded = reader.padded_vocab_size()
     (model,) = build_model_chunks(job.model, config, padded, job.model.max_position_embeddings, job.train.seed, use_te)
     model.to(device)
     load_model_weights([model], checkpoint_dir)

@@ -9,6 +9,7 @@ defaults come from conf/generation/default.yaml.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -136,6 +137,7 @@ def _record(prompt: Prompt, ids: List[int], dropped: int, new: List[int], reason
 
 
 def run(args: argparse.Namespace) -> None:
+    from megatron_sota.atomic_files import atomic_output
     from megatron_sota.data.tokenizer import build_configured_tokenizer
     from megatron_sota.inference.checkpoint_model import inference_parallel, load_inference_model
     from megatron_sota.inference.sampling import SamplingSettings
@@ -152,20 +154,12 @@ def run(args: argparse.Namespace) -> None:
             raise MegatronSotaError(f"{args.load}: the model was trained without a text tokenizer (NullTokenizer); it cannot read prompts")
         tokenizer = build_configured_tokenizer(model.job.tokenizer, model.job.model.vocab_size)
         # Written aside and renamed at the end: a failed run never leaves a half-written --output.
-        output = open(args.output + ".partial", "w") if args.output and env.rank == 0 else None
-        try:
+        writes = args.output and env.rank == 0
+        with atomic_output(args.output) if writes else contextlib.nullcontext() as output:
             for batch in _batches(args):
                 records = _complete_batch(model, tokenizer, batch, args, settings)
                 if env.rank == 0:
                     _emit(records, output, args.overflow)
-        except BaseException:
-            if output:
-                output.close()
-                os.remove(args.output + ".partial")
-            raise
-        if output:
-            output.close()
-            os.replace(args.output + ".partial", args.output)
 
 
 def _emit(records: List[dict], output, overflow: str) -> None:

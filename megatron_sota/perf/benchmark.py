@@ -25,10 +25,10 @@ import torch
 from megatron_sota.config.job import JobConfig
 from megatron_sota.model.param_count import train_flops_per_token
 from megatron_sota.perf.memory_meter import PeakMemoryMeter
+from megatron_sota.runtime.gpus import peak_flops_per_device
 from megatron_sota.runtime.phase_timer import PhaseTimer, TimedIterator
 from megatron_sota.runtime.launch_env import read_launch_env
 from megatron_sota.runtime.session import distributed_session
-from megatron_sota.training.metrics import peak_flops_per_device
 from megatron_sota.training.state import build_training_state, check_inputs
 from megatron_sota.training.step import eval_step, train_step
 

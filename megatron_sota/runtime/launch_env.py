@@ -67,12 +67,13 @@ def read_launch_env(env: Mapping[str, str] | None = None) -> LaunchEnv:
         world_size=1,
         local_rank=0,
         master_addr="127.0.0.1",
-        master_port=int(env.get("MASTER_PORT", 0)) or _free_port(),
+        master_port=int(env.get("MASTER_PORT", 0)) or free_port(),
         launcher="single",
     )
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (the OS picks it; a rendezvous binds it next)."""
     import socket
 
     with socket.socket() as sock:

@@ -8,7 +8,6 @@ its return value travels back through a file. A rank that raises fails the whole
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
 import traceback
 from typing import Any, Callable, List
@@ -17,6 +16,7 @@ import torch
 import torch.multiprocessing as mp
 
 from megatron_sota.errors import MegatronSotaError
+from megatron_sota.runtime.launch_env import free_port
 
 
 _USER_ERROR = "MegatronSotaError: "
@@ -24,12 +24,6 @@ _USER_ERROR = "MegatronSotaError: "
 
 class RankFailure(RuntimeError):
     """A rank crashed (not a user error); carries every failed rank's traceback."""
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _rank_main(rank: int, fn: Callable, world_size: int, port: int, out_dir: str, args: tuple) -> None:
@@ -61,7 +55,7 @@ def run_distributed(fn: Callable, world_size: int, *args: Any) -> List[Any]:
         try:
             mp.start_processes(
                 _rank_main,
-                args=(fn, world_size, _free_port(), out_dir, args),
+                args=(fn, world_size, free_port(), out_dir, args),
                 nprocs=world_size,
                 start_method="spawn",
             )

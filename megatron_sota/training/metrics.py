@@ -12,18 +12,8 @@ from typing import Optional
 
 import torch
 
-# Dense bf16 peak of the GPUs this project runs on; MFU is reported against it.
-PEAK_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "B200": 2250.0}
-
-
-def peak_flops_per_device(device: torch.device) -> Optional[float]:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    for key, tflops in PEAK_TFLOPS.items():
-        if key in name:
-            return tflops * 1e12
-    return None
+from megatron_sota.atomic_files import write_text
+from megatron_sota.runtime.gpus import peak_flops_per_device  # noqa: F401  (the trainer's import of it)
 
 
 def memory_gib(device: torch.device) -> Optional[float]:
@@ -64,10 +54,7 @@ def drop_rows_after(run_dir: str, step: int) -> int:
         lines = handle.readlines()
     kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
     if len(kept) != len(lines):
-        tmp = path + ".tmp"
-        with open(tmp, "w") as handle:
-            handle.writelines(kept)
-        os.replace(tmp, path)
+        write_text(path, "".join(kept))
     return len(lines) - len(kept)
 
 

@@ -1,4 +1,4 @@
-"""Input files with broken records (malformed JSON, missing or non-string text, a truncated gzip) and their expected counts.
+"""Input files with broken records (malformed JSON, missing or non-string text, truncated .gz and .zst) and their expected counts.
 
 The good lines come from reserved prose found in no planted corpus."""
 
@@ -55,3 +55,25 @@ def write_bad_input(directory: str | os.PathLike) -> dict[str, dict[str, int]]:
     return {name: dict(counts) for name, counts in BAD_LINES.items()}
 
 
+
+
+def write_cut_short(path: Path, documents: int = 8) -> int:
+    """`documents` JSON lines in two gzip members or zstd frames (by the suffix), the second cut in half.
+
+    Returns how many documents the first member holds: a reader keeps at least those and loses some of the
+    rest, and must say that the file ended early (zstandard's stream_reader ends quietly at the cut).
+    """
+    import gzip
+
+    import zstandard
+
+    lines = [json.dumps({"id": f"cut-{i}", "text": f"Document {i} of a file cut short. " * 20}) + "\n" for i in range(documents)]
+    first = documents // 2
+    halves = ["".join(lines[:first]).encode(), "".join(lines[first:]).encode()]
+    if path.name.endswith(".gz"):
+        members = [gzip.compress(h, mtime=0) for h in halves]
+    else:
+        members = [zstandard.ZstdCompressor().compress(h) for h in halves]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(members[0] + members[1][: len(members[1]) // 2])
+    return first

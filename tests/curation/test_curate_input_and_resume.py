@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.curation.bad_input import write_bad_input
+from tests.curation.bad_input import write_bad_input, write_cut_short
 from tests.curation.corpus import build_web_corpus, write_jsonl_shards
 from tests.curation.runs import read_documents, run_curate
 
@@ -44,6 +44,23 @@ def test_strict_stops_at_the_first_bad_record_and_names_it(tmp_path):
     # what the failed task wrote before the bad line stays staged, under no final name
     assert not list((tmp_path / "out" / "documents").glob("*.jsonl.gz"))
     assert not (tmp_path / "out" / "report.json").exists()
+
+
+@pytest.mark.parametrize("name", ["cut.jsonl.gz", "cut.jsonl.zst"])
+def test_a_compressed_file_cut_short_is_reported_unreadable_not_shortened(tmp_path, name):
+    whole = write_cut_short(tmp_path / "in" / name, documents=8)
+    argv = ["web", f"input.paths=[{tmp_path / 'in'}]", *CHEAP]
+    code, printed = run_curate([*argv, f"output_dir={tmp_path / 'out'}"])
+    assert code == 0, printed[-3000:]
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    (path, counts), = report["bad_input"]["files_with_problems"].items()
+    assert Path(path).name == name and counts["unreadable"] == 1
+    assert whole <= counts["documents"] < 8  # what came before the cut is kept, and counted
+    assert any("expected a readable jsonl file, found EOFError" in e for e in counts["examples"]), counts
+    assert f"{name}: unreadable 1" in printed
+
+    code, printed = run_curate([*argv, f"output_dir={tmp_path / 'strict'}", "--strict"])
+    assert code == 2 and f"{name}: expected a readable jsonl file" in printed and "strict" in printed, printed[-2000:]
 
 
 @pytest.mark.parametrize("override, message", [

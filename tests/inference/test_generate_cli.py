@@ -36,7 +36,7 @@ def test_prompt_file_in_batches_completes_each_prompt_as_the_library_does_alone(
     result = _generate("--load", checkpoint, "--prompt-file", str(prompts), "--output", str(out), "--max-new-tokens", "12", "--batch-size", "2", *GREEDY_FLAGS)
     assert result.returncode == 0, result.stderr
     records = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["id"] for r in records] == ["p0", "p1", "p2"] and not os.path.exists(str(out) + ".partial")
+    assert [r["id"] for r in records] == ["p0", "p1", "p2"] and not list(tmp_path.glob("*.partial"))  # no temporary left
     assert records[0]["seconds"] == records[1]["seconds"]  # one batch, one time
     tokenizer = build_tokenizer("SentencePieceTokenizer", stdlib_shards.tokenizer_model)
     ids = [tokenizer.tokenize(text) for text in texts]
@@ -102,7 +102,7 @@ def test_bad_prompt_files_name_file_line_and_field(checkpoint, tmp_path):
     out = tmp_path / "out.jsonl"
     result = _generate("--load", checkpoint, "--prompt-file", str(bad), "--output", str(out))
     assert result.returncode == 1 and f"{bad}:2: field 'prompt': expected a non-empty string, found no 'prompt' field" in result.stderr
-    assert not out.exists() and not os.path.exists(str(out) + ".partial")
+    assert not out.exists() and not list(tmp_path.glob("*.partial"))  # no temporary left
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
     result = _generate("--load", checkpoint, "--prompt-file", str(empty))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from megatron_sota.evaluation import report as report_module
+from megatron_sota import atomic_files
 from megatron_sota.evaluation.metrics import (
     mean_stderr,
     multiple_choice_scores,
@@ -163,14 +163,14 @@ def test_write_report_is_never_half_written(tmp_path, monkeypatch):
     before = Path(path).read_text()
 
     def crash(src, dst):
-        assert Path(src).read_text().endswith("}\n")  # the whole report is in the .partial before the rename
+        assert Path(src).read_text().endswith("}\n")  # the whole report is in the temporary file before the rename
         raise OSError("disk gone")
 
-    monkeypatch.setattr(report_module.os, "replace", crash)
+    monkeypatch.setattr(atomic_files.os, "replace", crash)
     with pytest.raises(OSError, match="disk gone"):
         write_report(path, [MetricRow("a", "acc", 0.9, None, 1)], [], {"run": 2})
     assert Path(path).read_text() == before
-    assert os.listdir(tmp_path) == ["eval.json"]  # no .partial left behind
+    assert os.listdir(tmp_path) == ["eval.json"]  # no temporary file left behind
     with pytest.raises(TypeError):  # an unserialisable meta fails before any file is touched
         write_report(path, [], [], {"run": object()})
     assert Path(path).read_text() == before and os.listdir(tmp_path) == ["eval.json"]

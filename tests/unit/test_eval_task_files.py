@@ -205,12 +205,44 @@ def test_yaml_file_is_relative_to_the_yaml_and_keys_are_typed(tmp_path):
         ("type: exact_match\nfile: data/t.jsonl\ntype: perplexity\n", r"t\.yaml:3: key 'type': expected once, found again \(first on line 1\)"),
         ("- a\n- b\n", r"t\.yaml: expected a mapping of task keys, found list"),
         ("type: [\n", r"t\.yaml:2: not valid YAML"),
+        ("type: exact_match\nfile: data/t.jsonl\nlimit: 0\n", r"t\.yaml:3: key 'limit': expected an integer >= 1 or null, found 0"),
+        ("type: exact_match\nfile: data/t.jsonl\nmax_new_tokens: 2.5\n", r"t\.yaml:3: key 'max_new_tokens': expected an integer >= 1, found 2\.5"),
+        ("type: exact_match\nfile: data/t.jsonl\ntemplate: [a]\n", r"t\.yaml:3: key 'template': expected a string, found \['a'\]"),
+        ("type: exact_match\nfile: data/t.jsonl\nthresholds: {exact_match: .nan}\n", r"t\.yaml:3: key 'thresholds': expected a mapping of metric name to number"),
     ],
 )
 def test_yaml_errors_name_file_line_and_key(tmp_path, text, expected):
     reg = registry(tmp_path, text)
     with pytest.raises(MegatronSotaError, match=expected):
         load_task("t", registry_dir=reg)
+
+
+def test_every_problem_of_a_task_file_is_listed_at_once_in_line_order(tmp_path):
+    reg = registry(tmp_path, (
+        "type: multiple_choice\n"
+        "file: data/t.jsonl\n"
+        "num_fewshot: -1\n"
+        "template: 'Q: {question} A: {answer}'\n"
+        "shots: 2\n"
+        "thresholds: {exact_match: 0.5}\n"
+        "stop: ''\n"
+    ))
+    with pytest.raises(MegatronSotaError) as err:
+        load_task("t", registry_dir=reg)
+    lines = str(err.value).splitlines()
+    assert [line.split(": ", 2)[1] for line in lines] == [
+        "key 'num_fewshot'", "key 'template'", "key 'shots'", "key 'thresholds'", "key 'stop'"
+    ], lines
+    assert all(line.startswith(os.path.join(reg, "t.yaml") + ":") for line in lines)
+    assert "expected an integer >= 0, found -1" in lines[0] and "must not show the answer" in lines[1]
+    assert "unknown key" in lines[2] and "metric 'exact_match'" in lines[3] and "non-empty string" in lines[4]
+
+
+def test_templates_are_taken_as_written_not_as_interpolations(tmp_path):
+    # A valid str.format template that OmegaConf would reject as a malformed ${...} interpolation.
+    reg = registry(tmp_path, 'type: multiple_choice\nfile: data/t.jsonl\ntemplate: "{question} (in ${{USD}})"\n')
+    spec = load_task("t", registry_dir=reg)
+    assert spec.template == "{question} (in ${{USD}})" and spec.template.format(question="q") == "q (in ${USD})"
 
 
 def test_a_jsonl_path_needs_a_type_and_a_prefix_is_perplexity(tmp_path):

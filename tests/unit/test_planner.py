@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import socket
 
 import pytest
 import torch
@@ -19,6 +18,7 @@ from megatron_sota.config.presets import load_model_preset
 from megatron_sota.planning.report import verdict
 from megatron_sota.planning.search import PlanRequest, SearchSpace, evaluate, search
 from megatron_sota.planning.step_time import estimate_step_time
+from megatron_sota.runtime.launch_env import free_port
 from tests.tool_runner import run_tool
 
 SOTA = load_model_preset("sota_175b")
@@ -67,10 +67,7 @@ def test_meter_counts_each_storage_once_and_subtracts_frees():
 def test_meter_counts_tensors_made_by_gloo_collectives():
     if dist.is_initialized():
         pytest.skip("a process group already exists in this process")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
     try:
         with PeakMemoryMeter(torch.device("cpu")) as meter:
             x = torch.ones(256)

@@ -213,6 +213,22 @@ def test_a_truncated_compressed_file_is_named_and_nothing_is_written(corpus, spm
     assert not any("text_document" in p.name for p in tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("suffix", [".jsonl.gz", ".jsonl.zst"])
+def test_a_corrupt_compressed_file_is_named_and_nothing_is_written(corpus, spm_model, tmp_path, suffix):
+    import zstandard
+
+    raw = corpus.read_bytes()
+    packed = bytearray(gzip.compress(raw) if suffix.endswith(".gz") else zstandard.ZstdCompressor().compress(raw))
+    # gzip: the first deflate block header becomes invalid (zlib.error); zstd: the first block's bytes.
+    for i in (range(10, 11) if suffix.endswith(".gz") else range(12, 40)):
+        packed[i] ^= 0xFF
+    source = tmp_path / f"bad{suffix}"
+    source.write_bytes(bytes(packed))
+    with pytest.raises(MegatronSotaError, match=rf"bad{suffix}'.*damaged or truncated"):
+        preprocess(_options(source, tmp_path / "bad", spm_model))
+    assert not any("text_document" in p.name for p in tmp_path.iterdir())
+
+
 def test_tokenizer_error_names_file_and_line_and_leaves_no_output(tmp_path):
     source = tmp_path / "ids.jsonl"
     lines = [json.dumps({"text": "1 2 3"})] * 50 + [json.dumps({"text": "1 999"})]

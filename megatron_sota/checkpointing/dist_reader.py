@@ -25,6 +25,9 @@ from megatron_sota.config.job import JobConfig
 from megatron_sota.config.typed import to_job_config
 from megatron_sota.errors import MegatronSotaError
 
+EMBEDDING = "embedding.word_embeddings.weight"
+"""megatron-core's stored name of the token embedding; its rows are the vocabulary padded for kernels."""
+
 
 class _RegionPlanner(DefaultLoadPlanner):
     """Reads the region [offset, offset + dest.shape) of each requested global tensor into dest."""
@@ -77,6 +80,9 @@ class DistCheckpointReader:
             return to_job_config(OmegaConf.create(text))
         except MegatronSotaError as err:
             raise MegatronSotaError(f"{self.path}: the run config stored in the checkpoint is not valid here: {err}") from None
+
+    def padded_vocab_size(self) -> int:
+        return self.shape(EMBEDDING)[0]
 
     def has(self, key: str) -> bool:
         return key in self._tensors
