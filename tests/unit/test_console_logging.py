@@ -6,6 +6,9 @@ import logging
 
 import pytest
 
+from megatron_sota.config.job import JobConfig
+from megatron_sota.config.validation import validate_job
+from megatron_sota.errors import MegatronSotaError
 from megatron_sota.runtime.log import MEGATRON_LOGGER, PACKAGE_LOGGER, setup_logging
 
 ours = logging.getLogger("megatron_sota.some_module")
@@ -122,3 +125,15 @@ def test_setting_up_twice_prints_each_line_once_and_does_not_reach_the_root_logg
 def test_unknown_level_is_refused():
     with pytest.raises(ValueError, match="expected one of DEBUG, INFO, WARNING, ERROR, found 'LOUD'"):
         setup_logging("LOUD")
+
+
+def test_logging_level_is_checked_with_the_other_config_values():
+    job = JobConfig()
+    job.data.mock = True
+    validate_job(job, 1)  # the default, INFO
+    job.logging.level = "LOUD"
+    job.train.recompute = "sometimes"
+    with pytest.raises(MegatronSotaError) as info:
+        validate_job(job, 1)
+    assert "logging.level must be one of DEBUG, INFO, WARNING, ERROR, got 'LOUD'" in str(info.value)
+    assert "train.recompute must be one of" in str(info.value)  # reported together
