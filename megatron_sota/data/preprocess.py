@@ -258,8 +258,8 @@ def preprocess(options: PreprocessOptions) -> PreprocessStats:
     )
     reused, discarded = work.open(record, partitions)
     if discarded:
-        log.info(
-            "note: %s held %d finished partitions of a run with other inputs or settings; they were discarded",
+        log.warning(
+            "%s held %d finished partitions of a run with other inputs or settings; they were discarded",
             work.path,
             discarded,
         )

@@ -19,11 +19,12 @@ FOREIGN = re.compile(r"\.cc:\d+\]|absl::|Warning: |megatron\.core|OMP_NUM_THREAD
 
 TOKENIZER_LINES = re.compile(r"reading lines: |trained sentencepiece tokenizer |\S.* flags for these files:$|  ")
 TRAINING_LINES = re.compile(
-    r"resolved config \(run dir |model tiny: [\d,]+ parameters|layout: world 1 = |step +\d+/2 \| loss "
-    r"|validation at step 2: |saved checkpoint |done at step 2: "
+    r"resolved config \(run dir |data mix: 1 sources|  source / prefix |  default  |      stdlib_text_document  "
+    r"|model tiny: [\d,]+ parameters|layout: world 1 = |step +\d+/2 \| loss |validation at step 2: "
+    r"|saved checkpoint |done at step 2: "
 )
-MOCK_TRAINING = ("data.mock=true", "train.iters=2", "runtime.device=cpu", "train.seq_length=64",
-                 "train.global_batch_size=2", "train.micro_batch_size=1", "model.num_layers=2")
+TRAINING = ("train.iters=2", "runtime.device=cpu", "train.seq_length=64", "train.global_batch_size=2",
+            "train.micro_batch_size=1", "model.num_layers=2", "tokenizer=sentencepiece")
 
 
 def _run(*argv: str) -> str:
@@ -53,16 +54,22 @@ def test_tokenizer_training_prints_its_summary_and_none_of_sentencepieces_log(co
     assert [line for line in lines if FOREIGN.search(line) or not TOKENIZER_LINES.match(line)] == []
 
 
-def test_training_prints_only_its_own_lines_by_default(tmp_path):
+def _training(shards, *overrides: str) -> tuple[str, ...]:
+    # A real SentencePiece tokenizer and a one-prefix blend, as in the quickstart.
+    return ("-m", "megatron_sota.train", *TRAINING, f"tokenizer.model={shards.tokenizer_model}",
+            f"data.paths=[{shards.prefix}]", *overrides)
+
+
+def test_training_prints_only_its_own_lines_by_default(stdlib_shards, tmp_path):
     run_dir = tmp_path / "run"
-    output = _run("-m", "megatron_sota.train", *MOCK_TRAINING, f"hydra.run.dir={run_dir}")
+    output = _run(*_training(stdlib_shards, f"hydra.run.dir={run_dir}"))
     config_lines = set((run_dir / "config.yaml").read_text().split("\n"))  # the resolved config, echoed
     lines = _lines(output)
     assert any(line.startswith("done at step 2") for line in lines)
     assert [line for line in lines if FOREIGN.search(line) or not (line in config_lines or TRAINING_LINES.match(line))] == []
 
 
-def test_debug_level_shows_megatron_cores_own_log(tmp_path):
-    output = _run("-m", "megatron_sota.train", *MOCK_TRAINING, "logging.level=DEBUG", f"hydra.run.dir={tmp_path / 'run'}")
+def test_debug_level_shows_megatron_cores_own_log(stdlib_shards, tmp_path):
+    output = _run(*_training(stdlib_shards, "logging.level=DEBUG", f"hydra.run.dir={tmp_path / 'run'}"))
     assert re.search(r"^info \[megatron\.core\.datasets\.\w+\]: ", output, re.MULTILINE)
     assert "done at step 2" in output
