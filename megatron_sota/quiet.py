@@ -1,29 +1,79 @@
-"""Silences megatron-core's known, harmless start-up chatter in our entry points and tools.
+"""Hides, one named message at a time, the warnings and megatron-core log records known to say nothing to our users.
 
-Call once before importing megatron-core; it only filters messages, it must not hide errors.
+Each entry names its message and where it comes from; unknown warnings, new deprecations and every error still show.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 
-# megatron-core announcing each optional GPU library it lacks, deprecations inside it and torch,
-# the pad id of SentencePiece/Null tokenizers sharing EOS's id (megatron-core then masks nothing).
-_HARMLESS = (
-    ".*Transformer Engine and Apex are not installed.*",
-    ".*Apex is not installed.*",
-    ".*full scope is deprecated.*",
-    ".*pad token id in the tokenizer collides.*",
-    ".*The .grad attribute of a Tensor that is not a leaf Tensor.*",
-    ".*CUDA_DEVICE_MAX_CONNECTIONS.*",
+# (category, message): the message is a regex matched at the start of the warning's text, without a
+# colon, so that pytest can take the same entries as `filterwarnings` lines (tests/conftest.py).
+KNOWN_WARNINGS: tuple[tuple[type[Warning], str], ...] = (
+    # megatron-core announcing each optional GPU library it lacks (optimizer/, models/backends.py,
+    # gpt_layer_specs.py, Megatron-FSDP's mixed_precision.py): CPU runs and machines without them.
+    (UserWarning, r"Transformer Engine and Apex are not installed"),
+    (UserWarning, r"Apex is not installed"),
+    # megatron-core transformer_config.py: its own default cuda_graph_scope, which we never set.
+    (UserWarning, r"full scope is deprecated"),
+    # megatron-core datasets/megatron_dataset.py: SentencePiece/Null tokenizers give pad the id of
+    # EOS; megatron-core then masks no pad token, which is what training here expects.
+    (UserWarning, r"The pad token id in the tokenizer collides"),
+    # torch autograd, for a .grad read of megatron-core's forwarded through runtime/cpu_compat.py's
+    # TorchFunctionMode (CPU runs only).
+    (UserWarning, r"The \.grad attribute of a Tensor that is not a leaf Tensor"),
+    # megatron-core tensor_parallel/layers.py with TP > 1: a GPU scheduling hint (the SLURM and
+    # sbatch set-ups export the variable; CPU runs have no use for it).
+    (UserWarning, r"When using (sequence parallelism|async grad allreduce) it is recommended to set the environment variable CUDA_DEVICE_MAX_CONNECTIONS"),
+    # torch c10d deprecations of the collectives megatron-core's distributed optimizer calls.
+    (FutureWarning, r"`torch\.distributed\.(reduce_scatter_tensor|all_gather_into_tensor)` is deprecated"),
+    # torch.distributed.checkpoint's old load_state_dict and ShardedTensor, used by megatron-core's
+    # dist_checkpointing torch strategy (strategies/torch.py) to load checkpoints.
+    (FutureWarning, r"`load_state_dict` is deprecated"),
+    (FutureWarning, r"Please use DTensor instead and we are deprecating ShardedTensor"),
+    # torch's own torch/utils/mkldnn.py, imported by torch._inductor.
+    (DeprecationWarning, r"`torch\.jit\.script_method` is deprecated"),
+    # megatron-core inference/contexts/__init__.py, at import.
+    (DeprecationWarning, r"The following imports from `dynamic_context\.py` will be removed"),
+    # megatron-core multi_latent_attention.py importing its own deprecated custom_layers module.
+    (DeprecationWarning, r"The 'megatron\.core\.transformer\.custom_layers\.transformer_engine'"),
+    # megatron-core spec_utils.py building the MLP of its own layer spec.
+    (DeprecationWarning, r"MLP requires ffn_hidden_size, but it was not provided"),
+    # megatron-core tensor_parallel/layers.py calling itself without a tp_group ("Warning: tp_group...").
+    (DeprecationWarning, r"Warning. tp_group is None, using default tp group"),
+    # numpy 2, when megatron-core's IndexedDatasetBuilder.add_document (datasets/indexed_dataset.py)
+    # converts a torch tensor whose __array__ takes no copy keyword (preprocessing, merging shards).
+    (DeprecationWarning, r"__array__ implementation doesn't accept a copy keyword"),
+)
+
+# (logger, message) of megatron-core's log records below ERROR that are known and harmless.
+KNOWN_LOG_RECORDS: tuple[tuple[str, str], ...] = (
+    # megatron-core 0.16 MegatronLegacyTokenizer.__init__, once per tokenizer our tokenizers build.
+    ("megatron.core.datasets.megatron_tokenizer", r"You're using the legacy tokenizer system"),
+    # megatron-core datasets/blended_dataset.py, once per split, when the blend data/mix.py gives it has
+    # one prefix (the quickstart's): a remark on efficiency, not a problem.
+    ("megatron.core.datasets.blended_dataset", r"Building a BlendedDataset for a single MegatronDataset"),
 )
 
 
+class KnownRecordFilter(logging.Filter):
+    """Drops a logger's records whose message starts with `pattern`, up to WARNING; errors always pass."""
+
+    def __init__(self, pattern: str):
+        super().__init__()
+        self.pattern = re.compile(pattern)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or not self.pattern.match(record.getMessage())
+
+
 def quiet_megatron() -> None:
-    for pattern in _HARMLESS:
-        warnings.filterwarnings("ignore", message=pattern)
-    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
-    # megatron-core logs every import/dataset/bucket decision at INFO (and some at WARNING, such
-    # as the legacy-tokenizer deprecation); errors still show.
-    logging.getLogger("megatron").setLevel(logging.ERROR)
+    """Installs the filters above; safe to call more than once. Call it before importing megatron-core."""
+    for category, message in KNOWN_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
+    for name, message in KNOWN_LOG_RECORDS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, KnownRecordFilter) and f.pattern.pattern == message for f in logger.filters):
+            logger.addFilter(KnownRecordFilter(message))

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass
 
 import pytest
 
-warnings.filterwarnings("ignore", message=".*(Transformer Engine|Apex) .*not installed.*")
+from megatron_sota.quiet import KNOWN_WARNINGS, quiet_megatron
+
+# The known harmless warnings are listed once, in megatron_sota/quiet.py, for the tools and the tests alike;
+# any other warning shows in the summary. Here for the conftest files' own imports of megatron-core...
+quiet_megatron()
+
+
+def pytest_configure(config):
+    # ...and as pytest.ini filters for every test (pytest resets the filters around each one).
+    for category, message in KNOWN_WARNINGS:
+        config.addinivalue_line("filterwarnings", f"ignore:{message}:{category.__name__}")
 
 
 @dataclass(frozen=True)

@@ -119,11 +119,18 @@ class CheckpointConfig:
     """Weight dtype of those exports: bf16 or fp32."""
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
 @dataclass
 class LoggingConfig:
     interval: int = 10
     """Console line, TensorBoard scalars and a metrics.jsonl row every this many iterations."""
     tensorboard: bool = True
+    level: str = "INFO"
+    """Console verbosity: DEBUG (also megatron-core's INFO lines), INFO, WARNING or ERROR."""
+    all_ranks: bool = False
+    """Every rank prints its INFO lines, each with its rank prefix; false: rank 0 only (warnings and errors always)."""
 
 
 @dataclass

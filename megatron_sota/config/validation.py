@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from megatron_sota.config.generation import GenerationConfig
 from megatron_sota.config.job import JobConfig
 from megatron_sota.config.kernels import ATTENTION_BACKENDS
+from megatron_sota.config.run import LOG_LEVELS
 from megatron_sota.errors import MegatronSotaError
 
 RECOMPUTE_CHOICES = ("none", "selective", "full")
@@ -104,6 +105,7 @@ def _choice_problems(cfg: JobConfig) -> list[str]:
         ("optimizer.name", cfg.optimizer.name, ("adamw",)),
         ("checkpoint.export_hf_dtype", cfg.checkpoint.export_hf_dtype, EXPORT_DTYPE_CHOICES),
         ("kernels.attention_backend", cfg.kernels.attention_backend, ATTENTION_BACKENDS),
+        ("logging.level", cfg.logging.level, LOG_LEVELS),
     )
     return [f"{key} must be one of {', '.join(choices)}, got '{value}'" for key, value, choices in checks if value not in choices]
 

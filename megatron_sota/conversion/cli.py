@@ -1,12 +1,13 @@
 """Command line of checkpoint conversion: `export` (to Hugging Face) and `import` (from Hugging Face).
 
-Argument parsing and printing only; the work is in export.py and hf_import.py. Run it as
+Argument parsing and reporting only; the work is in export.py and hf_import.py. Run it as
 `python tools/convert_checkpoint.py ...` or `python -m megatron_sota.conversion.cli ...`.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from megatron_sota.quiet import quiet_megatron
@@ -14,6 +15,9 @@ from megatron_sota.quiet import quiet_megatron
 quiet_megatron()
 
 from megatron_sota.errors import MegatronSotaError  # noqa: E402
+from megatron_sota.runtime.log import add_verbose_flag, setup_logging  # noqa: E402
+
+log = logging.getLogger("megatron_sota.conversion.cli")  # not __name__: that is "__main__" under -m
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -37,6 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     imp.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), help="stored weight dtype (default: config.json's)")
     imp.add_argument("--name", help="name of the model preset written beside the checkpoint (default: the directory's name)")
     imp.add_argument("--overwrite", action="store_true", help="replace a non-empty --save directory")
+    for command in (export, imp):
+        add_verbose_flag(command)
     return parser.parse_args(argv)
 
 
@@ -49,7 +55,7 @@ def _export(args: argparse.Namespace) -> None:
             tokenizer_model=args.tokenizer_model, overwrite=args.overwrite, show_progress=not args.no_progress,
         )
     )
-    print(summary_text(summary), flush=True)
+    log.info("%s", summary_text(summary))
 
 
 def _import(args: argparse.Namespace) -> None:
@@ -59,24 +65,24 @@ def _import(args: argparse.Namespace) -> None:
         ImportOptions(load=args.load, save=args.save, tp=args.tp, pp=args.pp, dtype=args.dtype, name=args.name, overwrite=args.overwrite)
     )
     m = summary.model
-    print(
+    log.info(
         f"imported {args.load} ({summary.num_params:,} parameters: {m.num_layers} layers, hidden {m.hidden_size}, "
         f"{m.num_attention_heads} heads / {m.num_query_groups} KV groups) as {summary.checkpoint} at tp={args.tp} pp={args.pp} "
         f"in {summary.seconds:.1f}s\nmodel preset: {summary.preset_file}\n"
         f"continue training from it with:\n  python -m megatron_sota.train -cd {summary.out_dir}/conf model={m.name} "
-        f"checkpoint.init_from={summary.out_dir} parallel.tp={args.tp} parallel.pp={args.pp} ...",
-        flush=True,
+        f"checkpoint.init_from={summary.out_dir} parallel.tp={args.tp} parallel.pp={args.pp} ..."
     )
     for note in summary.notes:
-        print(f"note: {note}", flush=True)
+        log.info("note: %s", note)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    setup_logging("DEBUG" if args.verbose else "INFO")
     try:
         _export(args) if args.direction == "export" else _import(args)
     except MegatronSotaError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
+        log.error("%s", err)
         return 1
     return 0
 

@@ -8,6 +8,7 @@ model size. Writes config.json, generation_config.json and the tokenizer beside 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -29,6 +30,7 @@ from megatron_sota.data.tokenizer import build_configured_tokenizer, build_token
 from megatron_sota.errors import MegatronSotaError
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -141,8 +143,10 @@ def _tokenizer(job: JobConfig, override: Optional[str]):
 def _write_tokenizer(job: JobConfig, override: Optional[str], out_dir: str) -> List[str]:
     kind, path = _tokenizer_source(job, override)
     if kind in (None, "NullTokenizer"):
-        print("note: the checkpoint was trained without a text tokenizer (NullTokenizer); no tokenizer files written "
-              "(pass --tokenizer-model to ship one)", flush=True)
+        log.info(
+            "note: the checkpoint was trained without a text tokenizer (NullTokenizer); no tokenizer files written "
+            "(pass --tokenizer-model to ship one)"
+        )
         return []
     tok = job.tokenizer
     return write_hf_tokenizer(

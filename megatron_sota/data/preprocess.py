@@ -7,6 +7,7 @@ time, each finished partition kept so a re-run resumes. It must not train tokeni
 from __future__ import annotations
 
 import collections
+import logging
 import multiprocessing
 import multiprocessing.pool
 import os
@@ -51,6 +52,7 @@ from megatron_sota.errors import MegatronSotaError
 # still being tokenized the other workers run ahead only by this window: 2 let them starve
 # behind one slow chunk (a multi-MB document); 8 keeps them busy for ~8 MB per worker.
 CHUNKS_IN_FLIGHT_PER_WORKER = 8
+log = logging.getLogger(__name__)
 
 _In = TypeVar("_In")
 _Out = TypeVar("_Out")
@@ -238,9 +240,11 @@ def preprocess(options: PreprocessOptions) -> PreprocessStats:
     )
     partitions = plan_partitions(files, options.partitions)
     if len(partitions) < options.partitions:
-        print(
-            f"note: {len(partitions)} partitions instead of {options.partitions}: only plain "
-            f".jsonl files can be cut, compressed/parquet/text files stay whole"
+        log.info(
+            "note: %d partitions instead of %d: only plain .jsonl files can be cut, compressed/parquet/text "
+            "files stay whole",
+            len(partitions),
+            options.partitions,
         )
     os.makedirs(os.path.dirname(os.path.abspath(options.output_prefix)), exist_ok=True)
     work = WorkDir(f"{options.output_prefix}_{options.level}.partitions")
@@ -254,12 +258,13 @@ def preprocess(options: PreprocessOptions) -> PreprocessStats:
     )
     reused, discarded = work.open(record, partitions)
     if discarded:
-        print(
-            f"note: {work.path} held {discarded} finished partitions of a run with other inputs "
-            f"or settings; they were discarded"
+        log.warning(
+            "%s held %d finished partitions of a run with other inputs or settings; they were discarded",
+            work.path,
+            discarded,
         )
     if reused:
-        print(f"resuming: {reused} of {len(partitions)} partitions already finished in {work.path}")
+        log.info("resuming: %d of %d partitions already finished in %s", reused, len(partitions), work.path)
 
     stats = PreprocessStats(input_bytes=sum(f.size for f in files))
     total_bytes = sum(piece_bytes(p) for pieces in partitions for p in pieces)

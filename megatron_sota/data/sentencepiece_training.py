@@ -44,12 +44,15 @@ def train_sentencepiece(
     seed: int = 1234,
     quiet: bool = False,
     special_tokens: Sequence[str] = (),
+    verbose: bool = False,
 ) -> TrainedTokenizer:
     """Train <model_prefix>.model/.vocab; ids: unk=0, bos=1, eos=2, pad=3, then special_tokens,
     then 256 byte-fallback pieces, then learned pieces.
 
     `inputs` are files, globs or directories in any format readers.py reads; each line of text is
-    one sentence. `input_sentence_size` lines are sampled with `seed` (0 = every line).
+    one sentence. `input_sentence_size` lines are sampled with `seed` (0 = every line). `quiet`
+    hides the progress bar; `verbose` shows SentencePiece's own trainer log (hundreds of lines on
+    stderr), which is otherwise limited to its warnings.
     """
     if model_type not in MODEL_TYPES:
         raise MegatronSotaError(
@@ -103,7 +106,7 @@ def train_sentencepiece(
             add_dummy_prefix=False,
             allow_whitespace_only_pieces=True,
             num_threads=num_threads or os.cpu_count() or 1,
-            minloglevel=2 if quiet else 0,
+            minloglevel=0 if verbose else 1,  # SentencePiece's levels: 0 info, 1 warning
         )
     except RuntimeError as err:
         if lines.error is not None:

@@ -47,6 +47,7 @@ def train_tokenizer(
     input_sentence_size: int = 200_000,
     seed: int = 1234,
     quiet: bool = False,
+    verbose: bool = False,
     character_coverage: float | None = None,
     max_sentence_length: int | None = None,
     num_threads: int | None = None,
@@ -55,7 +56,8 @@ def train_tokenizer(
     """Train with `library`; `output` is a file prefix (sentencepiece) or a directory (huggingface).
 
     Options left None take the library's default; one given to the library that has no use for
-    it is an error rather than silently ignored.
+    it is an error rather than silently ignored. `quiet` hides progress bars; `verbose` shows the
+    SentencePiece trainer's own log (the Hugging Face trainer has none beyond its progress bar).
     """
     sentencepiece_only = {
         "character_coverage": character_coverage,
@@ -79,6 +81,7 @@ def train_tokenizer(
             input_sentence_size=input_sentence_size,
             seed=seed,
             quiet=quiet,
+            verbose=verbose,
             **given,  # type: ignore[arg-type]
         )
     if library == "huggingface":

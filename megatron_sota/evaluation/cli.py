@@ -1,13 +1,15 @@
 """Command line of evaluation: `python tools/evaluate.py --load <checkpoint> --task <name|path> --output report.json`.
 
-Runs on one process (TP=1) or under torchrun with one rank per TP shard. Rank 0 prints the table
-and writes the report. Exit codes: 0 all thresholds met, 1 error, 3 a task below its threshold.
+Runs on one process (TP=1) or under torchrun with one rank per TP shard. Rank 0 prints the table (its
+product, on stdout; messages go to stderr) and writes the report. Exit codes: 0 all thresholds met,
+1 error, 3 a task below its threshold.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import logging
 import sys
 import time
 from typing import List, Optional
@@ -18,8 +20,10 @@ quiet_megatron()
 
 from megatron_sota.errors import MegatronSotaError  # noqa: E402
 from megatron_sota.evaluation.task_spec import TASK_TYPES, load_task, registered_tasks  # noqa: E402
+from megatron_sota.runtime.log import add_verbose_flag, setup_logging  # noqa: E402
 
 BELOW_THRESHOLD_EXIT_CODE = 3
+log = logging.getLogger("megatron_sota.evaluation.cli")  # not __name__: that is "__main__" under -m
 
 
 def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
@@ -35,6 +39,7 @@ def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
     parser.add_argument("--micro-batch-size", type=int, default=8, help="sequences per forward pass while scoring")
     parser.add_argument("--output", help="JSON report; also printed as a table")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_verbose_flag(parser)
     args = parser.parse_args(argv)
     if args.limit is not None and args.limit < 1:
         parser.error(f"--limit must be >= 1, got {args.limit}")
@@ -101,16 +106,17 @@ def run(args: argparse.Namespace) -> int:
         }
         write_report(args.output, rows, failures, meta)
     for failure in failures:
-        print(f"FAILED: {failure}", file=sys.stderr, flush=True)
+        log.error("%s", failure)
     return BELOW_THRESHOLD_EXIT_CODE if failures else 0
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
+    setup_logging("DEBUG" if args.verbose else "INFO", info_stream="stderr")
     try:
         return run(args)
     except MegatronSotaError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
+        log.error("%s", err)
         return 1
 
 

@@ -1,6 +1,7 @@
 """Command line of generation: `python tools/generate.py --load <checkpoint> --prompt "..." | --prompt-file <jsonl>`.
 
-Runs on one process (TP=1) or under torchrun with one rank per TP shard; rank 0 prints. Prompts
+Runs on one process (TP=1) or under torchrun with one rank per TP shard; rank 0 prints the completions
+(the product, on stdout; messages go to stderr). Prompts
 of a --prompt-file are generated --batch-size at a time, left padded to the batch's longest
 (output in input order); --prompt and --interactive generate one prompt at a time. Sampling
 defaults come from conf/generation/default.yaml.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import sys
 from typing import Iterable, List, Optional, Sequence, Set, Tuple
@@ -22,8 +24,10 @@ quiet_megatron()
 from megatron_sota.config.files import conf_dir  # noqa: E402
 from megatron_sota.errors import MegatronSotaError  # noqa: E402
 from megatron_sota.inference.prompts import OVERFLOW_POLICIES, Prompt, fit_to_context, read_prompt_file  # noqa: E402
+from megatron_sota.runtime.log import add_verbose_flag, setup_logging  # noqa: E402
 
 DEFAULTS_FILE = conf_dir("generation", "default.yaml")
+log = logging.getLogger("megatron_sota.inference.generate_cli")  # not __name__: that is "__main__" under -m
 
 
 def _defaults():
@@ -61,6 +65,7 @@ def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
         "is its whole batch's time, tokens_per_s its own tokens over that time). Greedy completions do not depend on it; "
         "sampled ones do (a batch shares one seeded generator). --prompt and --interactive: one at a time (default 8)",
     )
+    add_verbose_flag(parser)
     return parser.parse_args(argv)
 
 
@@ -170,15 +175,16 @@ def _emit(records: List[dict], output, overflow: str) -> None:
         else:
             print(record["completion"], flush=True)
         if record["prompt_tokens_dropped"]:
-            print(f"note: prompt {record['id']}: {record['prompt_tokens_dropped']} tokens dropped ({overflow})", file=sys.stderr)
+            log.warning("prompt %s: %d tokens dropped (%s)", record["id"], record["prompt_tokens_dropped"], overflow)
 
 
 def main(argv: Optional[list] = None) -> int:
     args = parse_args(argv)
+    setup_logging("DEBUG" if args.verbose else "INFO", info_stream="stderr")
     try:
         run(args)
     except MegatronSotaError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
+        log.error("%s", err)
         return 1
     return 0
 

@@ -1,17 +1,22 @@
-"""The project's console output: Python logging on the `megatron_sota` logger, a rank prefix, rank 0 only.
+"""The project's console output: Python logging with a rank prefix, INFO from rank 0 only, warnings from every rank.
 
 Library modules only call ``logging.getLogger(__name__)``; entry points call :func:`setup_logging` once.
+It must not decide what is worth hiding by message (that is quiet.py) nor print a command's product.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
-from typing import Optional, TextIO
+
+from megatron_sota.config.run import LOG_LEVELS
 
 PACKAGE_LOGGER = "megatron_sota"
-LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# megatron-core logs every import, dataset and bucket decision at INFO: its records are shown from
+# WARNING up, and at INFO too when the user asks for DEBUG.
+MEGATRON_LOGGER = "megatron"
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -29,7 +34,11 @@ def rank_and_world() -> tuple[int, int]:
 
 
 class RankFilter(logging.Filter):
-    """Passes rank 0's records, and every rank's warnings and errors (or everything with all_ranks)."""
+    """Passes rank 0's records and every rank's warnings and errors (everything with all_ranks).
+
+    Marks the records that need to say which rank wrote them: on a multi-rank run, warnings and
+    errors (any rank may send them) and, with all_ranks, every line.
+    """
 
     def __init__(self, all_ranks: bool = False):
         super().__init__()
@@ -37,41 +46,70 @@ class RankFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         rank, world = rank_and_world()
-        record.rank_prefix = f"[rank {rank}] " if world > 1 else ""
-        return self.all_ranks or rank == 0 or record.levelno >= logging.WARNING
+        shown_by_every_rank = self.all_ranks or record.levelno >= logging.WARNING
+        record.rank_prefix = f"[rank {rank}] " if world > 1 and shown_by_every_rank else ""
+        return shown_by_every_rank or rank == 0
 
 
-class _Formatter(logging.Formatter):
-    """`message` for information, `warning: message` / `error: message` above it, after the rank prefix."""
+class ConsoleFormatter(logging.Formatter):
+    """`message` for information; `warning: message`, `error: message`, `debug [logger]: message` otherwise.
+
+    Records of other libraries' loggers name their logger, so a megatron-core warning reads as one.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
-        prefix = getattr(record, "rank_prefix", "")
+        ours = record.name == PACKAGE_LOGGER or record.name.startswith(PACKAGE_LOGGER + ".")
         if record.levelno >= logging.WARNING:
-            text = f"{record.levelname.lower()}: {text}"
-        elif record.levelno < logging.INFO:
-            text = f"debug [{record.name}]: {text}"
-        return prefix + text
+            origin = "" if ours else f" [{record.name}]"
+            text = f"{record.levelname.lower()}{origin}: {text}"
+        elif record.levelno < logging.INFO or not ours:
+            text = f"{record.levelname.lower()} [{record.name}]: {text}"
+        return getattr(record, "rank_prefix", "") + text
 
 
-def setup_logging(level: str = "INFO", all_ranks: bool = False, stream: Optional[TextIO] = None) -> logging.Logger:
-    """(Re)configures the package logger: one handler on `stream` (stdout), idempotent.
+class ConsoleHandler(logging.StreamHandler):
+    """Information to stdout (stderr for commands whose stdout is their product), warnings and errors to stderr.
 
-    The logger does not propagate, so Hydra's or a host application's root handlers do not print
+    The streams are looked up at each record, so a redirected or captured sys.stdout is honoured.
+    """
+
+    def __init__(self, info_stream: str):
+        super().__init__()
+        self.info_stream = info_stream
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr if record.levelno >= logging.WARNING else getattr(sys, self.info_stream)
+        super().emit(record)
+
+
+def setup_logging(level: str = "INFO", all_ranks: bool = False, info_stream: str = "stdout") -> logging.Logger:
+    """(Re)configures the package's and megatron-core's console output; calling it again replaces the setup.
+
+    `level` is one of LOG_LEVELS; `info_stream` is "stdout" or "stderr" (where records below WARNING go).
+    The loggers do not propagate, so Hydra's or a host application's root handlers do not print
     each line twice.
     """
-    name = level.upper()
-    if name not in LEVELS:
-        raise ValueError(f"logging level must be one of {', '.join(LEVELS)}, got '{level}'")
-    logger = logging.getLogger(PACKAGE_LOGGER)
-    for handler in list(logger.handlers):
-        if getattr(handler, "_megatron_sota", False):
-            logger.removeHandler(handler)
-    handler = logging.StreamHandler(stream if stream is not None else sys.stdout)
-    handler._megatron_sota = True
+    if level not in LOG_LEVELS:
+        raise ValueError(f"logging level: expected one of {', '.join(LOG_LEVELS)}, found {level!r}")
+    if info_stream not in ("stdout", "stderr"):
+        raise ValueError(f"info_stream: expected 'stdout' or 'stderr', found {info_stream!r}")
+    handler = ConsoleHandler(info_stream)
     handler.addFilter(RankFilter(all_ranks))
-    handler.setFormatter(_Formatter("%(message)s"))
-    logger.addHandler(handler)
-    logger.setLevel(name)
-    logger.propagate = False
-    return logger
+    handler.setFormatter(ConsoleFormatter("%(message)s"))
+    megatron_level = {"DEBUG": "INFO", "ERROR": "ERROR"}.get(level, "WARNING")
+    for name, name_level in ((PACKAGE_LOGGER, level), (MEGATRON_LOGGER, megatron_level)):
+        logger = logging.getLogger(name)
+        for old in [h for h in logger.handlers if isinstance(h, ConsoleHandler)]:
+            logger.removeHandler(old)
+        logger.addHandler(handler)
+        logger.setLevel(name_level)
+        logger.propagate = False
+    return logging.getLogger(PACKAGE_LOGGER)
+
+
+def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
+    """The command-line tools' way to ask for more: pass ``"DEBUG" if args.verbose else "INFO"`` to setup_logging."""
+    parser.add_argument(
+        "--verbose", action="store_true", help="also debug lines and the libraries' own logs (megatron-core's INFO lines)"
+    )
