@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import sys
 
@@ -23,7 +24,9 @@ from megatron_sota.quiet import quiet_megatron
 quiet_megatron()
 
 from megatron_sota.atomic_files import write_text  # noqa: E402
-from megatron_sota.runtime.log import setup_logging  # noqa: E402
+from megatron_sota.runtime.log import add_verbose_flag, setup_logging  # noqa: E402
+
+log = logging.getLogger("megatron_sota.cli.benchmark")  # not __name__: that is "__main__" under -m
 
 
 def parse_args(argv=None):
@@ -42,6 +45,7 @@ def parse_args(argv=None):
                         help="where the datasets' index cache is written (shared by all ranks; default outputs/benchmark)")
     parser.add_argument("--json", dest="json_path", nargs="?", const="-", default=None,
                         help="write the result as JSON to this file (no file: print it as the last line)")
+    add_verbose_flag(parser)
     return parser.parse_intermixed_args(argv)  # overrides may come before or after the options
 
 
@@ -62,7 +66,7 @@ def compose_job(overrides):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    setup_logging()
+    setup_logging("DEBUG" if args.verbose else "INFO", info_stream="stderr")
     from megatron_sota.errors import MegatronSotaError
     from megatron_sota.perf.benchmark import BenchmarkOptions, format_result, run_benchmark
 
@@ -81,7 +85,7 @@ def main(argv=None) -> int:
             raise MegatronSotaError(f"--warmup must be >= 2 (the first step allocates optimizer states), got {args.warmup}")
         result = run_benchmark(compose_job(args.overrides), options)
     except MegatronSotaError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
+        log.error("%s", err)
         return 2
     if result is None:  # not rank 0
         return 0

@@ -12,9 +12,9 @@ import sys
 
 from megatron_sota.data.stdlib_corpus import write_stdlib_corpus
 from megatron_sota.errors import MegatronSotaError
-from megatron_sota.runtime.log import setup_logging
+from megatron_sota.runtime.log import add_verbose_flag, setup_logging
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("megatron_sota.cli.build_stdlib_corpus")  # not __name__: that is "__main__" under -m
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -24,12 +24,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--min-chars", type=int, default=200, help="skip files shorter than this")
     parser.add_argument("--heldout-output", default=None, help="JSONL file for held-out documents")
     parser.add_argument("--heldout-fraction", type=float, default=0.01)
+    add_verbose_flag(parser)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    setup_logging()
+    setup_logging("DEBUG" if args.verbose else "INFO")
     try:
         stats = write_stdlib_corpus(
             args.output,
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
             heldout_fraction=args.heldout_fraction,
         )
     except MegatronSotaError as err:
-        print(f"error: {err}", file=sys.stderr)
+        log.error("%s", err)
         return 1
     log.info(f"wrote {stats.docs} documents ({stats.bytes / 1e6:.1f} MB) to {args.output}")
     if args.heldout_output:

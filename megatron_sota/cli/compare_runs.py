@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 
 from megatron_sota.errors import MegatronSotaError
-from megatron_sota.runtime.log import setup_logging
+from megatron_sota.runtime.log import add_verbose_flag, setup_logging
+
+log = logging.getLogger("megatron_sota.cli.compare_runs")  # not __name__: that is "__main__" under -m
 
 
 def read_losses(run_dir: str) -> dict[int, float]:
@@ -33,12 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+")
     parser.add_argument("--every", type=int, default=1, help="show every Nth logged step")
+    add_verbose_flag(parser)
     args = parser.parse_args(argv)
-    setup_logging()
+    setup_logging("DEBUG" if args.verbose else "INFO", info_stream="stderr")
     try:
         runs = [read_losses(r) for r in args.runs]
     except MegatronSotaError as err:
-        print(f"error: {err}", file=sys.stderr)
+        log.error("%s", err)
         return 1
     steps = sorted(set().union(*runs))
     shown = [s for i, s in enumerate(steps) if i % args.every == 0 or s == steps[-1]]

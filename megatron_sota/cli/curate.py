@@ -23,9 +23,9 @@ quiet_megatron()  # the tokenize stage uses megatron-core's dataset writer
 
 from megatron_sota.config.files import conf_dir  # noqa: E402
 from megatron_sota.errors import MegatronSotaError  # noqa: E402
-from megatron_sota.runtime.log import setup_logging  # noqa: E402
+from megatron_sota.runtime.log import add_verbose_flag, setup_logging  # noqa: E402
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("megatron_sota.cli.curate")  # not __name__: that is "__main__" under -m
 
 SOURCES = ("web", "code", "papers", "books", "dialogue")
 CONFIG_DIR = conf_dir("curate")
@@ -40,6 +40,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--strict", action="store_true",
                         help="stop at the first unreadable file, malformed line or missing text key")
     parser.add_argument("--show-config", action="store_true", help="print the composed config and exit")
+    add_verbose_flag(parser)
     return parser.parse_intermixed_args(argv)
 
 
@@ -66,7 +67,7 @@ def compose(source: str, overrides: list[str]):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    setup_logging()
+    setup_logging("DEBUG" if args.verbose else "INFO")
     try:
         cfg, text = compose(args.source, list(args.overrides) + (["strict=true"] if args.strict else []))
         if args.show_config:
@@ -78,7 +79,7 @@ def main(argv=None) -> int:
         quiet_datatrove()
         curate(cfg, echo=log.info)
     except MegatronSotaError as err:
-        print(f"error: {err}", file=sys.stderr)
+        log.error("%s", err)
         return 2
     return 0
 

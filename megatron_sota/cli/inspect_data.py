@@ -8,6 +8,7 @@ Exit code 0 when the pair is consistent, 1 when a problem was found.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from megatron_sota.quiet import quiet_megatron
@@ -17,7 +18,9 @@ quiet_megatron()
 from megatron_sota.data.shard_report import inspect_shard  # noqa: E402
 from megatron_sota.data.tokenizer import TOKENIZER_TYPES, build_tokenizer  # noqa: E402
 from megatron_sota.errors import MegatronSotaError  # noqa: E402
-from megatron_sota.runtime.log import setup_logging  # noqa: E402
+from megatron_sota.runtime.log import add_verbose_flag, setup_logging  # noqa: E402
+
+log = logging.getLogger("megatron_sota.cli.inspect_data")  # not __name__: that is "__main__" under -m
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -32,6 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     group.add_argument("--vocab-file", default=None)
     group.add_argument("--merge-file", default=None)
     group.add_argument("--vocab-size", type=int, default=None, help="NullTokenizer only")
+    add_verbose_flag(parser)
     return parser.parse_args(argv)
 
 
@@ -54,7 +58,7 @@ def _show_sample(prefix: str, number: int, tokenizer, max_chars: int) -> None:  
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    setup_logging()
+    setup_logging("DEBUG" if args.verbose else "INFO", info_stream="stderr")
     prefix = args.prefix[:-4] if args.prefix.endswith((".bin", ".idx")) else args.prefix
     try:
         tokenizer = None
@@ -69,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             for number in args.sample:
                 _show_sample(prefix, number, tokenizer, args.max_chars)
     except MegatronSotaError as err:
-        print(f"error: {err}", file=sys.stderr)
+        log.error("%s", err)
         return 1
     return 0 if report.ok else 1
 

@@ -17,9 +17,9 @@ quiet_megatron()
 
 from megatron_sota.data.merge import merge_datasets, prefixes_in_directory  # noqa: E402
 from megatron_sota.errors import MegatronSotaError  # noqa: E402
-from megatron_sota.runtime.log import setup_logging  # noqa: E402
+from megatron_sota.runtime.log import add_verbose_flag, setup_logging  # noqa: E402
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("megatron_sota.cli.merge_datasets")  # not __name__: that is "__main__" under -m
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -31,12 +31,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="a directory (every .bin/.idx pair in it, sorted by name) or prefixes in merge order",
     )
     parser.add_argument("--output-prefix", required=True, help="writes <prefix>.bin/.idx")
+    add_verbose_flag(parser)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    setup_logging()
+    setup_logging("DEBUG" if args.verbose else "INFO")
     start = time.perf_counter()
     try:
         if len(args.input) == 1 and os.path.isdir(args.input[0]):
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
             prefixes = [p[: -len(".bin")] if p.endswith((".bin", ".idx")) else p for p in args.input]
         documents, tokens = merge_datasets(prefixes, args.output_prefix)
     except MegatronSotaError as err:
-        print(f"error: {err}", file=sys.stderr)
+        log.error("%s", err)
         return 1
     size = os.path.getsize(args.output_prefix + ".bin") / 2**20
     log.info(

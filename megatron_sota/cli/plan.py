@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import sys
 
 from megatron_sota.quiet import quiet_megatron
@@ -25,7 +26,9 @@ from megatron_sota.config.presets import load_model_preset  # noqa: E402
 from megatron_sota.planning.report import format_plan, format_rejections, format_table, plan_json, result_json, verdict  # noqa: E402
 from megatron_sota.planning.search import PlanRequest, SearchSpace, evaluate, search  # noqa: E402
 from megatron_sota.planning.step_time import Efficiency  # noqa: E402
-from megatron_sota.runtime.log import setup_logging  # noqa: E402
+from megatron_sota.runtime.log import add_verbose_flag, setup_logging  # noqa: E402
+
+log = logging.getLogger("megatron_sota.cli.plan")  # not __name__: that is "__main__" under -m
 
 
 def _ints(text: str) -> list[int]:
@@ -61,6 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--no-dp-overlap", action="store_true", help="DP collectives fully exposed (overlap_grad_reduce off)")
     model.add_argument("--intra-node-gb-s", type=float, default=None, help="NVLink GB/s per GPU and direction")
     model.add_argument("--inter-node-gb-s", type=float, default=None, help="network GB/s per GPU and direction")
+    add_verbose_flag(parser)
     return parser.parse_args(argv)
 
 
@@ -95,7 +99,7 @@ def _one_layout(request: PlanRequest, text: str) -> ParallelLayout:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    setup_logging()
+    setup_logging("DEBUG" if args.verbose else "INFO", info_stream="stderr")
     try:
         request = _request(args)
         if args.layout:
@@ -108,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         space = SearchSpace(micro_batch_sizes=args.micro_batch_sizes, cp=args.cp, max_vpp=args.max_vpp)
         result = search(request, space)
     except MegatronSotaError as err:
-        print(f"error: {err}", file=sys.stderr)
+        log.error("%s", err)
         return 2
     if args.json:
         print(json.dumps(result_json(request, result, args.tokens, args.top), indent=2))

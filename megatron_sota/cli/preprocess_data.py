@@ -19,9 +19,9 @@ from megatron_sota.data.preprocess import PreprocessOptions, preprocess  # noqa:
 from megatron_sota.data.readers import DEFAULT_CHUNK_BYTES  # noqa: E402
 from megatron_sota.data.tokenizer import TOKENIZER_TYPES  # noqa: E402
 from megatron_sota.errors import MegatronSotaError  # noqa: E402
-from megatron_sota.runtime.log import setup_logging  # noqa: E402
+from megatron_sota.runtime.log import add_verbose_flag, setup_logging  # noqa: E402
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("megatron_sota.cli.preprocess_data")  # not __name__: that is "__main__" under -m
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -78,12 +78,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="accepted for Megatron-LM compatibility; input order is always kept",
     )
+    add_verbose_flag(parser)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    setup_logging()
+    setup_logging("DEBUG" if args.verbose else "INFO")
     options = PreprocessOptions(
         inputs=tuple(args.input),
         output_prefix=args.output_prefix,
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         stats = preprocess(options)
     except MegatronSotaError as err:
-        print(f"error: {err}", file=sys.stderr)
+        log.error("%s", err)
         return 1
     except KeyboardInterrupt:
         print(

@@ -18,9 +18,9 @@ from megatron_sota.data.tokenizer_training import (
     train_tokenizer,
 )
 from megatron_sota.errors import MegatronSotaError
-from megatron_sota.runtime.log import setup_logging
+from megatron_sota.runtime.log import add_verbose_flag, setup_logging
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("megatron_sota.cli.train_tokenizer")  # not __name__: that is "__main__" under -m
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -89,12 +89,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="model_max_length in tokenizer_config.json (default: no limit)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress output")
+    add_verbose_flag(parser)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    setup_logging()
+    setup_logging("DEBUG" if args.verbose else "INFO")
     try:
         result = train_tokenizer(
             args.library,
@@ -107,13 +108,14 @@ def main(argv: list[str] | None = None) -> int:
             input_sentence_size=args.input_sentence_size,
             seed=args.seed,
             quiet=args.quiet,
+            verbose=args.verbose,
             character_coverage=args.character_coverage,
             max_sentence_length=args.max_sentence_length,
             num_threads=args.num_threads,
             model_max_length=args.model_max_length,
         )
     except MegatronSotaError as err:
-        print(f"error: {err}", file=sys.stderr)
+        log.error("%s", err)
         return 1
     corpus = result.corpus
     skipped = f", {corpus.lines_too_long} too long skipped" if corpus.lines_too_long else ""
