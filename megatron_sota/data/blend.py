@@ -15,10 +15,10 @@ from typing import Iterator, List, Optional
 import torch
 from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig, MockGPTDataset
-from megatron.core.datasets.megatron_tokenizer import MegatronLegacyTokenizer as MegatronTokenizer
 
 from megatron_sota.config.run import DataConfig
 from megatron_sota.data.mix import ResolvedBlend
+from megatron_sota.data.tokenizer_interface import DatasetTokenizer
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ def sample_counts(iters: int, global_batch_size: int, eval_iters: int) -> Sample
 
 def build_datasets(
     data: DataConfig,
-    tokenizer: MegatronTokenizer,
+    tokenizer: DatasetTokenizer,
     seq_length: int,
     seed: int,
     counts: SampleCounts,
