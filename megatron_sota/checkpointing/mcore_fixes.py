@@ -5,6 +5,9 @@ Without apex or Transformer Engine the optimizer is torch's AdamW, which keeps a
 every state key of the parameter, 'step' included, from checkpoint tensors that carry no 'step'
 (megatron-core restores the step separately), and fails with KeyError: 'step'. The wrapper lets
 the copy skip 'step', which megatron-core has already set from the checkpoint's param groups.
+
+Both are declared with the versions they were written for in runtime/upstream.py, whose tests say when
+upstream no longer needs them.
 """
 
 from __future__ import annotations
@@ -13,11 +16,15 @@ import functools
 
 import torch
 
+from megatron_sota.runtime.upstream import FULLY_RESHARDABLE_STEP, SHARED_ADAM_STEP, applies
+
 
 def install_fully_reshardable_step_fix() -> None:
     """Idempotent; changes behaviour only where megatron-core would raise KeyError: 'step'."""
     from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
 
+    if not applies(FULLY_RESHARDABLE_STEP):
+        return
     original = DistributedOptimizer._set_main_param_and_optimizer_states
     if getattr(original, "_megatron_sota_fix", False):
         return
@@ -46,6 +53,7 @@ def unshare_adam_steps(torch_optimizers) -> None:
     object to every parameter's state; torch's AdamW increments it in place once per parameter,
     so after a resume the bias correction ran ahead by the number of parameters per step.
     """
+    applies(SHARED_ADAM_STEP)  # harmless on any version: only says so where it was not written for it
     for inner in torch_optimizers:
         for state in inner.state.values():
             step = state.get("step")

@@ -54,6 +54,7 @@ from megatron_sota.data.hf_tokenizer import (
     _configured_token,
     _read_json_object,
     _tokenizer_json_path,
+    gpt2_byte_level,
 )
 from megatron_sota.data.tiktoken_tokenizer import TikTokenizer
 from megatron_sota.data.tokenizer import (
@@ -309,10 +310,7 @@ def _configured_id(tokenizer: HuggingFaceTokenizer, directory: str, key: str) ->
 
 
 def _write_gpt2(tokenizer: GPT2BPETokenizer, vocab_file: str, merge_file: str, out_dir: str) -> list[str]:
-    # The pipeline of hf_tokenizer.GPT2BPETokenizer: GPT-2 regex, byte symbols, no prefix space.
-    backend = Tokenizer(models.BPE.from_file(vocab_file, merge_file))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
+    backend = gpt2_byte_level(models.BPE.from_file(vocab_file, merge_file))  # GPT2BPETokenizer's pipeline
     backend.add_special_tokens([AddedToken(GPT2_EOD, special=True, normalized=False)])
     config = {
         **_common_config(split_special_tokens=True),  # "<|endoftext|>" in documents is text

@@ -15,10 +15,11 @@ from typing import Iterator, List, Optional
 import torch
 from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig, MockGPTDataset
-from megatron.core.datasets.megatron_tokenizer import MegatronLegacyTokenizer as MegatronTokenizer
 
 from megatron_sota.config.run import DataConfig
 from megatron_sota.data.mix import ResolvedBlend
+from megatron_sota.data.tokenizer_interface import DatasetTokenizer
+from megatron_sota.runtime.upstream import LOADER_WORKERS_AT_EXIT, applies
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ def sample_counts(iters: int, global_batch_size: int, eval_iters: int) -> Sample
 
 def build_datasets(
     data: DataConfig,
-    tokenizer: MegatronTokenizer,
+    tokenizer: DatasetTokenizer,
     seq_length: int,
     seed: int,
     counts: SampleCounts,
@@ -113,6 +114,8 @@ def build_loader(
     dataset, consumed_samples: int, micro_batch_size: int, dp_rank: int, dp_size: int, num_workers: int
 ) -> Iterator[dict]:
     """An endless-until-exhausted iterator of micro-batch dicts (tokens, labels, loss_mask, position_ids)."""
+    if num_workers > 0:
+        applies(LOADER_WORKERS_AT_EXIT)  # refuses before any worker starts if torch lost the call
     sampler = GlobalBatchSampler(len(dataset), consumed_samples, micro_batch_size, dp_rank, dp_size)
     loader = torch.utils.data.DataLoader(
         dataset,
@@ -131,7 +134,8 @@ def build_loader(
 def _stop_workers_at_exit(iterator) -> None:
     """Workers ignore SIGTERM, so multiprocessing's exit hook (terminate, then join) would wait
     for them forever if the iterator is still alive at exit, as it is when a crash's traceback
-    holds it. This hook, registered after multiprocessing's, runs before it and stops them."""
+    holds it. This hook, registered after multiprocessing's, runs before it and stops them
+    through the iterator's private _shutdown_workers (runtime/upstream.py LOADER_WORKERS_AT_EXIT)."""
 
     def stop() -> None:
         alive = ref()

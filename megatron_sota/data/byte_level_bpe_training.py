@@ -9,8 +9,9 @@ import os
 import time
 from collections.abc import Sequence
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
 
+from megatron_sota.data.hf_tokenizer import GPT2_EOD, gpt2_byte_level
 from megatron_sota.data.tokenizer_corpus import (
     TrainedTokenizer,
     TrainingLines,
@@ -19,7 +20,7 @@ from megatron_sota.data.tokenizer_corpus import (
 )
 from megatron_sota.errors import MegatronSotaError
 
-EOD_TOKEN = "<|endoftext|>"
+EOD_TOKEN = GPT2_EOD
 PAD_TOKEN = "<|pad|>"
 BUILT_IN_TOKENS = (EOD_TOKEN, PAD_TOKEN)
 """Ids 0 and 1; user --special-tokens follow, then the 256 byte symbols, then merges."""
@@ -30,9 +31,7 @@ FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "
 
 def build_untrained(special_tokens: Sequence[str] = ()) -> tuple[Tokenizer, list[str]]:
     """An empty byte-level BPE tokenizer (GPT-2 regex, no prefix space) and its special tokens."""
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer = gpt2_byte_level(models.BPE())
     tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
     return tokenizer, [*BUILT_IN_TOKENS, *special_tokens]
 

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from functools import cached_property
 from typing import Any
 
-from megatron.core.datasets.megatron_tokenizer import MegatronLegacyTokenizer
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
+from megatron_sota.data.tokenizer_interface import DatasetTokenizer
 from megatron_sota.errors import MegatronSotaError
 
 # Tried in order when no config file names the EOS token (GPT-2/NeoX, Llama/Mistral, Llama 3, Gemma).
@@ -22,7 +22,20 @@ _CONFIG_FILES = ("tokenizer_config.json", "special_tokens_map.json")
 GPT2_EOD = "<|endoftext|>"
 
 
-class _TokenizersLibraryTokenizer(MegatronLegacyTokenizer):
+def gpt2_byte_level(bpe: models.BPE) -> Tokenizer:
+    """GPT-2's byte-level pipeline around `bpe`: OpenAI's split regex, each byte mapped to a printable
+    character, no space added in front of the text, and the decoder that maps them back.
+
+    The one definition shared by loading (GPT2BPETokenizer), training (byte_level_bpe_training.py) and
+    export (conversion/tokenizer_export.py), so the three cannot drift apart.
+    """
+    tokenizer = Tokenizer(bpe)
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tokenizer.decoder = decoders.ByteLevel()
+    return tokenizer
+
+
+class _TokenizersLibraryTokenizer(DatasetTokenizer):
     """What both types share once a `tokenizers.Tokenizer` and its eod id exist."""
 
     _tokenizer: Tokenizer
@@ -209,12 +222,9 @@ class GPT2BPETokenizer(_TokenizersLibraryTokenizer):
                 f"GPT2BPETokenizer merge_file {merge_file!r} with vocab_file {vocab_file!r}: expected "
                 f"GPT-2 merges.txt lines 'left right' over tokens of the vocabulary, found ({err})"
             ) from err
-        tokenizer = Tokenizer(bpe)
-        # OpenAI's GPT-2 split regex, bytes mapped to printable characters, no leading space added.
         # <|endoftext|> is deliberately not an added token: in document text it is ordinary bytes,
         # exactly as in OpenAI's encoder and Megatron-LM's GPT2Tokenizer(special_tokens=[]).
-        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tokenizer.decoder = decoders.ByteLevel()
+        tokenizer = gpt2_byte_level(bpe)
         super().__init__(vocab_file, merge_file)
         self._vocab_file = vocab_file
         self._merge_file = merge_file

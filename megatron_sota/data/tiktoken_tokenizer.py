@@ -1,4 +1,4 @@
-"""TikTokenizer: megatron-core's tiktoken vocabulary loader behind the legacy tokenizer interface.
+"""TikTokenizer: megatron-core's tiktoken vocabulary loader behind the interface our other tokenizers have.
 
 Composes megatron.core's TikTokenTokenizer (vocabulary format, special-token layout, eod); it must not
 reimplement that format or train vocabularies.
@@ -14,12 +14,12 @@ from collections.abc import Sequence
 from functools import cached_property
 from typing import Any
 
-from megatron.core.datasets.megatron_tokenizer import MegatronLegacyTokenizer
 from megatron.core.tokenizers.text.libraries.tiktoken_tokenizer import (
     SPECIAL_TOKENS,
     TikTokenTokenizer,
 )
 
+from megatron_sota.data.tokenizer_interface import DatasetTokenizer
 from megatron_sota.errors import MegatronSotaError
 
 # Megatron-LM's defaults: --vocab-size falls back to 2**17, --tiktoken-num-special-tokens is 1000.
@@ -32,7 +32,7 @@ VOCAB_FORMAT = (
 )
 
 
-class TikTokenizer(MegatronLegacyTokenizer):
+class TikTokenizer(DatasetTokenizer):
     """A tiktoken BPE vocabulary; ids 0..num_special_tokens-1 are specials, eod is `</s>` (id 2)."""
 
     def __init__(

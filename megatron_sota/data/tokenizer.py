@@ -10,13 +10,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import sentencepiece
-from megatron.core.datasets.megatron_tokenizer import MegatronLegacyTokenizer
 
 from megatron_sota.data.hf_tokenizer import GPT2BPETokenizer, HuggingFaceTokenizer
 from megatron_sota.data.tiktoken_tokenizer import (
     DEFAULT_NUM_SPECIAL_TOKENS,
     TikTokenizer,
 )
+from megatron_sota.data.tokenizer_interface import DatasetTokenizer
 from megatron_sota.errors import MegatronSotaError
 
 TOKENIZER_TYPES = (
@@ -29,8 +29,8 @@ TOKENIZER_TYPES = (
 )
 
 
-class SentencePieceTokenizer(MegatronLegacyTokenizer):
-    """A SentencePiece model file exposed through megatron-core's tokenizer interface."""
+class SentencePieceTokenizer(DatasetTokenizer):
+    """A SentencePiece model file exposed through the interface megatron-core's datasets read."""
 
     def __init__(self, model_path: str) -> None:
         if not os.path.isfile(model_path):
@@ -114,7 +114,7 @@ class SentencePieceTokenizer(MegatronLegacyTokenizer):
         return pad_id if pad_id >= 0 else self.eod
 
 
-class NullTokenizer(MegatronLegacyTokenizer):
+class NullTokenizer(DatasetTokenizer):
     """Text that already holds whitespace-separated token ids; the last id is end-of-document."""
 
     def __init__(self, vocab_size: int) -> None:

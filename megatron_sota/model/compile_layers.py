@@ -7,17 +7,21 @@ from __future__ import annotations
 
 from typing import Iterable
 
+import megatron.core.utils as mcore_utils
 import torch
 from megatron.core import parallel_state
-from megatron.core.utils import get_tensor_model_parallel_group_if_none
+
+from megatron_sota.runtime.upstream import TP_GROUP_WITHOUT_WARNING, applies
+
+_substituted = False
 
 
-# megatron-core's RowParallelLinear passes tp_group=None, and this helper then warns (rank 0 only)
-# that passing it will become mandatory. Dynamo cannot trace warnings.warn, and the break falls
-# inside an activation-offloading context manager, so on rank 0 a layer would fall apart into
-# about ten small graphs instead of one. This tells Dynamo (and nothing else: eager calls still run
-# megatron-core's function) to trace the same lookup without the warning.
-@torch.compiler.substitute_in_graph(get_tensor_model_parallel_group_if_none)
+# megatron-core's RowParallelLinear passes tp_group=None, and get_tensor_model_parallel_group_if_none
+# then warns (rank 0 only) that passing it will become mandatory. Dynamo cannot trace warnings.warn,
+# and the break falls inside an activation-offloading context manager, so on rank 0 a layer would fall
+# apart into about ten small graphs instead of one. This tells Dynamo (and nothing else: eager calls
+# still run megatron-core's function) to trace the same lookup without the warning. It repeats
+# megatron-core 0.16.1's lookup, so on another version upstream's function is traced instead.
 def _default_tp_group_without_warning(tp_group, is_expert=False, check_initialized=True):
     if not torch.distributed.is_initialized():
         return None
@@ -28,6 +32,16 @@ def _default_tp_group_without_warning(tp_group, is_expert=False, check_initializ
     return parallel_state.get_tensor_model_parallel_group(check_initialized=check_initialized)
 
 
+def _trace_default_tp_group_without_warning() -> None:
+    global _substituted
+    if _substituted or not applies(TP_GROUP_WITHOUT_WARNING):
+        return
+    torch.compiler.substitute_in_graph(mcore_utils.get_tensor_model_parallel_group_if_none)(
+        _default_tp_group_without_warning
+    )
+    _substituted = True
+
+
 def compile_transformer_layers(chunks: Iterable[torch.nn.Module]) -> None:
     """One graph per layer: its norms, RoPE, SwiGLU and residual adds become fused kernels.
 
@@ -35,6 +49,7 @@ def compile_transformer_layers(chunks: Iterable[torch.nn.Module]) -> None:
     checkpoints stay those of the eager model (wrapping it would prefix every key with ``_orig_mod.``).
     Layers of one model share the compiled graph: their parameters are graph inputs.
     """
+    _trace_default_tp_group_without_warning()
     for chunk in chunks:
         for layer in chunk.decoder.layers:
             layer.compile()

@@ -12,6 +12,9 @@ literal ``device="cuda"`` for tensor placement, CUDA RNG state in its RNG tracke
   the CUDA type name so the optimizers' dtype dispatch takes the same branch as on a GPU;
 * the ``torch.cuda`` calls megatron-core makes are answered by CPU stand-ins (the RNG tracker
   then forks the CPU generator, which is what dropout and initialisation on CPU draw from).
+
+Written for megatron-core 0.16.1 and torch 2.13 (runtime/upstream.py CPU_BACKEND); each stand-in
+takes the parameters of the function it replaces.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from typing import Any, Iterator
 
 import torch
 from torch.overrides import TorchFunctionMode
+
+from megatron_sota.runtime.upstream import CPU_BACKEND, applies
 
 _CUDA_TYPE_NAMES = {
     torch.float32: "torch.cuda.FloatTensor",
@@ -115,7 +120,7 @@ def _cuda_stand_ins() -> dict[tuple[Any, str], Any]:
         (torch.cuda, "synchronize"): noop(),
         (torch.cuda, "empty_cache"): noop(),
         (torch.cuda, "get_rng_state"): lambda device="cuda": torch.get_rng_state(),
-        (torch.cuda, "set_rng_state"): lambda state, device="cuda": torch.set_rng_state(state),
+        (torch.cuda, "set_rng_state"): lambda new_state, device="cuda": torch.set_rng_state(new_state),
         (torch.cuda, "manual_seed"): lambda seed: torch.manual_seed(seed),
         (torch.cuda, "current_stream"): lambda *a, **k: _NullStream(),
         (torch.cuda, "default_stream"): lambda *a, **k: _NullStream(),
@@ -142,6 +147,7 @@ def cpu_backend() -> Iterator[None]:
     from torch._dynamo.trace_rules import get_torch_obj_rule_map
 
     get_torch_obj_rule_map()
+    applies(CPU_BACKEND)  # CPU runs need it on any version; this only says where it was not written for it
     stand_ins = _cuda_stand_ins()
     originals = {key: getattr(key[0], key[1], None) for key in stand_ins}
     for (owner, name), replacement in stand_ins.items():

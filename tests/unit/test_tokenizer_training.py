@@ -12,12 +12,13 @@ import pyarrow
 import pyarrow.parquet
 import pytest
 import sentencepiece
-from tokenizers import Tokenizer, models, pre_tokenizers
+from tokenizers import Tokenizer, models
 
 from megatron_sota.data.byte_level_bpe_training import (
     build_untrained,
     train_byte_level_bpe,
 )
+from megatron_sota.data.hf_tokenizer import gpt2_byte_level
 from megatron_sota.data.tokenizer_corpus import MAX_VOCAB_SIZE, split_at_line_breaks
 from megatron_sota.data.tokenizer_training import train_sentencepiece, train_tokenizer
 from megatron_sota.errors import MegatronSotaError
@@ -201,7 +202,7 @@ def test_vocab_and_merges_give_the_same_ids_as_tokenizer_json(hf_dir, docs):
 
 
 def test_line_pieces_pre_tokenize_like_the_whole_text(docs):
-    pre = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    pre = gpt2_byte_level(models.BPE()).pre_tokenizer  # the split every byte-level type uses
     rng = random.Random(0)
     alphabet = ["a", "Z", "7", "_", "(", "'s", " ", "  ", "\t", "\n", "\r\n", "\u3000", "\x1c", "é", "世", "🎉", "\f"]
     texts = [*docs, *("".join(rng.choice(alphabet) for _ in range(200)) for _ in range(300))]

@@ -15,8 +15,9 @@ import sysconfig
 import pytest
 import sentencepiece
 import tiktoken
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
+from megatron_sota.data.hf_tokenizer import gpt2_byte_level
 from megatron_sota.data.tokenizer import TOKENIZER_TYPES, build_tokenizer
 from megatron_sota.errors import MegatronSotaError
 
@@ -41,9 +42,7 @@ def texts() -> list[str]:
 
 
 def _byte_level_bpe(vocab_size: int, special_tokens: list[str]) -> Tokenizer:
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer = gpt2_byte_level(models.BPE())
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         special_tokens=special_tokens,
@@ -143,6 +142,34 @@ def tokenizers_by_type(bpe_dir, tiktoken_vocab, spm_model) -> dict:
         ),
         "NullTokenizer": build_tokenizer("NullTokenizer", vocab_size=100),
     }
+
+
+def test_dataset_cache_identity_is_class_paths_and_options(tokenizers_by_type, bpe_dir, tiktoken_vocab, spm_model):
+    # megatron-core hashes unique_identifiers into the names of its cached index files; this is the
+    # layout megatron-core's former legacy tokenizer base wrote, so caches from before stay valid.
+    tiktoken_size = str(tokenizers_by_type["TikTokenizer"].vocab_size)
+    expected = {
+        "SentencePieceTokenizer": {"class": "SentencePieceTokenizer", "tokenizer_path": [str(spm_model)]},
+        "GPTSentencePieceTokenizer": {"class": "SentencePieceTokenizer", "tokenizer_path": [str(spm_model)]},
+        "HuggingFaceTokenizer": {
+            "class": "HuggingFaceTokenizer", "tokenizer_path": [str(bpe_dir / "tokenizer.json")]
+        },
+        "GPT2BPETokenizer": {
+            "class": "GPT2BPETokenizer",
+            "tokenizer_path": [str(bpe_dir / "vocab.json"), str(bpe_dir / "merges.txt")],
+        },
+        "TikTokenizer": {
+            "class": "TikTokenizer",
+            "tokenizer_path": [str(tiktoken_vocab)],
+            "pattern": "v2",
+            "num_special_tokens": "1000",
+            "vocab_size": tiktoken_size,
+        },
+        "NullTokenizer": {"class": "NullTokenizer", "tokenizer_path": [], "vocab_size": "100"},
+    }
+    for tokenizer_type, tokenizer in tokenizers_by_type.items():
+        # json.dumps, as megatron-core serialises it: key order is part of the hashed text.
+        assert json.dumps(tokenizer.unique_identifiers) == json.dumps(expected[tokenizer_type])
 
 
 def _inputs_for(tokenizer_type: str, texts: list[str]) -> list[str]:

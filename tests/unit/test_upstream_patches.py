@@ -1,0 +1,236 @@
+"""Upstream still behaves as each of our patches of megatron-core and torch internals expects (runtime/upstream.py).
+
+Each test is the `test` of one Patch. One failing after an upgrade means upstream changed what that patch relies on
+or works around: revisit the patch it names (drop it where upstream fixed the problem) and its versions there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import os
+import signal
+import warnings
+
+import pytest
+import torch
+
+from megatron_sota.checkpointing.contents import torch_optimizers
+from megatron_sota.config.parallel import ParallelConfig
+from megatron_sota.runtime import cpu_compat, upstream
+
+STEP_FIX, SHARED_STEP = upstream.FULLY_RESHARDABLE_STEP, upstream.SHARED_ADAM_STEP
+
+
+@contextlib.contextmanager
+def _one_rank():
+    from megatron_sota.runtime.session import distributed_session
+
+    with distributed_session(ParallelConfig(), "cpu", 1, seed=0) as session:
+        yield session
+
+
+def _distributed_adam():
+    """A Linear layer under megatron-core's DDP and distributed optimizer (torch AdamW without apex/TE)."""
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+    from megatron.core.transformer import TransformerConfig
+
+    module = torch.nn.Linear(8, 4)
+    ddp = DistributedDataParallel(
+        TransformerConfig(num_layers=1, hidden_size=8, num_attention_heads=1),
+        DistributedDataParallelConfig(use_distributed_optimizer=True),
+        module,
+    )
+    optimizer = get_megatron_optimizer(OptimizerConfig(optimizer="adam", lr=1e-2, use_distributed_optimizer=True), [ddp])
+    return module, ddp, optimizer
+
+
+def _sharded_state(module, optimizer, is_loading: bool) -> dict:
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor
+
+    from megatron_sota.checkpointing.contents import OPTIMIZER_METADATA, prime_optimizer_state
+
+    model = {name: ShardedTensor.from_rank_offsets(f"linear.{name}", p, replica_id=0) for name, p in module.named_parameters()}
+    if is_loading:
+        prime_optimizer_state(optimizer)  # as CheckpointManager.load does
+    return {"model": model, "optimizer": optimizer.sharded_state_dict(model, is_loading=is_loading, metadata=OPTIMIZER_METADATA)}
+
+
+def _adam_states(optimizer) -> list[dict]:
+    return [state for inner in torch_optimizers(optimizer) for state in inner.state.values()]
+
+
+@pytest.fixture(scope="module")
+def reshardable_round_trip(tmp_path_factory):
+    """One AdamW step saved in the fully_reshardable format, loaded unpatched and patched, as our manager does."""
+    from megatron.core import dist_checkpointing
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    from megatron_sota.checkpointing.mcore_fixes import install_fully_reshardable_step_fix
+
+    directory = str(tmp_path_factory.mktemp("reshardable"))
+    name = "_set_main_param_and_optimizer_states"
+    with _one_rank():
+        module, ddp, optimizer = _distributed_adam()
+        ddp.zero_grad_buffer()
+        optimizer.zero_grad()
+        ddp(torch.randn(3, 8)).sum().backward()
+        ddp.finish_grad_sync()
+        assert optimizer.step()[0]
+        saved = [{k: v.clone() for k, v in state.items()} for state in _adam_states(optimizer)]
+        dist_checkpointing.save(_sharded_state(module, optimizer, False), directory)
+
+        unpatched_error = None
+        current = getattr(DistributedOptimizer, name)
+        with pytest.MonkeyPatch.context() as patch:
+            # The fix is process-wide once a CheckpointManager exists: take megatron-core's own method.
+            patch.setattr(DistributedOptimizer, name, getattr(current, "__wrapped__", current))
+            module, _, fresh = _distributed_adam()
+            loaded = dist_checkpointing.load(_sharded_state(module, fresh, True), directory)
+            try:
+                fresh.load_state_dict(loaded["optimizer"])
+            except KeyError as err:
+                unpatched_error = err
+
+        install_fully_reshardable_step_fix()
+        module, _, fresh = _distributed_adam()
+        fresh.load_state_dict(dist_checkpointing.load(_sharded_state(module, fresh, True), directory)["optimizer"])
+    return {"saved": saved, "unpatched_error": unpatched_error, "loaded": fresh}
+
+
+def test_unpatched_reshardable_load_raises_key_error_step(reshardable_round_trip):
+    error = reshardable_round_trip["unpatched_error"]
+    assert error is not None and error.args == ("step",), (
+        f"megatron-core now loads torch AdamW state in the fully_reshardable format without KeyError: 'step' "
+        f"(got {error!r}): drop {STEP_FIX.name}"
+    )
+    # What the fix is for: the patched load restores every state tensor.
+    loaded = _adam_states(reshardable_round_trip["loaded"])
+    assert len(loaded) == len(reshardable_round_trip["saved"]) == 2
+    for before, after in zip(reshardable_round_trip["saved"], loaded):
+        assert set(after) == set(before) == {"step", "exp_avg", "exp_avg_sq"}
+        assert all(torch.equal(after[key], before[key]) for key in before)
+
+
+def test_loaded_adam_state_shares_one_step_tensor(reshardable_round_trip):
+    from megatron_sota.checkpointing.mcore_fixes import unshare_adam_steps
+
+    optimizer = reshardable_round_trip["loaded"]
+    steps = [state["step"] for state in _adam_states(optimizer)]
+    assert len(steps) == 2 and steps[0] is steps[1], (
+        f"megatron-core now gives each parameter its own AdamW step tensor after a load: drop {SHARED_STEP.name}"
+    )
+    # What the fix does: one counter per parameter, same value, so in-place increments stay per parameter.
+    unshare_adam_steps(torch_optimizers(optimizer))
+    steps = [state["step"] for state in _adam_states(optimizer)]
+    assert steps[0] is not steps[1] and all(torch.equal(step, steps[0]) for step in steps)
+
+
+def _takes_any_arguments(function) -> bool:
+    kinds = {p.kind for p in inspect.signature(function).parameters.values()}
+    return {inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD} <= kinds
+
+
+def test_cuda_functions_replaced_on_cpu_keep_their_signatures():
+    where = upstream.CPU_BACKEND.name
+    stand_ins = cpu_compat._cuda_stand_ins()
+    for (owner, name), stand_in in stand_ins.items():
+        original = getattr(owner, name, None)
+        assert original is not None, f"{owner.__name__}.{name} is gone upstream: drop its stand-in in {where}"
+        if inspect.isclass(stand_in) or _takes_any_arguments(stand_in):
+            continue
+        expected = list(inspect.signature(original).parameters)
+        assert list(inspect.signature(stand_in).parameters) == expected, f"{owner.__name__}.{name}: revisit {where}"
+
+
+def test_megatron_core_optimizers_still_dispatch_on_cuda_type_names(monkeypatch):
+    """cpu_backend answers Tensor.type() with CUDA names because megatron-core's optimizers compare those strings."""
+    error = None
+    with _one_rank():
+        monkeypatch.setattr(cpu_compat, "_CUDA_TYPE_NAMES", {})  # CPU type names, as without the patch
+        try:
+            _distributed_adam()
+        except TypeError as err:
+            error = err
+    assert error is not None and "Received torch.FloatTensor" in str(error), (
+        f"megatron-core's optimizers accept CPU type names now ({error!r}): drop the Tensor.type() answer "
+        f"in {upstream.CPU_BACKEND.name}"
+    )
+
+
+def test_torch_function_mode_still_sees_what_cpu_backend_redirects():
+    seen = []
+
+    class Recorder(torch.overrides.TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            seen.append((func, sorted(kwargs or {})))
+            return args[0] if func is torch.Tensor.cuda else func(*args, **(kwargs or {}))
+
+    x = torch.zeros(2)
+    with Recorder():
+        torch.ones(2, device="cpu")
+        x.type()
+        x.cuda()
+        x.to("cpu")
+    assert seen == [
+        (torch.ones, ["device"]),
+        (torch.Tensor.type, []),
+        (torch.Tensor.cuda, []),
+        (torch.Tensor.to, []),
+    ], f"torch's TorchFunctionMode no longer sees these calls as before: revisit {upstream.CPU_BACKEND.name}"
+
+
+def test_default_tp_group_lookup_still_warns_and_matches_our_substitute():
+    from megatron.core import parallel_state
+    from megatron.core.utils import get_tensor_model_parallel_group_if_none as upstream_lookup
+
+    from megatron_sota.model.compile_layers import _default_tp_group_without_warning as ours
+
+    where = upstream.TP_GROUP_WITHOUT_WARNING.name
+    assert inspect.signature(ours) == inspect.signature(upstream_lookup), f"the signature changed: revisit {where}"
+    assert upstream_lookup(None) is ours(None) is None  # no process group
+    with _one_rank():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            group = upstream_lookup(None)
+        assert [str(w.message) for w in caught if issubclass(w.category, DeprecationWarning) and "tp_group is None" in str(w.message)], (
+            f"megatron-core no longer warns when tp_group is None: drop {where}"
+        )
+        other = parallel_state.get_data_parallel_group()
+        for args in ((None,), (other,), (None, True), (None, False, False)):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                assert upstream_lookup(*args) is ours(*args), f"lookup{args} differs: revisit {where}"
+        assert group is parallel_state.get_tensor_model_parallel_group()
+
+
+class _Samples(torch.utils.data.Dataset):
+    def __len__(self):
+        return 16
+
+    def __getitem__(self, index):
+        return {"tokens": torch.full((4,), index)}
+
+
+def test_dataloader_shutdown_workers_stops_workers_that_ignore_sigterm():
+    from megatron_sota.data.blend import build_loader
+
+    iterator = build_loader(_Samples(), 0, 2, 0, 1, num_workers=1)
+    assert next(iterator)["tokens"].shape == (2, 4)
+    workers = list(iterator._workers)
+    try:
+        assert workers and all(w.is_alive() for w in workers)
+        os.kill(workers[0].pid, signal.SIGTERM)  # ignored: the reason _shutdown_workers is needed at exit
+        workers[0].join(0.5)
+        assert workers[0].is_alive()
+        iterator._shutdown_workers()
+        assert not any(w.is_alive() for w in workers), (
+            f"torch's _shutdown_workers no longer stops the workers: revisit {upstream.LOADER_WORKERS_AT_EXIT.name}"
+        )
+    finally:
+        if any(w.is_alive() for w in workers):  # else this failure would hang the test process at exit
+            torch.utils.data._utils.signal_handling._remove_worker_pids(id(iterator))  # no SIGCHLD error for them
+            for worker in workers:
+                worker.kill()
+                worker.join()
