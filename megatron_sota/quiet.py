@@ -50,8 +50,6 @@ KNOWN_WARNINGS: tuple[tuple[type[Warning], str], ...] = (
 
 # (logger, message) of megatron-core's log records below ERROR that are known and harmless.
 KNOWN_LOG_RECORDS: tuple[tuple[str, str], ...] = (
-    # megatron-core 0.16 MegatronLegacyTokenizer.__init__, once per tokenizer our tokenizers build.
-    ("megatron.core.datasets.megatron_tokenizer", r"You're using the legacy tokenizer system"),
     # megatron-core datasets/blended_dataset.py, once per split, when the blend data/mix.py gives it has
     # one prefix (the quickstart's): a remark on efficiency, not a problem.
     ("megatron.core.datasets.blended_dataset", r"Building a BlendedDataset for a single MegatronDataset"),

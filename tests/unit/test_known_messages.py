@@ -55,12 +55,12 @@ def megatron_console(capsys):
 
 def test_megatron_known_record_is_hidden_but_its_other_warnings_and_errors_show(megatron_console):
     name, _ = KNOWN_LOG_RECORDS[0]
-    tokenizer_log = logging.getLogger(name)
-    tokenizer_log.warning("You're using the legacy tokenizer system, which is deprecated and will be removed")
-    tokenizer_log.warning("a warning megatron-core did not give before")
+    blend_log = logging.getLogger(name)
+    blend_log.warning("Building a BlendedDataset for a single MegatronDataset")
+    blend_log.warning("a warning megatron-core did not give before")
     logging.getLogger("megatron.core.datasets.gpt_dataset").error("cannot open the index")
     err = megatron_console.readouterr().err
-    assert "legacy tokenizer" not in err
+    assert "single MegatronDataset" not in err
     assert f"warning [{name}]: a warning megatron-core did not give before" in err
     assert "error [megatron.core.datasets.gpt_dataset]: cannot open the index" in err
 
