@@ -114,7 +114,7 @@ def run_benchmark(job: JobConfig, options: BenchmarkOptions = BenchmarkOptions()
     env = read_launch_env()
     inputs = check_inputs(job, env.world_size)
     t = job.train
-    with distributed_session(job.parallel, job.runtime.device, job.runtime.timeout_minutes, t.seed, env) as session:
+    with distributed_session(job.parallel, inputs.choices.device, job.runtime.timeout_minutes, t.seed, env) as session:
         device = session.device
         meter = PeakMemoryMeter(device)
         counting = device.type == "cuda" or options.measure_cpu_memory
@@ -151,7 +151,8 @@ def run_benchmark(job: JobConfig, options: BenchmarkOptions = BenchmarkOptions()
             model=job.model.name,
             device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             layout=_layout(job, inputs.layout.dp, world, inputs.layout.num_microbatches,
-                           str(state.config.params_dtype).replace("torch.", ""), state.use_te, state.kernels.describe()),
+                           str(state.config.params_dtype).replace("torch.", ""), inputs.choices.transformer_engine,
+                           state.kernels.describe()),
             steps=options.steps,
             warmup=options.warmup,
             tokens_per_step=tokens,
