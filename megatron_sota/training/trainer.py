@@ -89,7 +89,7 @@ def _describe(state: TrainingState) -> int:
 
 
 def report_data_mix(state: TrainingState, run_dir: str) -> None:
-    """Prints the samples each source and prefix contributes to this run; saves data_mix.json/.png."""
+    """Logs the samples each source and prefix contributes to this run; saves data_mix.json/.png."""
     blend, t = state.inputs.blend, state.job.train
     if blend is None:
         return  # mock data
