@@ -8,11 +8,12 @@ metadata before any tensor is read, and reports problems as MegatronSotaError.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch.distributed as dist
 from megatron.core import dist_checkpointing
@@ -45,13 +46,11 @@ class Progress:
         return {"iteration": self.iteration, "consumed_samples": self.consumed_samples}
 
 
+logger = logging.getLogger(__name__)
+
+
 def _rank0() -> bool:
     return dist.get_rank() == 0
-
-
-def _print0(message: str) -> None:
-    if _rank0():
-        print(message, flush=True)
 
 
 def resolve_resume(cfg: CheckpointConfig, save_dir: str) -> Optional[str]:
@@ -66,16 +65,15 @@ def resolve_resume(cfg: CheckpointConfig, save_dir: str) -> Optional[str]:
 class CheckpointManager:
     """Owns one checkpoint directory for the life of a run."""
 
-    def __init__(
-        self, cfg: CheckpointConfig, save_dir: str, vocab_size: Optional[int] = None, kill_during_save_at: Optional[int] = None
-    ):
+    def __init__(self, cfg: CheckpointConfig, save_dir: str, vocab_size: Optional[int] = None):
         self.cfg = cfg
         self.save_dir = save_dir
         self.vocab_size = vocab_size
         self.pinned: set = set()
         """Iterations that pruning must keep for now (an export is reading them)."""
-        # Test hook (fault injection): SIGKILL this process after writing, before the rename.
-        self.kill_during_save_at = kill_during_save_at
+        self.before_commit: List[Callable[[int], None]] = []
+        """Called on every rank with the iteration once its shards are written, before the checkpoint
+        is made visible (what a crash at that moment must not lose is tested through this)."""
         self.last_complete: Optional[str] = None
         install_fully_reshardable_step_fix()
         self._async_queue = None
@@ -85,7 +83,7 @@ class CheckpointManager:
             self._async_queue = AsyncCallsQueue()
         if _rank0():
             for name in paths.remove_partials(save_dir):
-                print(f"removed {os.path.join(save_dir, name)} (a save that never completed)", flush=True)
+                logger.info(f"removed {os.path.join(save_dir, name)} (a save that never completed)")
         dist.barrier()
 
     # ------------------------------------------------------------------ save
@@ -114,14 +112,12 @@ class CheckpointManager:
         else:
             request.add_finalize_fn(finalize)
             self._async_queue.schedule_async_request(request)
-            _print0(f"checkpoint iter_{step:07d}: writing in the background")
+            logger.info(f"checkpoint iter_{step:07d}: writing in the background")
 
     def _finalizer(self, step: int, partial: str, start: float) -> Callable[[], None]:
         def finalize() -> None:
-            if self.kill_during_save_at == step:
-                import signal
-
-                os.kill(os.getpid(), signal.SIGKILL)
+            for hook in self.before_commit:
+                hook(step)
             dist.barrier()  # every rank has written its shards
             final = paths.iter_dir(self.save_dir, step)
             if _rank0():
@@ -135,10 +131,9 @@ class CheckpointManager:
                 shutil.rmtree(replaced, ignore_errors=True)
                 pruned = paths.prune(self.save_dir, self.cfg.keep, self.pinned)
                 size = paths.dir_size_bytes(final)
-                print(
+                logger.info(
                     f"saved checkpoint {final} ({size / 2**20:.1f} MiB) in {time.perf_counter() - start:.2f}s"
-                    + (f"; deleted iterations {pruned}" if pruned else ""),
-                    flush=True,
+                    + (f"; deleted iterations {pruned}" if pruned else "")
                 )
             self.last_complete = final
             dist.barrier()
@@ -206,7 +201,7 @@ class CheckpointManager:
             unshare_adam_steps(torch_optimizers(state.optimizer))
             state.scheduler.load_state_dict(loaded["scheduler"])
         if weights_only:
-            _print0(f"initialised the weights from {checkpoint_dir} in {time.perf_counter() - start:.2f}s; starting at step 0")
+            logger.info(f"initialised the weights from {checkpoint_dir} in {time.perf_counter() - start:.2f}s; starting at step 0")
             return Progress()
         progress = Progress(**common["progress"])
         if not load_optimizer:
@@ -214,7 +209,7 @@ class CheckpointManager:
             state.scheduler.step(increment=progress.iteration)
         if same_layout:
             restore_rng(loaded["rng_state"])
-        _print0(
+        logger.info(
             f"resumed from {checkpoint_dir} at iteration {progress.iteration} "
             f"({progress.consumed_samples} samples consumed) in {time.perf_counter() - start:.2f}s"
             + ("" if same_layout else f"; resharded from layout {common.get('layout')} to {layout}")

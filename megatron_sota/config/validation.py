@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Optional, Sequence
 
 from megatron_sota.config.generation import GenerationConfig
 from megatron_sota.config.job import JobConfig
 from megatron_sota.config.kernels import ATTENTION_BACKENDS
+from megatron_sota.config.machine import Machine, machine_problems, probe_machine
 from megatron_sota.config.run import LOG_LEVELS
 from megatron_sota.errors import MegatronSotaError
 
@@ -20,6 +22,10 @@ DTYPE_CHOICES = ("auto", "fp32", "bf16", "fp16")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 IMPL_CHOICES = ("auto", "local", "transformer_engine")
 EXPORT_DTYPE_CHOICES = ("bf16", "fp32")
+# megatron-core's (TransformerConfig.fp8, megatron.core.enums.Fp8Recipe; WSD decay shapes of OptimizerParamScheduler).
+FP8_CHOICES = (None, "e4m3", "hybrid")
+FP8_RECIPE_CHOICES = ("delayed", "tensorwise", "mxfp8", "blockwise", "custom")
+WSD_DECAY_STYLE_CHOICES = ("linear", "cosine", "exponential", "minus_sqrt")
 
 
 @dataclass(frozen=True)
@@ -105,9 +111,16 @@ def _choice_problems(cfg: JobConfig) -> list[str]:
         ("optimizer.name", cfg.optimizer.name, ("adamw",)),
         ("checkpoint.export_hf_dtype", cfg.checkpoint.export_hf_dtype, EXPORT_DTYPE_CHOICES),
         ("kernels.attention_backend", cfg.kernels.attention_backend, ATTENTION_BACKENDS),
+        ("precision.fp8", cfg.precision.fp8, FP8_CHOICES),
+        ("precision.fp8_recipe", cfg.precision.fp8_recipe, FP8_RECIPE_CHOICES),
+        ("scheduler.wsd_decay_style", cfg.scheduler.wsd_decay_style, WSD_DECAY_STYLE_CHOICES),
         ("logging.level", cfg.logging.level, LOG_LEVELS),
     )
-    return [f"{key} must be one of {', '.join(choices)}, got '{value}'" for key, value, choices in checks if value not in choices]
+    return [
+        f"{key} must be one of {', '.join(str(c) if c is not None else 'null' for c in choices)}, got '{value}'"
+        for key, value, choices in checks
+        if value not in choices
+    ]
 
 
 def _weight_problems(key: str, weights: list, paths_key: str, num_paths: int) -> list[str]:
@@ -191,10 +204,7 @@ def generation_problems(g: GenerationConfig) -> list[str]:
 
 
 def eval_problems(cfg: JobConfig) -> list[str]:
-    """In-loop evaluation: its numbers, and every task resolvable before training starts."""
-    from megatron_sota.evaluation.runner import check_task_data
-    from megatron_sota.evaluation.task_spec import load_task
-
+    """In-loop evaluation's numbers; its task files are evaluation's to check (evaluation.task_checks)."""
     e = cfg.eval
     problems = [
         f"{key} must be {rule}, got {value}"
@@ -205,29 +215,41 @@ def eval_problems(cfg: JobConfig) -> list[str]:
         )
         if not ok
     ]
-    if not e.tasks or e.interval == 0:
-        return problems
-    if cfg.parallel.cp > 1:
+    if e.tasks and e.interval > 0 and cfg.parallel.cp > 1:
         problems.append(f"eval.tasks needs parallel.cp=1 (scoring does not split sequences over context-parallel ranks), got cp={cfg.parallel.cp}")
-    text_tokenizer = cfg.tokenizer.type not in (None, "NullTokenizer")
-    for name in e.tasks:
-        try:
-            spec = load_task(name)
-            check_task_data(spec)
-        except MegatronSotaError as err:
-            problems.append(f"eval.tasks: {err}")
-            continue
-        if not text_tokenizer and not (spec.type == "perplexity" and not spec.path.endswith(".jsonl")):
-            problems.append(f"eval.tasks: task {name} ({spec.type}) reads text, but the run has no text tokenizer (tokenizer.type={cfg.tokenizer.type})")
     return problems
 
 
-def validate_job(cfg: JobConfig, world_size: int) -> Layout:
-    """Returns the derived layout, or raises one MegatronSotaError listing every problem."""
+def _loop_problems(cfg: JobConfig) -> list[str]:
+    """Numbers the optimizer, its schedule, the data loader and the loop would otherwise refuse mid-run."""
+    o, s = cfg.optimizer, cfg.scheduler
+    checks = (
+        ("train.iters", cfg.train.iters >= 1, ">= 1", cfg.train.iters),
+        ("optimizer.lr", o.lr >= 0, ">= 0", o.lr),
+        ("optimizer.weight_decay", o.weight_decay >= 0, ">= 0", o.weight_decay),
+        ("scheduler.min_lr_ratio", 0 <= s.min_lr_ratio <= 1, "in [0, 1]", s.min_lr_ratio),
+        ("scheduler.warmup_iters", s.warmup_iters >= 0, ">= 0", s.warmup_iters),
+        ("scheduler.decay_iters", s.decay_iters is None or s.decay_iters >= 1, ">= 1 or null", s.decay_iters),
+        ("scheduler.wsd_decay_iters", s.wsd_decay_iters is None or s.wsd_decay_iters >= 1, ">= 1 or null", s.wsd_decay_iters),
+        ("logging.interval", cfg.logging.interval >= 1, ">= 1", cfg.logging.interval),
+        ("data.num_workers", cfg.data.num_workers >= 0, ">= 0", cfg.data.num_workers),
+    )
+    return [f"{key} must be {rule}, got {value}" for key, ok, rule, value in checks if not ok]
+
+
+def validate_job(
+    cfg: JobConfig, world_size: int, machine: Optional[Machine] = None, more_problems: Sequence[str] = ()
+) -> Layout:
+    """Returns the derived layout, or raises one MegatronSotaError listing every problem.
+
+    `machine` (probed when None) decides what `auto` becomes; `more_problems` are the caller's
+    own findings (allocation, task files), reported in the same message.
+    """
+    if machine is None:
+        machine = probe_machine(want_transformer_engine=cfg.model.transformer_impl != "local")
     problems = _choice_problems(cfg) + _layout_problems(cfg, world_size) + _data_problems(cfg)
-    problems += _model_problems(cfg) + generation_problems(cfg.generation) + eval_problems(cfg)
-    if cfg.train.iters < 1:
-        problems.append(f"train.iters must be >= 1, got {cfg.train.iters}")
+    problems += _model_problems(cfg) + machine_problems(cfg, machine) + generation_problems(cfg.generation)
+    problems += eval_problems(cfg) + _loop_problems(cfg) + list(more_problems)
     if problems:
         raise MegatronSotaError("invalid configuration:\n  - " + "\n  - ".join(problems))
     dp = world_size // (cfg.parallel.tp * cfg.parallel.pp * cfg.parallel.cp)

@@ -14,7 +14,8 @@ from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from megatron.core import parallel_state, tensor_parallel
-from megatron.core.pipeline_parallel import get_forward_backward_func
+
+from megatron_sota.parallelize.pipeline import run_schedule
 
 
 @dataclass
@@ -55,6 +56,14 @@ def _forward_step(device: torch.device, vocab_size: int, data_iterator: Iterator
     positions = torch.arange(tokens.shape[1], device=device).unsqueeze(0).expand_as(tokens)
     output = model(tokens, positions, None)
     return output, partial(_score_outputs, batch["targets"].to(device), vocab_size)
+
+
+def _stack_outputs(collected: List[dict]) -> torch.Tensor:
+    """The last stage's [2, rows, length]: log-probs, then greedy ids (as float64, exact below 2**53)."""
+    return torch.stack([
+        torch.cat([c["logprobs"] for c in collected]).to(torch.float64),
+        torch.cat([c["greedy"] for c in collected]).to(torch.float64),
+    ])
 
 
 class PipelineScorer:
@@ -120,28 +129,14 @@ class PipelineScorer:
         for model in self.models:
             model.eval()
         try:
-            iterators = [iter(batches) for _ in self.models] if len(self.models) > 1 else iter(batches)
-            collected = get_forward_backward_func()(
-                forward_step_func=partial(_forward_step, self.device, self.vocab_size),
-                data_iterator=iterators,
-                model=self.models if len(self.models) > 1 else self.models[0],
-                num_microbatches=len(batches),
-                seq_length=length,
-                micro_batch_size=self.micro_batch_size,
-                forward_only=True,
+            packed = run_schedule(
+                self.models, partial(_forward_step, self.device, self.vocab_size), [iter(batches) for _ in self.models],
+                len(batches), self.micro_batch_size, length, forward_only=True, collect=_stack_outputs,
+                result_shape=(2, rows, length), device=self.device,
             )
         finally:
             for model, training in zip(self.models, was_training):
                 model.train(training)
-        packed = torch.zeros(2, rows, length, dtype=torch.float64, device=self.device)
-        if parallel_state.is_pipeline_last_stage(ignore_virtual=True):
-            packed[0] = torch.cat([c["logprobs"] for c in collected]).to(torch.float64)
-            packed[1] = torch.cat([c["greedy"] for c in collected]).to(torch.float64)
-        if self._pp > 1:
-            torch.distributed.broadcast(
-                packed, src=parallel_state.get_pipeline_model_parallel_last_rank(),
-                group=parallel_state.get_pipeline_model_parallel_group(),
-            )
         packed = packed.cpu()
         return packed[0], packed[1]
 

@@ -12,13 +12,13 @@ from megatron.core import parallel_state
 from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer.transformer_config import TransformerConfig
 
+from megatron_sota.config.machine import chosen_dtype
 from megatron_sota.config.model import ModelConfig
 from megatron_sota.config.optim import PrecisionConfig
 from megatron_sota.config.parallel import ParallelConfig
-from megatron_sota.errors import MegatronSotaError
 from megatron_sota.model.compile_layers import compile_transformer_layers
 from megatron_sota.model.kernel_choice import KernelChoice
-from megatron_sota.model.layer_spec import build_block_spec, use_transformer_engine
+from megatron_sota.model.layer_spec import build_block_spec
 
 
 def padded_vocab_size(vocab_size: int, divisible_by: int, tp: int) -> int:
@@ -36,12 +36,6 @@ def padded_vocab_size(vocab_size: int, divisible_by: int, tp: int) -> int:
     return padded if padded % tp == 0 else round_up(vocab_size, divisible_by * tp)
 
 
-def resolve_dtype(precision: PrecisionConfig, device_type: str) -> str:
-    if precision.dtype == "auto":
-        return "bf16" if device_type == "cuda" else "fp32"
-    return precision.dtype
-
-
 def build_transformer_config(
     model: ModelConfig,
     parallel: ParallelConfig,
@@ -52,18 +46,9 @@ def build_transformer_config(
     kernels: KernelChoice = KernelChoice(),
 ) -> TransformerConfig:
     """`kernels` (resolved by model.kernel_choice.choose_kernels) switches megatron-core's own fusions;
-    all off by default, the eager path."""
-    dtype = resolve_dtype(precision, device_type)
-    if precision.fp8 and not use_te:
-        raise MegatronSotaError(
-            f"precision.fp8={precision.fp8} needs Transformer Engine, which is not importable here "
-            "(set precision.fp8=null, or run in the NGC container on a GPU)"
-        )
-    if parallel.cp > 1 and not use_te:
-        raise MegatronSotaError(
-            f"parallel.cp={parallel.cp} needs Transformer Engine's attention, which is not in use here "
-            "(set parallel.cp=1, or run with Transformer Engine on a GPU)"
-        )
+    all off by default, the eager path. What this machine cannot run (fp8 or context parallelism
+    without Transformer Engine) was refused by config.validation.validate_job already."""
+    dtype = chosen_dtype(precision.dtype, device_type)
     params_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
     recompute_kwargs = {}
     if recompute == "selective":
@@ -164,10 +149,3 @@ def build_model_chunks(
     if kernels.compile_layers:
         compile_transformer_layers(chunks)
     return chunks
-
-
-def choose_transformer_engine(model: ModelConfig, device_type: str) -> bool:
-    use_te = use_transformer_engine(model.transformer_impl, device_type)
-    if model.transformer_impl == "transformer_engine" and device_type != "cuda":
-        raise MegatronSotaError("model.transformer_impl=transformer_engine needs a CUDA device")
-    return use_te

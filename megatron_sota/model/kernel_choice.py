@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from typing import Optional
 
 from megatron_sota.config.kernels import KernelConfig
-from megatron_sota.errors import MegatronSotaError
 
 
 @dataclass(frozen=True)
@@ -35,21 +34,13 @@ class KernelChoice:
 
 
 def choose_kernels(cfg: KernelConfig, device_type: str, dtype: str, use_te: bool) -> KernelChoice:
-    """Auto (null) means on for CUDA runs where the fusion applies; explicit values are checked."""
+    """Auto (null) means on for CUDA runs where the fusion applies. Explicit values that cannot apply
+    (local-spec fusions with Transformer Engine) were refused by config.validation.validate_job."""
     cuda = device_type == "cuda"
 
     def pick(value: Optional[bool], auto: bool) -> bool:
         return auto if value is None else value
 
-    problems = []
-    for key, value in (("rms_norm", cfg.rms_norm), ("compile_layers", cfg.compile_layers)):
-        if value and use_te:
-            problems.append(
-                f"kernels.{key}=true applies to the local layer spec, but this run uses Transformer Engine's "
-                "(set model.transformer_impl=local, or leave the key null)"
-            )
-    if problems:
-        raise MegatronSotaError("invalid kernel choice:\n  - " + "\n  - ".join(problems))
     return KernelChoice(
         swiglu=pick(cfg.swiglu, cuda),
         # megatron-core's fused kernel returns the logits gradient in bf16: exact only for bf16 runs.

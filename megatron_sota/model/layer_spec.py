@@ -17,22 +17,6 @@ from megatron_sota.model.rms_norm import RMSNorm
 from megatron_sota.model.sdpa_attention import SDPACoreAttention
 
 
-def transformer_engine_available() -> bool:
-    try:
-        import transformer_engine  # noqa: F401
-    except Exception:  # TE raises more than ImportError when CUDA libraries are missing
-        return False
-    return True
-
-
-def use_transformer_engine(impl: str, device_type: str) -> bool:
-    if impl == "local":
-        return False
-    if impl == "transformer_engine":
-        return True
-    return device_type == "cuda" and transformer_engine_available()
-
-
 class SeededTransformerLayer(TransformerLayer):
     """A TransformerLayer whose initial weights depend only on (seed, global layer number).
 

@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import os
 import statistics
+import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
@@ -62,8 +63,9 @@ class BenchmarkResult:
     warmup: int
     tokens_per_step: int
     step_time_s: float
-    """Mean over the timed steps."""
+    """Mean over the timed steps (the slowest rank's)."""
     step_times_s: List[float]
+    """Wall time of each timed step, measured around the whole step (the phases lie inside it)."""
     tokens_per_s: float
     tokens_per_s_per_device: float
     flops_per_token: float
@@ -114,7 +116,7 @@ def run_benchmark(job: JobConfig, options: BenchmarkOptions = BenchmarkOptions()
     env = read_launch_env()
     inputs = check_inputs(job, env.world_size)
     t = job.train
-    with distributed_session(job.parallel, job.runtime.device, job.runtime.timeout_minutes, t.seed, env) as session:
+    with distributed_session(job.parallel, inputs.choices.device, job.runtime.timeout_minutes, t.seed, env) as session:
         device = session.device
         meter = PeakMemoryMeter(device)
         counting = device.type == "cuda" or options.measure_cpu_memory
@@ -151,7 +153,8 @@ def run_benchmark(job: JobConfig, options: BenchmarkOptions = BenchmarkOptions()
             model=job.model.name,
             device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             layout=_layout(job, inputs.layout.dp, world, inputs.layout.num_microbatches,
-                           str(state.config.params_dtype).replace("torch.", ""), state.use_te, state.kernels.describe()),
+                           str(state.config.params_dtype).replace("torch.", ""), inputs.choices.transformer_engine,
+                           state.kernels.describe()),
             steps=options.steps,
             warmup=options.warmup,
             tokens_per_step=tokens,
@@ -173,13 +176,18 @@ def run_benchmark(job: JobConfig, options: BenchmarkOptions = BenchmarkOptions()
 
 
 def _timed_steps(state, steps: int, losses: List[float]) -> tuple[List[float], Dict[str, float]]:
-    """Each step's seconds, and the mean seconds per step of each phase; appends the losses."""
+    """Each step's wall time, and the mean seconds per step of each phase; appends the losses.
+
+    The step is timed on its own clock, not as the sum of its phases, so that time outside every
+    phase would show as a gap. The phases synchronise the device at their ends: the step's device
+    work is done when its last phase ends, and the previous step's was done before it started.
+    """
     timer = PhaseTimer(state.session.device)
     step_times = []
     for _ in range(steps):
-        before = sum(timer.seconds.values())
+        start = time.perf_counter()
         losses.append(_step(state, timer).loss)
-        step_times.append(sum(timer.seconds.values()) - before)
+        step_times.append(time.perf_counter() - start)
     return step_times, {name: seconds / steps for name, seconds in timer.seconds.items()}
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from megatron_sota.config.machine import chosen_device, device_problem
 from megatron_sota.config.parallel import ParallelConfig
 from megatron_sota.errors import MegatronSotaError
 from megatron_sota.runtime.launch_env import LaunchEnv, read_launch_env
@@ -31,11 +32,12 @@ class Session:
 
 
 def resolve_device(requested: str) -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise MegatronSotaError("runtime.device=cuda but torch sees no CUDA device (use runtime.device=cpu)")
-    return torch.device(requested)
+    """runtime.device as a torch device; training runs pass the choice validate_job already checked."""
+    cuda = torch.cuda.is_available()
+    problems = device_problem(requested, cuda)
+    if problems:
+        raise MegatronSotaError(problems[0])
+    return torch.device(chosen_device(requested, cuda))
 
 
 def seed_everything(seed: int) -> None:

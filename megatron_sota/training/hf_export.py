@@ -7,6 +7,7 @@ pruning until it finishes; a failed export is reported at the end of the run wit
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -15,6 +16,8 @@ from typing import List
 
 from megatron_sota.checkpointing import paths
 from megatron_sota.errors import MegatronSotaError
+
+logger = logging.getLogger(__name__)
 
 
 def export_dir(save_dir: str, step: int) -> str:
@@ -61,7 +64,7 @@ class BackgroundExporter:
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         self.pinned.add(step)
         self._running.append(_Running(step, process, log_path))
-        print(f"exporting iter_{step:07d} to {out} in the background (log: {log_path})", flush=True)
+        logger.info(f"exporting iter_{step:07d} to {out} in the background (log: {log_path})")
 
     def poll(self, wait: bool = False) -> None:
         still = []
@@ -74,7 +77,7 @@ class BackgroundExporter:
             out = export_dir(self.save_dir, job.step)
             if code == 0:
                 self.exported.append(out)
-                print(f"exported iter_{job.step:07d} to {out}", flush=True)
+                logger.info(f"exported iter_{job.step:07d} to {out}")
             else:
                 self.failures.append(f"iter_{job.step:07d} (exit code {code}; log {job.log_path}): {_last_line(job.log_path)}")
         self._running = still
@@ -86,7 +89,7 @@ class BackgroundExporter:
         """
         self.poll(wait=wait)
         for job in self._running:
-            print(f"not waiting for the export of iter_{job.step:07d} (log: {job.log_path})", flush=True)
+            logger.info(f"not waiting for the export of iter_{job.step:07d} (log: {job.log_path})")
         if self.failures:
             raise MegatronSotaError("Hugging Face export failed for " + "; ".join(self.failures))
 

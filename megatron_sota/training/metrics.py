@@ -6,6 +6,7 @@ Only rank 0 writes. It must not compute anything the step did not already measur
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from typing import Optional
@@ -13,7 +14,8 @@ from typing import Optional
 import torch
 
 from megatron_sota.atomic_files import write_text
-from megatron_sota.runtime.gpus import peak_flops_per_device  # noqa: F401  (the trainer's import of it)
+
+logger = logging.getLogger(__name__)
 
 
 def memory_gib(device: torch.device) -> Optional[float]:
@@ -91,7 +93,7 @@ class MetricsWriter:
             "SKIPPED (inf/nan grads)" if m.skipped else "",
             f"ETA {_clock(m.eta_s)}" if m.eta_s is not None else "",
         ]
-        print(" | ".join(p for p in parts if p), flush=True)
+        logger.info(" | ".join(p for p in parts if p))
         row = {k: v for k, v in m.__dict__.items() if v is not None}
         self._jsonl.write(json.dumps(row) + "\n")
         if self._tb is not None:
@@ -103,7 +105,7 @@ class MetricsWriter:
     def log_validation(self, step: int, loss: float) -> None:
         if not self.enabled:
             return
-        print(f"validation at step {step}: loss {loss:.4f} | ppl {_safe_exp(loss):.2f}", flush=True)
+        logger.info(f"validation at step {step}: loss {loss:.4f} | ppl {_safe_exp(loss):.2f}")
         self._jsonl.write(json.dumps({"step": step, "val_loss": loss}) + "\n")
         if self._tb is not None:
             self._tb.add_scalar("valid/loss", loss, step)
@@ -113,7 +115,7 @@ class MetricsWriter:
         if not self.enabled:
             return
         shown = " | ".join(f"{key} {value:.4f}" for key, value in values.items())
-        print(f"eval at step {step} ({seconds:.1f}s): {shown}", flush=True)
+        logger.info(f"eval at step {step} ({seconds:.1f}s): {shown}")
         self._jsonl.write(json.dumps({"step": step, "eval": values, "eval_seconds": round(seconds, 3)}) + "\n")
         if self._tb is not None:
             for key, value in values.items():

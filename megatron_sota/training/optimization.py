@@ -1,59 +1,17 @@
-"""Wraps model chunks in megatron-core DDP and builds its optimizer and LR/WD schedule.
+"""Builds megatron-core's optimizer over DDP-wrapped model chunks, and its LR/WD schedule.
 
-Only configuration of megatron-core objects; the step itself lives in training/step.py.
+Only configuration of megatron-core objects; wrapping the chunks is parallelize/ddp.py's, the step training/step.py's.
 """
 
 from __future__ import annotations
 
-from typing import List
-
-import torch
-from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
 from megatron.core.optimizer import OptimizerConfig as McoreOptimizerConfig
 from megatron.core.optimizer import get_megatron_optimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
-from megatron.core.transformer.module import Float16Module
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megatron_sota.config.optim import OptimizerConfig, SchedulerConfig
 from megatron_sota.config.parallel import ParallelConfig
-
-
-def wrap_for_training(
-    chunks: List[torch.nn.Module], config: TransformerConfig, parallel: ParallelConfig, device: torch.device
-) -> List[DistributedDataParallel]:
-    """Moves chunks to the device, adds the half-precision wrapper, and wraps each in DDP."""
-    ddp_config = DistributedDataParallelConfig(
-        grad_reduce_in_fp32=True,
-        overlap_grad_reduce=parallel.overlap_grad_reduce,
-        overlap_param_gather=parallel.overlap_param_gather,
-        use_distributed_optimizer=parallel.distributed_optimizer,
-        # Non-finite gradients are not fatal here: the step detects them through the gradient norm
-        # and skips the update (training/step.py), as fp16's loss scaler does for overflows.
-        check_for_nan_in_grad=False,
-    )
-    wrapped = []
-    for index, chunk in enumerate(chunks):
-        chunk = chunk.to(device)
-        if config.fp16 or config.bf16:
-            chunk = Float16Module(config, chunk)
-        wrapped.append(
-            DistributedDataParallel(
-                config=config,
-                ddp_config=ddp_config,
-                module=chunk,
-                # Later chunks of interleaved pipelining reduce in one bucket, as Megatron-LM does.
-                disable_bucketing=index > 0,
-            )
-        )
-    # The schedules call this after the last backward: DP all-reduce, SP norm grads,
-    # embedding grads between first/last stage, and 1/num_tokens scaling.
-    config.finalize_model_grads_func = finalize_model_grads
-    if parallel.overlap_grad_reduce:
-        config.no_sync_func = [m.no_sync for m in wrapped] if len(wrapped) > 1 else wrapped[0].no_sync
-    if parallel.overlap_param_gather and parallel.distributed_optimizer:
-        config.param_sync_func = [m.start_param_sync for m in wrapped] if len(wrapped) > 1 else wrapped[0].start_param_sync
-    return wrapped
 
 
 def build_optimizer(

@@ -8,45 +8,47 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from megatron.core import parallel_state
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megatron_sota.config.job import JobConfig
+from megatron_sota.config.machine import Machine, MachineChoices, machine_choices, probe_machine
 from megatron_sota.config.validation import Layout, validate_job
 from megatron_sota.data.blend import build_datasets, build_loader, sample_counts
 from megatron_sota.data.mix import ResolvedBlend, resolve_blend
 from megatron_sota.data.tokenizer import build_configured_tokenizer
-from megatron_sota.model.gpt_builder import (
-    build_model_chunks,
-    build_transformer_config,
-    choose_transformer_engine,
-    padded_vocab_size,
-    resolve_dtype,
-)
+from megatron_sota.model.gpt_builder import build_model_chunks, build_transformer_config, padded_vocab_size
 from megatron_sota.model.kernel_choice import KernelChoice, choose_kernels
+from megatron_sota.parallelize.ddp import scale_losses_by, wrap_in_ddp
 from megatron_sota.runtime.session import Session
-from megatron_sota.training.optimization import build_optimizer, build_scheduler, wrap_for_training
+from megatron_sota.training.optimization import build_optimizer, build_scheduler
 
 
 @dataclass
 class CheckedInputs:
-    """What can be known before any process group exists: layout, tokenizer, checked data blend."""
+    """What can be known before any process group exists: layout, machine choices, tokenizer, checked data blend."""
 
     layout: Layout
     tokenizer: Any
     blend: Optional[ResolvedBlend]
     """The checked shards and their weights; None for mock data."""
     padded_vocab: int
+    choices: MachineChoices
+    """Device, dtype and layer spec the model is built with (what `auto` became here)."""
 
 
-def check_inputs(job: JobConfig, world_size: int) -> CheckedInputs:
-    layout = validate_job(job, world_size)
+def check_inputs(
+    job: JobConfig, world_size: int, machine: Optional[Machine] = None, more_problems: Sequence[str] = ()
+) -> CheckedInputs:
+    """Every config problem (with `more_problems`) in one error, then the tokenizer and the data's files."""
+    machine = machine or probe_machine(want_transformer_engine=job.model.transformer_impl != "local")
+    layout = validate_job(job, world_size, machine, more_problems)
     tokenizer = build_configured_tokenizer(job.tokenizer, job.model.vocab_size)
     blend = None if job.data.mock else resolve_blend(job.data, tokenizer.vocab_size)
     padded = padded_vocab_size(tokenizer.vocab_size, job.model.make_vocab_size_divisible_by, job.parallel.tp)
-    return CheckedInputs(layout, tokenizer, blend, padded)
+    return CheckedInputs(layout, tokenizer, blend, padded, machine_choices(job, machine))
 
 
 @dataclass
@@ -55,9 +57,8 @@ class TrainingState:
     inputs: CheckedInputs
     session: Session
     config: TransformerConfig
-    use_te: bool
     models: list
-    """One megatron-core DDP-wrapped GPTModel per virtual pipeline stage on this rank."""
+    """One megatron-core DDP-wrapped GPTModel per virtual pipeline stage on this rank (parallelize.ddp)."""
     optimizer: Any
     scheduler: Any
     train_dataset: Any
@@ -93,16 +94,16 @@ def _iterators(dataset, job: JobConfig, layout: Layout, consumed: int, chunks: i
 
 def build_training_state(job: JobConfig, inputs: CheckedInputs, session: Session, run_dir: str) -> TrainingState:
     t = job.train
-    device_type = session.device.type
-    use_te = choose_transformer_engine(job.model, device_type)
-    kernels = choose_kernels(job.kernels, device_type, resolve_dtype(job.precision, device_type), use_te)
+    choices = inputs.choices
+    if session.device.type != choices.device:
+        raise ValueError(f"the session runs on {session.device.type}, but the inputs were checked for {choices.device}")
+    device_type, use_te = choices.device, choices.transformer_engine
+    kernels = choose_kernels(job.kernels, device_type, choices.dtype, use_te)
     config = build_transformer_config(job.model, job.parallel, job.precision, t.recompute, device_type, use_te, kernels)
     chunks = build_model_chunks(job.model, config, inputs.padded_vocab, t.seq_length, t.seed, use_te, kernels)
-    models = wrap_for_training(chunks, config, job.parallel, session.device)
+    models = wrap_in_ddp(chunks, config, job.parallel, session.device)
     optimizer = build_optimizer(job.optimizer, job.scheduler, job.parallel, config, job.precision.initial_loss_scale, models)
-    # The schedules multiply each micro-batch loss by the current loss scale (1 unless fp16);
-    # the optimizer divides the gradients by it again before clipping and the update.
-    config.grad_scale_func = optimizer.scale_loss
+    scale_losses_by(config, optimizer)
     scheduler = build_scheduler(optimizer, job.optimizer, job.scheduler, t.iters)
     counts = sample_counts(t.iters, t.global_batch_size, t.eval_iters)
     cache_dir = job.data.cache_dir or os.path.join(run_dir, "data_cache")
@@ -114,7 +115,6 @@ def build_training_state(job: JobConfig, inputs: CheckedInputs, session: Session
         inputs=inputs,
         session=session,
         config=config,
-        use_te=use_te,
         models=models,
         optimizer=optimizer,
         scheduler=scheduler,

@@ -136,8 +136,7 @@ def pretrain_probe(rank: int, job: JobConfig, run_dir: str, faults: str = "") ->
 
 def validation_probe(rank: int, job: JobConfig, run_dir: str, checkpoint_dir: str) -> float:
     """Validation loss of a checkpoint loaded at this job's layout (no training)."""
-    from megatron_sota.training.metrics import MetricsWriter
-    from megatron_sota.training.trainer import validate
+    from megatron_sota.training.callbacks.validation import validation_loss
 
     with fresh_training_state(job, run_dir, load_from=checkpoint_dir) as state:
-        return validate(state, MetricsWriter(run_dir, False, False, 0), 0)
+        return validation_loss(state)

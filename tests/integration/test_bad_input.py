@@ -86,3 +86,35 @@ def test_resume_from_a_foreign_directory_is_refused(stdlib_shards, tmp_path):
     (foreign / "weights.bin").write_bytes(b"\x00" * 16)
     message = _refused(_job(stdlib_shards, checkpoint__resume=str(foreign)), tmp_path / "run")
     assert f"{foreign}: not a checkpoint" in message and "metadata.json" in message
+
+
+def test_every_config_refusal_comes_in_one_message_before_any_process_group(tmp_path, monkeypatch):
+    """Machine-dependent refusals (Transformer Engine on CPU, fp8, context parallelism, local-spec
+    kernels with TE), loop settings and the eval task files: one error, and no process group was built."""
+    import torch.distributed
+
+    def no_process_group(*args, **kwargs):
+        raise AssertionError("a process group was built before the config was refused")
+
+    monkeypatch.setattr(torch.distributed, "init_process_group", no_process_group)
+    job = JobConfig()
+    job.data.mock = True
+    job.runtime.device = "cpu"
+    job.model.transformer_impl = "transformer_engine"
+    job.precision.fp8 = "hybrid"
+    job.kernels.rms_norm = job.kernels.compile_layers = True
+    job.scheduler.wsd_decay_style = "square"
+    job.logging.interval = 0
+    job.eval.tasks, job.eval.interval = ["no_such_task"], 10
+    message = _refused(job, tmp_path / "run")
+    for expected in (
+        "model.transformer_impl=transformer_engine needs a CUDA device",
+        "precision.fp8=hybrid needs Transformer Engine",
+        "kernels.rms_norm=true applies to the local layer spec",
+        "kernels.compile_layers=true applies to the local layer spec",
+        "scheduler.wsd_decay_style must be one of",
+        "logging.interval must be >= 1, got 0",
+        "eval.tasks: task 'no_such_task'",
+    ):
+        assert expected in message, message
+    assert not torch.distributed.is_initialized()

@@ -8,8 +8,11 @@ import math
 import os
 import subprocess
 import sys
+import time
+from types import SimpleNamespace
 
 import pytest
+import torch
 
 from tests.tool_runner import run_tool
 
@@ -55,10 +58,28 @@ def test_json_has_every_key_and_consistent_numbers(tiny_result):
     phases = r["breakdown_s"]
     assert {"forward", "backward", "optimizer", "zero_grad", "data", "forward_backward"} <= set(phases)
     assert 0 < phases["forward"] < phases["forward_backward"] and phases["optimizer"] > 0
-    # Every timed second belongs to a phase of the step.
-    assert math.isclose(phases["zero_grad"] + phases["forward_backward"] + phases["optimizer"], r["step_time_s"], rel_tol=1e-6)
+    # The step has its own clock: its phases lie inside it and account for nearly all of it.
+    phase_sum = phases["zero_grad"] + phases["forward_backward"] + phases["optimizer"]
+    assert 0.9 * r["step_time_s"] <= phase_sum <= r["step_time_s"]
     assert r["layout"]["tp"] == 1 and r["layout"]["num_microbatches"] == 2 and r["layout"]["dtype"] == "float32"
     assert "tokens/s" in stdout and "MFU" in stdout
+
+
+def test_step_time_is_measured_around_the_step_not_summed_from_its_phases(monkeypatch):
+    from megatron_sota.perf import benchmark
+
+    def step_with_work_outside_its_phases(state, timer):
+        with timer.phase("forward_backward"):
+            time.sleep(0.02)
+        time.sleep(0.03)
+        return SimpleNamespace(loss=1.5)
+
+    monkeypatch.setattr(benchmark, "_step", step_with_work_outside_its_phases)
+    losses = []
+    step_times, phases = benchmark._timed_steps(SimpleNamespace(session=SimpleNamespace(device=torch.device("cpu"))), 2, losses)
+    assert losses == [1.5, 1.5] and len(step_times) == 2
+    assert all(seconds >= 0.05 for seconds in step_times), step_times
+    assert 0.02 <= phases["forward_backward"] < min(step_times)
 
 
 def test_peak_memory_holds_at_least_weights_gradients_and_adam_states(tiny_result):

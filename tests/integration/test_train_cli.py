@@ -51,6 +51,9 @@ def test_tiny_loss_falls_on_the_stdlib_corpus(stdlib_shards, tmp_path):
     assert saved["train"]["iters"] == 40 and saved["model"]["name"] == "tiny"
     assert glob.glob(str(run_dir / "tensorboard" / "events.out.tfevents.*"))
     assert "loss" in result.stdout and "parameters" in result.stdout
+    # The resolved config is written in full and named in one line (printed whole only at DEBUG level).
+    assert f"resolved config: {run_dir / 'config.yaml'}" in result.stdout
+    assert "num_attention_heads" not in result.stdout
 
 
 def test_torchrun_tp2_trains_and_only_rank0_writes_metrics(stdlib_shards, tmp_path):

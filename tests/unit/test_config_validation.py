@@ -9,6 +9,7 @@ from hydra import compose, initialize_config_dir
 
 from megatron_sota.config.files import conf_dir
 from megatron_sota.config.job import JobConfig, register_configs
+from megatron_sota.config.machine import Machine
 from megatron_sota.config.typed import check_override_keys, to_job_config
 from megatron_sota.config.validation import validate_job
 from megatron_sota.errors import MegatronSotaError
@@ -67,9 +68,8 @@ def test_valid_layout_derives_dp_and_microbatches():
          "checkpoint.export_hf_every needs a tokenizer that can be written as Hugging Face files"),
         (1, dict(generation__top_p=1.5), "generation.top_p must be in (0, 1], got 1.5"),
         (1, dict(generation__temperature=-0.1), "generation.temperature must be >= 0, got -0.1"),
-        (1, dict(eval__tasks=["no_such_task"], eval__interval=10), "eval.tasks: task 'no_such_task'"),
-        (1, dict(eval__tasks=["arithmetic_mc"], eval__interval=10), "task arithmetic_mc (multiple_choice) reads text, but the run has no text tokenizer"),
         (1, dict(eval__interval=-1), "eval.interval must be >= 0, got -1"),
+        (1, dict(precision__fp8="e5m2"), "precision.fp8 must be one of null, e4m3, hybrid, got 'e5m2'"),
     ],
 )
 def test_impossible_config_is_rejected_with_a_message_naming_key_and_values(world, overrides, expected):
@@ -79,6 +79,76 @@ def test_impossible_config_is_rejected_with_a_message_naming_key_and_values(worl
 def test_all_problems_are_reported_at_once():
     message = _problem(3, parallel__tp=2, parallel__sp=False, model__num_query_groups=1)
     assert "world size 3" in message and "num_query_groups=1" in message
+
+
+CPU_ONLY = Machine(cuda=False, transformer_engine=False)
+# Refusals that used to come one at a time from model building, kernel choice, optimizer and
+# loop set-up (after the process groups existed), each with the mistake that causes it.
+LATE_REFUSALS = {
+    "model.transformer_impl=transformer_engine needs a CUDA device": dict(model__transformer_impl="transformer_engine"),
+    "precision.fp8=hybrid needs Transformer Engine, which is not importable here": dict(precision__fp8="hybrid"),
+    "parallel.cp=2 needs Transformer Engine's attention, which is not in use here": dict(parallel__cp=2),
+    "kernels.rms_norm=true applies to the local layer spec, but this run uses Transformer Engine's": dict(kernels__rms_norm=True),
+    "kernels.compile_layers=true applies to the local layer spec": dict(kernels__compile_layers=True),
+    "scheduler.wsd_decay_style must be one of linear, cosine, exponential, minus_sqrt, got 'square'": dict(scheduler__wsd_decay_style="square"),
+    "scheduler.decay_iters must be >= 1 or null, got 0": dict(scheduler__decay_iters=0),
+    "scheduler.min_lr_ratio must be in [0, 1], got 1.5": dict(scheduler__min_lr_ratio=1.5),
+    "precision.fp8_recipe must be one of delayed, tensorwise, mxfp8, blockwise, custom, got 'fast'": dict(precision__fp8_recipe="fast"),
+    "logging.interval must be >= 1, got 0": dict(logging__interval=0),
+    "data.num_workers must be >= 0, got -1": dict(data__num_workers=-1),
+}
+
+
+def test_every_late_refusal_is_listed_in_one_message_by_validate_job():
+    mistakes = {key: value for changes in LATE_REFUSALS.values() for key, value in changes.items()}
+    job = _job(runtime__device="cpu", **mistakes)
+    with pytest.raises(MegatronSotaError) as info:
+        validate_job(job, 2, CPU_ONLY)
+    message = str(info.value)
+    missing = [expected for expected in LATE_REFUSALS if expected not in message]
+    assert not missing, f"not in the one message:\n{message}"
+    assert message.count("invalid configuration") == 1
+    # Without the mistakes the same machine takes the config: each refusal above is its mistake's.
+    assert validate_job(_job(runtime__device="cpu"), 2, CPU_ONLY).dp == 2
+
+
+@pytest.mark.parametrize(
+    "machine, overrides, expected",
+    [
+        (CPU_ONLY, dict(runtime__device="cuda"), "runtime.device=cuda but torch sees no CUDA device (use runtime.device=cpu)"),
+        (Machine(cuda=True, transformer_engine=False), dict(model__transformer_impl="transformer_engine"),
+         "model.transformer_impl=transformer_engine needs Transformer Engine, which is not importable here"),
+        # auto picks Transformer Engine on a GPU machine that has it: its own norms, no compiled local layers.
+        (Machine(cuda=True, transformer_engine=True), dict(kernels__rms_norm=True),
+         "kernels.rms_norm=true applies to the local layer spec, but this run uses Transformer Engine's"),
+        (Machine(cuda=True, transformer_engine=False), dict(precision__fp8="e4m3"), "precision.fp8=e4m3 needs Transformer Engine"),
+    ],
+)
+def test_what_auto_becomes_is_decided_from_the_machine_before_any_process_group(machine, overrides, expected):
+    with pytest.raises(MegatronSotaError, match=None) as info:
+        validate_job(_job(**overrides), 1, machine)
+    assert expected in str(info.value)
+
+
+def test_the_same_choices_pass_where_the_machine_has_them():
+    validate_job(_job(runtime__device="cuda", model__transformer_impl="transformer_engine", precision__fp8="e4m3", parallel__cp=2), 2,
+                 Machine(cuda=True, transformer_engine=True))
+    validate_job(_job(kernels__rms_norm=True, model__transformer_impl="local"), 1, Machine(cuda=True, transformer_engine=True))
+
+
+@pytest.mark.parametrize(
+    "tasks, expected",
+    [
+        (["no_such_task"], "eval.tasks: task 'no_such_task'"),
+        (["arithmetic_mc"], "task arithmetic_mc (multiple_choice) reads text, but the run has no text tokenizer"),
+    ],
+)
+def test_eval_task_files_are_checked_by_evaluation(tasks, expected):
+    from megatron_sota.evaluation.task_checks import task_problems
+
+    problems = task_problems(_job(eval__tasks=tasks, eval__interval=10))
+    assert any(expected in p for p in problems), problems
+    assert task_problems(_job(eval__tasks=tasks, eval__interval=0)) == []  # in-loop evaluation off: not read
 
 
 @pytest.mark.parametrize(

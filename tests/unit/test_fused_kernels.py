@@ -44,12 +44,13 @@ def test_auto_turns_fusions_on_for_cuda_only():
 
 
 def test_local_spec_fusions_with_transformer_engine_are_refused_naming_each_key():
-    with pytest.raises(MegatronSotaError) as info:
-        choose_kernels(KernelConfig(rms_norm=True, compile_layers=True), "cuda", "bf16", use_te=True)
-    assert "kernels.rms_norm=true applies to the local layer spec" in str(info.value)
-    assert "kernels.compile_layers=true applies to the local layer spec" in str(info.value)
+    from megatron_sota.config.machine import Machine
     from megatron_sota.config.validation import validate_job
 
+    with pytest.raises(MegatronSotaError) as info:
+        validate_job(JobConfig(kernels=KernelConfig(rms_norm=True, compile_layers=True)), 1, Machine(cuda=True, transformer_engine=True))
+    assert "kernels.rms_norm=true applies to the local layer spec" in str(info.value)
+    assert "kernels.compile_layers=true applies to the local layer spec" in str(info.value)
     with pytest.raises(MegatronSotaError, match="kernels.attention_backend must be one of auto, cudnn, flash, efficient, math, got 'fa3'"):
         validate_job(JobConfig(kernels=KernelConfig(attention_backend="fa3")), 1)
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from types import SimpleNamespace
+
 import pytest
 
 from megatron_sota.training.fault_injection import read_fault_plan
@@ -30,3 +33,33 @@ def test_fault_plan_parsing():
     plan = read_fault_plan({"MEGATRON_SOTA_FAULTS": "nan_loss=3,4;kill_during_save=20;preempt_at=7"})
     assert plan.nan_loss_steps == {3, 4} and plan.kill_during_save_at == 20 and plan.preempt_at == 7
     assert read_fault_plan({}).nan_loss_steps == frozenset()
+
+
+def test_faults_enter_as_a_callback_only_when_planned():
+    from megatron_sota.training.fault_injection import FaultInjection, fault_callbacks
+
+    assert fault_callbacks({}) == []
+    (callback,) = fault_callbacks({"MEGATRON_SOTA_FAULTS": "nan_loss=2"})
+    assert isinstance(callback, FaultInjection)
+
+
+def test_nan_loss_swaps_the_objective_for_the_planned_step_and_restores_it():
+    import torch
+
+    from megatron_sota.training.fault_injection import FaultInjection, FaultPlan
+
+    def objective(data_iterator, model):
+        output = torch.tensor([1.0, 2.0])
+        return output, lambda out: out.sum()
+
+    trainer = SimpleNamespace(step=1, forward_step=objective, summary=SimpleNamespace(stop_reason=None))
+    callback = FaultInjection(FaultPlan(nan_loss_steps=frozenset({2})))
+    seen = []
+    for step in (1, 2, 3):
+        trainer.step = step
+        callback.pre_step(trainer)
+        output, loss_func = trainer.forward_step(None, None)
+        seen.append(loss_func(output).item())
+        callback.post_step(trainer, SimpleNamespace(step=step))
+    assert seen[0] == seen[2] == 3.0 and math.isnan(seen[1])
+    assert trainer.forward_step is objective

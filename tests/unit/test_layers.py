@@ -123,30 +123,6 @@ def test_rms_norm_matches_torch_and_marks_weight_for_sequence_parallel():
     assert norm.weight.sequence_parallel is True
 
 
-def test_fp8_without_transformer_engine_is_a_clear_error():
-    from megatron_sota.config.model import ModelConfig
-    from megatron_sota.config.optim import PrecisionConfig
-    from megatron_sota.config.parallel import ParallelConfig
-    from megatron_sota.errors import MegatronSotaError
-    from megatron_sota.model.gpt_builder import build_transformer_config
-
-    with pytest.raises(MegatronSotaError, match="precision.fp8=hybrid needs Transformer Engine"):
-        build_transformer_config(
-            ModelConfig(), ParallelConfig(), PrecisionConfig(dtype="bf16", fp8="hybrid"), "none", "cpu", use_te=False
-        )
-
-
-def test_context_parallel_without_transformer_engine_is_a_clear_error():
-    from megatron_sota.config.model import ModelConfig
-    from megatron_sota.config.optim import PrecisionConfig
-    from megatron_sota.config.parallel import ParallelConfig
-    from megatron_sota.errors import MegatronSotaError
-    from megatron_sota.model.gpt_builder import build_transformer_config
-
-    with pytest.raises(MegatronSotaError, match="parallel.cp=2 needs Transformer Engine"):
-        build_transformer_config(ModelConfig(), ParallelConfig(cp=2), PrecisionConfig(), "none", "cpu", use_te=False)
-
-
 @pytest.mark.parametrize("backend", ["math", "flash", "cudnn"])
 def test_sdpa_backend_preference_is_in_force_during_the_call_and_computes_the_same(monkeypatch, backend):
     """kernels.attention_backend: the preferred kernel first in SDPA's priority order, the rest as
