@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from megatron_sota.planning.cluster import build_cluster
-from megatron_sota.runtime.gpus import GPUS, gpu_named
-from megatron_sota.training.metrics import peak_flops_per_device
+from megatron_sota.runtime.gpus import GPUS, gpu_named, peak_flops_per_device
 
 # torch.cuda.get_device_name() of each part -> its dense bf16 peak in TFLOP/s (datasheet, sparse / 2).
 REPORTED = {
@@ -53,3 +52,11 @@ def test_device_names_are_unique_and_the_planner_reads_the_same_table():
         assert build_cluster(key, gpus_per_node=8, nodes=1).gpu is spec
     # PCIe cards talk over PCIe inside the node, not at the SXM part's NVLink speed.
     assert build_cluster("h100-pcie", 8, 2).link_gb_s(8) < build_cluster("h100-80gb", 8, 2).link_gb_s(8) / 4
+
+
+def test_the_trainers_mfu_and_the_benchmark_read_this_table():
+    from megatron_sota.perf import benchmark
+    from megatron_sota.training.callbacks import metrics_log
+
+    assert metrics_log.peak_flops_per_device is peak_flops_per_device
+    assert benchmark.peak_flops_per_device is peak_flops_per_device
