@@ -5,8 +5,11 @@
 #
 #   ROOT=/lustre/sota_175b examples/slurm/submit_sota_175b.sh [extra overrides for every stage...]
 #
-# Layout (H100/H200 nodes of 8 GPUs, NVLink inside a node, InfiniBand between nodes); until the
-# planner (tools/plan.py) exists, the reasoning:
+# Layout (H200 nodes of 8 GPUs, NVLink inside a node, InfiniBand between nodes). The planner
+# (tools/plan.py --model sota_175b --gpu h200 --nodes 64 --seq-length 8192 --layout
+# tp=8,pp=8,vpp=1,mbs=1,recompute=selective,dopt=1) estimates 85.7 GiB per GPU for stage 1: it fits an
+# H200, not an 80 GB H100 (71.6 GiB usable); on H100s take one of the planner's top layouts instead.
+# The reasoning the layout was first chosen by:
 # - 178.6B parameters. TP=8 keeps tensor parallelism inside a node's NVLink domain; PP=8 puts 13 of
 #   the 104 layers on each stage. One replica is 64 GPUs holding 2.8B parameters each: 5.6 GB of
 #   bf16 weights + 11.2 GB of fp32 gradients + 12 bytes/parameter of Adam state and master weights

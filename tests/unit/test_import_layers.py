@@ -16,7 +16,7 @@ PACKAGE_DIR = os.path.dirname(megatron_sota.__file__)
 
 # Lowest first; a module may import its own layer and the layers below it. Subsystems the issue's
 # rule does not name sit where their imports put them: conversion, curation and planning use
-# models and data; inference uses conversion's checkpoint reading; evaluation scores through
+# models and data; inference runs models read by checkpointing's reader; evaluation scores through
 # inference's models; training runs in-loop evaluation; perf and the entry points use everything.
 LAYERS = (
     ("errors", "atomic_files", "quiet"),
