@@ -6,11 +6,11 @@ import pytest
 
 from megatron_sota.runtime.local_ranks import run_distributed
 from tests.distributed.probes import step_stats_probe
-from tests.distributed.test_parallel_equivalence import _job
+from tests.distributed.jobs import stdlib_job
 
 
 def _stats(shards, tmp_path, dtype: str, steps: int) -> list[dict]:
-    job = _job(shards)
+    job = stdlib_job(shards)
     job.precision.dtype = dtype
     job.train.global_batch_size = 4
     job.train.iters = steps

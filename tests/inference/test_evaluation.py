@@ -13,7 +13,7 @@ import pytest
 
 from megatron_sota.runtime.local_ranks import run_distributed
 from tests.distributed.probes import pretrain_probe
-from tests.distributed.test_parallel_equivalence import _job
+from tests.distributed.jobs import stdlib_job
 from tests.inference.eval_probes import QUESTIONS, eval_probe, write_tasks
 
 TOOL = os.path.join(os.path.dirname(__file__), "..", "..", "tools", "evaluate.py")
@@ -79,7 +79,7 @@ def test_tp2_evaluation_equals_tp1(checkpoint, task_files, tp1):
 
 
 def test_in_loop_evaluation_at_pp2_dp2_equals_evaluate_tool_on_the_saved_checkpoint(stdlib_shards, task_files, tmp_path):
-    job = _job(stdlib_shards, pp=2)
+    job = stdlib_job(stdlib_shards, pp=2)
     job.train.iters = 2
     job.eval.tasks = [task_files[name] for name in ("code_mc", "code_em", "code_ppl")]
     job.eval.interval = 2
