@@ -16,10 +16,12 @@ import torch
 from megatron_sota.conversion.cli import main as convert
 from megatron_sota.runtime.local_ranks import run_distributed
 from tests.conversion.probes import greedy_probe, logits_probe, resave_probe
-from tests.distributed.probes import pretrain_probe
 from tests.distributed.jobs import stdlib_job
+from tests.distributed.probes import pretrain_probe
 
 transformers = pytest.importorskip("transformers")
+
+pytestmark = pytest.mark.slow
 
 
 def _weight_files(directory: str) -> list:

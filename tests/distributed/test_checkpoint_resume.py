@@ -10,8 +10,10 @@ import pytest
 
 from megatron_sota.errors import MegatronSotaError
 from megatron_sota.runtime.local_ranks import run_distributed
-from tests.distributed.probes import pretrain_probe, validation_probe
 from tests.distributed.jobs import stdlib_job
+from tests.distributed.probes import pretrain_probe, validation_probe
+
+pytestmark = pytest.mark.slow
 
 ITERS, STOP_AT = 6, 3
 PREEMPTED = 75

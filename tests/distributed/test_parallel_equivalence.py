@@ -15,6 +15,8 @@ from megatron_sota.runtime.local_ranks import run_distributed
 from tests.distributed.jobs import STEPS, stdlib_job
 from tests.distributed.probes import layout_probe
 
+pytestmark = pytest.mark.slow
+
 # Adam divides by sqrt(v): an element with a near-zero gradient can move by ~lr in one layout
 # and slightly less in another from fp32 reduction-order noise, hence a looser weight tolerance.
 LOSS_TOL = 1e-5

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 
 from megatron_sota.runtime.local_ranks import run_distributed
-from tests.distributed.probes import step_stats_probe
 from tests.distributed.jobs import stdlib_job
+from tests.distributed.probes import step_stats_probe
+
+pytestmark = pytest.mark.slow
 
 
 def _stats(shards, tmp_path, dtype: str, steps: int) -> list[dict]:

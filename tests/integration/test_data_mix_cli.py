@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
+
 from tests.integration.train_command import run_train
 from tests.random_shards import write_shard
+
+pytestmark = pytest.mark.slow
 
 
 def test_blend_run_reports_its_realised_mix_beside_the_config(tmp_path):

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 
+import pytest
 import yaml
 
 from tests.integration.train_command import run_train
@@ -24,6 +25,7 @@ def _metrics(run_dir):
         return [json.loads(line) for line in handle]
 
 
+@pytest.mark.slow
 def test_tiny_loss_falls_on_the_stdlib_corpus(stdlib_shards, tmp_path):
     run_dir = tmp_path / "run"
     args = _data_args(stdlib_shards) + [
@@ -44,6 +46,7 @@ def test_tiny_loss_falls_on_the_stdlib_corpus(stdlib_shards, tmp_path):
     assert "loss" in result.stdout and "parameters" in result.stdout
 
 
+@pytest.mark.slow
 def test_torchrun_tp2_trains_and_only_rank0_writes_metrics(stdlib_shards, tmp_path):
     run_dir = tmp_path / "run"
     launcher = (sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m")
