@@ -65,7 +65,7 @@ def _rank_main(rank: int, fn: Callable, world_size: int, port: int, out_dir: str
 
 
 def run_distributed(fn: Callable, world_size: int, *args: Any) -> List[Any]:
-    """Spawns `world_size` ranks running fn(rank, *args); returns their results in rank order."""
+    """Starts `world_size` ranks running fn(rank, *args); returns their results in rank order."""
     multiprocessing.set_forkserver_preload(list(_PRELOAD))  # heeded when the forkserver starts (the first call)
     with tempfile.TemporaryDirectory() as out_dir:
         try:
