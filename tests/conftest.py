@@ -1,4 +1,5 @@
-"""Shared fixtures: a real corpus (the standard library's sources), its tokenizer and shards."""
+"""Shared fixtures: a real corpus (the standard library's sources), its tokenizer and shards; and a note on
+unmarked tests that are slow, so the fast tier (`pytest -m "not slow and not slurm"`) stays fast."""
 
 from __future__ import annotations
 
@@ -60,3 +61,20 @@ def web_run(tmp_path_factory, stdlib_shards):
     from tests.curation.runs import make_web_run
 
     return make_web_run(tmp_path_factory.mktemp("curate_web"), stdlib_shards.tokenizer_model)
+
+
+# A test that takes this long belongs in the slow tier (marker `slow`, see pytest.ini); a loaded machine can
+# push a fast test past it, so this is a note at the end of the run, not a failure.
+FAST_TIER_LIMIT_S = 15.0
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    took: dict[str, float] = {}
+    for report in (r for reports in terminalreporter.stats.values() for r in reports):
+        if getattr(report, "when", None) in ("setup", "call") and "slow" not in report.keywords:
+            took[report.nodeid] = took.get(report.nodeid, 0.0) + report.duration
+    over = sorted(((seconds, nodeid) for nodeid, seconds in took.items() if seconds > FAST_TIER_LIMIT_S), reverse=True)
+    if over:
+        terminalreporter.write_sep("-", f"tests without the slow marker that took over {FAST_TIER_LIMIT_S:.0f} s (setup and call)")
+        for seconds, nodeid in over:
+            terminalreporter.write_line(f"{seconds:6.1f}s {nodeid}")

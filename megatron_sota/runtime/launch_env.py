@@ -1,14 +1,16 @@
 """Reads this process's rank, world size and rendezvous address from torchrun's or SLURM's env.
 
-Pure functions of an environment mapping; it must not touch torch.distributed.
+Functions of an environment mapping (and, for a SLURM nodelist, `scontrol show hostnames`); it must not
+touch torch.distributed.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from typing import Mapping, Optional
+
+from megatron_sota.runtime.slurm_nodelist import slurm_hostnames
 
 
 @dataclass(frozen=True)
@@ -23,15 +25,8 @@ class LaunchEnv:
 
 
 def first_slurm_host(nodelist: str) -> str:
-    """First host of a SLURM nodelist: 'gpu[003-005,9],cpu1' -> 'gpu003'."""
-    head = re.match(r"([^,\[]+)(\[([^\]]+)\])?", nodelist.strip())
-    if head is None:
-        raise ValueError(f"cannot parse SLURM_JOB_NODELIST={nodelist!r}")
-    prefix, bracket = head.group(1), head.group(3)
-    if bracket is None:
-        return prefix
-    first = bracket.split(",")[0].split("-")[0]
-    return prefix + first
+    """First host of a SLURM nodelist, the rendezvous host: 'rack[1-2]-node[01-04],cpu1' -> 'rack1-node01'."""
+    return slurm_hostnames(nodelist)[0]
 
 
 def slurm_port(job_id: Optional[str]) -> int:

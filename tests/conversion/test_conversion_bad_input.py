@@ -98,6 +98,7 @@ def test_import_refuses_a_layout_that_does_not_divide_the_model(small_hf, tmp_pa
     assert "--tp 4 must divide num_attention_heads=4 and num_key_value_heads=2" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_export_never_overwrites_without_overwrite_and_refuses_non_checkpoints(small_hf, tmp_path, capsys):
     checkpoint = str(tmp_path / "ckpt")
     assert convert(["import", "--load", small_hf, "--save", checkpoint]) == 0

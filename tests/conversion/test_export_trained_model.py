@@ -16,10 +16,12 @@ import torch
 from megatron_sota.conversion.cli import main as convert
 from megatron_sota.runtime.local_ranks import run_distributed
 from tests.conversion.probes import greedy_probe, logits_probe, resave_probe
+from tests.distributed.jobs import stdlib_job
 from tests.distributed.probes import pretrain_probe
-from tests.distributed.test_parallel_equivalence import _job
 
 transformers = pytest.importorskip("transformers")
+
+pytestmark = pytest.mark.slow
 
 
 def _weight_files(directory: str) -> list:
@@ -30,7 +32,7 @@ def _weight_files(directory: str) -> list:
 def trained(stdlib_shards, tmp_path_factory):
     """tiny trained 2 steps at TP=2, PP=2 with an fp32 in-training export at the end."""
     run_dir = str(tmp_path_factory.mktemp("trained"))
-    job = _job(stdlib_shards, tp=2, pp=2)
+    job = stdlib_job(stdlib_shards, tp=2, pp=2)
     job.train.iters = 2
     job.checkpoint.export_hf_every = 2
     job.checkpoint.export_hf_dtype = "fp32"

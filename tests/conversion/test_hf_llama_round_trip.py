@@ -18,6 +18,8 @@ from tests.conversion.probes import greedy_probe, logits_probe
 transformers = pytest.importorskip("transformers")
 from safetensors.torch import load_file  # noqa: E402
 
+pytestmark = pytest.mark.slow
+
 VOCAB = 300  # not a multiple of 128: the embedding is padded inside megatron_sota
 # Llama 3 RoPE scaling (megatron-core's constants) so that rope_scaling is converted and checked too.
 ROPE_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from megatron_sota.curation.config import CodeConfig
-from tests.curation.corpus import _ORIGINAL_STRIDE, PlantedDoc
+from tests.curation.corpus import ORIGINAL_STRIDE, PlantedDoc
 
 N_CODE_FILES = 20
 _CODE_BYTES = (2_000, 40_000)
@@ -93,10 +93,10 @@ def build_code_corpus() -> list[PlantedDoc]:
         PlantedDoc("code-reject-data_blob.py", _data_blob_source(), "code", "code"),
         PlantedDoc("code-reject-large.py", _large_source(), "code", "code"),
     ]
-    # originals at positions 0 and 4 land in shard 0 for 1, 2 or 4 round-robin shards (see _ORIGINAL_STRIDE)
+    # originals at positions 0 and 4 land in shard 0 for 1, 2 or 4 round-robin shards (see ORIGINAL_STRIDE)
     copies = [
         PlantedDoc(f"code-copy-{i}-{kept[o].id[5:]}", kept[o].text, "exact_dup", "exact_dedup", kept[o].id)
-        for i, o in enumerate((0, _ORIGINAL_STRIDE))
+        for i, o in enumerate((0, ORIGINAL_STRIDE))
     ]
     return kept + rejects + copies
 

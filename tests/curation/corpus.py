@@ -351,7 +351,7 @@ _CLEAN_WORDS = (250, 420)
 # Originals of exact and near duplicates sit at list positions divisible by 4 and every copy comes after all
 # originals: round-robin into 1, 2 or 4 shards then puts each original in shard 0, before its copy in file order,
 # which is the copy datatrove's exact and MinHash dedup keep (the lowest (file, line)).
-_ORIGINAL_STRIDE = 4
+ORIGINAL_STRIDE = 4
 # The planted PII sentence is full of digits and symbols; start from prose with a margin.
 _MIN_ALPHA_PII = 0.87
 
@@ -389,11 +389,11 @@ def build_web_corpus(seed: int = 0) -> list[PlantedDoc]:
     toxic = [PlantedDoc(f"toxic-{i:03d}", t, "toxic", "toxicity") for i, t in enumerate(TOXIC_TEXTS)]
 
     # Longest eligible originals for the near-duplicates: more shingles, so each edit moves the Jaccard less.
-    eligible = list(range(0, N_CLEAN, _ORIGINAL_STRIDE))
+    eligible = list(range(0, N_CLEAN, ORIGINAL_STRIDE))
     eligible.sort(key=lambda i: (-word_count(clean[i].text), i))
     high_originals = sorted(eligible[:N_NEAR_HIGH])
     exact_originals = sorted(rng.sample(sorted(eligible[N_NEAR_HIGH:]), N_EXACT))
-    others = [i for i in range(N_CLEAN) if i % _ORIGINAL_STRIDE]
+    others = [i for i in range(N_CLEAN) if i % ORIGINAL_STRIDE]
     low_originals = sorted(rng.sample(others, N_NEAR_LOW))
 
     near_low = []

@@ -10,15 +10,17 @@ import pytest
 
 from megatron_sota.errors import MegatronSotaError
 from megatron_sota.runtime.local_ranks import run_distributed
+from tests.distributed.jobs import stdlib_job
 from tests.distributed.probes import pretrain_probe, validation_probe
-from tests.distributed.test_parallel_equivalence import _job
+
+pytestmark = pytest.mark.slow
 
 ITERS, STOP_AT = 6, 3
 PREEMPTED = 75
 
 
 def _ckpt_job(shards, run_dir, **parallel):
-    job = _job(shards, **parallel)
+    job = stdlib_job(shards, **parallel)
     job.train.iters = ITERS
     job.train.eval_interval = STOP_AT
     job.train.eval_iters = 1

@@ -12,37 +12,18 @@ import torch
 from megatron_sota.config.job import JobConfig
 from megatron_sota.model.gpt_builder import padded_vocab_size
 from megatron_sota.runtime.local_ranks import run_distributed
+from tests.distributed.jobs import STEPS, stdlib_job
 from tests.distributed.probes import layout_probe
 
-STEPS = 3
+pytestmark = pytest.mark.slow
+
 # Adam divides by sqrt(v): an element with a near-zero gradient can move by ~lr in one layout
 # and slightly less in another from fp32 reduction-order noise, hence a looser weight tolerance.
 LOSS_TOL = 1e-5
 
 
-def _job(shards, **parallel) -> JobConfig:
-    job = JobConfig()
-    job.model.vocab_size = shards.vocab_size
-    job.tokenizer.type = "SentencePieceTokenizer"
-    job.tokenizer.model = shards.tokenizer_model
-    job.data.paths = [shards.prefix]
-    job.data.num_workers = 0
-    job.train.seq_length = 64
-    job.train.global_batch_size = 8
-    job.train.micro_batch_size = parallel.pop("micro_batch_size", 2)
-    job.train.iters = STEPS + 1
-    job.train.eval_interval = 0
-    job.optimizer.lr = 1e-3
-    job.scheduler.warmup_iters = 1
-    job.runtime.device = "cpu"
-    job.logging.tensorboard = False
-    for key, value in parallel.items():
-        setattr(job.parallel, key, value)
-    return job
-
-
 def _probe(shards, tmp_path, world_size: int, **parallel) -> dict:
-    job = _job(shards, **parallel)
+    job = stdlib_job(shards, **parallel)
     return run_distributed(layout_probe, world_size, job, str(tmp_path), STEPS)[0]
 
 
@@ -115,7 +96,7 @@ def test_startup_parameter_count_matches_the_built_model(stdlib_shards, referenc
 
 @pytest.mark.parametrize("recompute", ["selective", "full"])
 def test_activation_recompute_gives_the_same_training(stdlib_shards, tmp_path, reference, recompute):
-    job = _job(stdlib_shards)
+    job = stdlib_job(stdlib_shards)
     job.train.recompute = recompute
     run = run_distributed(layout_probe, 1, job, str(tmp_path), STEPS)[0]
     _assert_same_losses(run, reference)

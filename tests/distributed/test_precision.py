@@ -5,12 +5,14 @@ from __future__ import annotations
 import pytest
 
 from megatron_sota.runtime.local_ranks import run_distributed
+from tests.distributed.jobs import stdlib_job
 from tests.distributed.probes import step_stats_probe
-from tests.distributed.test_parallel_equivalence import _job
+
+pytestmark = pytest.mark.slow
 
 
 def _stats(shards, tmp_path, dtype: str, steps: int, initial_loss_scale: float = 65536.0) -> list[dict]:
-    job = _job(shards)
+    job = stdlib_job(shards)
     job.precision.dtype = dtype
     job.precision.initial_loss_scale = initial_loss_scale
     job.train.global_batch_size = 4

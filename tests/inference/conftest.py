@@ -10,14 +10,14 @@ import torch
 
 from megatron_sota.runtime.local_ranks import run_distributed
 from tests.distributed.probes import pretrain_probe
-from tests.distributed.test_parallel_equivalence import _job
+from tests.distributed.jobs import stdlib_job
 
 
 @pytest.fixture(scope="session")
 def checkpoint(stdlib_shards, tmp_path_factory) -> str:
     """tiny trained 20 steps on the stdlib corpus (a trained model: no near-ties between the top tokens)."""
     run_dir = str(tmp_path_factory.mktemp("gen"))
-    job = _job(stdlib_shards)
+    job = stdlib_job(stdlib_shards)
     job.train.iters = 20
     run_distributed(pretrain_probe, 1, job, run_dir)
     return os.path.join(run_dir, "checkpoints")

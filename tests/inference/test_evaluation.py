@@ -13,7 +13,7 @@ import pytest
 
 from megatron_sota.runtime.local_ranks import run_distributed
 from tests.distributed.probes import pretrain_probe
-from tests.distributed.test_parallel_equivalence import _job
+from tests.distributed.jobs import stdlib_job
 from tests.inference.eval_probes import QUESTIONS, eval_probe, write_tasks
 
 TOOL = os.path.join(os.path.dirname(__file__), "..", "..", "tools", "evaluate.py")
@@ -34,6 +34,7 @@ def _metric(rows: list, metric: str) -> float:
     return row["value"]
 
 
+@pytest.mark.slow
 def test_multiple_choice_scores_equal_a_direct_computation_from_the_logits(tp1):
     direct = [ll for item in tp1["direct_mc"] for ll, _ in item]
     assert len(tp1["scored_mc"]) == len(direct) == sum(len(c) for _, c, _ in QUESTIONS)
@@ -48,12 +49,14 @@ def test_multiple_choice_scores_equal_a_direct_computation_from_the_logits(tp1):
     assert all(r["n"] == len(QUESTIONS) for r in rows)
 
 
+@pytest.mark.slow
 def test_perplexity_equals_a_direct_computation_from_the_logits(tp1):
     total = sum(ll for ll, _ in tp1["direct_ppl"])
     tokens = sum(n for _, n in tp1["direct_ppl"])
     assert _metric(tp1["rows"]["code_ppl"], "perplexity") == pytest.approx(math.exp(-total / tokens), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_cached_greedy_equals_the_pipeline_schedule_recomputing_each_step(tp1, stdlib_shards):
     from megatron_sota.data.tokenizer import build_tokenizer
 
@@ -63,11 +66,13 @@ def test_cached_greedy_equals_the_pipeline_schedule_recomputing_each_step(tp1, s
         assert cached == recomputed[: len(cached)] and (len(cached) == 8 or cached[-1] == eod)
 
 
+@pytest.mark.slow
 def test_scorer_greedy_tokens_equal_the_argmax_of_the_logits_at_every_position(tp1):
     per_position = tp1["per_position"]
     assert per_position["scorer"] == per_position["logits"] and len(per_position["scorer"]) == 119
 
 
+@pytest.mark.slow
 def test_tp2_evaluation_equals_tp1(checkpoint, task_files, tp1):
     tp2 = run_distributed(eval_probe, 2, checkpoint, task_files)[0]
     assert tp2["recomputed"] == tp1["recomputed"] and tp2["per_position"] == tp1["per_position"]
@@ -78,8 +83,9 @@ def test_tp2_evaluation_equals_tp1(checkpoint, task_files, tp1):
             assert b["value"] == pytest.approx(a["value"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_in_loop_evaluation_at_pp2_dp2_equals_evaluate_tool_on_the_saved_checkpoint(stdlib_shards, task_files, tmp_path):
-    job = _job(stdlib_shards, pp=2)
+    job = stdlib_job(stdlib_shards, pp=2)
     job.train.iters = 2
     job.eval.tasks = [task_files[name] for name in ("code_mc", "code_em", "code_ppl")]
     job.eval.interval = 2

@@ -21,6 +21,7 @@ def _generate(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, TOOL, *args], capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_prompt_file_in_batches_completes_each_prompt_as_the_library_does_alone(checkpoint, stdlib_shards, tmp_path):
     """Three prompts of different lengths, --batch-size 2: a left-padded batch of two, then one alone.
 
@@ -84,6 +85,7 @@ def test_batch_size_below_one_is_refused(capsys):
     assert "--batch-size: expected an integer >= 1, found 0" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_overflowing_prompt_is_cut_by_policy_or_refused(checkpoint, tmp_path):
     long_prompt = open(os.path.join(os.path.dirname(json.__file__), "decoder.py")).read() * 3  # > 4096 tokens
     out = tmp_path / "out.jsonl"
@@ -96,6 +98,7 @@ def test_overflowing_prompt_is_cut_by_policy_or_refused(checkpoint, tmp_path):
     assert refused.returncode == 1 and "more than the 4095 that fit in the model's context" in refused.stderr
 
 
+@pytest.mark.slow
 def test_bad_prompt_files_name_file_line_and_field(checkpoint, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "ok"}\n{"question": "no prompt"}\n')

@@ -19,6 +19,7 @@ def _max_difference(a, b) -> float:
     return max((x - y).abs().max().item() for x, y in pairs)
 
 
+@pytest.mark.slow
 def test_cached_logits_equal_recomputed_logits_at_every_step(checkpoint, prompts):
     sequence = torch.cat([prompts, torch.randint(0, 1900, (2, 20), generator=torch.Generator().manual_seed(0))], 1)
     out = run_distributed(cached_logits_probe, 1, checkpoint, sequence, prompts.shape[1])[0]
@@ -44,6 +45,7 @@ def tp1(checkpoint, prompts, ragged_prompts) -> list:
     return run_distributed(generate_probe, 1, checkpoint, prompts, requests)[0]
 
 
+@pytest.mark.slow
 def test_cached_greedy_equals_uncached_and_tp2_equals_tp1(checkpoint, prompts, ragged_prompts, tp1):
     cached, uncached = tp1[0], tp1[1]
     tp2_requests = [Request(32, GREEDY), Request(16, SAMPLED, seed=7), Request(RAGGED_BUDGETS, GREEDY, prompts=ragged_prompts)]
@@ -59,6 +61,7 @@ def test_cached_greedy_equals_uncached_and_tp2_equals_tp1(checkpoint, prompts, r
         assert _max_difference(tp2[0][3][key], tp1[9][key]) <= 1e-4
 
 
+@pytest.mark.slow
 def test_left_padded_batch_generates_what_each_prompt_generates_alone(tp1):
     batch_cached, batch_uncached, alone = tp1[4], tp1[5], [tp1[6 + row]["tokens"][0] for row in range(3)]
     assert [len(t) for t in alone] == [RAGGED_NEW] * 3
@@ -73,6 +76,7 @@ def test_left_padded_batch_generates_what_each_prompt_generates_alone(tp1):
     assert logits["cached"].shape == (3, 11, 1900) and _max_difference(logits["cached"], logits["recomputed"]) <= 1e-4
 
 
+@pytest.mark.slow
 def test_seeds_change_samples_and_stop_ids_end_a_row(checkpoint, prompts, tp1):
     assert tp1[2]["tokens"] != tp1[3]["tokens"]
     greedy = tp1[0]["tokens"]
@@ -82,6 +86,7 @@ def test_seeds_change_samples_and_stop_ids_end_a_row(checkpoint, prompts, tp1):
     assert stopped["tokens"][0] == greedy[0][: first + 1] and stopped["stop_reasons"][0] == "stop_id"
 
 
+@pytest.mark.slow
 def test_generation_beyond_the_context_is_refused(checkpoint, prompts):
     from megatron_sota.errors import MegatronSotaError
 

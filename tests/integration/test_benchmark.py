@@ -44,6 +44,7 @@ def tiny_result(tmp_path_factory):
     return json.loads(path.read_text()), result.stdout
 
 
+@pytest.mark.slow
 def test_json_has_every_key_and_consistent_numbers(tiny_result):
     r, stdout = tiny_result
     assert set(r) == KEYS
@@ -82,6 +83,7 @@ def test_step_time_is_measured_around_the_step_not_summed_from_its_phases(monkey
     assert 0.02 <= phases["forward_backward"] < min(step_times)
 
 
+@pytest.mark.slow
 def test_peak_memory_holds_at_least_weights_gradients_and_adam_states(tiny_result):
     r, _ = tiny_result
     # fp32: parameter + main gradient + two Adam moments = 16 bytes per parameter, before any activation.
@@ -90,6 +92,7 @@ def test_peak_memory_holds_at_least_weights_gradients_and_adam_states(tiny_resul
     assert r["peak_memory_gib"] * 2**30 < 16 * params * 3, "more than 3x the static memory for a 64-token micro-batch"
 
 
+@pytest.mark.slow
 def test_losses_are_the_trainers_own(tiny_result, tmp_path):
     """The benchmark steps the same model on the same batches as `pretrain` does."""
     from megatron_sota.cli.benchmark import compose_job
@@ -106,6 +109,7 @@ def test_losses_are_the_trainers_own(tiny_result, tmp_path):
     assert summary.losses[:n] == pytest.approx(r["losses"], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_pipeline_parallel_under_torchrun(tmp_path):
     path = tmp_path / "pp2.json"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "tools/benchmark.py", *SHAPE,

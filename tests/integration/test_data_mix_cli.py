@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 import os
 
-from tests.integration.test_train_cli import _train
-from tests.unit.test_data_mix import write_shard
+import pytest
+
+from tests.integration.train_command import run_train
+from tests.random_shards import write_shard
+
+pytestmark = pytest.mark.slow
 
 
 def test_blend_run_reports_its_realised_mix_beside_the_config(tmp_path):
@@ -24,7 +28,7 @@ def test_blend_run_reports_its_realised_mix_beside_the_config(tmp_path):
         "train.global_batch_size=20", "train.micro_batch_size=10", "train.eval_interval=3", "train.eval_iters=1",
         "logging.interval=1", "checkpoint.save_at_end=false",
     ]
-    result = _train(args, run_dir)
+    result = run_train(args, run_dir)
     assert result.returncode == 0, "see captured stdout for the run's output"
     assert "data mix: 3 sources, 4 prefixes" in result.stdout
     assert os.path.isfile(run_dir / "config.yaml")
@@ -41,7 +45,7 @@ def test_blend_run_reports_its_realised_mix_beside_the_config(tmp_path):
 
 
 def test_bad_source_weight_exits_2_naming_the_key(tmp_path):
-    result = _train(["+data.sources={web:{weight:-1,paths:[/d/web]},code:{weight:1,paths:[/d/code]}}"], tmp_path / "run")
+    result = run_train(["+data.sources={web:{weight:-1,paths:[/d/web]},code:{weight:1,paths:[/d/code]}}"], tmp_path / "run")
     assert result.returncode == 2
     assert "data.sources.web.weight=-1.0: expected a number >= 0" in result.stderr
     assert "Traceback" not in result.stderr

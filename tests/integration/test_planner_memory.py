@@ -84,6 +84,7 @@ def _measure(rank: int, job: JobConfig, run_dir: str) -> tuple[int, int, int]:
     return meter.peak_bytes, resting, inputs.padded_vocab
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c.preset}-{c.dtype}-{c.recompute}-{'dopt' if c.distributed_optimizer else 'opt'}")
 def test_estimated_peak_memory_is_within_15_percent_of_the_measured_one(case, tmp_path):
     measured, resting, padded_vocab = run_distributed(_measure, 1, _job(case), str(tmp_path))[0]

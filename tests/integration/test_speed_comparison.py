@@ -47,6 +47,7 @@ def test_a_variant_whose_first_losses_differ_is_marked_and_ratios_use_the_baseli
     assert "1.150x" in table and "0.950x" in table and "LOSS MISMATCH" in table
 
 
+@pytest.mark.slow
 def test_cpu_smoke_runs_a_real_variant_through_the_benchmark(driver, tmp_path, capsys):
     code = driver.main(["--cpu-smoke", "--only", "unfused", "--steps", "2", "--warmup", "2", "--out", str(tmp_path),
                         "--run-dir", str(tmp_path / "cache")])

@@ -5,20 +5,12 @@ from __future__ import annotations
 import glob
 import json
 import os
-import subprocess
 import sys
 
+import pytest
 import yaml
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def _train(args, run_dir, launcher=(sys.executable, "-m")):
-    command = [*launcher, "megatron_sota.train", *args, f"hydra.run.dir={run_dir}"]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
-    if result.returncode != 0:
-        print(result.stdout[-5000:], result.stderr[-20000:], sep="\n")
-    return result
+from tests.integration.train_command import run_train
 
 
 def _data_args(shards):
@@ -33,13 +25,14 @@ def _metrics(run_dir):
         return [json.loads(line) for line in handle]
 
 
+@pytest.mark.slow
 def test_tiny_loss_falls_on_the_stdlib_corpus(stdlib_shards, tmp_path):
     run_dir = tmp_path / "run"
     args = _data_args(stdlib_shards) + [
         "model=tiny", "train.iters=40", "optimizer.lr=1e-3", "scheduler.warmup_iters=5",
         "logging.interval=1", "train.eval_interval=20", "train.eval_iters=1",
     ]
-    result = _train(args, run_dir)
+    result = run_train(args, run_dir)
     assert result.returncode == 0, "see captured stdout for the run's output"
     rows = [r for r in _metrics(run_dir) if "loss" in r]
     assert [r["step"] for r in rows] == list(range(1, 41))
@@ -56,17 +49,18 @@ def test_tiny_loss_falls_on_the_stdlib_corpus(stdlib_shards, tmp_path):
     assert "num_attention_heads" not in result.stdout
 
 
+@pytest.mark.slow
 def test_torchrun_tp2_trains_and_only_rank0_writes_metrics(stdlib_shards, tmp_path):
     run_dir = tmp_path / "run"
     launcher = (sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m")
-    result = _train(_data_args(stdlib_shards) + ["parallel.tp=2", "train.iters=3", "logging.interval=1"], run_dir, launcher)
+    result = run_train(_data_args(stdlib_shards) + ["parallel.tp=2", "train.iters=3", "logging.interval=1"], run_dir, launcher)
     assert result.returncode == 0, "see captured stdout for the run's output"
     assert [r["step"] for r in _metrics(run_dir) if "loss" in r] == [1, 2, 3]
     assert "tp 2 x pp 1" in result.stdout
 
 
 def test_config_mistake_exits_with_one_clear_line(tmp_path):
-    result = _train(["train.iterz=5"], tmp_path / "run")
+    result = run_train(["train.iterz=5"], tmp_path / "run")
     assert result.returncode == 2
     assert "unknown config key 'train.iterz' (did you mean 'iters'?)" in result.stderr
     assert "Traceback" not in result.stderr

@@ -35,8 +35,18 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from tests.slurm.job_records import TERMINAL_STATES, JobInfo, _job_info, _read, _tail, parse_scontrol_line
-from tests.slurm.processes import SlurmError, _available_memory_mib, _children, _Daemon, _environment, _free_ports, _kill_all, _read_pid, slurm_processes
+from tests.slurm.job_records import TERMINAL_STATES, JobInfo, job_info, parse_scontrol_line, read_text, tail_text
+from tests.slurm.processes import (
+    Daemon,
+    SlurmError,
+    available_memory_mib,
+    child_pids,
+    free_ports,
+    kill_all,
+    process_environment,
+    read_pid,
+    slurm_processes,
+)
 
 REQUIRE_ENV = "MEGATRON_SOTA_REQUIRE_SLURM"
 """Set to 1 (CI does) to make a missing SLURM fail the slurm tests instead of skipping them."""
@@ -152,7 +162,7 @@ class SlurmCluster:
         self.munge_socket = self.munge_dir / "munge.socket"
         self.ctld_port: int | None = None
         self.slurmd_port: int | None = None
-        self._daemons: list[_Daemon] = []
+        self._daemons: list[Daemon] = []
         self.started = False
         self.start_seconds: float | None = None
 
@@ -168,7 +178,7 @@ class SlurmCluster:
 
     def config_text(self) -> str:
         node, cpus = self.node, self.cpus
-        memory = max(256, int(_available_memory_mib() * 0.8))
+        memory = max(256, int(available_memory_mib() * 0.8))
         lines = [
             "ClusterName=local",
             f"SlurmctldHost={node}(127.0.0.1)",
@@ -222,7 +232,7 @@ class SlurmCluster:
         if not self.paths_fit(self.dir):
             raise SlurmError(f"{self.dir} is too long a path for the Unix sockets under it; take a shorter one")
         if self.ctld_port is None or self.slurmd_port is None:
-            self.ctld_port, self.slurmd_port = _free_ports(2)
+            self.ctld_port, self.slurmd_port = free_ports(2)
         self.conf_path.write_text(self.config_text())
         return self.conf_path
 
@@ -314,9 +324,9 @@ class SlurmCluster:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        self._daemons.append(_Daemon("munged", process, pid_file))
+        self._daemons.append(Daemon("munged", process, pid_file))
         self._wait_until(
-            lambda: self.munge_socket.exists() and _read_pid(pid_file) == process.pid,
+            lambda: self.munge_socket.exists() and read_pid(pid_file) == process.pid,
             "munged to create its socket",
             timeout=10,
             process=process,
@@ -332,7 +342,7 @@ class SlurmCluster:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        self._daemons.append(_Daemon(name, process, pid_file))
+        self._daemons.append(Daemon(name, process, pid_file))
         return process
 
     def _wait_until(self, condition, what: str, timeout: float, process: subprocess.Popen | None = None) -> None:
@@ -387,7 +397,7 @@ class SlurmCluster:
         """Every job the controller remembers, finished ones included (MinJobAge=3600), oldest first."""
         result = self.command(["scontrol", "show", "job", "-o"], check=False)
         lines = [line for line in result.stdout.splitlines() if line.startswith("JobId=")]
-        return sorted((_job_info(parse_scontrol_line(line)) for line in lines), key=lambda job: int(job.job_id))
+        return sorted((job_info(parse_scontrol_line(line)) for line in lines), key=lambda job: int(job.job_id))
 
     def step_processes(self) -> list[int]:
         """Pids of this cluster's slurmstepd processes (SLURM_CONF=<our slurm.conf> in their
@@ -396,9 +406,9 @@ class SlurmCluster:
         steps = [
             pid
             for pid, name in slurm_processes()
-            if name == "slurmstepd" and marker in b"\0" + _environment(pid) + b"\0"
+            if name == "slurmstepd" and marker in b"\0" + process_environment(pid) + b"\0"
         ]
-        children, found, todo = _children(), [], list(steps)
+        children, found, todo = child_pids(), [], list(steps)
         while todo:
             pid = todo.pop()
             found.append(pid)
@@ -424,9 +434,9 @@ class SlurmCluster:
             while self._daemons:
                 daemon = self._daemons.pop()
                 if daemon.name == "munged":
-                    _kill_all(self.step_processes())  # without munged no step can be cancelled cleanly
+                    kill_all(self.step_processes())  # without munged no step can be cancelled cleanly
                 daemon.stop()
-            _kill_all(self.step_processes())
+            kill_all(self.step_processes())
             self.started = False
 
     def __enter__(self) -> SlurmCluster:
@@ -473,7 +483,7 @@ class SlurmCluster:
         result = self.command(["scontrol", "show", "job", "-o", str(job_id)], check=False)
         if result.returncode != 0 or not result.stdout.strip():
             return None
-        return _job_info(parse_scontrol_line(result.stdout.splitlines()[0]))
+        return job_info(parse_scontrol_line(result.stdout.splitlines()[0]))
 
     def wait_for_state(
         self,
@@ -537,9 +547,9 @@ class SlurmCluster:
         # <name>.out, the daemon's stdout, repeats its log file, but also holds what it printed before
         # it opened that (a slurm.conf it could not parse, say).
         for log, out in [(self.ctld_log, "slurmctld.out"), (self.slurmd_log, "slurmd.out"), (None, "munged.log")]:
-            path = log if log is not None and _read(log) else self.log_dir / out
+            path = log if log is not None and read_text(log) else self.log_dir / out
             if path.exists():
-                parts.append(f"\n--- tail of {path} ---\n{_tail(path, lines if log else 10)}")
+                parts.append(f"\n--- tail of {path} ---\n{tail_text(path, lines if log else 10)}")
         return "".join(parts)
 
     def diagnostics(self, job_id: str | None = None, lines: int = 40) -> str:
@@ -551,5 +561,5 @@ class SlurmCluster:
             info = self.show_job(job_id)
             outputs = {info.stdout, info.stderr} if info else set()
             for path in sorted(p for p in outputs if p):
-                parts.append(f"--- tail of {path} ---\n{_tail(path, lines)}")
+                parts.append(f"--- tail of {path} ---\n{tail_text(path, lines)}")
         return "\n".join(parts) + self._log_tails(lines)

@@ -52,7 +52,7 @@ class JobInfo:
 
     def output(self) -> str:
         """The job's stdout file (empty string if not there yet)."""
-        return _read(self.stdout)
+        return read_text(self.stdout)
 
 
 _KEY = re.compile(r"(?:^|\s)([A-Za-z][\w/:.\-]*)=")
@@ -69,7 +69,7 @@ def parse_scontrol_line(line: str) -> dict[str, str]:
     return fields
 
 
-def _job_info(fields: Mapping[str, str]) -> JobInfo:
+def job_info(fields: Mapping[str, str]) -> JobInfo:
     status, _, sig = fields.get("ExitCode", "0:0").partition(":")
     return JobInfo(
         job_id=fields.get("JobId", ""),
@@ -84,7 +84,7 @@ def _job_info(fields: Mapping[str, str]) -> JobInfo:
     )
 
 
-def _read(path: str | os.PathLike | None) -> str:
+def read_text(path: str | os.PathLike | None) -> str:
     if not path:
         return ""
     try:
@@ -93,6 +93,6 @@ def _read(path: str | os.PathLike | None) -> str:
         return ""
 
 
-def _tail(path: str | os.PathLike | None, lines: int) -> str:
-    text = _read(path)
+def tail_text(path: str | os.PathLike | None, lines: int) -> str:
+    text = read_text(path)
     return "\n".join(text.splitlines()[-lines:]) if text else "(empty or missing)"

@@ -15,7 +15,7 @@ class SlurmError(RuntimeError):
     """The cluster could not be started, or a SLURM command failed."""
 
 
-def _free_ports(count: int, start: int = 6817, stop: int = 7817) -> list[int]:
+def free_ports(count: int, start: int = 6817, stop: int = 7817) -> list[int]:
     """``count`` TCP ports that nothing listens on (a stale slurmctld keeps 6817 busy: take the next)."""
     ports: list[int] = []
     for port in range(start, stop):
@@ -30,7 +30,7 @@ def _free_ports(count: int, start: int = 6817, stop: int = 7817) -> list[int]:
     raise SlurmError(f"no {count} free TCP ports in {start}..{stop}")
 
 
-def _available_memory_mib() -> int:
+def available_memory_mib() -> int:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
@@ -47,14 +47,14 @@ def _process_name(pid: int) -> str | None:
         return None
 
 
-def _read_pid(path: Path) -> int | None:
+def read_pid(path: Path) -> int | None:
     try:
         return int(path.read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return None
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     """Whether pid is a live process (a zombie counts as gone)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -63,7 +63,7 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
-def _children() -> dict[int, list[int]]:
+def child_pids() -> dict[int, list[int]]:
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -75,7 +75,7 @@ def _children() -> dict[int, list[int]]:
     return children
 
 
-def _environment(pid: int) -> bytes:
+def process_environment(pid: int) -> bytes:
     try:
         return Path(f"/proc/{pid}/environ").read_bytes()
     except OSError:
@@ -88,15 +88,15 @@ def slurm_processes() -> list[tuple[int, str]]:
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             name = _process_name(int(entry.name))
-            if name in ("slurmctld", "slurmd", "slurmstepd", "munged") and _alive(int(entry.name)):
+            if name in ("slurmctld", "slurmd", "slurmstepd", "munged") and alive(int(entry.name)):
                 found.append((int(entry.name), name))
     return sorted(found)
 
 
-def _kill_all(pids: Sequence[int], grace: float = 3.0) -> None:
+def kill_all(pids: Sequence[int], grace: float = 3.0) -> None:
     """SIGTERM, then after ``grace`` seconds SIGKILL, to each pid still alive."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        live = [pid for pid in pids if _alive(pid)]
+        live = [pid for pid in pids if alive(pid)]
         for pid in live:
             try:
                 os.kill(pid, sig)
@@ -104,13 +104,13 @@ def _kill_all(pids: Sequence[int], grace: float = 3.0) -> None:
                 pass
         deadline = time.monotonic() + grace
         while live and time.monotonic() < deadline:
-            live = [pid for pid in live if _alive(pid)]
+            live = [pid for pid in live if alive(pid)]
             time.sleep(0.05)
         if not live:
             return
 
 
-class _Daemon:
+class Daemon:
     """One daemon this object started: the child process and the pid file it writes."""
 
     def __init__(self, name: str, process: subprocess.Popen, pid_file: Path) -> None:
@@ -118,7 +118,7 @@ class _Daemon:
 
     def pids(self) -> list[int]:
         pids = [self.process.pid]
-        from_file = _read_pid(self.pid_file)
+        from_file = read_pid(self.pid_file)
         # The pid file should name the child itself; should a daemon ever fork, signal that too.
         if from_file and from_file != self.process.pid and _process_name(from_file) == self.name:
             pids.append(from_file)
@@ -128,7 +128,7 @@ class _Daemon:
         pids = self.pids()
         for sig in (signal.SIGTERM, signal.SIGKILL):
             for pid in pids:
-                if _alive(pid):
+                if alive(pid):
                     try:
                         os.kill(pid, sig)
                     except ProcessLookupError:
@@ -136,7 +136,7 @@ class _Daemon:
             deadline = time.monotonic() + grace
             while time.monotonic() < deadline:
                 self.process.poll()  # reap the child
-                if not any(_alive(pid) for pid in pids):
+                if not any(alive(pid) for pid in pids):
                     return
                 time.sleep(0.05)
         self.process.poll()

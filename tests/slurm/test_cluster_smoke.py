@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.slurm.cluster import SlurmCluster, SlurmTimeout
-from tests.slurm.processes import _alive
+from tests.slurm.processes import alive
 
 pytestmark = pytest.mark.slurm
 
@@ -152,7 +152,7 @@ def test_second_cluster_takes_other_ports_and_stops_only_its_own_daemons(
             ("slurmd", second.slurmd_pid_file),
         ]:
             assert int(pid_file.read_text().split()[0]) == pids[name]
-    assert not any(_alive(pid) for pid in pids.values())
+    assert not any(alive(pid) for pid in pids.values())
     # Stopping the second cluster (its munged included) leaves the session's cluster working.
     assert slurm_cluster.controller_answers()
     job = slurm_cluster.submit(_script(tmp_path, "hello.sh", "echo hello\n"))

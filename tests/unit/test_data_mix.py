@@ -6,11 +6,8 @@ import collections
 import json
 import os
 
-import numpy
 import pytest
-import torch
 from hydra import compose, initialize_config_dir
-from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
 from megatron_sota.config.files import conf_dir
 from megatron_sota.config.job import JobConfig, register_configs
@@ -25,20 +22,10 @@ from megatron_sota.data.mix_report import (
     write_data_mix,
 )
 from megatron_sota.errors import MegatronSotaError
+from tests.random_shards import VOCAB, write_shard
 
 CONF = conf_dir()
-VOCAB = 1000
 TARGET_MIX = {"web": 45, "code": 20, "academic": 10, "books_reference": 10, "math_science": 10, "dialogue_instructions": 5}
-
-
-def write_shard(prefix: str, documents: int, tokens_per_document: int = 40, seed: int = 0) -> str:
-    """A Megatron .bin/.idx pair of random token ids in [3, VOCAB) (NullTokenizer's eod is VOCAB - 1)."""
-    rng = numpy.random.default_rng(seed)
-    builder = IndexedDatasetBuilder(f"{prefix}.bin", dtype=numpy.uint16)
-    for _ in range(documents):
-        builder.add_document(torch.from_numpy(rng.integers(3, VOCAB - 1, size=tokens_per_document)), [tokens_per_document])
-    builder.finalize(f"{prefix}.idx")
-    return prefix
 
 
 @pytest.fixture(scope="module")

@@ -34,6 +34,13 @@ def test_first_host_of_slurm_nodelists():
     assert first_slurm_host("node01") == "node01"
     assert first_slurm_host("gpu[003-005,9]") == "gpu003"
     assert first_slurm_host("a[12,14],b7") == "a12"
+    assert first_slurm_host("rack[1-2]-node[01-04]") == "rack1-node01"
+    assert first_slurm_host("a[3,1]b[2-3]c") == "a3b2c"
+
+
+def test_slurm_master_address_is_the_first_host_of_a_multi_bracket_nodelist():
+    env = read_launch_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "16", "SLURM_JOB_NODELIST": "rack[1-2]-node[01-04]"})
+    assert env.master_addr == "rack1-node01"
 
 
 def test_plain_process_is_a_world_of_one():

@@ -1,0 +1,37 @@
+"""run_distributed's ranks: forked from a server that has imported megatron-core once, yet each sees its
+caller's environment and working directory as a freshly spawned process would."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from megatron_sota.runtime.local_ranks import run_distributed
+
+VARIABLE = "MEGATRON_SOTA_TEST_LOCAL_RANKS"
+
+
+def _what_the_rank_sees(rank: int) -> dict:
+    return {
+        "variable": os.environ.get(VARIABLE),
+        "cwd": os.getcwd(),
+        "world": os.environ["WORLD_SIZE"],
+        "megatron_core_imported_at_start": "megatron.core" in sys.modules,
+    }
+
+
+def test_ranks_see_the_callers_current_environment_and_directory(tmp_path, monkeypatch):
+    run_distributed(_what_the_rank_sees, 1)  # the forkserver now runs, with the environment of this moment
+    monkeypatch.setenv(VARIABLE, "set after the first call")
+    monkeypatch.chdir(tmp_path)
+    seen = run_distributed(_what_the_rank_sees, 2)
+    assert [s["variable"] for s in seen] == ["set after the first call"] * 2
+    assert [s["cwd"] for s in seen] == [str(tmp_path)] * 2 and [s["world"] for s in seen] == ["2", "2"]
+    monkeypatch.delenv(VARIABLE)
+    assert run_distributed(_what_the_rank_sees, 1)[0]["variable"] is None
+
+
+def test_ranks_start_with_megatron_core_already_imported():
+    # What a rank saves: importing megatron-core takes ~3 s per spawned rank (and neither this module nor
+    # local_ranks.py imports it, so a spawned rank would start without it).
+    assert all(s["megatron_core_imported_at_start"] for s in run_distributed(_what_the_rank_sees, 2))
