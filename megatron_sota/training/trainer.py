@@ -15,6 +15,7 @@ from typing import List, Sequence
 import torch
 from omegaconf import OmegaConf
 
+from megatron_sota.atomic_files import write_text
 from megatron_sota.checkpointing import paths
 from megatron_sota.checkpointing.manager import CheckpointManager, Progress, checkpoint_layout, resolve_resume
 from megatron_sota.checkpointing.paths import resolve_checkpoint_dir
@@ -64,10 +65,8 @@ def refuse_foreign_checkpoints(save_dir: str, resume: str) -> None:
 
 def save_resolved_config(text: str, run_dir: str, command_line: str) -> None:
     """Writes the resolved config (YAML) to <run_dir>/config.yaml; names the file (the whole text at DEBUG level)."""
-    os.makedirs(run_dir, exist_ok=True)
     path = os.path.join(run_dir, "config.yaml")
-    with open(path, "w") as handle:
-        handle.write(f"# {command_line}\n{text}" if command_line else text)
+    write_text(path, f"# {command_line}\n{text}" if command_line else text)
     logger.info(f"resolved config: {path}")
     logger.debug(f"resolved config:\n{text}")
 
