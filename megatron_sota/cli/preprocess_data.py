@@ -112,10 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", err)
         return 1
     except KeyboardInterrupt:
-        print(
-            "interrupted: finished partitions are kept; run the same command again to resume",
-            file=sys.stderr,
-        )
+        log.warning("interrupted: finished partitions are kept; run the same command again to resume")
         return 130
     log.info(stats.summary())
     return 0

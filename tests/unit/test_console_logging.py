@@ -137,3 +137,37 @@ def test_logging_level_is_checked_with_the_other_config_values():
         validate_job(job, 1)
     assert "logging.level must be one of DEBUG, INFO, WARNING, ERROR, got 'LOUD'" in str(info.value)
     assert "train.recompute must be one of" in str(info.value)  # reported together
+
+
+# The modules a user runs; only they may print, and only a command's product to stdout.
+ENTRY_POINTS = ("cli/", "train.py", "conversion/cli.py", "evaluation/cli.py", "inference/generate_cli.py")
+
+
+def _print_calls(package_dir: str):
+    import ast
+    import os
+
+    for root, _, files in os.walk(package_dir):
+        for name in files:
+            if name.endswith(".py"):
+                path = os.path.join(root, name)
+                with open(path) as handle:
+                    tree = ast.parse(handle.read(), path)
+                for node in ast.walk(tree):
+                    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print":
+                        yield os.path.relpath(path, package_dir).replace(os.sep, "/"), node
+
+
+def test_messages_go_through_logging_and_only_entry_points_print_their_product():
+    import os
+
+    import megatron_sota
+
+    calls = list(_print_calls(os.path.dirname(megatron_sota.__file__)))
+    assert calls, "the scan found no print at all: it no longer sees the package's commands"
+    misplaced = [
+        f"{path}:{node.lineno}"
+        for path, node in calls
+        if not path.startswith(ENTRY_POINTS) or any(keyword.arg == "file" for keyword in node.keywords)
+    ]
+    assert misplaced == [], "print outside a command's product (use logging.getLogger(__name__)): " + ", ".join(misplaced)
