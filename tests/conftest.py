@@ -71,10 +71,11 @@ FAST_TIER_LIMIT_S = 15.0
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     took: dict[str, float] = {}
     for report in (r for reports in terminalreporter.stats.values() for r in reports):
-        if getattr(report, "when", None) in ("setup", "call") and "slow" not in report.keywords:
+        fast_tier = "slow" not in report.keywords and "slurm" not in report.keywords
+        if getattr(report, "when", None) in ("setup", "call") and fast_tier:
             took[report.nodeid] = took.get(report.nodeid, 0.0) + report.duration
     over = sorted(((seconds, nodeid) for nodeid, seconds in took.items() if seconds > FAST_TIER_LIMIT_S), reverse=True)
     if over:
-        terminalreporter.write_sep("-", f"tests without the slow marker that took over {FAST_TIER_LIMIT_S:.0f} s (setup and call)")
+        terminalreporter.write_sep("-", f"fast-tier tests (neither slow nor slurm) that took over {FAST_TIER_LIMIT_S:.0f} s (setup and call)")
         for seconds, nodeid in over:
             terminalreporter.write_line(f"{seconds:6.1f}s {nodeid}")

@@ -46,14 +46,17 @@ def _job_env(run_dir: Path) -> dict:
 
 def test_pretrain_sbatch_trains_tiny_at_tp2_on_two_tasks(slurm_cluster, stdlib_shards, tmp_path):
     run_dir = tmp_path / "run"
-    job = slurm_cluster.submit(PRETRAIN, _overrides(stdlib_shards, 25), env=_job_env(run_dir), sbatch_options=[*CPU_JOB, f"--output={tmp_path}/slurm-%j.out"])
+    # logging.all_ranks: rank 1 prints its lines too, with its rank prefix, after srun's task label.
+    overrides = _overrides(stdlib_shards, 25, **{"logging.all_ranks": "true"})
+    job = slurm_cluster.submit(PRETRAIN, overrides, env=_job_env(run_dir), sbatch_options=[*CPU_JOB, f"--output={tmp_path}/slurm-%j.out"])
     info = slurm_cluster.wait(job, timeout=300)
     assert (info.state, info.exit_code) == ("COMPLETED", 0), slurm_cluster.diagnostics(job)
     losses = _steps(run_dir)
     assert sorted(losses) == list(range(1, 26))
     assert losses[25] < losses[1] - 1.0
     log = (run_dir / "logs" / f"job-{job}.log").read_text()
-    assert "world 2 = tp 2" in log and "0: " in log and "1: " in log  # both ranks, labelled
+    assert "0: layout: world 2 = tp 2" in log  # rank 0's information has no rank prefix
+    assert "1: [rank 1] done at step 25: 25 steps" in log  # both tasks trained, each labelled by srun and by its rank
 
 
 def test_usr1_saves_exits_preempted_requeues_and_the_requeued_job_resumes_and_finishes(slurm_cluster, stdlib_shards, tmp_path):

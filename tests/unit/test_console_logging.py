@@ -118,8 +118,21 @@ def test_setting_up_twice_prints_each_line_once_and_does_not_reach_the_root_logg
         ours.info("once")
         megatron.warning("once too")
     assert capsys.readouterr() == ("once\n", "warning [megatron.core.some_module]: once too\n")
-    assert caplog.records == []  # Hydra's root handlers would print each line a second time
+    # Hydra's root handlers would print each line a second time
+    assert caplog.records == [], _chain(megatron)
     assert len(logging.getLogger(PACKAGE_LOGGER).handlers) == 1
+
+
+def _chain(logger: logging.Logger) -> str:
+    """The loggers a record of `logger` passes, for a failure message."""
+    links = []
+    while logger is not None:
+        links.append(
+            f"{logger.name}: propagate={logger.propagate} registered={logging.getLogger(logger.name) is logger} "
+            f"handlers={logger.handlers}"
+        )
+        logger = logger.parent
+    return "\n".join(links)
 
 
 def test_unknown_level_is_refused():
