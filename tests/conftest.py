@@ -71,8 +71,9 @@ FAST_TIER_LIMIT_S = 15.0
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     took: dict[str, float] = {}
     for report in (r for reports in terminalreporter.stats.values() for r in reports):
-        fast_tier = "slow" not in report.keywords and "slurm" not in report.keywords
-        if getattr(report, "when", None) in ("setup", "call") and fast_tier:
+        if getattr(report, "when", None) not in ("setup", "call"):
+            continue  # warning reports and teardowns
+        if "slow" not in report.keywords and "slurm" not in report.keywords:
             took[report.nodeid] = took.get(report.nodeid, 0.0) + report.duration
     over = sorted(((seconds, nodeid) for nodeid, seconds in took.items() if seconds > FAST_TIER_LIMIT_S), reverse=True)
     if over:

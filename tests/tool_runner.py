@@ -5,12 +5,9 @@ The command modules are the ones tools/<name>.py and setup.py's console scripts 
 
 from __future__ import annotations
 
-import contextlib
 import importlib
-import logging
-from typing import Iterator
 
-from megatron_sota.runtime.log import PACKAGE_LOGGER
+from tests.logger_state import loggers_kept
 
 # The three commands that live beside their subsystem; every other tool is megatron_sota/cli/<name>.py.
 MODULES = {
@@ -25,25 +22,11 @@ def tool_main(name: str):  # type: ignore[no-untyped-def]
     return importlib.import_module(MODULES.get(name, f"megatron_sota.cli.{name}")).main
 
 
-@contextlib.contextmanager
-def package_logger_kept() -> Iterator[None]:
-    """A command's main() points the package logger at the stream it finds (a test's captured stdout):
-    afterwards the logger is as it was, so later tests never write to a closed capture."""
-    logger = logging.getLogger(PACKAGE_LOGGER)
-    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
-    try:
-        yield
-    finally:
-        logger.handlers[:] = handlers
-        logger.setLevel(level)
-        logger.propagate = propagate
-
-
 def run_tool(name: str, argv: list[str], capsys) -> tuple[int, str, str]:  # type: ignore[no-untyped-def]
     """(exit code, stdout, stderr) of tools/<name>.py main(argv)."""
     main = tool_main(name)
     capsys.readouterr()
-    with package_logger_kept():
+    with loggers_kept():  # main() points the loggers at this test's captured streams
         code = main(argv)
     out, err = capsys.readouterr()
     return code, out, err

@@ -62,10 +62,11 @@ def run_curate(argv: list[str]) -> tuple[int, str]:
     import contextlib
     import io
 
-    from tests.tool_runner import package_logger_kept, tool_main
+    from tests.logger_state import loggers_kept
+    from tests.tool_runner import tool_main
 
     out = io.StringIO()
-    with package_logger_kept(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+    with loggers_kept(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
         code = tool_main("curate")(argv)
     return code, out.getvalue()
 

@@ -9,7 +9,8 @@ import pytest
 from megatron_sota.config.job import JobConfig
 from megatron_sota.config.validation import validate_job
 from megatron_sota.errors import MegatronSotaError
-from megatron_sota.runtime.log import MEGATRON_LOGGER, PACKAGE_LOGGER, setup_logging
+from megatron_sota.runtime.log import PACKAGE_LOGGER, ConsoleHandler, setup_logging
+from tests.logger_state import loggers_kept
 
 ours = logging.getLogger("megatron_sota.some_module")
 megatron = logging.getLogger("megatron.core.some_module")
@@ -20,16 +21,8 @@ def restore_loggers(monkeypatch):
     """setup_logging changes process-wide loggers; put them back for the other tests."""
     for key in ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS"):
         monkeypatch.delenv(key, raising=False)
-    saved = {}
-    for name in (PACKAGE_LOGGER, MEGATRON_LOGGER):
-        logger = logging.getLogger(name)
-        saved[name] = (list(logger.handlers), logger.level, logger.propagate)
-    yield
-    for name, (handlers, level, propagate) in saved.items():
-        logger = logging.getLogger(name)
-        logger.handlers[:] = handlers
-        logger.setLevel(level)
-        logger.propagate = propagate
+    with loggers_kept():
+        yield
 
 
 def _as_rank(monkeypatch, rank: int, world: int) -> None:
@@ -111,28 +104,28 @@ def test_commands_whose_stdout_is_their_product_send_information_to_stderr(capsy
     assert capsys.readouterr() == ("", "loading the checkpoint\n")
 
 
-def test_setting_up_twice_prints_each_line_once_and_does_not_reach_the_root_logger(capsys, caplog):
+class _Recorder(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_setting_up_twice_prints_each_line_once_and_does_not_reach_the_root_logger(capsys):
     setup_logging()
     setup_logging()
-    with caplog.at_level(logging.INFO):
+    root, recorder = logging.getLogger(), _Recorder()
+    root.addHandler(recorder)  # where Hydra's handlers sit: they would print each line a second time
+    try:
         ours.info("once")
         megatron.warning("once too")
+    finally:
+        root.removeHandler(recorder)
     assert capsys.readouterr() == ("once\n", "warning [megatron.core.some_module]: once too\n")
-    # Hydra's root handlers would print each line a second time
-    assert caplog.records == [], _chain(megatron)
-    assert len(logging.getLogger(PACKAGE_LOGGER).handlers) == 1
-
-
-def _chain(logger: logging.Logger) -> str:
-    """The loggers a record of `logger` passes, for a failure message."""
-    links = []
-    while logger is not None:
-        links.append(
-            f"{logger.name}: propagate={logger.propagate} registered={logging.getLogger(logger.name) is logger} "
-            f"handlers={logger.handlers}"
-        )
-        logger = logger.parent
-    return "\n".join(links)
+    assert recorder.records == []
+    assert len([h for h in logging.getLogger(PACKAGE_LOGGER).handlers if isinstance(h, ConsoleHandler)]) == 1
 
 
 def test_unknown_level_is_refused():

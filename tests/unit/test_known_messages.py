@@ -9,7 +9,8 @@ import warnings
 import pytest
 
 from megatron_sota.quiet import KNOWN_LOG_RECORDS, KNOWN_WARNINGS, quiet_megatron
-from megatron_sota.runtime.log import MEGATRON_LOGGER, setup_logging
+from megatron_sota.runtime.log import setup_logging
+from tests.logger_state import loggers_kept
 
 
 def _shown(category: type[Warning], message: str) -> bool:
@@ -44,13 +45,10 @@ def test_known_messages_can_be_pytest_filterwarnings_lines():
 
 @pytest.fixture
 def megatron_console(capsys):
-    logger = logging.getLogger(MEGATRON_LOGGER)
-    saved = (list(logger.handlers), logger.level, logger.propagate)
-    setup_logging()
-    quiet_megatron()
-    yield capsys
-    logger.handlers[:], logger.propagate = saved[0], saved[2]
-    logger.setLevel(saved[1])
+    with loggers_kept():
+        setup_logging()
+        quiet_megatron()
+        yield capsys
 
 
 def test_megatron_known_record_is_hidden_but_its_other_warnings_and_errors_show(megatron_console):
