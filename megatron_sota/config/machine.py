@@ -28,12 +28,13 @@ def transformer_engine_importable() -> bool:
     return True
 
 
-def probe_machine(want_transformer_engine: bool = True) -> Machine:
-    """`want_transformer_engine=False` (model.transformer_impl=local) skips TE's slow import."""
+def probe_machine(cfg: JobConfig) -> Machine:
+    """The facts `cfg` needs: TE's slow import is tried only where CUDA is there and the model may use TE."""
     import torch
 
     cuda = torch.cuda.is_available()
-    return Machine(cuda=cuda, transformer_engine=cuda and want_transformer_engine and transformer_engine_importable())
+    wants_te = cfg.model.transformer_impl != "local"
+    return Machine(cuda=cuda, transformer_engine=cuda and wants_te and transformer_engine_importable())
 
 
 def chosen_device(requested: str, cuda: bool) -> str:

@@ -246,7 +246,7 @@ def validate_job(
     own findings (allocation, task files), reported in the same message.
     """
     if machine is None:
-        machine = probe_machine(want_transformer_engine=cfg.model.transformer_impl != "local")
+        machine = probe_machine(cfg)
     problems = _choice_problems(cfg) + _layout_problems(cfg, world_size) + _data_problems(cfg)
     problems += _model_problems(cfg) + machine_problems(cfg, machine) + generation_problems(cfg.generation)
     problems += eval_problems(cfg) + _loop_problems(cfg) + list(more_problems)

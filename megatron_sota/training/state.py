@@ -43,7 +43,7 @@ def check_inputs(
     job: JobConfig, world_size: int, machine: Optional[Machine] = None, more_problems: Sequence[str] = ()
 ) -> CheckedInputs:
     """Every config problem (with `more_problems`) in one error, then the tokenizer and the data's files."""
-    machine = machine or probe_machine(want_transformer_engine=job.model.transformer_impl != "local")
+    machine = machine or probe_machine(job)
     layout = validate_job(job, world_size, machine, more_problems)
     tokenizer = build_configured_tokenizer(job.tokenizer, job.model.vocab_size)
     blend = None if job.data.mock else resolve_blend(job.data, tokenizer.vocab_size)

@@ -120,7 +120,7 @@ def standard_callbacks(
 
 def check_before_process_groups(job: JobConfig, env: LaunchEnv) -> CheckedInputs:
     """Every problem the config, the allocation and the eval task files show, in one error; then the data's files."""
-    machine = probe_machine(want_transformer_engine=job.model.transformer_impl != "local")
+    machine = probe_machine(job)
     choices = machine_choices(job, machine)
     gpus = torch.cuda.device_count() if choices.device == "cuda" and machine.cuda else None
     problems = allocation_problems(job.parallel, env, os.environ, gpus) + task_problems(job)
