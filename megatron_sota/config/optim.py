@@ -34,6 +34,10 @@ class SchedulerConfig:
     """wsd only: length of the final decay phase; 20% of the schedule when null."""
     wsd_decay_style: str = "linear"
     """wsd only: shape of the final decay (linear, cosine, exponential, minus_sqrt)."""
+    changed_at_resume: str = "refuse"
+    """A resumed checkpoint's schedule (peak and floor LR, warm-up, decay length and style, weight decay) differs
+    from the one this config gives, e.g. after raising train.iters: refuse (stop, showing both), checkpoint (keep
+    the checkpoint's schedule) or config (follow this config from the checkpoint's step on)."""
 
 
 @dataclass

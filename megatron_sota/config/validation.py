@@ -26,6 +26,7 @@ EXPORT_DTYPE_CHOICES = ("bf16", "fp32")
 FP8_CHOICES = (None, "e4m3", "hybrid")
 FP8_RECIPE_CHOICES = ("delayed", "tensorwise", "mxfp8", "blockwise", "custom")
 WSD_DECAY_STYLE_CHOICES = ("linear", "cosine", "exponential", "minus_sqrt")
+SCHEDULE_AT_RESUME_CHOICES = ("refuse", "checkpoint", "config")
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,7 @@ def _choice_problems(cfg: JobConfig) -> list[str]:
         ("precision.fp8", cfg.precision.fp8, FP8_CHOICES),
         ("precision.fp8_recipe", cfg.precision.fp8_recipe, FP8_RECIPE_CHOICES),
         ("scheduler.wsd_decay_style", cfg.scheduler.wsd_decay_style, WSD_DECAY_STYLE_CHOICES),
+        ("scheduler.changed_at_resume", cfg.scheduler.changed_at_resume, SCHEDULE_AT_RESUME_CHOICES),
         ("logging.level", cfg.logging.level, LOG_LEVELS),
     )
     return [

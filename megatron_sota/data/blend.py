@@ -29,11 +29,14 @@ class SampleCounts:
     test: int
 
 
-def sample_counts(iters: int, global_batch_size: int, eval_iters: int) -> SampleCounts:
-    """How many sequences each split must provide for a run of `iters` steps."""
+def sample_counts(
+    iters: int, global_batch_size: int, eval_iters: int, start_iteration: int = 0, start_consumed: int = 0
+) -> SampleCounts:
+    """How many sequences each split must provide for a run of `iters` steps, resumed after `start_iteration`
+    steps that consumed `start_consumed` samples (with the same batch size, the same as a run from step 0)."""
     # Every validation reads the same first eval_iters batches, so they are comparable over time.
     return SampleCounts(
-        train=iters * global_batch_size,
+        train=start_consumed + max(iters - start_iteration, 0) * global_batch_size,
         valid=eval_iters * global_batch_size,
         test=eval_iters * global_batch_size,
     )

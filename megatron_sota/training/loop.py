@@ -72,6 +72,8 @@ class Trainer:
         """The objective of each step; a callback may swap it for a step (fault injection does)."""
         self.step = progress.iteration
         """The last step taken (during a step's hooks: that step)."""
+        self.consumed_samples = progress.consumed_samples
+        """Samples read so far, carried over from the checkpoint (its batch size may have differed)."""
         self.saved_at = progress.iteration
         self.summary = TrainSummary(first_step=progress.iteration + 1)
 
@@ -88,7 +90,7 @@ class Trainer:
         return self.state.session.env.rank == 0
 
     def progress(self) -> Progress:
-        return Progress(iteration=self.step, consumed_samples=self.step * self.state.job.train.global_batch_size)
+        return Progress(iteration=self.step, consumed_samples=self.consumed_samples)
 
     def save(self) -> None:
         """Saves a checkpoint of the current step, once: later calls in the same step do nothing."""
@@ -112,6 +114,7 @@ class Trainer:
             for callback in self.callbacks:
                 callback.pre_step(self)
             outcome = self._train_step()
+            self.consumed_samples += self.state.job.train.global_batch_size
             self.summary.losses.append(outcome.result.loss)
             if self.step > self.summary.first_step:
                 timed_tokens, timed_seconds = timed_tokens + tokens_per_step, timed_seconds + outcome.seconds

@@ -5,6 +5,8 @@ Only configuration of megatron-core objects; wrapping the chunks is parallelize/
 
 from __future__ import annotations
 
+from typing import Any, Dict
+
 from megatron.core.optimizer import OptimizerConfig as McoreOptimizerConfig
 from megatron.core.optimizer import get_megatron_optimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
@@ -41,14 +43,14 @@ def build_optimizer(
     return get_megatron_optimizer(mcore_config, models)
 
 
-def build_scheduler(optimizer, opt: OptimizerConfig, sched: SchedulerConfig, iters: int) -> OptimizerParamScheduler:
-    """LR per iteration: linear warm-up, then cosine/constant/WSD down to min_lr_ratio * lr."""
+def schedule_settings(opt: OptimizerConfig, sched: SchedulerConfig, iters: int) -> Dict[str, Any]:
+    """The LR/WD schedule of a config as megatron-core's OptimizerParamScheduler arguments: linear warm-up,
+    then cosine/constant/WSD down to min_lr_ratio * lr. Needs no optimizer, so a resume can compare it early."""
     warmup = min(sched.warmup_iters, iters)
     decay_end = warmup + (sched.decay_iters if sched.decay_iters is not None else max(iters - warmup, 1))
     style = {"cosine": "cosine", "constant": "constant", "wsd": "WSD"}[sched.name]
     wsd_decay = sched.wsd_decay_iters if sched.wsd_decay_iters is not None else max(int(0.2 * decay_end), 1)
-    return OptimizerParamScheduler(
-        optimizer,
+    return dict(
         init_lr=0.0,
         max_lr=opt.lr,
         min_lr=opt.lr * sched.min_lr_ratio,
@@ -61,4 +63,17 @@ def build_scheduler(optimizer, opt: OptimizerConfig, sched: SchedulerConfig, ite
         wd_incr_style="constant",
         wsd_decay_steps=wsd_decay if style == "WSD" else None,
         lr_wsd_decay_style=sched.wsd_decay_style if style == "WSD" else None,
+    )
+
+
+def build_scheduler(
+    optimizer, opt: OptimizerConfig, sched: SchedulerConfig, iters: int, follow_checkpoint: bool = True
+) -> OptimizerParamScheduler:
+    """LR per iteration (schedule_settings). On loading a checkpoint, its schedule wins unless
+    `follow_checkpoint` is false (scheduler.changed_at_resume=config); the step count is always the checkpoint's."""
+    return OptimizerParamScheduler(
+        optimizer,
+        use_checkpoint_opt_param_scheduler=follow_checkpoint,
+        override_opt_param_scheduler=not follow_checkpoint,
+        **schedule_settings(opt, sched, iters),
     )

@@ -13,10 +13,11 @@ from typing import Any, Optional, Sequence
 from megatron.core import parallel_state
 from megatron.core.transformer.transformer_config import TransformerConfig
 
+from megatron_sota.checkpointing.manager import Progress
 from megatron_sota.config.job import JobConfig
 from megatron_sota.config.machine import Machine, MachineChoices, machine_choices, probe_machine
 from megatron_sota.config.validation import Layout, validate_job
-from megatron_sota.data.blend import build_datasets, build_loader, sample_counts
+from megatron_sota.data.blend import SampleCounts, build_datasets, build_loader, sample_counts
 from megatron_sota.data.mix import ResolvedBlend, resolve_blend
 from megatron_sota.data.tokenizer import build_configured_tokenizer
 from megatron_sota.model.gpt_builder import build_model_chunks, build_transformer_config, padded_vocab_size
@@ -24,6 +25,7 @@ from megatron_sota.model.kernel_choice import KernelChoice, choose_kernels
 from megatron_sota.parallelize.ddp import scale_losses_by, wrap_in_ddp
 from megatron_sota.runtime.session import Session
 from megatron_sota.training.optimization import build_optimizer, build_scheduler
+from megatron_sota.training.resume import ResumePoint
 
 
 @dataclass
@@ -65,6 +67,8 @@ class TrainingState:
     valid_dataset: Any
     train_iterators: Optional[list] = None
     """Set by start_data once the consumed-sample count (0, or a checkpoint's) is known."""
+    sample_counts: Optional[SampleCounts] = None
+    """The samples each split was built to provide (training/resume.py: from a checkpoint's position on)."""
     kernels: KernelChoice = KernelChoice()
     """The fusions the model was built with (the `kernels` group resolved for this device)."""
 
@@ -92,7 +96,11 @@ def _iterators(dataset, job: JobConfig, layout: Layout, consumed: int, chunks: i
     ]
 
 
-def build_training_state(job: JobConfig, inputs: CheckedInputs, session: Session, run_dir: str) -> TrainingState:
+def build_training_state(
+    job: JobConfig, inputs: CheckedInputs, session: Session, run_dir: str, resume: Optional[ResumePoint] = None
+) -> TrainingState:
+    """The run's objects; `resume` (training/resume.py) sizes the train split from its consumed samples
+    and says whose LR schedule a loaded checkpoint keeps."""
     t = job.train
     choices = inputs.choices
     if session.device.type != choices.device:
@@ -104,8 +112,10 @@ def build_training_state(job: JobConfig, inputs: CheckedInputs, session: Session
     models = wrap_in_ddp(chunks, config, job.parallel, session.device)
     optimizer = build_optimizer(job.optimizer, job.scheduler, job.parallel, config, job.precision.initial_loss_scale, models)
     scale_losses_by(config, optimizer)
-    scheduler = build_scheduler(optimizer, job.optimizer, job.scheduler, t.iters)
-    counts = sample_counts(t.iters, t.global_batch_size, t.eval_iters)
+    follow = resume is None or resume.follow_checkpoint_schedule
+    scheduler = build_scheduler(optimizer, job.optimizer, job.scheduler, t.iters, follow_checkpoint=follow)
+    start = resume.progress if resume is not None else Progress()
+    counts = sample_counts(t.iters, t.global_batch_size, t.eval_iters, start.iteration, start.consumed_samples)
     cache_dir = job.data.cache_dir or os.path.join(run_dir, "data_cache")
     train_ds, valid_ds, _ = build_datasets(
         job.data, inputs.tokenizer, t.seq_length, t.seed, counts, cache_dir, inputs.blend
@@ -120,5 +130,6 @@ def build_training_state(job: JobConfig, inputs: CheckedInputs, session: Session
         scheduler=scheduler,
         train_dataset=train_ds,
         valid_dataset=valid_ds,
+        sample_counts=counts,
         kernels=kernels,
     )

@@ -21,7 +21,6 @@ from megatron_sota.checkpointing.manager import CheckpointManager, Progress, che
 from megatron_sota.checkpointing.paths import resolve_checkpoint_dir
 from megatron_sota.config.job import JobConfig
 from megatron_sota.config.machine import machine_choices, probe_machine
-from megatron_sota.data.blend import sample_counts
 from megatron_sota.data.mix_report import data_mix_report, format_data_mix, write_data_mix
 from megatron_sota.errors import MegatronSotaError
 from megatron_sota.evaluation.task_checks import task_problems
@@ -44,6 +43,7 @@ from megatron_sota.training.in_loop_eval import InLoopEvaluator
 from megatron_sota.training.loop import Trainer, TrainSummary
 from megatron_sota.training.metrics import MetricsWriter, drop_rows_after
 from megatron_sota.training.preemption import StopWatch
+from megatron_sota.training.resume import plan_resume
 from megatron_sota.training.state import CheckedInputs, TrainingState, build_training_state, check_inputs
 
 
@@ -89,10 +89,9 @@ def _describe(state: TrainingState) -> int:
 
 def report_data_mix(state: TrainingState, run_dir: str) -> None:
     """Logs the samples each source and prefix contributes to this run; saves data_mix.json/.png."""
-    blend, t = state.inputs.blend, state.job.train
+    blend, t, counts = state.inputs.blend, state.job.train, state.sample_counts
     if blend is None:
         return  # mock data
-    counts = sample_counts(t.iters, t.global_batch_size, t.eval_iters)
     splits = {"train": (state.train_dataset, counts.train)}
     if t.eval_interval > 0:
         splits["valid"] = (state.valid_dataset, counts.valid)
@@ -141,6 +140,7 @@ def pretrain(job: JobConfig, run_dir: str, command_line: str = "", callbacks: Se
     save_dir = job.checkpoint.dir or os.path.join(run_dir, "checkpoints")
     refuse_foreign_checkpoints(save_dir, job.checkpoint.resume)
     resume_from = resolve_resume(job.checkpoint, save_dir)
+    resume = plan_resume(job, resume_from) if resume_from else None
     init_from = None
     if resume_from is None and job.checkpoint.init_from:
         init_from = resolve_checkpoint_dir(job.checkpoint.init_from, "checkpoint.init_from")
@@ -148,7 +148,7 @@ def pretrain(job: JobConfig, run_dir: str, command_line: str = "", callbacks: Se
     if env.rank == 0:
         save_resolved_config(config_yaml, run_dir, command_line)
     with distributed_session(job.parallel, inputs.choices.device, job.runtime.timeout_minutes, job.train.seed, env) as session:
-        state = build_training_state(job, inputs, session, run_dir)
+        state = build_training_state(job, inputs, session, run_dir, resume)
         if env.rank == 0:
             report_data_mix(state, run_dir)
         num_params = _describe(state)
