@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+from typing import List, Tuple
 
 import pytest
 
@@ -40,9 +42,20 @@ class TokenRecorder(Callback):
         trainer.forward_step = recording
 
 
-def _job(iters: int, global_batch: int, **changes) -> JobConfig:
+@pytest.fixture(scope="module")
+def data(stdlib_shards, tmp_path_factory) -> Tuple[List[str], str]:
+    """Two sources and their tokenizer: a blend's dataset holds exactly the samples asked for, so a train
+    split sized too small runs out (megatron-core's one-source dataset rounds up to whole epochs)."""
+    copy = os.path.join(tmp_path_factory.mktemp("second_source"), "copy_text_document")
+    for suffix in (".bin", ".idx"):
+        shutil.copy(stdlib_shards.prefix + suffix, copy + suffix)
+    return [stdlib_shards.prefix, copy], stdlib_shards.tokenizer_model
+
+
+def _job(data, iters: int, global_batch: int, **changes) -> JobConfig:
     job = JobConfig()
-    job.data.mock, job.data.num_workers, job.runtime.device = True, 0, "cpu"
+    job.data.paths, job.data.num_workers, job.runtime.device = data[0], 0, "cpu"
+    job.tokenizer.type, job.tokenizer.model = "SentencePieceTokenizer", data[1]
     job.train.seq_length, job.train.micro_batch_size, job.train.global_batch_size = 64, 2, global_batch
     job.train.iters, job.train.eval_interval = iters, 0
     job.logging.tensorboard, job.logging.interval = False, 1
@@ -60,31 +73,31 @@ def _lrs(run_dir) -> dict:
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory) -> str:
+def base(data, tmp_path_factory) -> str:
     """The checkpoint of a finished 6-step run at global batch 4 (24 samples consumed)."""
     run_dir = tmp_path_factory.mktemp("base")
-    pretrain(_job(BASE_ITERS, BASE_BATCH), str(run_dir))
+    pretrain(_job(data, BASE_ITERS, BASE_BATCH), str(run_dir))
     return paths.latest_complete(os.path.join(run_dir, "checkpoints"))
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def reference(data, tmp_path_factory):
     """The same run, uninterrupted, to 10 steps: the samples it reads and its LR per step."""
     run_dir = tmp_path_factory.mktemp("reference")
     recorder = TokenRecorder()
-    pretrain(_job(REFERENCE_ITERS, BASE_BATCH, checkpoint__save_at_end=False), str(run_dir), callbacks=[recorder])
+    pretrain(_job(data, REFERENCE_ITERS, BASE_BATCH, checkpoint__save_at_end=False), str(run_dir), callbacks=[recorder])
     return recorder.rows, _lrs(run_dir)
 
 
-def _resume(base: str, run_dir, iters: int, global_batch: int, **changes):
+def _resume(data, base: str, run_dir, iters: int, global_batch: int, **changes):
     recorder = TokenRecorder()
-    job = _job(iters, global_batch, checkpoint__resume=base, **changes)
+    job = _job(data, iters, global_batch, checkpoint__resume=base, **changes)
     summary = pretrain(job, str(run_dir), callbacks=[recorder])
     return summary, recorder.rows
 
 
 @pytest.mark.parametrize("global_batch, iters", [(8, 8), (2, 14)], ids=["larger", "smaller"])
-def test_a_changed_batch_size_reads_on_from_the_consumed_samples(base, reference, tmp_path, global_batch, iters):
+def test_a_changed_batch_size_reads_on_from_the_consumed_samples(data, base, reference, tmp_path, global_batch, iters):
     # Both resumes read samples 24..39: 2 steps of 8, or 8 steps of 2 (before, the split was sized
     # iters x batch: 16 samples for the smaller batch, so the first step hit the end of the data).
     records = []
@@ -93,7 +106,7 @@ def test_a_changed_batch_size_reads_on_from_the_consumed_samples(base, reference
     logger = logging.getLogger("megatron_sota.training.resume")
     logger.addHandler(handler)
     try:
-        summary, rows = _resume(base, tmp_path, iters, global_batch, scheduler__changed_at_resume="checkpoint")
+        summary, rows = _resume(data, base, tmp_path, iters, global_batch, scheduler__changed_at_resume="checkpoint")
     finally:
         logger.removeHandler(handler)
     assert len(summary.losses) == iters - BASE_ITERS
@@ -107,9 +120,9 @@ def test_a_changed_batch_size_reads_on_from_the_consumed_samples(base, reference
     assert f"from sample {consumed}" in said
 
 
-def test_extending_a_finished_schedule_is_refused_naming_both_schedules(base, tmp_path):
+def test_extending_a_finished_schedule_is_refused_naming_both_schedules(data, base, tmp_path):
     with pytest.raises(MegatronSotaError) as info:
-        _resume(base, tmp_path, REFERENCE_ITERS, BASE_BATCH)
+        _resume(data, base, tmp_path, REFERENCE_ITERS, BASE_BATCH)
     message = str(info.value)
     assert "another LR schedule" in message and "iteration the decay ends" in message
     assert f"checkpoint {BASE_ITERS}, config {REFERENCE_ITERS}" in message
@@ -118,22 +131,22 @@ def test_extending_a_finished_schedule_is_refused_naming_both_schedules(base, tm
     assert not os.path.exists(tmp_path / "config.yaml")  # refused before anything was written
 
 
-def test_the_checkpoints_schedule_keeps_its_floor(base, tmp_path):
-    _resume(base, tmp_path, REFERENCE_ITERS, BASE_BATCH, scheduler__changed_at_resume="checkpoint")
+def test_the_checkpoints_schedule_keeps_its_floor(data, base, tmp_path):
+    _resume(data, base, tmp_path, REFERENCE_ITERS, BASE_BATCH, scheduler__changed_at_resume="checkpoint")
     lrs = _lrs(tmp_path)
     assert sorted(lrs) == list(range(BASE_ITERS + 1, REFERENCE_ITERS + 1))
     assert lrs == pytest.approx({step: LR * MIN_LR_RATIO for step in lrs}, rel=1e-12)
 
 
-def test_the_configs_schedule_gives_the_lr_of_an_uninterrupted_run(base, reference, tmp_path):
-    _resume(base, tmp_path, REFERENCE_ITERS, BASE_BATCH, scheduler__changed_at_resume="config")
+def test_the_configs_schedule_gives_the_lr_of_an_uninterrupted_run(data, base, reference, tmp_path):
+    _resume(data, base, tmp_path, REFERENCE_ITERS, BASE_BATCH, scheduler__changed_at_resume="config")
     _, reference_lrs = reference
     new_steps = range(BASE_ITERS + 1, REFERENCE_ITERS + 1)
     assert _lrs(tmp_path) == {step: reference_lrs[step] for step in new_steps}
     assert reference_lrs[BASE_ITERS + 1] > 2 * LR * MIN_LR_RATIO  # the config's schedule has not decayed yet
 
 
-def test_a_checkpoint_past_train_iters_is_refused(base, tmp_path):
+def test_a_checkpoint_past_train_iters_is_refused(data, base, tmp_path):
     with pytest.raises(MegatronSotaError) as info:
-        _resume(base, tmp_path, BASE_ITERS - 2, BASE_BATCH)
+        _resume(data, base, tmp_path, BASE_ITERS - 2, BASE_BATCH)
     assert f"is at iteration {BASE_ITERS}, past train.iters={BASE_ITERS - 2}" in str(info.value)
