@@ -20,6 +20,8 @@ PREEMPTED, DIVERGED = 75, 3
 FAST = [
     "data.mock=true", "runtime.device=cpu", "train.seq_length=64", "train.global_batch_size=4",
     "train.micro_batch_size=2", "train.eval_interval=0", "logging.interval=1", "logging.tensorboard=false",
+    # A schedule that does not depend on train.iters, so a run resumed with more iterations keeps it.
+    "scheduler.warmup_iters=1", "scheduler.decay_iters=20",
 ]
 
 
