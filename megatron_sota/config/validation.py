@@ -54,7 +54,7 @@ LAYOUT_SIZES: dict[str, Bound] = {
 # fail after the model is built (or worse, train on with a meaningless value).
 RANGES: dict[str, Bound] = {
     "model.kv_channels": at_least(1, nullable=True),
-    "model.vocab_size": at_least(1),
+    "model.vocab_size": at_least(2),  # a vocabulary is some ids plus end-of-document
     "model.make_vocab_size_divisible_by": at_least(1),
     "model.rotary_base": above(0),
     "model.rope_scaling_factor": above(0, nullable=True),
@@ -83,7 +83,7 @@ RANGES: dict[str, Bound] = {
     "train.max_skipped_steps": at_least(1),
     "train.loss_spike_factor": at_least(0),
     "data.num_workers": at_least(0),
-    "tokenizer.vocab_size": at_least(1, nullable=True),
+    "tokenizer.vocab_size": at_least(2, nullable=True),
     "checkpoint.interval": at_least(0),
     "checkpoint.keep": at_least(0),
     "checkpoint.export_hf_every": at_least(0),
