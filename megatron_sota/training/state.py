@@ -17,6 +17,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megatron_sota.config.job import JobConfig
 from megatron_sota.config.machine import Machine, MachineChoices, machine_choices, probe_machine
+from megatron_sota.config.presets import preset_vocab_size
 from megatron_sota.config.validation import Layout, validate_job
 from megatron_sota.data.blend import build_datasets, build_loader, sample_counts
 from megatron_sota.data.mix import ResolvedBlend, resolve_blend
@@ -49,8 +50,9 @@ class CheckedInputs:
 
 
 def _warn_if_vocab_size_replaced(job: JobConfig, used: int) -> None:
-    """model.vocab_size sizes only a run without a tokenizer file; otherwise the tokenizer's vocabulary wins."""
-    if used == job.model.vocab_size:
+    """model.vocab_size sizes only a run without a tokenizer file; otherwise the tokenizer's vocabulary wins,
+    silently where the value is the preset's nominal one, with a warning where someone stated another."""
+    if used == job.model.vocab_size or job.model.vocab_size == preset_vocab_size(job.model.name):
         return
     tok = job.tokenizer
     source = {"NullTokenizer": ("vocab_size", tok.vocab_size), "GPT2BPETokenizer": ("vocab_file", tok.vocab_file)}

@@ -1,13 +1,21 @@
-"""A model.vocab_size the tokenizer overrides: the run warns, and config.yaml records the size the model was built for."""
+"""A model.vocab_size the tokenizer overrides: config.yaml records the size the model was built for, and a
+value someone stated (not the preset's nominal one) is replaced with a warning."""
 
 from __future__ import annotations
 
 import logging
 
+import pytest
 from omegaconf import OmegaConf
 
 from megatron_sota.config.job import JobConfig
 from megatron_sota.training.trainer import pretrain
+
+WARNING = (
+    "model.vocab_size=1000 differs from the tokenizer's vocabulary of 512 tokens (tokenizer.type=NullTokenizer, "
+    "tokenizer.vocab_size=512): the model is built for 512 and config.yaml records model.vocab_size=512; "
+    "set model.vocab_size=512 to silence this warning"
+)
 
 
 class _Kept(logging.Handler):
@@ -19,10 +27,10 @@ class _Kept(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-def test_stated_vocab_size_replaced_by_the_tokenizer_is_warned_and_recorded(tmp_path):
-    job = JobConfig()
-    job.model.vocab_size = 1000  # stated, but the tokenizer has 512 ids
-    job.model.num_layers = 2
+@pytest.mark.parametrize("stated, warned", [(1000, True), (8000, False)], ids=["stated", "tiny_preset_nominal"])
+def test_vocab_size_replaced_by_the_tokenizer_is_recorded_and_a_stated_one_warned(stated, warned, tmp_path):
+    job = JobConfig()  # model.name tiny, whose preset's nominal vocabulary is 8000
+    job.model.vocab_size, job.model.num_layers = stated, 2
     job.tokenizer.type, job.tokenizer.vocab_size = "NullTokenizer", 512
     job.data.mock, job.data.num_workers = True, 0
     job.train.iters, job.train.seq_length, job.train.eval_interval = 1, 64, 0
@@ -34,10 +42,7 @@ def test_stated_vocab_size_replaced_by_the_tokenizer_is_warned_and_recorded(tmp_
         pretrain(job, str(tmp_path / "run"))
     finally:
         logging.getLogger("megatron_sota").removeHandler(kept)
-    expected = (
-        "model.vocab_size=1000 differs from the tokenizer's vocabulary of 512 tokens (tokenizer.type=NullTokenizer, "
-        "tokenizer.vocab_size=512): the model is built for 512 and config.yaml records model.vocab_size=512"
-    )
-    assert any(expected in m for m in kept.messages), kept.messages
+    vocab_warnings = [m for m in kept.messages if "model.vocab_size" in m]
+    assert vocab_warnings == ([WARNING] if warned else []), kept.messages
     recorded = OmegaConf.load(tmp_path / "run" / "config.yaml")
     assert recorded.model.vocab_size == 512 and recorded.tokenizer.vocab_size == 512
