@@ -245,7 +245,7 @@ def _model_problems(cfg: JobConfig) -> list[str]:
 
 
 def eval_problems(cfg: JobConfig) -> list[str]:
-    """In-loop evaluation beside the layout (its numbers are in RANGES; its task files are evaluation.task_checks')."""
+    """In-loop evaluation against the layout; its numbers are checked with RANGES, its task files by evaluation.task_checks."""
     e, problems = cfg.eval, []
     if e.tasks and e.interval > 0 and cfg.parallel.cp > 1:
         problems.append(f"eval.tasks needs parallel.cp=1 (scoring does not split sequences over context-parallel ranks), got cp={cfg.parallel.cp}")
