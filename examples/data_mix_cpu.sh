@@ -11,12 +11,12 @@ ITERS=${DATA_MIX_ITERS:-20}
 mkdir -p "$OUT"
 
 echo "== 1/3 corpus and tokenizer"
-python tools/build_stdlib_corpus.py --output "$OUT/stdlib.jsonl" --max-files 600
-python tools/train_tokenizer.py --input "$OUT/stdlib.jsonl" --model-prefix "$OUT/tokenizer" --vocab-size 2000
+python tools/build_stdlib_corpus.py --output "$OUT/stdlib.jsonl" --overwrite --max-files 600
+python tools/train_tokenizer.py --input "$OUT/stdlib.jsonl" --model-prefix "$OUT/tokenizer" --overwrite --vocab-size 2000
 echo "== 2/3 three sources, one shard each"
 for part in a b c; do
   awk -v n="$(( $(printf '%d' "'$part") - 97 ))" 'NR % 3 == n' "$OUT/stdlib.jsonl" > "$OUT/$part.jsonl"
-  python tools/preprocess_data.py --input "$OUT/$part.jsonl" --output-prefix "$OUT/$part" \
+  python tools/preprocess_data.py --input "$OUT/$part.jsonl" --output-prefix "$OUT/$part" --overwrite \
     --tokenizer-type SentencePieceTokenizer --tokenizer-model "$OUT/tokenizer.model" --append-eod --workers 2
 done
 

@@ -19,12 +19,12 @@ mkdir -p "$OUT"
 start=$(date +%s)
 
 echo "== 1/8 corpus from the standard library"
-python tools/build_stdlib_corpus.py --output "$OUT/stdlib.jsonl"
+python tools/build_stdlib_corpus.py --output "$OUT/stdlib.jsonl" --overwrite
 echo "== 2/8 SentencePiece BPE tokenizer (vocab 8000)"
-python tools/train_tokenizer.py --input "$OUT/stdlib.jsonl" --model-prefix "$OUT/tokenizer" --vocab-size 8000 \
+python tools/train_tokenizer.py --input "$OUT/stdlib.jsonl" --model-prefix "$OUT/tokenizer" --overwrite --vocab-size 8000 \
   "${VERBOSE[@]}"
 echo "== 3/8 Megatron shards"
-python tools/preprocess_data.py --input "$OUT/stdlib.jsonl" --output-prefix "$OUT/stdlib" \
+python tools/preprocess_data.py --input "$OUT/stdlib.jsonl" --output-prefix "$OUT/stdlib" --overwrite \
   --tokenizer-type SentencePieceTokenizer --tokenizer-model "$OUT/tokenizer.model" --append-eod --workers 2
 
 COMMON=(experiment=quickstart_cpu "train.iters=$ITERS" "data.paths=[$OUT/stdlib_text_document]"

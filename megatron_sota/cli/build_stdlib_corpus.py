@@ -10,6 +10,7 @@ import argparse
 import logging
 import sys
 
+from megatron_sota.cli.existing_outputs import refuse_replacing
 from megatron_sota.data.stdlib_corpus import write_stdlib_corpus
 from megatron_sota.errors import MegatronSotaError
 from megatron_sota.runtime.log import add_verbose_flag, setup_logging
@@ -24,6 +25,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--min-chars", type=int, default=200, help="skip files shorter than this")
     parser.add_argument("--heldout-output", default=None, help="JSONL file for held-out documents")
     parser.add_argument("--heldout-fraction", type=float, default=0.01)
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output (and --heldout-output)")
     add_verbose_flag(parser)
     return parser.parse_args(argv)
 
@@ -32,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging("DEBUG" if args.verbose else "INFO")
     try:
+        refuse_replacing("--output", args.output, [args.output], args.overwrite)
+        if args.heldout_output:
+            refuse_replacing("--heldout-output", args.heldout_output, [args.heldout_output], args.overwrite)
         stats = write_stdlib_corpus(
             args.output,
             max_files=args.max_files,

@@ -15,6 +15,7 @@ from megatron_sota.quiet import quiet_megatron
 
 quiet_megatron()
 
+from megatron_sota.cli.existing_outputs import refuse_replacing, shard_pair  # noqa: E402
 from megatron_sota.data.merge import merge_datasets, prefixes_in_directory  # noqa: E402
 from megatron_sota.errors import MegatronSotaError  # noqa: E402
 from megatron_sota.runtime.log import add_verbose_flag, setup_logging  # noqa: E402
@@ -31,6 +32,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="a directory (every .bin/.idx pair in it, sorted by name) or prefixes in merge order",
     )
     parser.add_argument("--output-prefix", required=True, help="writes <prefix>.bin/.idx")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing <prefix>.bin/.idx")
     add_verbose_flag(parser)
     return parser.parse_args(argv)
 
@@ -40,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging("DEBUG" if args.verbose else "INFO")
     start = time.perf_counter()
     try:
+        refuse_replacing("--output-prefix", args.output_prefix, shard_pair(args.output_prefix), args.overwrite)
         if len(args.input) == 1 and os.path.isdir(args.input[0]):
             prefixes = prefixes_in_directory(args.input[0])
         else:

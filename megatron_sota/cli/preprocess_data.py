@@ -14,8 +14,9 @@ from megatron_sota.quiet import quiet_megatron
 
 quiet_megatron()
 
+from megatron_sota.cli.existing_outputs import refuse_replacing, shard_pair  # noqa: E402
 from megatron_sota.data.encode_worker import TokenizerSpec  # noqa: E402
-from megatron_sota.data.preprocess import PreprocessOptions, preprocess  # noqa: E402
+from megatron_sota.data.preprocess import PreprocessOptions, output_prefix_for, preprocess  # noqa: E402
 from megatron_sota.data.readers import DEFAULT_CHUNK_BYTES  # noqa: E402
 from megatron_sota.data.tokenizer import TOKENIZER_TYPES  # noqa: E402
 from megatron_sota.errors import MegatronSotaError  # noqa: E402
@@ -57,6 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     group.add_argument(
         "--output-prefix", required=True, help="writes <prefix>_<key>_document.bin/.idx (or _sentence)"
     )
+    group.add_argument("--overwrite", action="store_true", help="replace existing .bin/.idx files of --output-prefix")
 
     group = parser.add_argument_group("runtime")
     group.add_argument(
@@ -107,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         progress=not args.no_progress,
     )
     try:
+        finals = [output_prefix_for(options.output_prefix, key, options.level) for key in options.json_keys]
+        refuse_replacing("--output-prefix", options.output_prefix, [f for p in finals for f in shard_pair(p)], args.overwrite)
         stats = preprocess(options)
     except MegatronSotaError as err:
         log.error("%s", err)

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shlex
 import sys
 
+from megatron_sota.cli.existing_outputs import refuse_replacing
 from megatron_sota.data.tokenizer_corpus import MAX_VOCAB_SIZE, UINT16_VOCAB_LIMIT
 from megatron_sota.data.tokenizer_training import (
     LIBRARIES,
@@ -88,15 +90,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="model_max_length in tokenizer_config.json (default: no limit)",
     )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing tokenizer at --model-prefix")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     add_verbose_flag(parser)
     return parser.parse_args(argv)
+
+
+def _outputs(library: str, prefix: str) -> list[str]:
+    """The files `library` writes for --model-prefix (none known for an unknown library: train_tokenizer names it)."""
+    if library == "huggingface":
+        from megatron_sota.data.byte_level_bpe_training import FILES
+
+        return [os.path.join(prefix, name) for name in FILES]
+    return [prefix + ".model", prefix + ".vocab"] if library == "sentencepiece" else []
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging("DEBUG" if args.verbose else "INFO")
     try:
+        refuse_replacing("--model-prefix", args.model_prefix, _outputs(args.library, args.model_prefix), args.overwrite)
         result = train_tokenizer(
             args.library,
             args.input,

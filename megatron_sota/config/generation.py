@@ -1,8 +1,15 @@
-"""Typed sampling settings (the `generation` group of conf/): used by generation and written into exports."""
+"""Typed sampling settings (the `generation` group of conf/) and the ranges every source of them must keep.
+
+Used by generation and written into exports; the same rules check conf/generation, tools/generate.py's
+flags (and any request schema), so a setting accepted in one place is accepted in all.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Callable
+
+from megatron_sota.config.ranges import Bound, above, at_least, range_problems, within
 
 
 @dataclass
@@ -17,3 +24,19 @@ class GenerationConfig:
     """Divides positive (multiplies negative) logits of tokens already present; 1.0 disables."""
     max_new_tokens: int = 8192
     """Upper bound on generated tokens; also capped by the model's context."""
+
+
+# A negative temperature would favour the least likely tokens; a top_p above 1 or a budget below 1 means nothing.
+SAMPLING_RANGES: dict[str, Bound] = {
+    "temperature": at_least(0),
+    "top_p": within(0, 1, low_open=True),
+    "top_k": at_least(0),
+    "repetition_penalty": above(0),
+    "max_new_tokens": at_least(1),
+}
+
+
+def generation_problems(settings: Any, name: Callable[[str], str] = lambda field: f"generation.{field}") -> list[str]:
+    """The out-of-range fields of `settings` (a GenerationConfig, parsed flags, a request: anything with
+    the fields of SAMPLING_RANGES), each reported under `name(field)`: a config key or a flag."""
+    return range_problems((name(field), getattr(settings, field), bound) for field, bound in SAMPLING_RANGES.items())

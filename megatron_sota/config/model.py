@@ -25,7 +25,8 @@ class ModelConfig:
     kv_channels: Optional[int] = None
     """Head dimension; hidden_size // num_attention_heads when null."""
     vocab_size: int = 8000
-    """Nominal vocabulary of the preset; a configured tokenizer's vocabulary replaces it."""
+    """Nominal vocabulary of the preset; a configured tokenizer's vocabulary replaces it (with a warning where a
+    value other than the preset's was set), and the run's config.yaml records the size the model was built for."""
     make_vocab_size_divisible_by: int = 128
     """The embedding is padded to a multiple of this times TP size (kernel-friendly shapes)."""
     max_position_embeddings: int = 4096

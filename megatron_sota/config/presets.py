@@ -6,6 +6,7 @@ It reads files only; validation of a whole job stays in config/validation.py.
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -31,3 +32,10 @@ def load_model_preset(name: str) -> ModelConfig:
     except OmegaConfBaseException as err:
         raise MegatronSotaError(f"{path}: not a valid model preset: {err}") from None
     return OmegaConf.to_object(merged)
+
+
+def preset_vocab_size(name: str) -> Optional[int]:
+    """conf/model/<name>.yaml's vocab_size, the nominal one a tokenizer's replaces; None where no such preset ships."""
+    if not os.path.isfile(os.path.join(MODEL_CONF_DIR, f"{name}.yaml")):
+        return None
+    return load_model_preset(name).vocab_size

@@ -98,7 +98,7 @@ class CheckpointConfig:
     interval: int = 0
     """Save every this many iterations; 0 saves only at the end (and on a stop signal)."""
     keep: int = 2
-    """Complete checkpoints kept; older ones are deleted only once a newer one is complete."""
+    """Complete checkpoints kept; older ones are deleted only once a newer one is complete; 0 keeps every one."""
     resume: str = "auto"
     """auto (latest complete checkpoint in `dir`, if any), never, or a checkpoint path."""
     load_optimizer: bool = True

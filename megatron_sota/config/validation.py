@@ -5,14 +5,14 @@ Every impossible combination is reported at once, each message naming the keys a
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from megatron_sota.config.generation import GenerationConfig
+from megatron_sota.config.generation import generation_problems
 from megatron_sota.config.job import JobConfig
 from megatron_sota.config.kernels import ATTENTION_BACKENDS
 from megatron_sota.config.machine import Machine, machine_problems, probe_machine
+from megatron_sota.config.ranges import Bound, above, at_least, range_problems, within
 from megatron_sota.config.run import LOG_LEVELS
 from megatron_sota.errors import MegatronSotaError
 
@@ -27,6 +27,7 @@ FP8_CHOICES = (None, "e4m3", "hybrid")
 FP8_RECIPE_CHOICES = ("delayed", "tensorwise", "mxfp8", "blockwise", "custom")
 WSD_DECAY_STYLE_CHOICES = ("linear", "cosine", "exponential", "minus_sqrt")
 SCHEDULE_AT_RESUME_CHOICES = ("refuse", "checkpoint", "config")
+NON_NEGATIVE = at_least(0)
 
 
 @dataclass(frozen=True)
@@ -38,12 +39,74 @@ class Layout:
     num_microbatches: int
 
 
+# The sizes the layout divides by: with one of them zero or negative nothing else about the layout is worth checking.
+LAYOUT_SIZES: dict[str, Bound] = {
+    **{f"parallel.{key}": at_least(1) for key in ("tp", "pp", "cp")},
+    "parallel.vpp": at_least(1, nullable=True),
+    **{
+        f"model.{key}": at_least(1)
+        for key in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
+                    "max_position_embeddings")
+    },
+    **{f"train.{key}": at_least(1) for key in ("seq_length", "micro_batch_size", "global_batch_size")},
+}
+
+# Every other number of the config: outside these, the optimizer, scheduler, data loader, loop or collectives
+# fail after the model is built (or worse, train on with a meaningless value).
+RANGES: dict[str, Bound] = {
+    "model.kv_channels": at_least(1, nullable=True),
+    "model.vocab_size": at_least(2),  # a vocabulary is some ids plus end-of-document
+    "model.make_vocab_size_divisible_by": at_least(1),
+    "model.rotary_base": above(0),
+    "model.rope_scaling_factor": above(0, nullable=True),
+    "model.rotary_percent": within(0, 1, low_open=True),
+    "model.norm_epsilon": above(0),
+    "model.init_method_std": above(0),
+    "model.hidden_dropout": within(0, 1, high_open=True),
+    "model.attention_dropout": within(0, 1, high_open=True),
+    # lr=0 is allowed: megatron-core and torch accept it, and a step that changes nothing has its uses.
+    "optimizer.lr": at_least(0),
+    "optimizer.beta1": within(0, 1, high_open=True),
+    "optimizer.beta2": within(0, 1, high_open=True),
+    "optimizer.eps": above(0),
+    "optimizer.weight_decay": at_least(0),
+    "optimizer.clip_grad": at_least(0),
+    "scheduler.warmup_iters": at_least(0),
+    "scheduler.decay_iters": at_least(1, nullable=True),
+    "scheduler.min_lr_ratio": within(0, 1),
+    "scheduler.wsd_decay_iters": at_least(1, nullable=True),
+    "precision.initial_loss_scale": above(0),
+    "train.iters": at_least(1),
+    "train.seed": within(0, 2**32 - 1),  # numpy's generators (megatron-core's sample shuffles) take no other seed
+    "train.eval_interval": at_least(0),
+    "train.eval_iters": at_least(1),
+    "train.exit_duration_minutes": above(0, nullable=True),
+    "train.max_skipped_steps": at_least(1),
+    "train.loss_spike_factor": at_least(0),
+    "data.num_workers": at_least(0),
+    "tokenizer.vocab_size": at_least(2, nullable=True),
+    "checkpoint.interval": at_least(0),
+    "checkpoint.keep": at_least(0),
+    "checkpoint.export_hf_every": at_least(0),
+    "logging.interval": at_least(1),
+    "runtime.timeout_minutes": at_least(1),
+    "eval.interval": at_least(0),
+    "eval.micro_batch_size": at_least(1),
+    "eval.limit": at_least(1, nullable=True),
+}
+
+
+def _out_of_range(cfg: JobConfig, table: dict[str, Bound]) -> list[str]:
+    def value(dotted: str):
+        group, key = dotted.split(".")
+        return getattr(getattr(cfg, group), key)
+
+    return range_problems((key, value(key), bound) for key, bound in table.items())
+
+
 def _layout_problems(cfg: JobConfig, world_size: int) -> list[str]:
     m, p, t = cfg.model, cfg.parallel, cfg.train
-    problems: list[str] = []
-    for key, value in (("parallel.tp", p.tp), ("parallel.pp", p.pp), ("parallel.cp", p.cp)):
-        if value < 1:
-            problems.append(f"{key} must be >= 1, got {value}")
+    problems = _out_of_range(cfg, LAYOUT_SIZES)
     if problems:
         return problems
     model_parallel = p.tp * p.pp * p.cp
@@ -67,9 +130,7 @@ def _layout_problems(cfg: JobConfig, world_size: int) -> list[str]:
         problems.append(f"model.ffn_hidden_size={m.ffn_hidden_size} is not divisible by parallel.tp={p.tp}")
     if p.vpp is not None and p.vpp > 1 and p.pp < 2:
         problems.append(f"parallel.vpp={p.vpp} needs parallel.pp >= 2, got pp={p.pp}")
-    if p.vpp is not None and p.vpp < 1:
-        problems.append(f"parallel.vpp must be null or >= 1, got {p.vpp}")
-    elif m.num_layers % (p.pp * p.virtual_stages):
+    if m.num_layers % (p.pp * p.virtual_stages):
         problems.append(
             f"model.num_layers={m.num_layers} is not divisible by parallel.pp*parallel.vpp = "
             f"{p.pp}*{p.virtual_stages} = {p.pp * p.virtual_stages}"
@@ -84,12 +145,7 @@ def _layout_problems(cfg: JobConfig, world_size: int) -> list[str]:
         problems.append(
             f"train.seq_length={t.seq_length} exceeds model.max_position_embeddings={m.max_position_embeddings}"
         )
-    if t.micro_batch_size < 1 or t.global_batch_size < 1:
-        problems.append(
-            f"train.micro_batch_size and train.global_batch_size must be >= 1, got "
-            f"{t.micro_batch_size} and {t.global_batch_size}"
-        )
-    elif dp and t.global_batch_size % (t.micro_batch_size * dp):
+    if dp and t.global_batch_size % (t.micro_batch_size * dp):
         problems.append(
             f"train.global_batch_size={t.global_batch_size} is not divisible by "
             f"train.micro_batch_size*dp = {t.micro_batch_size}*{dp} = {t.micro_batch_size * dp}"
@@ -129,7 +185,7 @@ def _weight_problems(key: str, weights: list, paths_key: str, num_paths: int) ->
     """Per-prefix weights: one per path, none negative, a positive sum."""
     if len(weights) != num_paths:
         return [f"{key} has {len(weights)} entries but {paths_key} has {num_paths}"]
-    bad = [f"{key}[{i}]={w}" for i, w in enumerate(weights) if not (math.isfinite(w) and w >= 0)]
+    bad = [f"{key}[{i}]={w}" for i, w in enumerate(weights) if not NON_NEGATIVE.admits(w)]
     if bad:
         return [f"{', '.join(bad)}: expected weights >= 0"]
     if sum(weights) <= 0:
@@ -142,7 +198,7 @@ def _source_problems(cfg: JobConfig) -> list[str]:
     problems = []
     for name, source in cfg.data.sources.items():
         key = f"data.sources.{name}"
-        if source.weight is None or not (math.isfinite(source.weight) and source.weight >= 0):
+        if not NON_NEGATIVE.admits(source.weight):
             found = "null" if source.weight is None else source.weight
             problems.append(f"{key}.weight={found}: expected a number >= 0 (0 leaves the source out)")
             continue
@@ -173,7 +229,7 @@ def _data_problems(cfg: JobConfig) -> list[str]:
         )
     elif d.weights is not None:
         problems += _weight_problems("data.weights", d.weights, "data.paths", len(d.paths))
-    if len(d.split) != 3 or any(x < 0 for x in d.split) or sum(d.split) <= 0:
+    if len(d.split) != 3 or not all(NON_NEGATIVE.admits(x) for x in d.split) or sum(d.split) <= 0:
         problems.append(f"data.split must be three non-negative train/valid/test proportions, got {list(d.split)}")
     if cfg.tokenizer.type == "SentencePieceTokenizer" and not cfg.tokenizer.model:
         problems.append("tokenizer.type=SentencePieceTokenizer needs tokenizer.model=<file.model>")
@@ -181,11 +237,7 @@ def _data_problems(cfg: JobConfig) -> list[str]:
 
 
 def _model_problems(cfg: JobConfig) -> list[str]:
-    m, problems = cfg.model, []
-    if m.rope_scaling_factor is not None and m.rope_scaling_factor <= 0:
-        problems.append(f"model.rope_scaling_factor must be > 0 (or null), got {m.rope_scaling_factor}")
-    if cfg.checkpoint.export_hf_every < 0:
-        problems.append(f"checkpoint.export_hf_every must be >= 0, got {cfg.checkpoint.export_hf_every}")
+    problems = []
     if cfg.checkpoint.export_hf_every > 0 and cfg.tokenizer.type == "TikTokenizer":
         problems.append(
             "checkpoint.export_hf_every needs a tokenizer that can be written as Hugging Face files; "
@@ -194,49 +246,12 @@ def _model_problems(cfg: JobConfig) -> list[str]:
     return problems
 
 
-def generation_problems(g: GenerationConfig) -> list[str]:
-    checks = (
-        ("generation.temperature", g.temperature >= 0, ">= 0", g.temperature),
-        ("generation.top_p", 0 < g.top_p <= 1, "in (0, 1]", g.top_p),
-        ("generation.top_k", g.top_k >= 0, ">= 0", g.top_k),
-        ("generation.repetition_penalty", g.repetition_penalty > 0, "> 0", g.repetition_penalty),
-        ("generation.max_new_tokens", g.max_new_tokens >= 1, ">= 1", g.max_new_tokens),
-    )
-    return [f"{key} must be {rule}, got {value}" for key, ok, rule, value in checks if not ok]
-
-
 def eval_problems(cfg: JobConfig) -> list[str]:
-    """In-loop evaluation's numbers; its task files are evaluation's to check (evaluation.task_checks)."""
-    e = cfg.eval
-    problems = [
-        f"{key} must be {rule}, got {value}"
-        for key, ok, rule, value in (
-            ("eval.interval", e.interval >= 0, ">= 0", e.interval),
-            ("eval.micro_batch_size", e.micro_batch_size >= 1, ">= 1", e.micro_batch_size),
-            ("eval.limit", e.limit is None or e.limit >= 1, ">= 1 or null", e.limit),
-        )
-        if not ok
-    ]
+    """In-loop evaluation against the layout; its numbers are checked with RANGES, its task files by evaluation.task_checks."""
+    e, problems = cfg.eval, []
     if e.tasks and e.interval > 0 and cfg.parallel.cp > 1:
         problems.append(f"eval.tasks needs parallel.cp=1 (scoring does not split sequences over context-parallel ranks), got cp={cfg.parallel.cp}")
     return problems
-
-
-def _loop_problems(cfg: JobConfig) -> list[str]:
-    """Numbers the optimizer, its schedule, the data loader and the loop would otherwise refuse mid-run."""
-    o, s = cfg.optimizer, cfg.scheduler
-    checks = (
-        ("train.iters", cfg.train.iters >= 1, ">= 1", cfg.train.iters),
-        ("optimizer.lr", o.lr >= 0, ">= 0", o.lr),
-        ("optimizer.weight_decay", o.weight_decay >= 0, ">= 0", o.weight_decay),
-        ("scheduler.min_lr_ratio", 0 <= s.min_lr_ratio <= 1, "in [0, 1]", s.min_lr_ratio),
-        ("scheduler.warmup_iters", s.warmup_iters >= 0, ">= 0", s.warmup_iters),
-        ("scheduler.decay_iters", s.decay_iters is None or s.decay_iters >= 1, ">= 1 or null", s.decay_iters),
-        ("scheduler.wsd_decay_iters", s.wsd_decay_iters is None or s.wsd_decay_iters >= 1, ">= 1 or null", s.wsd_decay_iters),
-        ("logging.interval", cfg.logging.interval >= 1, ">= 1", cfg.logging.interval),
-        ("data.num_workers", cfg.data.num_workers >= 0, ">= 0", cfg.data.num_workers),
-    )
-    return [f"{key} must be {rule}, got {value}" for key, ok, rule, value in checks if not ok]
 
 
 def validate_job(
@@ -251,7 +266,7 @@ def validate_job(
         machine = probe_machine(cfg)
     problems = _choice_problems(cfg) + _layout_problems(cfg, world_size) + _data_problems(cfg)
     problems += _model_problems(cfg) + machine_problems(cfg, machine) + generation_problems(cfg.generation)
-    problems += eval_problems(cfg) + _loop_problems(cfg) + list(more_problems)
+    problems += eval_problems(cfg) + _out_of_range(cfg, RANGES) + list(more_problems)
     if problems:
         raise MegatronSotaError("invalid configuration:\n  - " + "\n  - ".join(problems))
     dp = world_size // (cfg.parallel.tp * cfg.parallel.pp * cfg.parallel.cp)

@@ -66,7 +66,26 @@ def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
         "sampled ones do (a batch shares one seeded generator). --prompt and --interactive: one at a time (default 8)",
     )
     add_verbose_flag(parser)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    _refuse_out_of_range(parser, args, d)
+    return args
+
+
+def _refuse_out_of_range(parser: argparse.ArgumentParser, args: argparse.Namespace, defaults) -> None:
+    """Usage errors (exit code 2) before any checkpoint is read: the sampling flags keep the ranges that
+    conf/generation keeps (a negative temperature would favour the least likely tokens)."""
+    from megatron_sota.config.generation import generation_problems
+    from megatron_sota.config.ranges import at_least, range_problems
+
+    bad_defaults = generation_problems(defaults)
+    if bad_defaults:
+        parser.error(f"{DEFAULTS_FILE}: " + "; ".join(bad_defaults))
+    problems = generation_problems(args, name=lambda field: "--" + field.replace("_", "-"))
+    problems += range_problems(
+        [("--batch-size", args.batch_size, at_least(1)), *(("--stop-id", i, at_least(0)) for i in args.stop_id)]
+    )
+    if problems:
+        parser.error("; ".join(problems))
 
 
 def _batches(args: argparse.Namespace) -> Iterable[List[Prompt]]:
@@ -149,8 +168,6 @@ def run(args: argparse.Namespace) -> None:
     from megatron_sota.runtime.launch_env import read_launch_env
     from megatron_sota.runtime.session import distributed_session
 
-    if args.batch_size < 1:
-        raise MegatronSotaError(f"--batch-size: expected an integer >= 1, found {args.batch_size}")
     env = read_launch_env()
     settings = SamplingSettings(args.temperature, args.top_k, args.top_p, args.repetition_penalty)
     with distributed_session(inference_parallel(env.world_size), "auto", env=env) as session:

@@ -6,6 +6,8 @@ checkpointing all work on this one object instead of rebuilding pieces themselve
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
@@ -16,6 +18,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron_sota.checkpointing.manager import Progress
 from megatron_sota.config.job import JobConfig
 from megatron_sota.config.machine import Machine, MachineChoices, machine_choices, probe_machine
+from megatron_sota.config.presets import preset_vocab_size
 from megatron_sota.config.validation import Layout, validate_job
 from megatron_sota.data.blend import SampleCounts, build_datasets, build_loader, sample_counts
 from megatron_sota.data.mix import ResolvedBlend, resolve_blend
@@ -26,6 +29,8 @@ from megatron_sota.parallelize.ddp import scale_losses_by, wrap_in_ddp
 from megatron_sota.runtime.session import Session
 from megatron_sota.training.optimization import build_optimizer, build_scheduler
 from megatron_sota.training.resume import ResumePoint
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -40,6 +45,26 @@ class CheckedInputs:
     choices: MachineChoices
     """Device, dtype and layer spec the model is built with (what `auto` became here)."""
 
+    def job_as_built(self, job: JobConfig) -> JobConfig:
+        """`job` with the tokenizer's vocabulary as model.vocab_size: config.yaml and checkpoints record
+        the model that was built, not the preset's nominal size."""
+        return dataclasses.replace(job, model=dataclasses.replace(job.model, vocab_size=self.tokenizer.vocab_size))
+
+
+def _warn_if_vocab_size_replaced(job: JobConfig, used: int) -> None:
+    """model.vocab_size sizes only a run without a tokenizer file; otherwise the tokenizer's vocabulary wins,
+    silently where the value is the preset's nominal one, with a warning where someone stated another."""
+    if used == job.model.vocab_size or job.model.vocab_size == preset_vocab_size(job.model.name):
+        return
+    tok = job.tokenizer
+    source = {"NullTokenizer": ("vocab_size", tok.vocab_size), "GPT2BPETokenizer": ("vocab_file", tok.vocab_file)}
+    key, value = source.get(tok.type, ("model", tok.model))
+    logger.warning(
+        f"model.vocab_size={job.model.vocab_size} differs from the tokenizer's vocabulary of {used} tokens "
+        f"(tokenizer.type={tok.type}, tokenizer.{key}={value}): the model is built for {used} and config.yaml "
+        f"records model.vocab_size={used}; set model.vocab_size={used} to silence this warning"
+    )
+
 
 def check_inputs(
     job: JobConfig, world_size: int, machine: Optional[Machine] = None, more_problems: Sequence[str] = ()
@@ -48,6 +73,7 @@ def check_inputs(
     machine = machine or probe_machine(job)
     layout = validate_job(job, world_size, machine, more_problems)
     tokenizer = build_configured_tokenizer(job.tokenizer, job.model.vocab_size)
+    _warn_if_vocab_size_replaced(job, tokenizer.vocab_size)
     blend = None if job.data.mock else resolve_blend(job.data, tokenizer.vocab_size)
     padded = padded_vocab_size(tokenizer.vocab_size, job.model.make_vocab_size_divisible_by, job.parallel.tp)
     return CheckedInputs(layout, tokenizer, blend, padded, machine_choices(job, machine))

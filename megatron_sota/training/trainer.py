@@ -137,6 +137,7 @@ def pretrain(job: JobConfig, run_dir: str, command_line: str = "", callbacks: Se
     env = read_launch_env()
     job = dataclasses.replace(job, tokenizer=job.tokenizer.with_absolute_paths())
     inputs = check_before_process_groups(job, env)
+    job = inputs.job_as_built(job)  # config.yaml and checkpoints record the tokenizer's vocabulary, which the model uses
     save_dir = job.checkpoint.dir or os.path.join(run_dir, "checkpoints")
     refuse_foreign_checkpoints(save_dir, job.checkpoint.resume)
     resume_from = resolve_resume(job.checkpoint, save_dir)

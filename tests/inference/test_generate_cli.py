@@ -78,11 +78,48 @@ def test_prompts_without_text_tokens_are_refused_by_id():
     assert prompt_ids(_SpecialTokenizer(), Prompt(4, "<eod> text"), 100, "keep_end") == ([0, 7], 0)
 
 
-def test_batch_size_below_one_is_refused(capsys):
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (["--max-new-tokens", "-5"], "--max-new-tokens must be >= 1, got -5"),
+        (["--temperature", "-1"], "--temperature must be >= 0, got -1.0"),
+        (["--top-p", "5"], "--top-p must be in (0, 1], got 5.0"),
+        (["--top-p", "0"], "--top-p must be in (0, 1], got 0.0"),
+        (["--top-k", "-1"], "--top-k must be >= 0, got -1"),
+        (["--repetition-penalty", "0"], "--repetition-penalty must be > 0, got 0.0"),
+        (["--temperature", "nan"], "--temperature must be finite and >= 0, got nan"),
+        (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+        (["--stop-id", "-1"], "--stop-id must be >= 0, got -1"),
+    ],
+)
+def test_out_of_range_flags_are_usage_errors_before_any_checkpoint_is_read(flags, expected, capsys):
+    """Exit code 2 naming flag, range and value; --load names nothing, so reaching it would fail differently."""
     from megatron_sota.inference.generate_cli import main
 
-    assert main(["--load", "unused", "--prompt", "x", "--batch-size", "0"]) == 1
-    assert "--batch-size: expected an integer >= 1, found 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--load", "no_such_checkpoint", "--prompt", "x", *flags])
+    assert exit_info.value.code == 2
+    assert expected in capsys.readouterr().err
+
+
+def test_every_bad_flag_is_named_at_once(capsys):
+    from megatron_sota.inference.generate_cli import main
+
+    with pytest.raises(SystemExit):
+        main(["--load", "unused", "--prompt", "x", "--max-new-tokens", "-5", "--temperature", "-1", "--top-p", "5"])
+    err = capsys.readouterr().err
+    assert all(flag in err for flag in ("--max-new-tokens must be", "--temperature must be", "--top-p must be")), err
+
+
+def test_out_of_range_defaults_file_is_named(tmp_path, monkeypatch, capsys):
+    from megatron_sota.inference import generate_cli
+
+    defaults = tmp_path / "default.yaml"
+    defaults.write_text("top_p: 2.0\n")
+    monkeypatch.setattr(generate_cli, "DEFAULTS_FILE", str(defaults))
+    with pytest.raises(SystemExit):
+        generate_cli.main(["--load", "unused", "--prompt", "x", "--top-p", "0.9"])
+    assert f"{defaults}: generation.top_p must be in (0, 1], got 2.0" in capsys.readouterr().err
 
 
 @pytest.mark.slow

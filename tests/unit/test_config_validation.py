@@ -62,7 +62,7 @@ def test_valid_layout_derives_dp_and_microbatches():
         (1, dict(data__paths=["a", "b"], data__weights=[1.0], data__mock=False),
          "data.weights has 1 entries but data.paths has 2"),
         (1, dict(tokenizer__type="SentencePieceTokenizer"), "tokenizer.type=SentencePieceTokenizer needs tokenizer.model"),
-        (1, dict(model__rope_scaling_factor=0.0), "model.rope_scaling_factor must be > 0 (or null), got 0.0"),
+        (1, dict(model__rope_scaling_factor=0.0), "model.rope_scaling_factor must be > 0 or null, got 0.0"),
         (1, dict(checkpoint__export_hf_dtype="fp16"), "checkpoint.export_hf_dtype must be one of bf16, fp32, got 'fp16'"),
         (1, dict(checkpoint__export_hf_every=5, tokenizer__type="TikTokenizer"),
          "checkpoint.export_hf_every needs a tokenizer that can be written as Hugging Face files"),
@@ -82,6 +82,86 @@ def test_all_problems_are_reported_at_once():
 
 
 CPU_ONLY = Machine(cuda=False, transformer_engine=False)
+# Every number of the config outside its range: (a value just outside, the range the message states).
+OUT_OF_RANGE = {
+    "parallel.tp": (0, ">= 1"), "parallel.pp": (-1, ">= 1"), "parallel.cp": (0, ">= 1"), "parallel.vpp": (0, ">= 1 or null"),
+    "model.num_layers": (0, ">= 1"), "model.hidden_size": (-8, ">= 1"), "model.ffn_hidden_size": (0, ">= 1"),
+    "model.num_attention_heads": (0, ">= 1"), "model.num_query_groups": (0, ">= 1"),
+    "model.max_position_embeddings": (0, ">= 1"), "model.kv_channels": (0, ">= 1 or null"), "model.vocab_size": (1, ">= 2"),
+    "model.make_vocab_size_divisible_by": (0, ">= 1"), "model.rotary_base": (0.0, "> 0"),
+    "model.rope_scaling_factor": (-1.0, "> 0 or null"), "model.rotary_percent": (1.5, "in (0, 1]"),
+    "model.norm_epsilon": (0.0, "> 0"), "model.init_method_std": (-0.02, "> 0"),
+    "model.hidden_dropout": (1.0, "in [0, 1)"), "model.attention_dropout": (-0.1, "in [0, 1)"),
+    "train.seq_length": (0, ">= 1"), "train.micro_batch_size": (0, ">= 1"), "train.global_batch_size": (-8, ">= 1"),
+    "train.iters": (0, ">= 1"), "train.seed": (2**32, "in [0, 4294967295]"), "train.eval_interval": (-1, ">= 0"),
+    "train.eval_iters": (0, ">= 1"), "train.exit_duration_minutes": (0.0, "> 0 or null"),
+    "train.max_skipped_steps": (0, ">= 1"), "train.loss_spike_factor": (-1.0, ">= 0"),
+    "optimizer.lr": (-0.0003, ">= 0"), "optimizer.beta1": (1.0, "in [0, 1)"), "optimizer.beta2": (-0.5, "in [0, 1)"),
+    "optimizer.eps": (0.0, "> 0"), "optimizer.weight_decay": (-0.1, ">= 0"), "optimizer.clip_grad": (-1.0, ">= 0"),
+    "scheduler.warmup_iters": (-1, ">= 0"), "scheduler.decay_iters": (0, ">= 1 or null"),
+    "scheduler.min_lr_ratio": (-0.1, "in [0, 1]"), "scheduler.wsd_decay_iters": (0, ">= 1 or null"),
+    "precision.initial_loss_scale": (0.0, "> 0"), "data.num_workers": (-1, ">= 0"), "tokenizer.vocab_size": (1, ">= 2 or null"),
+    "checkpoint.interval": (-1, ">= 0"), "checkpoint.keep": (-1, ">= 0"), "checkpoint.export_hf_every": (-1, ">= 0"),
+    "logging.interval": (0, ">= 1"), "runtime.timeout_minutes": (0, ">= 1"),
+    "eval.interval": (-1, ">= 0"), "eval.micro_batch_size": (0, ">= 1"), "eval.limit": (0, ">= 1 or null"),
+    "generation.temperature": (-1.0, ">= 0"), "generation.top_p": (5.0, "in (0, 1]"), "generation.top_k": (-1, ">= 0"),
+    "generation.repetition_penalty": (0.0, "> 0"), "generation.max_new_tokens": (-5, ">= 1"),
+}
+
+
+def _set(job: JobConfig, dotted: str, value) -> JobConfig:
+    group, key = dotted.split(".")
+    setattr(getattr(job, group), key, value)
+    return job
+
+
+def test_every_number_out_of_range_is_named_in_one_message():
+    job = _job(runtime__device="cpu")
+    for key, (value, _) in OUT_OF_RANGE.items():
+        _set(job, key, value)
+    with pytest.raises(MegatronSotaError) as info:
+        validate_job(job, 1, CPU_ONLY)
+    lines = str(info.value).splitlines()
+    missing = [key for key, (value, rule) in OUT_OF_RANGE.items() if f"  - {key} must be {rule}, got {value}" not in lines]
+    assert not missing, f"not named in the one message: {missing}\n{info.value}"
+    assert len(lines) == 1 + len(OUT_OF_RANGE)  # the heading, then one line per key (no divisibility of broken sizes)
+
+
+@pytest.mark.parametrize("key", sorted(OUT_OF_RANGE))
+def test_each_number_out_of_range_is_refused_alone(key):
+    value, rule = OUT_OF_RANGE[key]
+    with pytest.raises(MegatronSotaError, match=None) as info:
+        validate_job(_set(_job(runtime__device="cpu"), key, value), 1, CPU_ONLY)
+    assert f"{key} must be {rule}, got {value}" in str(info.value)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_numbers_are_refused(value):
+    floats = ("optimizer.lr", "optimizer.beta2", "model.norm_epsilon", "train.exit_duration_minutes", "generation.temperature")
+    job = _job(runtime__device="cpu", data__split=[98.0, value, 1.0])
+    for key in floats:
+        _set(job, key, value)
+    with pytest.raises(MegatronSotaError) as info:
+        validate_job(job, 1, CPU_ONLY)
+    message = str(info.value)
+    assert all(f"{key} must be finite and " in message for key in floats), message
+    assert "data.split must be three non-negative train/valid/test proportions" in message
+
+
+def test_numbers_at_the_edges_of_their_ranges_are_accepted():
+    edges = {
+        "optimizer.lr": 0.0, "optimizer.beta1": 0.0, "optimizer.beta2": 0.999, "optimizer.weight_decay": 0.0,
+        "optimizer.clip_grad": 0.0, "model.hidden_dropout": 0.0, "model.rotary_percent": 1.0, "scheduler.min_lr_ratio": 1.0,
+        "train.seed": 2**32 - 1, "train.eval_interval": 0, "train.loss_spike_factor": 0.0, "checkpoint.keep": 0,
+        "checkpoint.interval": 0, "generation.temperature": 0.0, "generation.top_p": 1.0, "generation.top_k": 0,
+        "generation.max_new_tokens": 1, "tokenizer.vocab_size": None, "model.kv_channels": None,
+    }
+    job = _job(runtime__device="cpu")
+    for key, value in edges.items():
+        _set(job, key, value)
+    assert validate_job(job, 1, CPU_ONLY).dp == 1
+
+
 # Refusals that used to come one at a time from model building, kernel choice, optimizer and
 # loop set-up (after the process groups existed), each with the mistake that causes it.
 LATE_REFUSALS = {

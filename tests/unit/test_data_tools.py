@@ -19,6 +19,7 @@ from megatron_sota.data.stdlib_corpus import write_stdlib_corpus
 from megatron_sota.data.tokenizer import NullTokenizer, SentencePieceTokenizer, build_tokenizer
 from megatron_sota.data.tokenizer_training import train_sentencepiece
 from megatron_sota.errors import MegatronSotaError
+from tests.tool_runner import run_tool
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 VOCAB_SIZE = 1000
@@ -187,3 +188,45 @@ def test_check_shards_truncated_bin(shard: str, tmp_path):
     (tmp_path / "cut_text_document.bin").write_bytes(pathlib.Path(shard + ".bin").read_bytes()[:-2])
     with pytest.raises(MegatronSotaError, match="cut_text_document.bin"):
         check_shards([str(cut)], VOCAB_SIZE)
+
+
+# --- tools never replace existing outputs without --overwrite -------------------------------
+
+
+@pytest.mark.parametrize(
+    "tool, flags, refused_flag, existing",
+    [
+        ("merge_datasets", ["--input", "no_such_shard", "--output-prefix", "merged"], "--output-prefix",
+         ["merged.bin", "merged.idx"]),
+        ("train_tokenizer", ["--input", "no_such.jsonl", "--model-prefix", "tok"], "--model-prefix",
+         ["tok.model", "tok.vocab"]),
+        ("train_tokenizer", ["--input", "no_such.jsonl", "--library", "huggingface", "--model-prefix", "tok"],
+         "--model-prefix", ["tok/tokenizer.json"]),
+        ("build_stdlib_corpus", ["--output", "corpus.jsonl"], "--output", ["corpus.jsonl"]),
+        ("build_stdlib_corpus", ["--output", "new.jsonl", "--heldout-output", "heldout.jsonl"], "--heldout-output",
+         ["heldout.jsonl"]),
+    ],
+    ids=["merge_datasets", "train_tokenizer", "train_tokenizer_hf", "build_stdlib_corpus", "stdlib_heldout"],
+)
+def test_tools_refuse_to_replace_existing_outputs_before_any_work(tool, flags, refused_flag, existing, tmp_path,
+                                                                  monkeypatch, capsys):
+    """Each names its flag and the existing files; the inputs named do not even exist: refused before reading them."""
+    monkeypatch.chdir(tmp_path)
+    for name in existing:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("the user's own file")
+    code, _, err = run_tool(tool, flags, capsys)
+    value = flags[flags.index(refused_flag) + 1]
+    named = " and ".join(existing)
+    verb, them = ("exists", "it") if len(existing) == 1 else ("exist", "them")
+    assert code == 1
+    assert f"{refused_flag} {value}: {named} already {verb}; pass --overwrite to replace {them}" in err, err
+    assert all((tmp_path / name).read_text() == "the user's own file" for name in existing)
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()) == sorted(existing)
+
+
+def test_build_stdlib_corpus_replaces_its_output_with_overwrite(tmp_path, capsys):
+    output = tmp_path / "corpus.jsonl"
+    output.write_text("the user's own file")
+    assert run_tool("build_stdlib_corpus", ["--output", str(output), "--max-files", "2", "--overwrite"], capsys)[0] == 0
+    assert len(output.read_text().splitlines()) == 2

@@ -373,6 +373,31 @@ def test_cli_reports_a_missing_input_in_one_line(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_existing_shard_pair_is_refused_before_any_work_unless_overwrite(tmp_path, capsys):
+    big, small = tmp_path / "big.jsonl", tmp_path / "small.jsonl"
+    big.write_text("".join(json.dumps({"text": "1 2 3 4 5 6 7 8"}) + "\n" for _ in range(50)))
+    small.write_text(json.dumps({"text": "1 2"}) + "\n")
+    prefix = tmp_path / "corpus"
+    pair = [tmp_path / f"corpus_text_document{ext}" for ext in (".bin", ".idx")]
+
+    def preprocess_into_prefix(source, *flags):
+        return run_tool("preprocess_data", ["--input", str(source), "--output-prefix", str(prefix), "--tokenizer-type",
+                                            "NullTokenizer", "--vocab-size", "10", "--workers", "1", "--no-progress",
+                                            *flags], capsys)
+
+    assert preprocess_into_prefix(big)[0] == 0
+    before = [path.read_bytes() for path in pair]
+    code, _, err = preprocess_into_prefix(small)
+    assert code == 1
+    assert (f"--output-prefix {prefix}: {pair[0]} and {pair[1]} already exist; pass --overwrite to replace them"
+            in err), err
+    assert [path.read_bytes() for path in pair] == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.jsonl", "corpus_text_document.bin",
+                                                          "corpus_text_document.idx", "small.jsonl"]  # no work begun
+    assert preprocess_into_prefix(small, "--overwrite")[0] == 0
+    assert len(IndexedDataset(str(tmp_path / "corpus_text_document"))) == 1
+
+
 def test_reader_stays_a_bounded_window_ahead_of_the_writer():
     # Memory is bounded by chunks in flight, not input size: the ordered map may not pull
     # more than `in_flight` items beyond what the writer has consumed.
