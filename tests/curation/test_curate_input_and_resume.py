@@ -49,8 +49,8 @@ def test_strict_stops_at_the_first_bad_record_and_names_it(tmp_path):
 @pytest.mark.parametrize("cut", CUTS)
 @pytest.mark.parametrize("name", ["cut.jsonl.gz", "cut.jsonl.zst"])
 def test_a_compressed_file_cut_short_is_reported_unreadable_not_shortened(tmp_path, name, cut):
-    first, whole = write_cut_short(tmp_path / "in" / name, documents=8, cut=cut)
     path = tmp_path / "in" / name
+    first, whole = write_cut_short(path, documents=8, cut=cut)
     argv = ["web", f"input.paths=[{tmp_path / 'in'}]", *CHEAP]
     code, printed = run_curate([*argv, f"output_dir={tmp_path / 'out'}"])
     assert code == 0, printed[-3000:]

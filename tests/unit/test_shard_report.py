@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import pathlib
 import shutil
 import struct
+import sys
 
 import pytest
 from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
@@ -125,9 +127,6 @@ def test_merge_cli_refuses_a_half_pair(tmp_path, leftover, capsys):
 ])
 def test_a_truncated_index_is_named_by_inspect_and_merge_without_a_second_traceback(tmp_path, capsys, monkeypatch,
                                                                                      keep, found):
-    import gc
-    import sys
-
     good = _write(tmp_path / "good")
     cut = _copy(good, tmp_path / "cut")
     pathlib.Path(cut + ".idx").write_bytes(pathlib.Path(good + ".idx").read_bytes()[:keep])
