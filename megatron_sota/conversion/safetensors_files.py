@@ -134,9 +134,10 @@ class SafetensorsDirectory:
                     raise MegatronSotaError(
                         f"{index_path} names {file_name} (holding {example} and others), but {os.path.join(hf_dir, file_name)} does not exist"
                     )
+                read_header(os.path.join(hf_dir, file_name))  # a damaged shard is named now, not mid-import
         elif os.path.isfile(os.path.join(hf_dir, SINGLE_FILE)):
-            with safe_open(os.path.join(hf_dir, SINGLE_FILE), framework="pt") as handle:
-                self._files = {name: SINGLE_FILE for name in handle.keys()}
+            header = read_header(os.path.join(hf_dir, SINGLE_FILE))
+            self._files = {name: SINGLE_FILE for name in header if name != "__metadata__"}
         else:
             found = sorted(os.listdir(hf_dir)) if os.path.isdir(hf_dir) else "no such directory"
             raise MegatronSotaError(f"{hf_dir}: expected {SINGLE_FILE} or {INDEX_FILE} (found: {found})")
@@ -169,6 +170,45 @@ class SafetensorsDirectory:
         if file_name is None:
             return None
         return tuple(self._handle(file_name).get_slice(name).get_shape())
+
+
+def read_header(path: str) -> dict:
+    """The JSON header of a safetensors file, once the file is known to hold every byte the header promises.
+
+    safetensors' own errors ("incomplete metadata, file not fully covered") name neither the file nor the
+    cause; a download or copy cut short is the usual one.
+    """
+    size = os.path.getsize(path)
+    redo = "download or copy it again"
+    with open(path, "rb") as handle:
+        length_field = handle.read(8)
+        if len(length_field) < 8:
+            raise MegatronSotaError(
+                f"{path}: expected a safetensors file (8-byte header length, JSON header, tensor data), "
+                f"found a file of {size} bytes; it is truncated or not a safetensors file; {redo}"
+            )
+        (length,) = struct.unpack("<Q", length_field)
+        if 8 + length > size:
+            raise MegatronSotaError(
+                f"{path}: expected a header length (its first 8 bytes) that fits in the file, found a header of "
+                f"{length:,} bytes in a file of {size:,}; the file is truncated or damaged; {redo}"
+            )
+        try:
+            header = json.loads(handle.read(length))
+            data_bytes = max((e["data_offsets"][1] for k, e in header.items() if k != "__metadata__"), default=0)
+        except (UnicodeDecodeError, ValueError, AttributeError, KeyError, TypeError, IndexError) as err:
+            raise MegatronSotaError(
+                f"{path}: expected a JSON header of {length:,} bytes listing each tensor's data_offsets, found one "
+                f"that does not parse ({type(err).__name__}: {err}); the file is damaged; {redo}"
+            ) from None
+    found = size - 8 - length
+    if found != data_bytes:
+        damage = "truncated (an interrupted download or copy?)" if found < data_bytes else "damaged"
+        raise MegatronSotaError(
+            f"{path}: expected {data_bytes:,} bytes of tensor data (as its header says), found {found:,}; "
+            f"the file is {damage}; {redo}"
+        )
+    return header
 
 
 def _read_index(index_path: str) -> Dict[str, str]:

@@ -15,7 +15,7 @@ from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.readers.base import BaseReader
 
 from megatron_sota.atomic_files import write_json
-from megatron_sota.data.readers import READ_ERRORS, open_input
+from megatron_sota.data.readers import READ_ERRORS, damage_found, open_input
 from megatron_sota.errors import MegatronSotaError
 
 # Problem kinds, as they appear in the report's per-file table.
@@ -26,6 +26,8 @@ TEXT_NOT_STRING = "text_not_string"
 EMPTY_TEXT = "empty_text"
 UNREADABLE = "unreadable"
 PROBLEM_KINDS = (MALFORMED_JSON, NOT_AN_OBJECT, MISSING_TEXT, TEXT_NOT_STRING, EMPTY_TEXT, UNREADABLE)
+UNREADABLE_REASON = "unreadable_reason"
+"""The audit's key for why a file could not be read to its end (the console repeats it)."""
 # Error examples kept per file: enough to find the lines, bounded for files that are all bad.
 EXAMPLES_PER_FILE = 5
 
@@ -126,6 +128,7 @@ class AuditedReader(BaseReader):
     def _read_file(self, path: str, kind: str, audit: dict) -> Iterator[Document]:
         counts: Counter = Counter()
         examples: list[str] = []
+        reason: dict[str, str] = {}
 
         def bad(problem: BadRecord) -> None:
             if self.strict:
@@ -150,9 +153,16 @@ class AuditedReader(BaseReader):
             bad(problem)
         except (*READ_ERRORS, UnicodeDecodeError, ValueError) as err:
             # A truncated .gz or .zst, unreadable parquet, a text file that is not UTF-8: the documents
-            # read before the error stay; the file is reported as unreadable from that point.
-            bad(BadRecord(UNREADABLE, path, f"expected a readable {kind} file, found {type(err).__name__}: {err}"))
-        audit[path] = {"kind": kind, **{k: counts[k] for k in ("documents", *PROBLEM_KINDS) if counts[k]}, "examples": examples}
+            # read before the error stay; the file is reported as unreadable from that point, with its
+            # reason kept apart from the examples (which may be full) for the console's warning.
+            if isinstance(err, READ_ERRORS):
+                found = damage_found(err)
+            else:
+                found = f"expected a readable {kind} file, found {type(err).__name__}: {err}"
+            unreadable = BadRecord(UNREADABLE, path, found)
+            bad(unreadable)
+            reason = {UNREADABLE_REASON: str(unreadable)}
+        audit[path] = {"kind": kind, **{k: counts[k] for k in ("documents", *PROBLEM_KINDS) if counts[k]}, "examples": examples, **reason}
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         if data:

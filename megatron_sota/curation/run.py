@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from typing import Callable
 
@@ -14,12 +15,14 @@ from megatron_sota.atomic_files import write_json
 from megatron_sota.curation.config import CurateConfig
 from megatron_sota.curation.executors import run_local, submit_slurm, wait_for_slurm
 from megatron_sota.curation.layout import RunLayout
+from megatron_sota.curation.reader import UNREADABLE_REASON
 from megatron_sota.curation.report import format_table
 from megatron_sota.curation.stages import implied_threshold, plan_stages
 from megatron_sota.data.readers import expand_inputs
 from megatron_sota.errors import MegatronSotaError
 
 EXECUTORS = ("local", "slurm")
+log = logging.getLogger(__name__)
 
 
 def validate(cfg: CurateConfig) -> None:
@@ -82,6 +85,20 @@ def load_report(layout: RunLayout) -> dict:
         return json.load(handle)
 
 
+def warn_unreadable(report: dict) -> None:
+    """One console warning per input file that could not be read to its end (its reason is in report.json too).
+
+    A file cut short loses all its later documents: unlike a bad line, that must not pass as a count in a table.
+    """
+    for counts in report["bad_input"]["files_with_problems"].values():
+        if UNREADABLE_REASON in counts:
+            log.warning(
+                "%s; %d documents were read before that point, the rest of the file is missing from this run "
+                "(replace the file and run into a new output_dir; --strict stops a run at such a file)",
+                counts[UNREADABLE_REASON], counts.get("documents", 0),
+            )
+
+
 def curate(cfg: CurateConfig, echo: Callable[[str], None] = print) -> dict | None:
     """Runs (local) or submits (slurm) the whole curation; returns the report, or None when not waited for.
 
@@ -110,5 +127,6 @@ def curate(cfg: CurateConfig, echo: Callable[[str], None] = print) -> dict | Non
         wait_for_slurm(stages, cfg.executor, layout, echo)
     report = load_report(layout)
     echo(format_table(report))
+    warn_unreadable(report)
     echo(f"report: {layout.report('json')}, {layout.report('txt')}, {layout.report('png')}")
     return {**report, "stage_seconds": stage_seconds} if stage_seconds else report

@@ -29,6 +29,11 @@ READ_ERRORS: tuple[type[BaseException], ...] = (OSError, EOFError, zlib.error)
 truncated .gz or .zst), zlib.error (corrupt deflate data)."""
 
 
+def damage_found(err: BaseException) -> str:
+    """What a file that raised one of READ_ERRORS is, in the words every reader of inputs reports it with."""
+    return f"expected a complete, readable file, found a damaged or truncated one ({type(err).__name__}: {err})"
+
+
 @dataclass(frozen=True)
 class InputFile:
     """One input file and how its records are framed."""
@@ -160,6 +165,9 @@ class _ZstdFrames(io.RawIOBase):
         self._frame = self._new()
         self._in_frame = False
         self._out = b""
+        self._read = 0
+        self._frame_start = 0
+        """Byte offsets in the file: read so far, and where the frame being decompressed began."""
 
     def readable(self) -> bool:
         return True
@@ -169,8 +177,12 @@ class _ZstdFrames(io.RawIOBase):
             data = self.raw.read(1 << 20)
             if not data:
                 if self._in_frame:
-                    raise EOFError("zstd input ends inside a frame (a truncated file)")
+                    raise EOFError(
+                        f"truncated zstd frame: the file ends at byte {self._read:,}, inside the frame that "
+                        f"starts at byte {self._frame_start:,}"
+                    )
                 return 0
+            self._read += len(data)
             while data:
                 self._in_frame = True
                 try:
@@ -180,6 +192,7 @@ class _ZstdFrames(io.RawIOBase):
                 data = b""
                 if self._frame.eof:  # frame complete: the rest starts the next one
                     data, self._frame, self._in_frame = self._frame.unused_data, self._new(), False
+                    self._frame_start = self._read - len(data)
         n = min(len(buffer), len(self._out))
         buffer[:n] = self._out[:n]
         self._out = self._out[n:]
@@ -195,8 +208,7 @@ def _jsonl_chunks(piece: Piece, chunk_bytes: int) -> Iterator[RawChunk]:
         yield from _jsonl_blocks(piece, chunk_bytes)
     except READ_ERRORS as err:
         raise MegatronSotaError(
-            f"input file {piece.file.path!r}: expected a complete, readable file, found a damaged "
-            f"or truncated one ({type(err).__name__}: {err}); records read before it are kept only "
+            f"input file {piece.file.path!r}: {damage_found(err)}; records read before it are kept only "
             f"in finished partitions"
         ) from err
 

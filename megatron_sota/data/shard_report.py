@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 import numpy
 from megatron.core.datasets.indexed_dataset import DType, _IndexReader
 
-from megatron_sota.data.shard_checks import INDEX_MAGIC, id_range
+from megatron_sota.data.shard_checks import check_index_file, id_range
+from megatron_sota.errors import MegatronSotaError
 
 @dataclass
 class ShardReport:
@@ -94,13 +95,12 @@ def inspect_shard(prefix: str, vocab_size: int | None = None, scan_ids: bool = T
             report.problems.append(f"{path}: expected a file, found none")
     if report.problems:
         return report
-    with open(idx_path, "rb") as f:
-        magic = f.read(len(INDEX_MAGIC))
-    if magic != INDEX_MAGIC:
-        report.problems.append(f"{idx_path}: expected header {INDEX_MAGIC!r}, found {magic!r}")
-        return report
     try:
+        check_index_file(idx_path)
         index = _IndexReader(idx_path, multimodal=False)
+    except MegatronSotaError as err:
+        report.problems.append(str(err))
+        return report
     except (AssertionError, ValueError, KeyError, OSError) as err:
         report.problems.append(f"{idx_path}: unreadable index ({type(err).__name__}: {err})")
         return report

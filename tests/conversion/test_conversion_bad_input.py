@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import struct
 
 import pytest
 import torch
@@ -34,9 +35,11 @@ def _copy(small_hf, tmp_path, name="model") -> str:
 
 def _edit_config(path: str, **changes) -> None:
     config_path = os.path.join(path, "config.json")
-    config = json.load(open(config_path))
+    with open(config_path) as handle:
+        config = json.load(handle)
     config.update(changes)
-    json.dump(config, open(config_path, "w"))
+    with open(config_path, "w") as handle:
+        json.dump(config, handle)
 
 
 def _edit_weights(path: str, edit) -> None:
@@ -90,6 +93,49 @@ def test_import_names_a_missing_shard_and_a_missing_config(small_hf, tmp_path, c
     assert f"names {shards[-1]}" in _import_error(path, tmp_path, capsys)
     os.remove(os.path.join(path, "config.json"))
     assert "config.json is missing: expected a Hugging Face model directory" in _import_error(path, tmp_path, capsys)
+
+
+def _damage(path: str, how: str) -> tuple[int, int]:
+    """Damages a safetensors file; returns (its header length, bytes of tensor data it had)."""
+    with open(path, "rb") as handle:
+        data = handle.read()
+    (length,) = struct.unpack("<Q", data[:8])
+    if how == "truncated":
+        data = data[: len(data) - 100]
+    elif how == "extra bytes":
+        data = data + bytes(100)
+    elif how == "header length":
+        data = struct.pack("<Q", 10**12) + data[8:]
+    else:  # a header whose JSON is damaged
+        data = data[:8] + b"#" + data[9:]
+    with open(path, "wb") as handle:
+        handle.write(data)
+    return length, os.path.getsize(path) + {"truncated": 100, "extra bytes": -100}.get(how, 0) - 8 - length
+
+
+@pytest.mark.parametrize("how", ["truncated", "extra bytes", "header length", "header json"])
+@pytest.mark.parametrize("sharded", [False, True], ids=["single", "sharded"])
+def test_import_names_a_truncated_or_damaged_safetensors_file(small_hf, tmp_path, capsys, how, sharded):
+    path = str(tmp_path / "model")
+    if sharded:
+        transformers.LlamaForCausalLM.from_pretrained(small_hf).save_pretrained(path, max_shard_size="20KB")
+        name = sorted(n for n in os.listdir(path) if n.startswith("model-"))[-1]
+    else:
+        path, name = _copy(small_hf, tmp_path), "model.safetensors"
+    file = os.path.join(path, name)
+    length, data_bytes = _damage(file, how)
+    found = {
+        "truncated": f"{file}: expected {data_bytes:,} bytes of tensor data (as its header says), found "
+                     f"{data_bytes - 100:,}; the file is truncated (an interrupted download or copy?); download or copy it again",
+        "extra bytes": f"{file}: expected {data_bytes:,} bytes of tensor data (as its header says), found "
+                       f"{data_bytes + 100:,}; the file is damaged; download or copy it again",
+        "header length": f"{file}: expected a header length (its first 8 bytes) that fits in the file, found a header of "
+                         f"1,000,000,000,000 bytes in a file of {os.path.getsize(file):,}; the file is truncated or damaged",
+        "header json": f"{file}: expected a JSON header of {length:,} bytes listing each tensor's data_offsets, found one "
+                       f"that does not parse (JSONDecodeError: ",
+    }[how]
+    err = _import_error(path, tmp_path, capsys)
+    assert found in err and "Traceback" not in err, err
 
 
 def test_import_refuses_a_layout_that_does_not_divide_the_model(small_hf, tmp_path, capsys):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from pathlib import Path
 
 from tests.curation.corpus import write_gzip
@@ -57,23 +58,57 @@ def write_bad_input(directory: str | os.PathLike) -> dict[str, dict[str, int]]:
 
 
 
-def write_cut_short(path: Path, documents: int = 8) -> int:
-    """`documents` JSON lines in two gzip members or zstd frames (by the suffix), the second cut in half.
+def _flushed_per_line(lines: list[bytes], suffix: str) -> tuple[bytes, list[int]]:
+    """One gzip member or zstd frame whose blocks end with the lines; the compressed offset after each line."""
+    import zlib
 
-    Returns how many documents the first member holds: a reader keeps at least those and loses some of the
-    rest, and must say that the file ended early (zstandard's stream_reader ends quietly at the cut).
+    import zstandard
+
+    offsets = []
+    if suffix == ".gz":
+        packer = zlib.compressobj(wbits=31)  # a gzip member
+        data = b""
+        for line in lines:
+            data += packer.compress(line) + packer.flush(zlib.Z_FULL_FLUSH)
+            offsets.append(len(data))
+        return data + packer.flush(), offsets
+    # At the fastest level the random text is stored in raw blocks, which a decoder hands out as they arrive:
+    # a cut inside one shows as a half-written line, as a cut inside a deflate block does.
+    packer = zstandard.ZstdCompressor(level=-50).compressobj()
+    data = b""
+    for line in lines:
+        data += packer.compress(line) + packer.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+        offsets.append(len(data))
+    return data + packer.flush(), offsets
+
+
+CUTS = ("line boundary", "mid-block")
+
+
+def write_cut_short(path: Path, documents: int = 8, cut: str = "mid-block") -> tuple[int, int]:
+    """`documents` JSON lines in two gzip members or zstd frames (by the suffix), the second cut short.
+
+    The second member is cut where its second line ends (`line boundary`: what decompresses is whole lines,
+    so only the missing end of the member tells) or half-way through that line's block (`mid-block`: the
+    last line decompresses half-written). Returns (lines in the first member, whole lines before the cut):
+    a reader keeps at least the first and at most the second, and must say that the file ended early
+    (zstandard's stream_reader ends quietly at the cut).
     """
     import gzip
 
     import zstandard
 
-    lines = [json.dumps({"id": f"cut-{i}", "text": f"Document {i} of a file cut short. " * 20}) + "\n" for i in range(documents)]
+    if cut not in CUTS:
+        raise ValueError(f"cut: expected one of {CUTS}, found {cut!r}")
+    letters = "abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ.,;"
+    lines = [(json.dumps({"id": f"cut-{i}", "text": "".join(random.Random(i).choices(letters, k=700))}) + "\n").encode()
+             for i in range(documents)]
     first = documents // 2
-    halves = ["".join(lines[:first]).encode(), "".join(lines[first:]).encode()]
-    if path.name.endswith(".gz"):
-        members = [gzip.compress(h, mtime=0) for h in halves]
-    else:
-        members = [zstandard.ZstdCompressor().compress(h) for h in halves]
+    suffix = ".gz" if path.name.endswith(".gz") else ".zst"
+    head = b"".join(lines[:first])
+    head = gzip.compress(head, mtime=0) if suffix == ".gz" else zstandard.ZstdCompressor().compress(head)
+    tail, offsets = _flushed_per_line(lines[first:], suffix)
+    end = offsets[1] if cut == "line boundary" else (offsets[0] + offsets[1]) // 2
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(members[0] + members[1][: len(members[1]) // 2])
-    return first
+    path.write_bytes(head + tail[:end])
+    return first, first + (2 if cut == "line boundary" else 1)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.curation.bad_input import write_bad_input, write_cut_short
+from tests.curation.bad_input import CUTS, write_bad_input, write_cut_short
 from tests.curation.corpus import build_web_corpus, write_jsonl_shards
 from tests.curation.runs import read_documents, run_curate
 
@@ -46,21 +46,30 @@ def test_strict_stops_at_the_first_bad_record_and_names_it(tmp_path):
     assert not (tmp_path / "out" / "report.json").exists()
 
 
+@pytest.mark.parametrize("cut", CUTS)
 @pytest.mark.parametrize("name", ["cut.jsonl.gz", "cut.jsonl.zst"])
-def test_a_compressed_file_cut_short_is_reported_unreadable_not_shortened(tmp_path, name):
-    whole = write_cut_short(tmp_path / "in" / name, documents=8)
+def test_a_compressed_file_cut_short_is_reported_unreadable_not_shortened(tmp_path, name, cut):
+    path = tmp_path / "in" / name
+    first, whole = write_cut_short(path, documents=8, cut=cut)
     argv = ["web", f"input.paths=[{tmp_path / 'in'}]", *CHEAP]
     code, printed = run_curate([*argv, f"output_dir={tmp_path / 'out'}"])
     assert code == 0, printed[-3000:]
     report = json.loads((tmp_path / "out" / "report.json").read_text())
-    (path, counts), = report["bad_input"]["files_with_problems"].items()
-    assert Path(path).name == name and counts["unreadable"] == 1
-    assert whole <= counts["documents"] < 8  # what came before the cut is kept, and counted
-    assert any("expected a readable jsonl file, found EOFError" in e for e in counts["examples"]), counts
-    assert f"{name}: unreadable 1" in printed
+    (reported, counts), = report["bad_input"]["files_with_problems"].items()
+    assert Path(reported).name == name and counts["unreadable"] == 1, counts
+    assert "malformed_json" not in counts, counts  # a half-written last line is the damage, not a bad record
+    assert first <= counts["documents"] <= whole  # what came before the cut is kept, and counted
+    found = f"{path}: expected a complete, readable file, found a damaged or truncated one (EOFError: "
+    if name.endswith(".zst"):
+        found += f"truncated zstd frame: the file ends at byte {path.stat().st_size:,}, inside the frame that starts at byte "
+    assert counts["unreadable_reason"].startswith(found), counts
+    # The console says it in words, not only as a count in the table.
+    assert "bad input: none" not in printed and f"{name}: unreadable 1" in printed
+    assert (f"warning: {counts['unreadable_reason']}; {counts['documents']} documents were read before that point, "
+            f"the rest of the file is missing from this run") in printed, printed[-3000:]
 
     code, printed = run_curate([*argv, f"output_dir={tmp_path / 'strict'}", "--strict"])
-    assert code == 2 and f"{name}: expected a readable jsonl file" in printed and "strict" in printed, printed[-2000:]
+    assert code == 2 and found in printed and "strict" in printed, printed[-2000:]
 
 
 @pytest.mark.parametrize("override, message", [
@@ -87,7 +96,7 @@ def test_an_interrupted_run_resumes_without_redoing_finished_tasks(tmp_path):
     argv = ["web", f"input.paths=[{tmp_path / 'in'}]", f"output_dir={tmp_path / 'out'}", "--strict", *CHEAP]
 
     code, printed = run_curate(argv)
-    assert code == 2 and "expected a readable jsonl file" in printed, printed[-2000:]
+    assert code == 2 and "expected a complete, readable file, found a damaged or truncated one" in printed, printed[-2000:]
     done = sorted(p.name for p in (tmp_path / "out" / "logs" / "filter" / "completions").iterdir())
     assert done == ["00000"]
     # The failed task's output never appears under its final name; what it wrote stays staged.

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import pathlib
 import shutil
 import struct
+import sys
 
 import pytest
 from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
@@ -114,3 +116,39 @@ def test_merge_cli_refuses_a_half_pair(tmp_path, leftover, capsys):
     assert code == 1
     assert "expected both .bin and .idx" in err
     assert not (tmp_path / "merged.bin").exists()
+
+
+# A 3-document index is 34 header bytes + 3 * 12 (lengths, pointers) + 4 * 8 (document boundaries) = 102 bytes.
+@pytest.mark.parametrize("keep, found", [
+    (20, "expected a 34-byte index header, found a file of 20 bytes; the index is truncated"),
+    (60, "expected 102 bytes (3 sequences and 4 document boundaries, as its header says), found 60 bytes; "
+         "the index is truncated"),
+    (101, "expected 102 bytes (3 sequences and 4 document boundaries, as its header says), found 101 bytes"),
+])
+def test_a_truncated_index_is_named_by_inspect_and_merge_without_a_second_traceback(tmp_path, capsys, monkeypatch,
+                                                                                     keep, found):
+    good = _write(tmp_path / "good")
+    cut = _copy(good, tmp_path / "cut")
+    pathlib.Path(cut + ".idx").write_bytes(pathlib.Path(good + ".idx").read_bytes()[:keep])
+    # megatron-core's IndexedDataset, half-built on such a file, prints "Exception ignored in __del__"
+    # through sys.unraisablehook when collected: the check must come before it is ever constructed.
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+
+    problems = inspect_shard(cut).problems
+    assert len(problems) == 1 and problems[0].startswith(f"{cut}.idx: {found}"), problems
+    code, out, _ = run_tool("inspect_data", [cut], capsys)
+    assert code == 1 and f"PROBLEM: {cut}.idx: {found}" in out
+    code, _, err = run_tool("merge_datasets", ["--input", good, cut, "--output-prefix", str(tmp_path / "merged")], capsys)
+    assert code == 1 and f"{cut}.idx: {found}" in err and "copy it again" in err
+    assert not (tmp_path / "merged.bin").exists()
+    gc.collect()
+    assert [str(u.exc_value) for u in unraisable] == []
+
+
+def test_merge_refuses_an_index_whose_document_boundaries_do_not_end_at_its_sequence_count(tmp_path, capsys):
+    bad = _write(tmp_path / "bad")
+    index = pathlib.Path(bad + ".idx").read_bytes()
+    pathlib.Path(bad + ".idx").write_bytes(index[:-8] + struct.pack("<q", 7))  # the last boundary: 7, not 3
+    code, _, err = run_tool("merge_datasets", ["--input", bad, "--output-prefix", str(tmp_path / "merged")], capsys)
+    assert code == 1 and f"{bad}.idx: expected document boundaries ending at the sequence count 3, found [7]" in err
