@@ -13,7 +13,6 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
-from megatron_sota.data.shard_checks import check_index_file
 from megatron_sota.errors import MegatronSotaError
 from megatron_sota.evaluation.answer_extraction import exact_match
 from megatron_sota.evaluation.metrics import mean_stderr, multiple_choice_scores, perplexity_metrics
@@ -151,7 +150,6 @@ def _documents(spec: TaskSpec, tokenizer, limit: Optional[int]) -> Tuple[List[Li
         return [tokenizer.tokenize(t) for t in texts], [len(t.encode("utf-8")) for t in texts]
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-    check_index_file(spec.path + ".idx")  # a damaged index is named, not half-opened by megatron-core
     dataset = IndexedDataset(spec.path)
     count = _limited(list(range(len(dataset))), spec, limit)
     documents = [dataset[i].tolist() for i in range(count)]

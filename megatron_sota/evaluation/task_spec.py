@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from megatron_sota.config.evaluation import TaskSettings
 from megatron_sota.config.files import conf_dir
+from megatron_sota.data.shard_checks import check_index_file
 from megatron_sota.errors import MegatronSotaError
 from megatron_sota.evaluation.task_file import expected_value, read_task_file
 
@@ -181,6 +182,11 @@ def _spec_problems(spec: TaskSpec, at: Callable[[str], str]) -> list[tuple[str, 
     problems = []
     if spec.is_megatron_prefix and spec.type != "perplexity":
         problems.append(("file", f"{at('file')}: a .bin/.idx prefix holds token ids, only for type 'perplexity', found type {spec.type!r}"))
+    elif spec.is_megatron_prefix:
+        try:  # before megatron-core opens it: its half-built reader would print a second traceback
+            check_index_file(spec.path + ".idx")
+        except MegatronSotaError as err:
+            problems.append(("file", f"{at('file')}: {err}"))
     if spec.type == "perplexity" and spec.num_fewshot:
         problems.append(("num_fewshot",
             f"{at('num_fewshot')}: perplexity scores whole documents without few-shot examples: expected 0, found {spec.num_fewshot}"

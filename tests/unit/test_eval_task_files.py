@@ -30,6 +30,7 @@ from megatron_sota.evaluation.task_spec import (
     load_task,
     registered_tasks,
 )
+from tests.random_shards import write_shard
 
 GOOD_MC = {"question": "2 + 2?", "choices": ["3", "4"], "answer": 1}
 
@@ -256,9 +257,7 @@ def test_a_jsonl_path_needs_a_type_and_a_prefix_is_perplexity(tmp_path):
         load_task(path, registry_dir=str(tmp_path))
     spec = load_task(path, task_type="multiple_choice", num_fewshot=0, registry_dir=str(tmp_path))
     assert (spec.name, spec.type, spec.path, spec.is_megatron_prefix) == ("my_task", "multiple_choice", path, False)
-    for ext in (".bin", ".idx"):
-        (tmp_path / f"shard_text_document{ext}").write_bytes(b"")
-    prefix = str(tmp_path / "shard_text_document")
+    prefix = write_shard(str(tmp_path / "shard_text_document"), documents=3)
     for given in (prefix, prefix + ".bin"):
         spec = load_task(given, registry_dir=str(tmp_path))
         assert (spec.name, spec.type, spec.path, spec.is_megatron_prefix) == ("shard_text_document", "perplexity", prefix, True)
@@ -271,6 +270,15 @@ def test_a_jsonl_path_needs_a_type_and_a_prefix_is_perplexity(tmp_path):
     assert load_task("shard", registry_dir=str(tmp_path)).path == prefix
     with pytest.raises(MegatronSotaError, match=r"shard\.yaml:2: key 'file': a \.bin/\.idx prefix"):
         load_task("shard", task_type="multiple_choice", registry_dir=str(tmp_path))
+
+
+def test_a_prefix_with_a_truncated_index_is_named_before_any_model_is_loaded(tmp_path):
+    prefix = write_shard(str(tmp_path / "cut_text_document"), documents=20)
+    with open(prefix + ".idx", "r+b") as handle:
+        handle.truncate(100)
+    with pytest.raises(MegatronSotaError) as info:
+        load_task(prefix, registry_dir=str(tmp_path))
+    assert f"{prefix}.idx: expected" in str(info.value) and "the index is truncated" in str(info.value)
 
 
 # ---- few-shot prompts ---------------------------------------------------------------------------------
