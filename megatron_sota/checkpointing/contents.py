@@ -7,7 +7,7 @@ one parallel layout loads at another. It must not decide paths or when to save.
 from __future__ import annotations
 
 import random
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import numpy as np
 import torch
@@ -94,6 +94,41 @@ def prime_optimizer_state(optimizer) -> None:
                     state["exp_avg_sq"] = torch.zeros_like(param.data)
 
 
+def optimizer_state_to_save(optimizer, model_state: Dict[str, Any]) -> Dict[str, Any]:
+    """The optimizer's sharded state dict; before the first real step (an fp16 run whose early steps all
+    overflowed), that of step 0 with zero moments, which a resume at step 0 loads.
+
+    Without state, megatron-core's distributed optimizer fails on the step count (`assert len(steps) == 1`)
+    and the plain one writes no moments. The zeros exist only while the state dict is built: the live
+    optimizer is left as it was, and creates the same zeros at its first step.
+    """
+    inners = torch_optimizers(optimizer)
+    if any(state for inner in inners for state in inner.state.values()):
+        return optimizer.sharded_state_dict(model_state, is_loading=False, metadata=OPTIMIZER_METADATA)
+    prime_optimizer_state(optimizer)
+    try:
+        saved = optimizer.sharded_state_dict(model_state, is_loading=False, metadata=OPTIMIZER_METADATA)
+    finally:
+        for inner in inners:
+            inner.state.clear()
+    if optimizer_kind(optimizer) == "plain":
+        # megatron-core's plain optimizers record the shared step only when it is truthy (`if step:`): without
+        # it, torch's Adam refuses the loaded state (KeyError: 'step').
+        for torch_state in _torch_state_dicts(saved):
+            torch_state["state"].setdefault("common_step", torch.tensor(0.0))
+    return saved
+
+
+def _torch_state_dicts(tree: Any) -> Iterator[Dict[str, Any]]:
+    """The torch optimizer state dicts ({'state', 'param_groups'}) inside a plain optimizer's sharded state dict."""
+    if isinstance(tree, dict):
+        if "state" in tree and "param_groups" in tree:
+            yield tree
+        else:
+            for value in tree.values():
+                yield from _torch_state_dicts(value)
+
+
 def optimizer_kind(optimizer) -> str:
     """'distributed' or 'plain': megatron-core cannot convert optimizer state between the two."""
     from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
@@ -111,7 +146,9 @@ def build_state_dict(
     if include_optimizer:
         if is_loading:
             prime_optimizer_state(optimizer)
-        state["optimizer"] = optimizer.sharded_state_dict(state, is_loading=is_loading, metadata=OPTIMIZER_METADATA)
+            state["optimizer"] = optimizer.sharded_state_dict(state, is_loading=True, metadata=OPTIMIZER_METADATA)
+        else:
+            state["optimizer"] = optimizer_state_to_save(optimizer, state)
         state["scheduler"] = scheduler.state_dict()
     if include_rng:
         state["rng_state"] = _rng_sharded_object(None if is_loading else _rng_payload())
@@ -123,6 +160,18 @@ def build_state_dict(
     # The tokenizer's vocabulary: exports drop the embedding rows padded beyond it.
     state["vocab_size"] = vocab_size
     return state
+
+
+def written_tensor_bytes(state: Dict[str, Any]) -> int:
+    """Bytes of the tensors this rank writes when saving `state` (the main replica of each shard)."""
+    from megatron.core.dist_checkpointing.dict_utils import nested_values
+    from megatron.core.dist_checkpointing.mapping import ShardedTensorFactory, is_main_replica
+
+    return sum(
+        v.data.numel() * v.data.element_size()
+        for v in nested_values(state)
+        if isinstance(v, (ShardedTensor, ShardedTensorFactory)) and v.data is not None and is_main_replica(v.replica_id)
+    )
 
 
 def sharded_tensor_shapes(state: Dict[str, Any]) -> Dict[str, tuple]:

@@ -2,7 +2,8 @@
 
 A save writes into iter_N.partial/ on every rank, and only when all ranks are done does rank 0
 rename it to iter_N/ and then replace the tracker, so a checkpoint is never half-visible and a
-crash mid-save leaves the previous one in charge. Loading checks format, shapes and the pickled
+crash mid-save leaves the previous one in charge; a save that fails (a full disk) is deleted and
+reported as MegatronSotaError naming that previous checkpoint. Loading checks format, shapes and the pickled
 metadata before any tensor is read, and reports problems as MegatronSotaError.
 """
 
@@ -13,7 +14,7 @@ import os
 import shutil
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch.distributed as dist
 from megatron.core import dist_checkpointing
@@ -30,9 +31,11 @@ from megatron_sota.checkpointing.contents import (
     sharded_tensor_shapes,
     torch_optimizers,
     unwrap,
+    written_tensor_bytes,
 )
 from megatron_sota.checkpointing.mcore_fixes import install_fully_reshardable_step_fix, unshare_adam_steps
 from megatron_sota.checkpointing.safe_metadata import verify_checkpoint_metadata
+from megatron_sota.checkpointing.storage import save_failure
 from megatron_sota.config.run import CheckpointConfig
 from megatron_sota.errors import MegatronSotaError
 
@@ -77,6 +80,8 @@ class CheckpointManager:
         self.last_complete: Optional[str] = None
         install_fully_reshardable_step_fix()
         self._async_queue = None
+        self._pending: Tuple[int, int] = (0, 0)
+        """The step and expected bytes of the background save in flight (at most one), for its error."""
         if cfg.async_save:
             from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
 
@@ -90,29 +95,60 @@ class CheckpointManager:
     def save(
         self, state, progress: Progress, config_yaml: str, layout: Dict[str, int], include_optimizer: bool = True
     ) -> None:
-        """Writes iter_<step>/; `include_optimizer=False` writes the weights (and progress) only."""
+        """Writes iter_<step>/; `include_optimizer=False` writes the weights (and progress) only.
+
+        A write that fails (here, or in the background for async saves) raises MegatronSotaError on the
+        ranks that see it, saying why (a full disk by name) and which checkpoint a restart continues
+        from; the tracker keeps naming that one.
+        """
         self.wait_for_pending()
         step = progress.iteration
-        partial = paths.partial_dir(self.save_dir, step)
-        if _rank0():
-            shutil.rmtree(partial, ignore_errors=True)
-            os.makedirs(partial)
-        dist.barrier()
         start = time.perf_counter()
         state_dict = build_state_dict(
             state.models, state.optimizer, state.scheduler, progress.as_dict(), config_yaml, layout,
             is_loading=False, include_optimizer=include_optimizer, vocab_size=self.vocab_size,
         )
-        request = dist_checkpointing.save(
-            state_dict, partial, async_sharded_save=self._async_queue is not None, content_metadata=None
-        )
-        finalize = self._finalizer(step, partial, start)
-        if request is None:
-            finalize()
-        else:
-            request.add_finalize_fn(finalize)
-            self._async_queue.schedule_async_request(request)
-            logger.info(f"checkpoint iter_{step:07d}: writing in the background")
+        partial, expected = self._create_partial(step, state_dict)
+        try:
+            request = dist_checkpointing.save(
+                state_dict, partial, async_sharded_save=self._async_queue is not None, content_metadata=None
+            )
+            finalize = self._finalizer(step, partial, start)
+            if request is None:
+                finalize()
+                return
+        except MegatronSotaError:
+            raise
+        except (Exception, CheckpointException) as err:  # torch's CheckpointException is a BaseException
+            raise self._failed(step, err, expected) from None
+        request.add_finalize_fn(finalize)
+        self._pending = (step, expected)
+        self._async_queue.schedule_async_request(request)
+        logger.info(f"checkpoint iter_{step:07d}: writing in the background")
+
+    def _create_partial(self, step: int, state_dict: Dict[str, Any]) -> Tuple[str, int]:
+        """Rank 0 (re)creates iter_<step>.partial/; every rank learns whether it could, and the bytes all ranks
+        will write. One collective in place of a barrier, so a directory rank 0 cannot create stops every rank."""
+        partial = paths.partial_dir(self.save_dir, step)
+        problem = None
+        if _rank0():
+            try:
+                shutil.rmtree(partial, ignore_errors=True)
+                os.makedirs(partial)
+            except OSError as err:
+                problem = err
+        shares: List[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(shares, (problem, written_tensor_bytes(state_dict)))
+        expected = sum(size for _, size in shares)
+        if shares[0][0] is not None:
+            raise self._failed(step, shares[0][0], expected)
+        return partial, expected
+
+    def _failed(self, step: int, err: BaseException, expected_bytes: int) -> MegatronSotaError:
+        """Rank 0 deletes the incomplete iter_<step>.partial/; the error says why the save failed."""
+        if _rank0():
+            shutil.rmtree(paths.partial_dir(self.save_dir, step), ignore_errors=True)
+        return save_failure(self.save_dir, step, err, expected_bytes)
 
     def _finalizer(self, step: int, partial: str, start: float) -> Callable[[], None]:
         def finalize() -> None:
@@ -142,12 +178,21 @@ class CheckpointManager:
 
     def poll(self) -> None:
         """Completes background saves that have finished writing (call once per step)."""
-        if self._async_queue is not None:
-            self._async_queue.maybe_finalize_async_calls(blocking=False)
+        self._finalize_background(blocking=False)
 
     def wait_for_pending(self) -> None:
-        if self._async_queue is not None:
-            self._async_queue.maybe_finalize_async_calls(blocking=True)
+        self._finalize_background(blocking=True)
+
+    def _finalize_background(self, blocking: bool) -> None:
+        if self._async_queue is None:
+            return
+        try:
+            self._async_queue.maybe_finalize_async_calls(blocking=blocking)
+        except MegatronSotaError:
+            raise
+        except (Exception, CheckpointException) as err:  # a failed write is raised on every rank here
+            step, expected = self._pending
+            raise self._failed(step, err, expected) from None
 
     def close(self) -> None:
         self.wait_for_pending()

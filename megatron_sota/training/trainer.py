@@ -19,6 +19,7 @@ from megatron_sota.atomic_files import write_text
 from megatron_sota.checkpointing import paths
 from megatron_sota.checkpointing.manager import CheckpointManager, Progress, checkpoint_layout, resolve_resume
 from megatron_sota.checkpointing.paths import resolve_checkpoint_dir
+from megatron_sota.checkpointing.storage import check_writable
 from megatron_sota.config.job import JobConfig
 from megatron_sota.config.machine import machine_choices, probe_machine
 from megatron_sota.data.mix_report import data_mix_report, format_data_mix, write_data_mix
@@ -145,6 +146,7 @@ def pretrain(job: JobConfig, run_dir: str, command_line: str = "", callbacks: Se
     init_from = None
     if resume_from is None and job.checkpoint.init_from:
         init_from = resolve_checkpoint_dir(job.checkpoint.init_from, "checkpoint.init_from")
+    check_writable(save_dir, job.checkpoint, job.train.exit_duration_minutes)
     config_yaml = OmegaConf.to_yaml(OmegaConf.structured(job))
     if env.rank == 0:
         save_resolved_config(config_yaml, run_dir, command_line)
