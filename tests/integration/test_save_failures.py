@@ -24,6 +24,8 @@ from tests.integration.train_command import run_train
 FAST = [
     "data.mock=true", "data.num_workers=0", "runtime.device=cpu", "train.seq_length=64", "train.global_batch_size=4",
     "train.micro_batch_size=2", "train.eval_interval=0", "logging.interval=1", "logging.tensorboard=false",
+    # A schedule that does not depend on train.iters, so a resume with fewer iterations keeps it.
+    "scheduler.warmup_iters=1", "scheduler.decay_iters=20",
 ]
 TRACKER = "latest_checkpointed_iteration.txt"
 # The tiny model's checkpoint (fp32 weights and AdamW moments) takes 108 MiB: one fits in this much, two do not.
