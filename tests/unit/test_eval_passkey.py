@@ -100,6 +100,14 @@ def test_a_length_beyond_max_position_embeddings_is_refused_before_training_nami
     assert task_problems(job) == []
 
 
+def test_the_shipped_passkey_task_fits_model_tiny():
+    from megatron_sota.evaluation.passkey import check_lengths_fit
+
+    spec = load_task("passkey")
+    assert spec.type == "passkey" and spec.path == "" and max(spec.lengths) > 1024
+    check_lengths_fit(spec, 2048)  # conf/model/tiny.yaml's max_position_embeddings
+
+
 def _samples() -> list[PasskeySample]:
     return [PasskeySample(n, d, i, "12345", [0] * n, 0) for n in LENGTHS for d in DEPTHS for i in range(2)]
 
