@@ -28,7 +28,8 @@ class EvalConfig:
 class TaskSettings:
     """How a task is prompted, scored and judged: every key of a task file except `type` and `file`.
 
-    metadata "min": the smallest value allowed; "keys": what the keys of a mapping name (for messages).
+    metadata "min"/"max": the smallest/largest value allowed (of each item, for a list); "keys": what the keys of a
+    mapping name (for messages).
     """
 
     num_fewshot: int = field(default=0, metadata={"min": 0})
@@ -50,6 +51,16 @@ class TaskSettings:
     thresholds: Dict[str, float] = field(default_factory=dict, metadata={"keys": "metric name"})
     """metric -> bound: a minimum, or a maximum for metrics where lower is better (perplexity, bits_per_byte)."""
     description: str = ""
+    lengths: List[int] = field(default_factory=list, metadata={"min": 1})
+    """passkey: prompt lengths in the model's tokens (filler, needle and question together); required there."""
+    depths: List[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0], metadata={"min": 0.0, "max": 1.0})
+    """passkey: where the needle starts, as a fraction of the filler tokens (0: first, 1: just before the question)."""
+    samples: int = field(default=4, metadata={"min": 1})
+    """passkey: samples per (length, depth) cell, each with its own key and filler offset."""
+    seed: int = 1234
+    """passkey: seeds the keys and filler offsets, per cell and sample."""
+    filler: Optional[str] = None
+    """passkey: a UTF-8 text file (relative to the task file) repeated as the haystack; null: a built-in text."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,6 +68,7 @@ class TaskFile(TaskSettings):
     """One task file; its name (without .yaml) is the task's name."""
 
     type: str = MISSING
-    """multiple_choice, exact_match or perplexity."""
-    file: str = MISSING
-    """The records: a .jsonl file, or for perplexity a Megatron .bin/.idx prefix; relative to the task file."""
+    """multiple_choice, exact_match, perplexity or passkey."""
+    file: Optional[str] = None
+    """The records: a .jsonl file, or for perplexity a Megatron .bin/.idx prefix; relative to the task file.
+    Required by every type but passkey, whose samples are generated."""

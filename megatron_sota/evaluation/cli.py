@@ -1,8 +1,8 @@
 """Command line of evaluation: `python tools/evaluate.py --load <checkpoint> --task <name|path> --output report.json`.
 
 Runs on one process (TP=1) or under torchrun with one rank per TP shard. Rank 0 prints the table (its
-product, on stdout; messages go to stderr) and writes the report. Exit codes: 0 all thresholds met,
-1 error, 3 a task below its threshold.
+product, on stdout; messages go to stderr) and writes the report, and beside it a heat map per passkey task
+(<report>.<task>.png). Exit codes: 0 all thresholds met, 1 error, 3 a task below its threshold.
 """
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
     parser.add_argument("--load", required=True, help="checkpoint directory (latest iteration) or iter_NNNNNNN/ directory")
     parser.add_argument("--task", action="append", required=True, help="a name from megatron_sota/conf/eval/tasks/, a .jsonl file, or a .bin/.idx prefix (repeatable)")
     parser.add_argument("--task-type", choices=TASK_TYPES, help="the type of a task given as a path (overrides the registry's)")
-    parser.add_argument("--num-fewshot", type=int, help="few-shot examples per prompt (overrides the registry's; ignored by perplexity tasks)")
+    parser.add_argument("--num-fewshot", type=int, help="few-shot examples per prompt (overrides the registry's; ignored by perplexity and passkey tasks)")
     parser.add_argument("--limit", type=int, help="score at most this many records per task")
     parser.add_argument("--micro-batch-size", type=int, default=8, help="sequences per forward pass while scoring")
-    parser.add_argument("--output", help="JSON report; also printed as a table")
+    parser.add_argument("--output", help="JSON report (and <report>.<task>.png per passkey task); also printed as a table")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_verbose_flag(parser)
     args = parser.parse_args(argv)
@@ -61,7 +61,7 @@ def _progress_bar(enabled: bool, name: str):
 
 def _load(name: str, args: argparse.Namespace):
     spec = load_task(name, args.task_type)
-    if args.num_fewshot is None or spec.type == "perplexity":  # few-shot means nothing to perplexity
+    if args.num_fewshot is None or spec.type in ("perplexity", "passkey"):  # few-shot means nothing to these
         return spec
     return load_task(name, args.task_type, args.num_fewshot)
 
@@ -69,7 +69,8 @@ def _load(name: str, args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from megatron_sota.data.tokenizer import build_configured_tokenizer
     from megatron_sota.evaluation.eval_models import from_inference_model
-    from megatron_sota.evaluation.report import check_thresholds, format_table, write_report
+    from megatron_sota.evaluation.passkey import check_lengths_fit
+    from megatron_sota.evaluation.report import check_thresholds, write_report
     from megatron_sota.evaluation.runner import check_task_data, evaluate
     from megatron_sota.inference.checkpoint_model import inference_parallel, load_inference_model
     from megatron_sota.runtime.launch_env import read_launch_env
@@ -81,6 +82,9 @@ def run(args: argparse.Namespace) -> int:
     env = read_launch_env()
     with distributed_session(inference_parallel(env.world_size), "auto", env=env) as session:
         model = load_inference_model(args.load, session.device, "fp32" if session.is_cpu else None)
+        for spec in specs:  # every passkey length checked before the first task runs
+            if spec.type == "passkey":
+                check_lengths_fit(spec, model.job.model.max_position_embeddings)
         tokenizer = build_configured_tokenizer(model.job.tokenizer, model.job.model.vocab_size)
         eval_model = from_inference_model(model, tokenizer, args.micro_batch_size)
         rows, seconds = [], {}
@@ -96,18 +100,40 @@ def run(args: argparse.Namespace) -> int:
     failures = check_thresholds(rows, {spec.name: spec for spec in specs})
     if env.rank != 0:
         return BELOW_THRESHOLD_EXIT_CODE if failures else 0
-    print(format_table(rows), flush=True)
+    tasks = {s.name: {"type": s.type, "path": s.path, "num_fewshot": s.num_fewshot, "seconds": seconds[s.name]} for s in specs}
+    print(_tables(rows, specs, tasks, args.output), flush=True)
     if args.output:
         meta = {
             "checkpoint": args.load,
             "tensor_parallel": env.world_size,
-            "tasks": {s.name: {"type": s.type, "path": s.path, "num_fewshot": s.num_fewshot, "seconds": seconds[s.name]} for s in specs},
+            "tasks": tasks,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }
         write_report(args.output, rows, failures, meta)
     for failure in failures:
         log.error("%s", failure)
     return BELOW_THRESHOLD_EXIT_CODE if failures else 0
+
+
+def _tables(rows: list, specs: list, tasks: dict, output: Optional[str]) -> str:
+    """The results table (a passkey task's cells left to its grid), then each passkey grid; heat maps beside `output`.
+
+    Adds each passkey task's grid (and heat map path) to its entry in `tasks`, for the JSON report.
+    """
+    import os
+
+    from megatron_sota.evaluation.passkey_report import format_grid, is_cell_metric, passkey_grid, write_heatmap
+    from megatron_sota.evaluation.report import format_table
+
+    parts = [format_table([row for row in rows if not is_cell_metric(row.metric)])]
+    for spec in (s for s in specs if s.type == "passkey"):
+        grid = passkey_grid(spec, rows)
+        parts.append(format_grid(grid))
+        tasks[spec.name]["grid"] = grid.as_json()
+        if output:
+            tasks[spec.name]["heatmap"] = path = f"{os.path.splitext(output)[0]}.{spec.name}.png"
+            write_heatmap(path, grid)
+    return "\n\n".join(parts)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -16,6 +16,8 @@ import torch
 from megatron_sota.errors import MegatronSotaError
 from megatron_sota.evaluation.answer_extraction import exact_match
 from megatron_sota.evaluation.metrics import mean_stderr, multiple_choice_scores, perplexity_metrics
+from megatron_sota.evaluation.passkey import check_lengths_fit, passkey_samples, read_filler
+from megatron_sota.evaluation.passkey_report import passkey_rows
 from megatron_sota.evaluation.prompting import check_prompts, exact_match_prompt, multiple_choice_context, multiple_choice_continuations
 from megatron_sota.evaluation.report import MetricRow
 from megatron_sota.evaluation.scoring import PipelineScorer
@@ -112,26 +114,44 @@ def multiple_choice(spec: TaskSpec, model: EvalModel, limit: Optional[int], prog
     return [MetricRow(spec.name, metric, *mean_stderr(values), n) for metric, values in outcomes.items()]
 
 
-def exact_match_task(spec: TaskSpec, model: EvalModel, limit: Optional[int], progress: Progress) -> List[MetricRow]:
-    items = read_exact_match(spec.path)
-    n = _limited(items, spec, limit)
-    budget = spec.max_new_tokens
-    room = model.scorer.max_length - budget
+def _prompt_room(spec: TaskSpec, model: EvalModel) -> int:
+    """Prompt tokens that fit in the model's context beside the task's generation budget."""
+    room = model.scorer.max_length - spec.max_new_tokens
     if room < 1:
-        raise MegatronSotaError(f"task {spec.name}: max_new_tokens={budget} leaves no room for a prompt in the model's context ({model.scorer.max_length})")
-    prompts = [model.tokenizer.tokenize(exact_match_prompt(spec, items, i))[-room:] for i in range(n)]
+        raise MegatronSotaError(f"task {spec.name}: max_new_tokens={spec.max_new_tokens} leaves no room for a prompt in the model's context ({model.scorer.max_length})")
+    return room
 
+
+def greedy_exact_match(spec: TaskSpec, model: EvalModel, prompts: Sequence[List[int]], answers: Sequence[str], progress: Progress) -> List[float]:
+    """1.0/0.0 per prompt: its greedy continuation, cut at the task's stop strings, ends in its answer (DP-sharded)."""
     def finished(ids: List[int]) -> bool:
         return model.tokenizer.eod in ids or any(s and s in model.tokenizer.detokenize(ids) for s in spec.stop)
 
     def correct(share: Sequence[int]) -> torch.Tensor:
-        new = model.generate_greedy([prompts[i] for i in share], budget, finished)
+        new = model.generate_greedy([prompts[i] for i in share], spec.max_new_tokens, finished)
         if progress is not None:
             progress(len(share))
-        return torch.tensor([[float(exact_match(_cut_at_stop(model.tokenizer, ids, spec.stop), items[i].answer))] for i, ids in zip(share, new)])
+        return torch.tensor([[float(exact_match(_cut_at_stop(model.tokenizer, ids, spec.stop), answers[i]))] for i, ids in zip(share, new)])
 
-    values = over_data_parallel(list(range(n)), correct, 1, model.scorer.device)[:, 0]
-    return [MetricRow(spec.name, "exact_match", *mean_stderr(values.tolist()), n)]
+    return over_data_parallel(list(range(len(prompts))), correct, 1, model.scorer.device)[:, 0].tolist()
+
+
+def exact_match_task(spec: TaskSpec, model: EvalModel, limit: Optional[int], progress: Progress) -> List[MetricRow]:
+    items = read_exact_match(spec.path)
+    n = _limited(items, spec, limit)
+    room = _prompt_room(spec, model)
+    prompts = [model.tokenizer.tokenize(exact_match_prompt(spec, items, i))[-room:] for i in range(n)]
+    values = greedy_exact_match(spec, model, prompts, [item.answer for item in items[:n]], progress)
+    return [MetricRow(spec.name, "exact_match", *mean_stderr(values), n)]
+
+
+def passkey_task(spec: TaskSpec, model: EvalModel, limit: Optional[int], progress: Progress) -> List[MetricRow]:
+    """exact_match over all samples, then one row per (length, depth) cell (passkey_report.cell_metric)."""
+    # The prompt is never cut (the needle could go): a length that does not fit is refused.
+    check_lengths_fit(spec, _prompt_room(spec, model) + spec.max_new_tokens, "context (max_position_embeddings rounded down to 16 x TP)")
+    samples = passkey_samples(spec, model.tokenizer, limit)
+    values = greedy_exact_match(spec, model, [s.tokens for s in samples], [s.key for s in samples], progress)
+    return passkey_rows(spec.name, samples, values)
 
 
 def _cut_at_stop(tokenizer, ids: List[int], stops: Sequence[str]) -> str:
@@ -199,13 +219,15 @@ READERS = {"multiple_choice": read_multiple_choice, "exact_match": read_exact_ma
 
 def check_task_data(spec: TaskSpec) -> None:
     """Reads a task's JSONL and builds its prompts once, so that a malformed record or template fails before any model is loaded."""
-    if spec.path.endswith(".jsonl"):
+    if spec.type == "passkey":
+        read_filler(spec)
+    elif spec.path.endswith(".jsonl"):
         records = READERS[spec.type](spec.path)
         if spec.type != "perplexity":
             check_prompts(spec, records)
 
 
-RUNNERS = {"multiple_choice": multiple_choice, "exact_match": exact_match_task, "perplexity": perplexity}
+RUNNERS = {"multiple_choice": multiple_choice, "exact_match": exact_match_task, "perplexity": perplexity, "passkey": passkey_task}
 
 
 def evaluate(spec: TaskSpec, model: EvalModel, limit: Optional[int] = None, progress: Progress = None) -> List[MetricRow]:

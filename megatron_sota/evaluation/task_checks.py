@@ -1,4 +1,5 @@
-"""Checks in-loop evaluation's tasks before any process group: each resolves, its data reads, its prompts build.
+"""Checks in-loop evaluation's tasks before any process group: each resolves, its data reads, its prompts build,
+a passkey task's lengths fit the model's positions.
 
 The trainer folds these problems into the config's one error message; it must not load a model.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 from megatron_sota.config.job import JobConfig
 from megatron_sota.errors import MegatronSotaError
+from megatron_sota.evaluation.passkey import check_lengths_fit
 from megatron_sota.evaluation.runner import check_task_data
 from megatron_sota.evaluation.task_spec import load_task
 
@@ -22,6 +24,8 @@ def task_problems(cfg: JobConfig) -> list[str]:
         try:
             spec = load_task(name)
             check_task_data(spec)
+            if spec.type == "passkey":
+                check_lengths_fit(spec, cfg.model.max_position_embeddings)
         except MegatronSotaError as err:
             problems.append(f"eval.tasks: {err}")
             continue

@@ -64,8 +64,7 @@ def read_task_file(path: str) -> TaskFileReading:
             typed = OmegaConf.to_container(OmegaConf.merge(schema, {key: value}))[key]
         except OmegaConfBaseException:
             typed = None
-        minimum = _KEYS[key].metadata.get("min")
-        if (typed is None and value is not None) or (minimum is not None and typed is not None and typed < minimum):
+        if (typed is None and value is not None) or not _in_range(typed, _KEYS[key].metadata):
             reading.problems[key] = f"{reading.where(key)}: expected {expected_value(key)}, found {value!r}"
         else:
             reading.values[key] = typed
@@ -75,18 +74,34 @@ def read_task_file(path: str) -> TaskFileReading:
     return reading
 
 
+def _in_range(typed: object, metadata: typing.Mapping) -> bool:
+    """`typed` (or each item of a list) within the field's "min" and "max"; None passes."""
+    for item in typed if isinstance(typed, list) else [typed]:
+        if item is None:
+            continue
+        if ("min" in metadata and item < metadata["min"]) or ("max" in metadata and item > metadata["max"]):
+            return False
+    return True
+
+
 def expected_value(key: str) -> str:
-    """What TaskFile allows for `key`, in words: "an integer >= 1 or null", "a mapping of metric name to number"."""
+    """What TaskFile allows for `key`, in words: "an integer >= 1 or null", "a list of numbers from 0.0 to 1.0"."""
     metadata, hint = _KEYS[key].metadata, _HINTS[key]
     args = typing.get_args(hint)
     optional = typing.get_origin(hint) is typing.Union and type(None) in args
     if optional:
         hint = next(a for a in args if a is not type(None))
     if typing.get_origin(hint) is dict:
-        words = f"a mapping of {metadata.get('keys', 'string')} to {_NOUNS[typing.get_args(hint)[1]]}"
+        return f"a mapping of {metadata.get('keys', 'string')} to {_NOUNS[typing.get_args(hint)[1]]}" + (" or null" if optional else "")
+    if "min" in metadata and "max" in metadata:
+        bounds = f" from {metadata['min']} to {metadata['max']}"
+    else:
+        bounds = f" >= {metadata['min']}" if "min" in metadata else ""
+    if typing.get_origin(hint) is list:
+        words = f"a list of {_NOUNS[typing.get_args(hint)[0]]}s{bounds}"
     else:
         noun = _NOUNS.get(hint, "value")
-        words = f"{'an' if noun[0] in 'aeiou' else 'a'} {noun}" + (f" >= {metadata['min']}" if "min" in metadata else "")
+        words = f"{'an' if noun[0] in 'aeiou' else 'a'} {noun}{bounds}"
     return words + (" or null" if optional else "")
 
 

@@ -2,6 +2,7 @@
 
 A task is a YAML file in conf/eval/tasks/ (so a team shares one definition of "arithmetic_em, 3-shot"),
 or, for a one-off run, a bare JSONL file or Megatron .bin/.idx prefix given on the command line.
+A passkey task has no data file: its samples are generated (passkey.py), so it exists only as a YAML file.
 A YAML file is typed by task_file.py; the checks here need the whole task (its type, file, templates).
 Every mistake in a YAML file is reported at once, each with the file, line and key, before any model is loaded.
 """
@@ -13,7 +14,7 @@ import math
 import os
 import string
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from megatron_sota.config.evaluation import TaskSettings
 from megatron_sota.config.files import conf_dir
@@ -21,15 +22,20 @@ from megatron_sota.data.shard_checks import check_index_file
 from megatron_sota.errors import MegatronSotaError
 from megatron_sota.evaluation.task_file import expected_value, read_task_file
 
-TASK_TYPES = ("multiple_choice", "exact_match", "perplexity")
+TASK_TYPES = ("multiple_choice", "exact_match", "perplexity", "passkey")
 LOWER_IS_BETTER = ("perplexity", "bits_per_byte")
 """Metrics whose threshold is a maximum; every other threshold is a minimum."""
 TASK_METRICS: dict[str, tuple[str, ...]] = {
     "multiple_choice": ("acc", "acc_norm"),
     "exact_match": ("exact_match",),
     "perplexity": ("perplexity", "bits_per_byte"),
+    "passkey": ("exact_match",),
 }
-"""The metrics each task type reports (and so the only ones a threshold may name)."""
+"""The metrics each task type reports (and so the only ones a threshold may name); passkey adds one per cell."""
+PASSKEY_KEYS = ("lengths", "depths", "samples", "seed", "filler")
+"""Keys only a passkey task reads."""
+NOT_FOR_PASSKEY = ("file", "num_fewshot", "fewshot_seed", "template", "choice_template", "target_template", "fewshot_separator")
+"""Keys a passkey task would ignore: its prompts are generated, not read or templated."""
 REGISTRY_DIR = conf_dir("eval", "tasks")
 ANSWER_FIELDS = ("answer", "answer_index", "answer_letter", "choice", "letter")
 """Template fields that give the gold answer away; the question `template` may not name them."""
@@ -43,15 +49,17 @@ class TaskSpec(TaskSettings):
     type: str
     """One of TASK_TYPES."""
     path: str
-    """Absolute path of a JSONL file or, for perplexity only, a Megatron .bin/.idx prefix (no extension)."""
+    """Absolute path of a JSONL file or, for perplexity only, a Megatron .bin/.idx prefix (no extension); "" for passkey."""
+    source: str = field(default="", compare=False)
+    """The task YAML it was read from ("" for a task given as a data path), for messages; not part of the task."""
 
     def __post_init__(self) -> None:
         if self.type not in TASK_TYPES:
             raise MegatronSotaError(f"task {self.name}: type: expected one of {', '.join(TASK_TYPES)}, found {self.type!r}")
         if isinstance(self.stop, str):
             object.__setattr__(self, "stop", (self.stop,))
-        elif not isinstance(self.stop, tuple):
-            object.__setattr__(self, "stop", tuple(self.stop))
+        for key in ("stop", "lengths", "depths"):
+            object.__setattr__(self, key, tuple(getattr(self, key)))
 
     @property
     def is_megatron_prefix(self) -> bool:
@@ -129,7 +137,19 @@ def _load_yaml(yaml_file: str, name: str, task_type: str | None, num_fewshot: in
     declared_type = values.get("type")
     if declared_type is not None and declared_type not in TASK_TYPES:
         problems["type"] = f"{where('type')}: expected one of {', '.join(TASK_TYPES)}, found {declared_type!r}"
-    path = _resolve_file(values["file"], yaml_file, where, problems) if "file" in values else None
+    final_type = task_type or declared_type
+    for key in [k for k in values if k not in problems]:  # a key the task's type never reads would be ignored silently
+        if final_type == "passkey" and key in NOT_FOR_PASSKEY:
+            problems[key] = f"{where(key)}: a passkey task generates its prompts: expected no '{key}', found {data[key]!r}"
+        elif final_type in TASK_TYPES and final_type != "passkey" and key in PASSKEY_KEYS:
+            problems[key] = f"{where(key)}: only passkey tasks read it: expected no '{key}' for type {final_type}, found {data[key]!r}"
+    if final_type != "passkey" and values.get("file") is None and "file" not in problems:
+        problems["file"] = f"{where('file')}: expected it (required for type {final_type or 'multiple_choice, exact_match or perplexity'}), found nothing"
+    path = _resolve_file(values["file"], yaml_file, where, problems) if values.get("file") is not None and "file" not in problems else None
+    if values.get("filler") is not None and "filler" not in problems:
+        values["filler"] = os.path.normpath(os.path.join(os.path.dirname(yaml_file), os.path.expanduser(values["filler"])))
+        if not os.path.isfile(values["filler"]):
+            problems["filler"] = f"{where('filler')}: expected a text file (relative to {os.path.dirname(yaml_file)}), found no file {values['filler']}"
     if "stop" in values:
         stop = values["stop"]
         if isinstance(stop, str):
@@ -144,7 +164,7 @@ def _load_yaml(yaml_file: str, name: str, task_type: str | None, num_fewshot: in
         settings = {k: v for k, v in values.items() if k not in problems and k not in ("type", "file")}
         if num_fewshot is not None:
             settings["num_fewshot"] = num_fewshot
-        spec = TaskSpec(name=name, type=task_type or declared_type, path=path or "", **settings)
+        spec = TaskSpec(name=name, type=final_type, path=path or "", source=yaml_file, **settings)
         for key, message in _spec_problems(spec, where):
             problems.setdefault(key, message)
     if problems:
@@ -180,6 +200,8 @@ def _check_spec(spec: TaskSpec, origin: str) -> TaskSpec:
 def _spec_problems(spec: TaskSpec, at: Callable[[str], str]) -> list[tuple[str, str]]:
     """(key, message) for what needs the final type (after a command-line override): data format, templates, thresholds."""
     problems = []
+    if spec.type == "passkey":
+        problems.extend(_passkey_problems(spec, at))
     if spec.is_megatron_prefix and spec.type != "perplexity":
         problems.append(("file", f"{at('file')}: a .bin/.idx prefix holds token ids, only for type 'perplexity', found type {spec.type!r}"))
     elif spec.is_megatron_prefix:
@@ -210,6 +232,20 @@ def _spec_problems(spec: TaskSpec, at: Callable[[str], str]) -> list[tuple[str, 
                 f"{at('thresholds')}: metric {metric!r}: expected one that {spec.type} tasks report "
                 f"({', '.join(reported)}), found {metric!r}"
             ))
+    return problems
+
+
+def _passkey_problems(spec: TaskSpec, at: Callable[[str], str]) -> list[tuple[str, str]]:
+    """A passkey task needs lengths and depths, each value once (one report cell per pair), and no data file."""
+    problems = []
+    if spec.path:
+        problems.append(("file", f"{at('file')}: passkey samples are generated, not read: expected a task YAML without 'file', found {spec.path}"))
+    for key in ("lengths", "depths"):
+        values = getattr(spec, key)
+        if not values:
+            problems.append((key, f"{at(key)}: expected a non-empty list (required for type passkey), found {list(values)}"))
+        elif len(set(values)) != len(values):
+            problems.append((key, f"{at(key)}: expected each value once, found {list(values)}"))
     return problems
 
 

@@ -108,3 +108,54 @@ def eval_probe(rank: int, checkpoint: str, task_files: Dict[str, str]) -> dict:
         text = tokenizer.tokenize(open(os.path.join(os.path.dirname(os.__file__), "textwrap.py")).read())[:120]
         per_position = {"scorer": scorer.score([text])[0].greedy.tolist(), "logits": model.logits(torch.tensor([text]))[0, :-1].argmax(-1).tolist()}
         return {"argmax": _synthetic_argmax(), "per_position": per_position, "rows": rows, "scored_mc": scored, "direct_mc": direct, "direct_ppl": direct_ppl, "cached": cached, "recomputed": recomputed}
+
+
+PASSKEY_TASK = 'type: passkey\nlengths: [{lengths}]\ndepths: [0.0, 0.5, 1.0]\nsamples: 2\nmax_new_tokens: 6\nstop: ["\\n", "."]\n'
+
+
+def write_passkey_task(root: str, name: str, lengths: str = "96, 160") -> str:
+    """A passkey task YAML in `root`: lengths of a few hundred tokens at most, three depths, two samples per cell."""
+    path = os.path.join(root, f"{name}.yaml")
+    with open(path, "w") as handle:
+        handle.write(PASSKEY_TASK.format(lengths=lengths))
+    return path
+
+
+def _direct_greedy(model, prompt: List[int], budget: int, eod: int) -> List[int]:
+    """Greedy tokens by the argmax of the full logits, recomputed from scratch each step (no scorer, no KV cache)."""
+    ids, new = list(prompt), []
+    for _ in range(budget):
+        token = int(model.logits(torch.tensor([ids]))[0, -1].argmax())
+        if token == eod:
+            break
+        ids.append(token)
+        new.append(token)
+    return new
+
+
+def passkey_probe(rank: int, checkpoint: str, task_file: str) -> dict:
+    """The harness's passkey rows, each sample's direct greedy completion, and the harness's rows for a generator
+    that copies the key out of the prompt at the first length only."""
+    import re
+
+    from megatron_sota.evaluation.passkey import passkey_samples
+    from megatron_sota.evaluation.runner import EvalModel
+
+    with distributed_session(inference_parallel(int(os.environ["WORLD_SIZE"])), "cpu") as session:
+        model = load_inference_model(checkpoint, session.device, "fp32")
+        tokenizer = build_configured_tokenizer(model.job.tokenizer, model.job.model.vocab_size)
+        eval_model = from_inference_model(model, tokenizer, micro_batch_size=2)
+        spec = load_task(task_file)
+        rows = [r.__dict__ for r in evaluate(spec, eval_model)]
+        direct = [
+            {"length": s.length, "depth": s.depth, "key": s.key,
+             "text": tokenizer.detokenize(_direct_greedy(model, s.tokens, spec.max_new_tokens, tokenizer.eod))}
+            for s in passkey_samples(spec, tokenizer)
+        ]
+
+        def retriever(prompts: List[List[int]], budget: int, finished) -> List[List[int]]:
+            keys = [re.search(r"pass key is (\d+)", tokenizer.detokenize(p)).group(1) for p in prompts]
+            return [tokenizer.tokenize(f" {key}. Remember" if len(p) == spec.lengths[0] else f" {int(key) + 1}.") for key, p in zip(keys, prompts)]
+
+        retrieved = [r.__dict__ for r in evaluate(spec, EvalModel(eval_model.scorer, retriever, tokenizer))]
+        return {"rows": rows, "direct": direct, "retrieved": retrieved}

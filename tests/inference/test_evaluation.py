@@ -14,7 +14,7 @@ import pytest
 from megatron_sota.runtime.local_ranks import run_distributed
 from tests.distributed.probes import pretrain_probe
 from tests.distributed.jobs import stdlib_job
-from tests.inference.eval_probes import QUESTIONS, eval_probe, write_tasks
+from tests.inference.eval_probes import QUESTIONS, eval_probe, write_passkey_task, write_tasks
 
 TOOL = os.path.join(os.path.dirname(__file__), "..", "..", "tools", "evaluate.py")
 
@@ -87,7 +87,8 @@ def test_tp2_evaluation_equals_tp1(checkpoint, task_files, tp1):
 def test_in_loop_evaluation_at_pp2_dp2_equals_evaluate_tool_on_the_saved_checkpoint(stdlib_shards, task_files, tmp_path):
     job = stdlib_job(stdlib_shards, pp=2)
     job.train.iters = 2
-    job.eval.tasks = [task_files[name] for name in ("code_mc", "code_em", "code_ppl")]
+    passkey = write_passkey_task(str(tmp_path), "code_pk")  # generated prompts, greedy through the pipeline too
+    job.eval.tasks = [task_files[name] for name in ("code_mc", "code_em", "code_ppl")] + [passkey]
     job.eval.interval = 2
     run_distributed(pretrain_probe, 4, job, str(tmp_path))
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -95,7 +96,7 @@ def test_in_loop_evaluation_at_pp2_dp2_equals_evaluate_tool_on_the_saved_checkpo
     assert in_loop["step"] == 2
 
     report = tmp_path / "report.json"
-    tasks = [arg for name in ("code_mc", "code_em", "code_ppl", "code_mc_gate") for arg in ("--task", task_files[name])]
+    tasks = [arg for path in [*(task_files[n] for n in ("code_mc", "code_em", "code_ppl", "code_mc_gate")), passkey] for arg in ("--task", path)]
     result = subprocess.run(
         [sys.executable, TOOL, "--load", str(tmp_path / "checkpoints"), *tasks, "--output", str(report), "--no-progress"],
         capture_output=True, text=True, timeout=300,
@@ -108,6 +109,7 @@ def test_in_loop_evaluation_at_pp2_dp2_equals_evaluate_tool_on_the_saved_checkpo
     # ...and every metric logged in the loop equals the offline one (PP=2 x DP=2 training model vs TP=1 reload).
     values = {f"{r['task']}/{r['metric']}": r["value"] for r in offline["results"]}
     assert set(in_loop["eval"]) == {k for k in values if not k.startswith("code_mc_gate/")}
+    assert sum(k.startswith("code_pk/exact_match/len") for k in in_loop["eval"]) == 6  # one per (length, depth)
     for key, value in in_loop["eval"].items():
         assert value == pytest.approx(values[key], rel=1e-5), key
 
