@@ -157,6 +157,8 @@ def test_training_starts_from_an_imported_checkpoint_and_a_requeue_resumes_its_o
     job.train.iters, job.train.seq_length, job.train.eval_interval = 1, 32, 0
     job.train.global_batch_size, job.train.micro_batch_size = 2, 1
     job.optimizer.lr = 0.0
+    # A schedule that does not depend on train.iters, which the second start raises.
+    job.scheduler.warmup_iters, job.scheduler.decay_iters = 0, 10
     job.runtime.device = "cpu"
     job.logging.tensorboard = False
     job.checkpoint.init_from = imported
