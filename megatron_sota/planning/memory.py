@@ -17,19 +17,7 @@ parallelism else 1, q = heads*head_dim, kv = groups*head_dim, f = ffn_hidden_siz
                                              rsqrt rows, SDPA logsumexp, RoPE cos/sin of q and k
 
 SDPA (flash kernels on GPU, its flash kernel on CPU) saves q, k, v, its output and the
-logsumexp: never an s x s score matrix. Context parallelism splits each sequence over cp ranks
-(n = s/cp * b above), so every activation term falls as 1/cp; its ring attention saves nothing more
-(the local q, k, v, output and logsumexp, as without CP: backward passes K and V around the ring
-again instead of keeping the other ranks' blocks) but holds exchange buffers while a layer's
-attention runs backward (kv_block = 2 * n * kv * e / t, one rank's K and V)::
-
-    cp ring      2 * kv_block                the K,V block in use and the one arriving
-                 + 2 * kv_block * 4/e        dK,dV partial sums (fp32) in use and arriving
-                 + n * q * 4 / t             dQ accumulated in fp32 over the ring's steps
-                 + n * (q + 2kv) * e / t     dQ, dK, dV of this rank's tokens, the attention's result
-
-on top of the gradient flowing back along the residual stream; the layer's backward peak is then
-the larger of this and the fc2 backward. Selective recompute (megatron-core's "core_attn") thus
+logsumexp: never an s x s score matrix. Selective recompute (megatron-core's "core_attn") thus
 only drops the logsumexp; full recompute keeps just each layer's input (n*h*e/t_sp) and rebuilds
 one layer at a time in backward. These per-layer figures match, byte for byte, what the real
 layer keeps on CPU (fp32 and bf16), and the totals match measured peaks of whole training steps
@@ -37,6 +25,20 @@ layer keeps on CPU (fp32 and bf16), and the totals match measured peaks of whole
 against 2-rank gloo runs (tp=2 with and without SP, pp=2 with and without interleaving: every
 rank within 0.3%), which the test suite does not repeat. The CP terms are checked against a
 2-rank cp=2 run by the same integration test (it runs once parallel.cp > 1 passes validation on CPU).
+
+Context parallelism splits each sequence over cp ranks (n = s/cp * b above), so every activation
+term falls as 1/cp. Its ring attention saves nothing more (the local q, k, v, output and logsumexp,
+as without CP: backward passes K and V around the ring again instead of keeping the other ranks'
+blocks) but holds exchange buffers while a layer's attention runs backward (kv_block =
+2 * n * kv * e / t, one rank's K and V)::
+
+    cp ring      2 * kv_block                the K,V block in use and the one arriving
+                 + 2 * kv_block * 4/e        dK,dV partial sums (fp32) in use and arriving
+                 + n * q * 4 / t             dQ accumulated in fp32 over the ring's steps
+                 + n * (q + 2kv) * e / t     dQ, dK, dV of this rank's tokens, the attention's result
+
+on top of the gradient flowing back along the residual stream; the layer's backward peak is then
+the larger of this and the fc2 backward.
 
 Not counted (the planner's memory_fraction leaves room for them): the CUDA context and NCCL
 buffers, the caching allocator's fragmentation, the distributed optimizer's bucket padding, the

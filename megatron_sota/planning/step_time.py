@@ -15,7 +15,7 @@ Per micro-batch and pipeline rank (the slowest rank sets the pace; n = s/cp * b 
     TP           4 all-reduce equivalents of [s/cp, b, h] per layer (2 forward, 2 backward; 6 with
                  full recompute), ring: 2 (t-1)/t * bytes / link; not overlapped (local spec)
     PP           one [s/cp, b, h/t_sp] message each way per chunk; in the critical path
-    CP           ring exchange: (cp-1) steps each way, each sending one rank's K,V block
+    CP           ring exchange: (cp-1) steps, each sending one rank's K,V block
                  (2 * n * kv * e / t); forward passes K,V, backward K,V and their gradients, a
                  recomputed attention (selective or full) K,V once more; hidden behind the
                  attention's compute up to its time, on the link of a group spanning tp*cp GPUs
