@@ -1,5 +1,5 @@
 #!/bin/bash
-# The three pretraining stages of sota_175b, chained: each starts when the previous one finished
+# The four pretraining stages of sota_175b, chained: each starts when the previous one finished
 # successfully (--dependency=afterok) from its final weights (checkpoint.init_from), with a fresh
 # optimizer and schedule. A stage that is preempted requeues itself and resumes its own checkpoints.
 #
@@ -16,10 +16,15 @@
 #   sharded over DP by the distributed optimizer (4.2 GB at DP=8), leaving ~50 GB of an 80 GB card
 #   for activations of 8k-token micro-batches with sequence parallelism.
 # - Stage 1 (8k context): 64 nodes = 512 GPUs = DP 8; 1024 sequences x 8192 = 8.4M tokens per step.
-# - Stage 2 (32k context): activations per sequence grow 4x; context parallelism CP=2 (Transformer
-#   Engine attention) splits each sequence over 2 GPUs: 128 GPUs per replica, DP 4 on the same 64
-#   nodes; 256 sequences x 32768 = 8.4M tokens per step, as in stage 1.
+# - Stage 2 (32k context, RoPE scaled 4x: conf/stage/stage2_32k.yaml): activations per sequence grow
+#   4x; context parallelism CP=2 splits each sequence over 2 GPUs: 128 GPUs per replica, DP 4 on the
+#   same 64 nodes; 256 sequences x 32768 = 8.4M tokens per step, as in stage 1.
 # - Stage 3 (high-quality blend, 32k): stage 2's layout, a WSD schedule decaying to zero.
+# - Stage 4 (204,800-token context, RoPE scaled 25x: conf/stage/stage4_200k.yaml): CP=8 and full
+#   recompute, one replica of 512 GPUs; 40 sequences x 204800 = 8.2M tokens per step (the planner,
+#   --gpu h200 --nodes 64 --seq-length 204800 --global-batch-tokens 8192000 --layout
+#   tp=8,pp=8,cp=8,mbs=1,recompute=full: 31.1 GiB per GPU). On 1024 H100s: experiment=sota_175b_32k
+#   and experiment=sota_175b_200k hold the planner's first layouts for stages 2 and 4.
 # Iteration counts are placeholders for the recipe's token budgets; edit them here.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -40,4 +45,6 @@ STAGE2=$(submit stage2 "$STAGE1" "${COMMON[@]}" stage=stage2_32k parallel.cp=2 t
   train.iters=20000 "checkpoint.init_from=$ROOT/stage1/checkpoints")
 STAGE3=$(submit stage3 "$STAGE2" "${COMMON[@]}" stage=stage3_hq parallel.cp=2 train.global_batch_size=256 \
   train.iters=10000 scheduler=wsd "checkpoint.init_from=$ROOT/stage2/checkpoints")
-echo "stage 1: job $STAGE1 -> stage 2: job $STAGE2 -> stage 3: job $STAGE3 (run directories under $ROOT)"
+STAGE4=$(submit stage4 "$STAGE3" "${COMMON[@]}" stage=stage4_200k parallel.cp=8 train.recompute=full \
+  train.global_batch_size=40 train.iters=2500 "checkpoint.init_from=$ROOT/stage3/checkpoints")
+echo "stage 1: job $STAGE1 -> stage 2: job $STAGE2 -> stage 3: job $STAGE3 -> stage 4: job $STAGE4 (run directories under $ROOT)"

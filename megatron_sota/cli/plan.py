@@ -24,7 +24,7 @@ from megatron_sota.planning.layout import DTYPES, ParallelLayout, parse_layout  
 from megatron_sota.planning.memory import OPTIMIZER_KERNELS  # noqa: E402
 from megatron_sota.config.presets import load_model_preset  # noqa: E402
 from megatron_sota.planning.report import format_plan, format_rejections, format_table, plan_json, result_json, verdict  # noqa: E402
-from megatron_sota.planning.search import PlanRequest, SearchSpace, evaluate, search  # noqa: E402
+from megatron_sota.planning.search import MIN_CP_TOKENS, PlanRequest, SearchSpace, evaluate, search  # noqa: E402
 from megatron_sota.planning.step_time import Efficiency  # noqa: E402
 from megatron_sota.runtime.log import add_verbose_flag, setup_logging  # noqa: E402
 
@@ -54,7 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--show-rejected", action="store_true", help="print a sample of rejected layouts per reason")
     space = parser.add_argument_group("search space")
     space.add_argument("--micro-batch-sizes", type=_ints, default=[1, 2, 4])
-    space.add_argument("--cp", type=_ints, default=[1], help="context-parallel sizes to try (needs Transformer Engine)")
+    space.add_argument("--cp", type=_ints, default=None,
+                       help=f"context-parallel sizes to try (default: 1, 2, 4, ... while each rank keeps >= {MIN_CP_TOKENS} tokens)")
     space.add_argument("--max-vpp", type=int, default=16)
     model = parser.add_argument_group("efficiency and hardware assumptions")
     model.add_argument("--matmul-efficiency", type=float, default=Efficiency.matmul)

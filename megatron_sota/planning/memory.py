@@ -23,7 +23,22 @@ one layer at a time in backward. These per-layer figures match, byte for byte, w
 layer keeps on CPU (fp32 and bf16), and the totals match measured peaks of whole training steps
 (tests/integration/test_planner_memory.py); the TP/SP/PP/VPP terms were checked once by hand
 against 2-rank gloo runs (tp=2 with and without SP, pp=2 with and without interleaving: every
-rank within 0.3%), which the test suite does not repeat.
+rank within 0.3%), which the test suite does not repeat. The CP terms are checked against a
+2-rank cp=2 run by the same integration test (it runs once parallel.cp > 1 passes validation on CPU).
+
+Context parallelism splits each sequence over cp ranks (n = s/cp * b above), so every activation
+term falls as 1/cp. Its ring attention saves nothing more (the local q, k, v, output and logsumexp,
+as without CP: backward passes K and V around the ring again instead of keeping the other ranks'
+blocks) but holds exchange buffers while a layer's attention runs backward (kv_block =
+2 * n * kv * e / t, one rank's K and V)::
+
+    cp ring      2 * kv_block                the K,V block in use and the one arriving
+                 + 2 * kv_block * 4/e        dK,dV partial sums (fp32) in use and arriving
+                 + n * q * 4 / t             dQ accumulated in fp32 over the ring's steps
+                 + n * (q + 2kv) * e / t     dQ, dK, dV of this rank's tokens, the attention's result
+
+on top of the gradient flowing back along the residual stream; the layer's backward peak is then
+the larger of this and the fc2 backward.
 
 Not counted (the planner's memory_fraction leaves room for them): the CUDA context and NCCL
 buffers, the caching allocator's fragmentation, the distributed optimizer's bucket padding, the
@@ -118,6 +133,18 @@ def layer_activation_bytes(model: ModelConfig, layout: ParallelLayout) -> int:
     seq = layout.seq_length // layout.cp
     small = 2 * 4 * n // t_sp + 4 * n * model.num_attention_heads // t + 4 * seq * d * e
     return norms + attention + mlp + small
+
+
+def cp_attention_backward_bytes(model: ModelConfig, layout: ParallelLayout) -> int:
+    """Buffers a context-parallel ring attention holds in one layer's backward (module docstring); 0 at cp=1."""
+    if layout.cp == 1:
+        return 0
+    shape = _shape(layout)
+    n, e, t = shape.tokens, shape.e, shape.t
+    q, kv = model.num_attention_heads * model.head_dim, model.num_query_groups * model.head_dim
+    kv_block = 2 * n * kv * e // t
+    ring = 2 * kv_block + 2 * (2 * n * kv * 4 // t) + n * q * 4 // t
+    return ring + n * (q + 2 * kv) * e // t
 
 
 def _logsumexp_bytes(model: ModelConfig, layout: ParallelLayout) -> int:
@@ -217,7 +244,8 @@ def estimate_rank_memory(
 
     # Candidate peak moments of the backward pass: (phase, activations held, logits held, on top).
     grad_in = shape.hidden(model)  # gradient flowing back along the residual stream
-    layer_backward = grad_in + shape.tokens * f * e // t + f * h * e // t  # fc2: input grad + weight-grad temp
+    fc2_backward = shape.tokens * f * e // t + f * h * e // t  # input grad + weight-grad temp
+    layer_backward = grad_in + max(fc2_backward, cp_attention_backward_bytes(model, layout))
     if layout.recompute == "full":
         recomputed = layer_activation_bytes(model, layout)
         if e == 4:

@@ -18,6 +18,9 @@ from megatron_sota.planning.memory import MemoryEstimate, estimate_memory
 from megatron_sota.planning.step_time import Efficiency, StepTime, estimate_step_time
 
 GIB = 2**30
+MIN_CP_TOKENS = 2048
+"""Below this many tokens of a sequence per CP rank, the attention kernels run short blocks and the
+ring's K,V exchange outlasts them: the default search stops splitting there."""
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,8 @@ class SearchSpace:
     pp: Optional[Sequence[int]] = None
     """Default: the divisors of the layer count, and the powers of two below it."""
     max_vpp: int = 16
-    cp: Sequence[int] = (1,)
+    cp: Optional[Sequence[int]] = None
+    """Default: the powers of two that leave each CP rank at least MIN_CP_TOKENS of the sequence."""
     micro_batch_sizes: Sequence[int] = (1, 2, 4)
     recompute: Sequence[str] = RECOMPUTE
     distributed_optimizer: Sequence[bool] = (True, False)
@@ -83,6 +87,14 @@ class SearchResult:
 
 def _divisors(n: int) -> List[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def default_cp_sizes(seq_length: int) -> List[int]:
+    """1, 2, 4, ... while each CP rank keeps at least MIN_CP_TOKENS tokens of the sequence."""
+    sizes = [1]
+    while seq_length // (2 * sizes[-1]) >= MIN_CP_TOKENS:
+        sizes.append(2 * sizes[-1])
+    return sizes
 
 
 def tp_problems(model: ModelConfig, tp: int, gpus_per_node: int) -> List[Rejection]:
@@ -154,7 +166,7 @@ def _shapes(request: PlanRequest, space: SearchSpace, rejected: List[Rejection])
         else:
             good_pp.append(pp)
     good_cp = []
-    for cp in space.cp:
+    for cp in space.cp or default_cp_sizes(request.seq_length):
         if request.seq_length % (2 * cp):
             rejected.append(Rejection(f"cp={cp}", "seq_not_divisible", f"seq_length {request.seq_length} not divisible by 2*cp = {2 * cp}"))
         else:

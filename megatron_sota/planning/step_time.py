@@ -15,8 +15,11 @@ Per micro-batch and pipeline rank (the slowest rank sets the pace; n = s/cp * b 
     TP           4 all-reduce equivalents of [s/cp, b, h] per layer (2 forward, 2 backward; 6 with
                  full recompute), ring: 2 (t-1)/t * bytes / link; not overlapped (local spec)
     PP           one [s/cp, b, h/t_sp] message each way per chunk; in the critical path
-    CP           ring exchange of K and V (and their gradients), hidden behind attention up to
-                 its compute time
+    CP           ring exchange: (cp-1) steps, each sending one rank's K,V block
+                 (2 * n * kv * e / t); forward passes K,V, backward K,V and their gradients, a
+                 recomputed attention (selective or full) K,V once more; hidden behind the
+                 attention's compute up to its time, on the link of a group spanning tp*cp GPUs
+                 (megatron-core orders ranks tp, cp, dp, pp)
 
 Step = (m + (pp-1)/vpp) * slowest rank's micro-batch time (1F1B with its bubble)
      + DP gradient reduce-scatter and parameter all-gather not hidden (with overlap_grad_reduce and
@@ -153,13 +156,20 @@ def _microbatch(
         span = layout.tp * layout.cp * layout.dp * layout.pp  # consecutive stages are tp*cp*dp ranks apart
         pp_s = layout.vpp * 2 * message / (cluster.link_gb_s(span) * 1e9 * eff.comm)
 
-    cp_s = 0.0
-    if cp > 1:
-        kv_chunk = 2 * model.num_query_groups * d * tokens * e / t
-        # Forward passes K,V around the ring once; backward passes K,V and their gradients.
-        ring = 3 * (cp - 1) * kv_chunk / (cluster.link_gb_s(t * cp) * 1e9 * eff.comm)
-        cp_s = layers * max(0.0, ring - attention_s)
+    cp_s = layers * max(0.0, cp_ring_s(model, layout, cluster, eff) - attention_s)
     return _MicroBatch(compute, layers * recompute, tp_s, pp_s, cp_s)
+
+
+def cp_ring_s(model: ModelConfig, layout: ParallelLayout, cluster: ClusterSpec, eff: Efficiency) -> float:
+    """Seconds one layer's K,V blocks (and their gradients) travel around the CP ring in a micro-batch's
+    forward and backward, before any overlap with the attention's compute; 0 at cp=1."""
+    cp = layout.cp
+    if cp == 1:
+        return 0.0
+    tokens = layout.seq_length // cp * layout.micro_batch_size
+    kv_block = 2 * model.num_query_groups * model.head_dim * tokens * layout.bytes_per_element / layout.tp
+    passes = 3 + (1 if layout.recompute in ("selective", "full") else 0)
+    return passes * (cp - 1) * kv_block / (cluster.link_gb_s(layout.tp * cp) * 1e9 * eff.comm)
 
 
 def estimate_step_time(

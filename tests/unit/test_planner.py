@@ -13,11 +13,18 @@ from megatron_sota.errors import MegatronSotaError
 from megatron_sota.perf.memory_meter import PeakMemoryMeter
 from megatron_sota.planning.cluster import build_cluster
 from megatron_sota.planning.layout import ParallelLayout, parse_layout
-from megatron_sota.planning.memory import estimate_memory, inflight_chunks, stored_layer_bytes
+from megatron_sota.planning.memory import (
+    cp_attention_backward_bytes,
+    estimate_rank_memory,
+    estimate_memory,
+    inflight_chunks,
+    layer_activation_bytes,
+    stored_layer_bytes,
+)
 from megatron_sota.config.presets import load_model_preset
 from megatron_sota.planning.report import verdict
-from megatron_sota.planning.search import PlanRequest, SearchSpace, evaluate, search
-from megatron_sota.planning.step_time import estimate_step_time
+from megatron_sota.planning.search import PlanRequest, SearchSpace, default_cp_sizes, evaluate, search
+from megatron_sota.planning.step_time import Efficiency, cp_ring_s, estimate_step_time
 from megatron_sota.runtime.launch_env import free_port
 from tests.tool_runner import run_tool
 
@@ -181,6 +188,81 @@ def test_interleaving_holds_the_korthikanti_first_stage_factor():
     assert inflight_chunks(_layout(), 0) == pp and inflight_chunks(_layout(), pp - 1) == 1
     layers_held = inflight_chunks(layout, 0) * SOTA.num_layers // (pp * vpp)
     assert layers_held == pytest.approx(SOTA.num_layers * (1 + (pp - 1) / (pp * vpp)))
+
+
+# --- context parallelism -----------------------------------------------------------------------
+
+
+def _cp_layout(cp: int, **kw) -> ParallelLayout:
+    return _layout(**{"seq_length": 32768, "cp": cp, "dp": 16 // cp, "recompute": "none", **kw})
+
+
+@pytest.mark.parametrize("recompute", ["none", "selective", "full"])
+def test_cp_divides_what_a_layer_keeps_for_backward(recompute):
+    one, four = (stored_layer_bytes(SOTA, _cp_layout(cp, recompute=recompute)) for cp in (1, 4))
+    assert one == 4 * four
+    assert layer_activation_bytes(SOTA, _cp_layout(1)) == 4 * layer_activation_bytes(SOTA, _cp_layout(4))
+
+
+def test_cp_ring_buffers_follow_the_closed_form():
+    """sota_175b, seq 32768 over cp=4 at tp=8, bf16: 8192 tokens a rank, 1 KV group (128 channels) and
+    12 query heads (1536 channels) a TP rank."""
+    n, kv, q = 8192, 128, 1536
+    kv_block = 2 * n * kv * 2  # K and V, bf16
+    ring = 2 * kv_block + 2 * (2 * n * kv * 4) + n * q * 4  # blocks in use + arriving, fp32 dK/dV and dQ
+    grads = n * (q + 2 * kv) * 2  # dQ, dK, dV in bf16
+    assert cp_attention_backward_bytes(SOTA, _cp_layout(4)) == ring + grads == 100 * 2**20
+    assert cp_attention_backward_bytes(SOTA, _cp_layout(1)) == 0
+
+
+def test_cp_ring_buffers_set_the_layer_backward_peak_where_they_exceed_fc2():
+    """tiny (ffn 704) at seq 2048, cp=2, fp32: the ring's buffers outweigh fc2's backward temporaries."""
+    tiny = load_model_preset("tiny")
+    layout = ParallelLayout(cp=2, seq_length=2048, dtype="fp32", recompute="none")
+    n = 1024
+    fc2 = n * 704 * 4 + 704 * 256 * 4
+    ring = cp_attention_backward_bytes(tiny, layout)
+    assert ring > fc2
+    grad_in = n * 256 * 4
+    memory = estimate_rank_memory(tiny, 128, layout, 0)  # a 128-token vocabulary: small logits
+    assert memory.phase == "layer backward" and memory.transient == grad_in + ring
+    without_cp = estimate_rank_memory(tiny, 128, ParallelLayout(seq_length=1024, dtype="fp32"), 0)
+    assert without_cp.transient == grad_in + fc2  # same tokens a rank, no ring
+
+
+def test_cp_ring_time_follows_the_closed_form_and_hides_behind_long_attention():
+    cluster = _request().cluster
+    selective = _cp_layout(2, recompute="selective")  # tp8 x cp2 spans 16 GPUs: the inter-node link
+    kv_block = 2 * 8 * 128 * 16384 * 2 / 8
+    expected = 4 * 1 * kv_block / (cluster.inter_node_gb_s * 1e9 * Efficiency().comm)  # fwd, bwd x2, recompute
+    assert cp_ring_s(SOTA, selective, cluster, Efficiency()) == pytest.approx(expected)
+    assert cp_ring_s(SOTA, _cp_layout(2), cluster, Efficiency()) == pytest.approx(expected * 3 / 4)
+    inside = _cp_layout(2, tp=4, dp=16)  # tp4 x cp2 within a node: NVLink
+    assert cp_ring_s(SOTA, inside, cluster, Efficiency()) < cp_ring_s(SOTA, _cp_layout(2), cluster, Efficiency()) / 2
+    # At 32k the attention's compute hides the exchange; at 4k over 8 ranks across nodes it cannot.
+    assert estimate_step_time(SOTA, 131072, _cp_layout(2), cluster).cp_comm_s == 0.0
+    short = _layout(seq_length=4096, cp=8, dp=2, recompute="none")
+    assert estimate_step_time(SOTA, 131072, short, cluster).cp_comm_s > 0.0
+
+
+def test_default_search_tries_cp_while_ranks_keep_2048_tokens():
+    assert default_cp_sizes(8192) == [1, 2, 4]
+    assert default_cp_sizes(32768) == [1, 2, 4, 8, 16]
+    assert default_cp_sizes(2048) == [1]
+
+
+@pytest.mark.parametrize("seq, tokens", [(32768, 8_388_608), (204800, 8_192_000)])
+def test_sota_175b_long_context_stages_on_1024_h100s_are_fastest_with_cp(seq, tokens):
+    """The 32k and 200k stages (conf/experiment/sota_175b_32k, sota_175b_200k): at 32k a layout without
+    CP fits only with full recompute, and runs slower; at 200k none fits without CP."""
+    request = _request(128, seq=seq, gbs=tokens // seq)
+    result = search(request)
+    best = result.plans[0]
+    assert best.layout.cp > 1 and best.memory.total <= request.usable_bytes
+    assert 0.2 < best.time.mfu < 0.7
+    without_cp = [p for p in result.plans if p.layout.cp == 1]
+    assert all(p.layout.recompute == "full" and p.time.step_s > best.time.step_s for p in without_cp)
+    assert bool(without_cp) == (seq == 32768)
 
 
 # --- step time, ranking and the 175B plan -------------------------------------------------------
