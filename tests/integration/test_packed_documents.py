@@ -85,3 +85,20 @@ def test_document_masking_is_refused_with_context_parallelism_and_transformer_en
     with pytest.raises(MegatronSotaError, match="data.reset_attention_mask=true needs the local layer spec's SDPA"):
         validate_job(job, 1, Machine(cuda=True, transformer_engine=True))
     validate_job(job, 1, Machine(cuda=False, transformer_engine=False))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("parallel", [{"pp": 2}, {"tp": 2, "sp": True}], ids=["pp2", "tp2_sp"])
+def test_document_masking_trains_alike_under_pipeline_and_tensor_parallelism(shard, tmp_path, parallel):
+    """Every pipeline stage gets the ids, and sequence parallelism hands core attention the whole sequence."""
+    from megatron_sota.runtime.local_ranks import run_distributed
+    from tests.distributed.probes import pretrain_probe
+
+    job = _job(shard, reset_attention_mask=True)
+    job.optimizer.lr = 1e-3
+    single = run_distributed(pretrain_probe, 1, job, str(tmp_path / "single"))[0]
+    for key, value in parallel.items():
+        setattr(job.parallel, key, value)
+    split = run_distributed(pretrain_probe, 2, job, str(tmp_path / "split"))[0]
+    assert split["losses"] == pytest.approx(single["losses"], rel=1e-5)
+    assert split["val_losses"] == pytest.approx(single["val_losses"], rel=1e-5)
