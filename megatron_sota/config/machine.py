@@ -100,6 +100,11 @@ def machine_problems(cfg: JobConfig, machine: Machine) -> list[str]:
             f"parallel.cp={cfg.parallel.cp} needs Transformer Engine's attention, which is not in use here "
             "(set parallel.cp=1, or run with Transformer Engine on a GPU)"
         )
+    if choices.transformer_engine and cfg.data.reset_attention_mask:
+        problems.append(
+            "data.reset_attention_mask=true needs the local layer spec's SDPA attention (document ids), but this run "
+            "uses Transformer Engine's (set model.transformer_impl=local)"
+        )
     if choices.transformer_engine:
         for key in ("rms_norm", "compile_layers"):
             if getattr(cfg.kernels, key):

@@ -63,6 +63,14 @@ class DataConfig:
     """Where megatron-core caches its document/sample/shuffle indices; <run_dir>/data_cache when null."""
     num_workers: int = 1
     """DataLoader worker processes per rank."""
+    reset_attention_mask: bool = False
+    """Packed rows: a token attends only within its document (documents end at the tokenizer's eod).
+    Needs the local layer spec's SDPA attention (model.transformer_impl=local or auto on CPU) and parallel.cp=1."""
+    reset_position_ids: bool = False
+    """Packed rows: position ids restart at 0 after each eod. RoPE (every preset) ignores position ids in
+    megatron-core and depends only on distances, so with reset_attention_mask it changes nothing there."""
+    eod_mask_loss: bool = False
+    """No loss where the input token is eod (its target is the next document's first token)."""
 
 
 @dataclass

@@ -64,10 +64,11 @@ def build_datasets(
         split=",".join(str(x) for x in data.split),
         path_to_cache=cache_dir,
         tokenizer=tokenizer,
-        reset_position_ids=False,
-        reset_attention_mask=False,
-        eod_mask_loss=False,
-        # SDPA applies the causal mask itself; no [s, s] mask tensor per sample.
+        reset_position_ids=data.reset_position_ids,
+        reset_attention_mask=data.reset_attention_mask,
+        eod_mask_loss=data.eod_mask_loss,
+        # SDPA applies the causal mask itself, and the documents of reset_attention_mask reach it as ids
+        # computed from the tokens (training/step.py); no [s, s] mask tensor per sample.
         create_attention_mask=False,
         mid_level_dataset_surplus=0.005,
     )

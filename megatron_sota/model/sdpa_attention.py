@@ -17,6 +17,8 @@ from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.utils import divide
 
+from megatron_sota.model.document_attention import document_causal_attention, plan_documents
+
 # kernels.attention_backend: the kernel SDPA tries first; the others stay as fallbacks, in this order.
 _PREFERRED = {
     "cudnn": SDPBackend.CUDNN_ATTENTION,
@@ -48,6 +50,11 @@ class SDPACoreAttention(MegatronModule):
     to hide each row's left padding. Every query must keep at least one key: a fully masked
     row is NaN on some kernels (CPU's returns zeros), and a NaN value reaches even the queries
     that mask it out (0 * NaN).
+
+    An integer ``attention_mask`` [batch, seq] holds each token's document id in packed rows
+    (data.reset_attention_mask): attention is causal within each document and never crosses one.
+    It is computed per group of documents of similar length (model/document_attention.py), with
+    the same causal kernels and no [seq, seq] mask.
     """
 
     def __init__(
@@ -88,13 +95,32 @@ class SDPACoreAttention(MegatronModule):
     ) -> torch.Tensor:
         if packed_seq_params is not None or attention_bias is not None:
             raise ValueError("SDPACoreAttention supports neither packed sequences nor attention bias")
+        if attention_mask is not None and _holds_ids(attention_mask):
+            plan = plan_documents(self._checked_document_ids(attention_mask, query, key))
+            if not plan.one_per_row:
+                with self._kernels():
+                    return document_causal_attention(query, key, value, plan, lambda q, k, v: self._sdpa(q, k, v, None))
+            attention_mask = None
         # [s, b, n, d] -> [b, n, s, d], the layout SDPA's kernels expect.
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
         mask = self._allowed(attention_mask, q.size(2), k.size(2), q.device)
-        with sdpa_kernel(self.backend_order, set_priority=True) if self.backend_order else contextlib.nullcontext():
+        with self._kernels():
             context = self._sdpa(q, k, v, mask)
         seq, batch = query.size(0), query.size(1)
         return context.permute(2, 0, 1, 3).reshape(seq, batch, self.heads_per_partition * self.head_dim)
+
+    def _kernels(self):
+        return sdpa_kernel(self.backend_order, set_priority=True) if self.backend_order else contextlib.nullcontext()
+
+    @staticmethod
+    def _checked_document_ids(ids: torch.Tensor, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+        seq, batch = query.size(0), query.size(1)
+        if tuple(ids.shape) != (batch, seq) or key.size(0) != seq:
+            raise ValueError(
+                f"document ids: expected an integer tensor [batch, seq] = [{batch}, {seq}] over as many keys as queries, "
+                f"found shape {tuple(ids.shape)} with {key.size(0)} keys"
+            )
+        return ids
 
     def _sdpa(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
         return F.scaled_dot_product_attention(
@@ -123,3 +149,8 @@ class SDPACoreAttention(MegatronModule):
         if q_len != k_len:
             return torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril(diagonal=k_len - q_len)
         return None
+
+
+def _holds_ids(mask: torch.Tensor) -> bool:
+    """Integer masks are document ids; bool ones say which keys are masked out."""
+    return not (mask.dtype == torch.bool or mask.dtype.is_floating_point or mask.dtype.is_complex)

@@ -31,7 +31,7 @@ from megatron_sota.runtime.phase_timer import PhaseTimer, TimedIterator
 from megatron_sota.runtime.launch_env import read_launch_env
 from megatron_sota.runtime.session import distributed_session
 from megatron_sota.training.state import build_training_state, check_inputs
-from megatron_sota.training.step import eval_step, train_step
+from megatron_sota.training.step import eval_step, next_token_loss, train_step
 
 FLOP_FORMULA = "6*N + 12*L*H*s per token (full attention); causal: 6*N + 6*L*H*s; N = matmul params incl. output layer"
 
@@ -198,7 +198,8 @@ def _forward_seconds(state, passes: int) -> float:
     for _ in range(passes):
         with timer.phase("forward"):
             eval_step(state.models, state.train_iterators, state.layout.num_microbatches,
-                      t.micro_batch_size, t.seq_length, state.session.device)
+                      t.micro_batch_size, t.seq_length, state.session.device,
+                      next_token_loss(state.session.device, state.document_eod))
     return timer.seconds["forward"] / passes
 
 
@@ -207,6 +208,7 @@ def _step(state, timer: Optional[PhaseTimer]):
     return train_step(
         state.models, state.optimizer, state.scheduler, state.train_iterators,
         state.layout.num_microbatches, t.micro_batch_size, t.seq_length, state.session.device, timer=timer,
+        forward_step=next_token_loss(state.session.device, state.document_eod),
     )
 
 

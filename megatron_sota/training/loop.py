@@ -68,7 +68,7 @@ class Trainer:
         self.checkpoint_layout = checkpoint_layout
         self.config_yaml = config_yaml
         self.callbacks = list(callbacks)
-        self.forward_step: ForwardStep = forward_step or next_token_loss(state.session.device)
+        self.forward_step: ForwardStep = forward_step or next_token_loss(state.session.device, state.document_eod)
         """The objective of each step; a callback may swap it for a step (fault injection does)."""
         self.step = progress.iteration
         """The last step taken (during a step's hooks: that step)."""

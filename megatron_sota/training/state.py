@@ -102,6 +102,11 @@ class TrainingState:
     def layout(self) -> Layout:
         return self.inputs.layout
 
+    @property
+    def document_eod(self) -> Optional[int]:
+        """The token that ends each document attention stays within (data.reset_attention_mask), else None."""
+        return self.inputs.tokenizer.eod if self.job.data.reset_attention_mask else None
+
     def start_data(self, consumed_samples: int) -> None:
         """Training batches continue right after the `consumed_samples` already seen."""
         self.train_iterators = _iterators(self.train_dataset, self.job, self.layout, consumed_samples, len(self.models))

@@ -13,6 +13,7 @@ from typing import Callable, Iterator, List, Optional
 import torch
 from megatron.core import parallel_state
 
+from megatron_sota.model.document_attention import document_ids
 from megatron_sota.parallelize.pipeline import run_schedule
 from megatron_sota.runtime.phase_timer import PhaseTimer, phase
 
@@ -41,19 +42,26 @@ def _loss_func(loss_mask: torch.Tensor, per_token_loss: torch.Tensor):
     return loss_sum, num_tokens, {"lm loss": report}
 
 
-def _forward_step(device: torch.device, data_iterator: Iterator[dict], model):
+def _documents(tokens: torch.Tensor, document_eod: Optional[int]) -> Optional[torch.Tensor]:
+    """The model's attention_mask: None (causal over the whole row), or each token's document id
+    when attention stays within the documents that `document_eod` ends (data.reset_attention_mask)."""
+    return None if document_eod is None else document_ids(tokens, document_eod)
+
+
+def _forward_step(device: torch.device, data_iterator: Iterator[dict], model, document_eod: Optional[int] = None):
     batch = next(data_iterator)
     tokens = batch["tokens"].to(device, non_blocking=True)
     labels = batch["labels"].to(device, non_blocking=True)
     loss_mask = batch["loss_mask"].to(device, non_blocking=True)
     position_ids = batch["position_ids"].to(device, non_blocking=True)
-    output = model(tokens, position_ids, None, labels=labels)
+    output = model(tokens, position_ids, _documents(tokens, document_eod), labels=labels)
     return output, partial(_loss_func, loss_mask)
 
 
-def next_token_loss(device: torch.device) -> ForwardStep:
-    """Pretraining's objective: cross-entropy of every next token the batch's loss mask keeps."""
-    return partial(_forward_step, device)
+def next_token_loss(device: torch.device, document_eod: Optional[int] = None) -> ForwardStep:
+    """Pretraining's objective: cross-entropy of every next token the batch's loss mask keeps.
+    `document_eod` (TrainingState.document_eod): attention stays within the documents this token ends."""
+    return partial(_forward_step, device, document_eod=document_eod)
 
 
 def _reduce_loss(losses_reduced: List[dict], device: torch.device) -> torch.Tensor:
@@ -119,11 +127,16 @@ def train_step(
 
 
 @torch.no_grad()
-def eval_step(models, data_iterators, num_microbatches, micro_batch_size, seq_length, device) -> StepResult:
+def eval_step(
+    models, data_iterators, num_microbatches, micro_batch_size, seq_length, device,
+    forward_step: Optional[ForwardStep] = None,
+) -> StepResult:
     for model in models:
         model.eval()
     try:
-        loss, tokens = forward_backward(models, data_iterators, num_microbatches, micro_batch_size, seq_length, True, device)
+        loss, tokens = forward_backward(
+            models, data_iterators, num_microbatches, micro_batch_size, seq_length, True, device, forward_step
+        )
     finally:
         for model in models:
             model.train()
