@@ -12,6 +12,7 @@ from typing import Callable, Iterator, List, Optional
 
 import torch
 from megatron.core import parallel_state
+from megatron.core.utils import get_batch_on_this_cp_rank
 
 from megatron_sota.parallelize.pipeline import run_schedule
 from megatron_sota.runtime.phase_timer import PhaseTimer, phase
@@ -41,12 +42,19 @@ def _loss_func(loss_mask: torch.Tensor, per_token_loss: torch.Tensor):
     return loss_sum, num_tokens, {"lm loss": report}
 
 
+def _local_batch(batch: dict, device: torch.device) -> dict:
+    """The micro-batch's [batch, seq] tensors on `device`, cut to this context-parallel rank's two of 2*cp chunks.
+
+    megatron-core's load-balanced split (the whole sequence at cp=1), the one its RoPE slicing and our
+    CP attention assume. Document ids must not travel under the key 'attention_mask' (split there on dim 2).
+    """
+    keys = ("tokens", "labels", "loss_mask", "position_ids")
+    return get_batch_on_this_cp_rank({key: batch[key].to(device, non_blocking=True) for key in keys})
+
+
 def _forward_step(device: torch.device, data_iterator: Iterator[dict], model):
-    batch = next(data_iterator)
-    tokens = batch["tokens"].to(device, non_blocking=True)
-    labels = batch["labels"].to(device, non_blocking=True)
-    loss_mask = batch["loss_mask"].to(device, non_blocking=True)
-    position_ids = batch["position_ids"].to(device, non_blocking=True)
+    local = _local_batch(next(data_iterator), device)
+    tokens, labels, loss_mask, position_ids = local["tokens"], local["labels"], local["loss_mask"], local["position_ids"]
     output = model(tokens, position_ids, None, labels=labels)
     return output, partial(_loss_func, loss_mask)
 
