@@ -127,6 +127,12 @@ def _gather(t: torch.Tensor, group, dim: int) -> torch.Tensor:
     return torch.cat(parts, dim=dim)
 
 
+def _gather_keys(key, value, document_ids, group):
+    """Every rank's keys and values [b, kv_heads, s_all, d] and document ids [b, s_all] (or None), in rank order."""
+    k_all, v_all = (_gather(t, group, 0).permute(1, 2, 0, 3) for t in (key, value))
+    return k_all, v_all, None if document_ids is None else _gather(document_ids, group, 1)
+
+
 def _reduce_to_owner(full: torch.Tensor, group) -> torch.Tensor:
     """Sums every rank's gradient for all keys [s_all, ...] and keeps this rank's rows."""
     world, rank = dist.get_world_size(group), dist.get_rank(group)
@@ -156,8 +162,7 @@ class _ContextParallelAttention(torch.autograd.Function):
     def forward(ctx, query, key, value, document_ids, group, scale):
         rank, cp = dist.get_rank(group), dist.get_world_size(group)
         kv_heads = key.size(2)
-        k_all, v_all = (_gather(t, group, 0).permute(1, 2, 0, 3) for t in (key, value))
-        docs_k = None if document_ids is None else _gather(document_ids, group, 1)
+        k_all, v_all, docs_k = _gather_keys(key, value, document_ids, group)
         out, lse = attend_forward(_heads_first(query, kv_heads), k_all, v_all, rank, cp, scale, document_ids, docs_k)
         # Only this rank's keys are kept; the backward gathers them again rather than hold cp times as many.
         ctx.save_for_backward(query, key, value, document_ids, out, lse)
@@ -169,8 +174,7 @@ class _ContextParallelAttention(torch.autograd.Function):
         query, key, value, document_ids, out, lse = ctx.saved_tensors
         group, kv_heads = ctx.group, key.size(2)
         rank, cp = dist.get_rank(group), dist.get_world_size(group)
-        k_all, v_all = (_gather(t, group, 0).permute(1, 2, 0, 3) for t in (key, value))
-        docs_k = None if document_ids is None else _gather(document_ids, group, 1)
+        k_all, v_all, docs_k = _gather_keys(key, value, document_ids, group)
         dq, dk, dv = attend_backward(
             _heads_first(d_out, kv_heads), _heads_first(query, kv_heads), k_all, v_all, out, lse, rank, cp, ctx.scale,
             document_ids, docs_k,
