@@ -88,17 +88,19 @@ def machine_problems(cfg: JobConfig, machine: Machine) -> list[str]:
                 "model.transformer_impl=transformer_engine needs Transformer Engine, which is not importable here "
                 "(set model.transformer_impl=auto or local, or run in the NGC container)"
             )
-    # fp8 and context parallelism need TE actually running: asked for on a CPU it is not.
+    # fp8 needs TE actually running: asked for on a CPU it is not.
     te_runs = choices.transformer_engine and choices.device == "cuda" and machine.transformer_engine
     if cfg.precision.fp8 and not te_runs:
         problems.append(
             f"precision.fp8={cfg.precision.fp8} needs Transformer Engine, which is not importable here "
             "(set precision.fp8=null, or run in the NGC container on a GPU)"
         )
-    if cfg.parallel.cp > 1 and not te_runs:
+    # Context parallelism runs in either spec; the local one's (SDPA over all-gathered keys) has no attention dropout.
+    if cfg.parallel.cp > 1 and not te_runs and cfg.model.attention_dropout > 0:
         problems.append(
-            f"parallel.cp={cfg.parallel.cp} needs Transformer Engine's attention, which is not in use here "
-            "(set parallel.cp=1, or run with Transformer Engine on a GPU)"
+            f"model.attention_dropout={cfg.model.attention_dropout} with parallel.cp={cfg.parallel.cp}: the local layer "
+            "spec's context-parallel attention has no attention dropout (set model.attention_dropout=0, or use "
+            "model.transformer_impl=transformer_engine)"
         )
     if choices.transformer_engine and cfg.data.reset_attention_mask:
         problems.append(

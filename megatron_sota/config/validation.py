@@ -233,11 +233,6 @@ def _data_problems(cfg: JobConfig) -> list[str]:
         problems.append(f"data.split must be three non-negative train/valid/test proportions, got {list(d.split)}")
     if cfg.tokenizer.type == "SentencePieceTokenizer" and not cfg.tokenizer.model:
         problems.append("tokenizer.type=SentencePieceTokenizer needs tokenizer.model=<file.model>")
-    if d.reset_attention_mask and cfg.parallel.cp > 1:
-        problems.append(
-            f"data.reset_attention_mask=true with parallel.cp>1 is not supported yet (got parallel.cp={cfg.parallel.cp}; "
-            "set parallel.cp=1 or data.reset_attention_mask=false)"
-        )
     return problems
 
 

@@ -17,6 +17,7 @@ from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.utils import divide
 
+from megatron_sota.model.context_parallel_attention import context_parallel_attention
 from megatron_sota.model.document_attention import document_causal_attention, plan_documents
 
 # kernels.attention_backend: the kernel SDPA tries first; the others stay as fallbacks, in this order.
@@ -71,8 +72,6 @@ class SDPACoreAttention(MegatronModule):
     ):
         super().__init__(config=config)
         self.backend_order = backend_order(backend)
-        if config.context_parallel_size != 1:
-            raise ValueError("context parallelism needs Transformer Engine's attention (parallel.cp=1 without it)")
         if attn_mask_type != AttnMaskType.causal:
             raise ValueError(f"SDPACoreAttention supports causal masks only, got {attn_mask_type}")
         from megatron.core import parallel_state
@@ -82,6 +81,10 @@ class SDPACoreAttention(MegatronModule):
         self.head_dim = config.kv_channels
         self.softmax_scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(self.head_dim)
         self.dropout_p = config.attention_dropout if attention_dropout is None else attention_dropout
+        # parallel.cp>1: this rank holds two of the sequence's 2*cp chunks; keys come from the whole CP group.
+        self.cp_group = parallel_state.get_context_parallel_group() if config.context_parallel_size > 1 else None
+        if self.cp_group is not None and self.dropout_p > 0:
+            raise ValueError("context-parallel SDPA attention has no attention dropout (model.attention_dropout=0 with parallel.cp>1)")
 
     def forward(
         self,
@@ -95,6 +98,8 @@ class SDPACoreAttention(MegatronModule):
     ) -> torch.Tensor:
         if packed_seq_params is not None or attention_bias is not None:
             raise ValueError("SDPACoreAttention supports neither packed sequences nor attention bias")
+        if self.cp_group is not None:
+            return self._context_parallel(query, key, value, attention_mask)
         if attention_mask is not None and _holds_ids(attention_mask):
             plan = plan_documents(self._checked_document_ids(attention_mask, query, key))
             if not plan.one_per_row:
@@ -121,6 +126,16 @@ class SDPACoreAttention(MegatronModule):
                 f"found shape {tuple(ids.shape)} with {key.size(0)} keys"
             )
         return ids
+
+    def _context_parallel(self, query, key, value, attention_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """Causal (None) or per-document (integer ids [batch, local seq], split like the tokens) attention over the CP group."""
+        if attention_mask is not None and (attention_mask.is_floating_point() or attention_mask.dtype == torch.bool):
+            raise ValueError(
+                "attention_mask with parallel.cp>1: expected None (causal) or integer document ids [batch, local seq], "
+                f"found {attention_mask.dtype} of shape {tuple(attention_mask.shape)}"
+            )
+        context = context_parallel_attention(query, key, value, self.cp_group, self.softmax_scale, attention_mask)
+        return context.reshape(query.size(0), query.size(1), self.heads_per_partition * self.head_dim)
 
     def _sdpa(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
         return F.scaled_dot_product_attention(

@@ -8,7 +8,7 @@ literal ``device="cuda"`` for tensor placement, CUDA RNG state in its RNG tracke
 (``param.grad.type() == 'torch.cuda.FloatTensor'``). While :func:`cpu_backend` is active:
 
 * a ``TorchFunctionMode`` maps every CUDA device argument (``"cuda"``, ``"cuda:0"``, ``0``,
-  ``torch.device("cuda")``, ``Tensor.cuda()``) to the CPU, and answers ``Tensor.type()`` with
+  ``torch.device("cuda")``, ``Tensor.cuda()``) to the CPU, drops ``pin_memory=True``, and answers ``Tensor.type()`` with
   the CUDA type name so the optimizers' dtype dispatch takes the same branch as on a GPU;
 * the ``torch.cuda`` calls megatron-core makes are answered by CPU stand-ins (the RNG tracker
   then forks the CPU generator, which is what dropout and initialisation on CPU draw from).
@@ -60,6 +60,10 @@ class _CudaToCpuMode(TorchFunctionMode):
             return args[0]
         if "device" in kwargs and _is_cuda_device(kwargs["device"]):
             kwargs["device"] = "cpu"
+        # Pinned memory stages copies to a GPU; on a CPU-only machine asking for it raises (context
+        # parallelism's RoPE slicing, get_pos_emb_on_this_cp_rank, pins its chunk indices).
+        if kwargs.get("pin_memory"):
+            kwargs["pin_memory"] = False
         if func is torch.Tensor.to and len(args) > 1 and _is_cuda_device(args[1]):
             args = (args[0], "cpu", *args[2:])
         return func(*args, **kwargs)

@@ -12,6 +12,7 @@ from typing import Callable, Iterator, List, Optional
 
 import torch
 from megatron.core import parallel_state
+from megatron.core.utils import get_batch_on_this_cp_rank
 
 from megatron_sota.model.document_attention import document_ids
 from megatron_sota.parallelize.pipeline import run_schedule
@@ -42,20 +43,24 @@ def _loss_func(loss_mask: torch.Tensor, per_token_loss: torch.Tensor):
     return loss_sum, num_tokens, {"lm loss": report}
 
 
-def _documents(tokens: torch.Tensor, document_eod: Optional[int]) -> Optional[torch.Tensor]:
-    """The model's attention_mask: None (causal over the whole row), or each token's document id
-    when attention stays within the documents that `document_eod` ends (data.reset_attention_mask)."""
-    return None if document_eod is None else document_ids(tokens, document_eod)
+def _local_batch(batch: dict, device: torch.device, document_eod: Optional[int] = None) -> dict:
+    """The micro-batch's [batch, seq] tensors on `device`, cut to this context-parallel rank's two of 2*cp chunks.
+
+    megatron-core's load-balanced split (the whole sequence at cp=1), the one its RoPE slicing and our
+    CP attention assume. With `document_eod` (data.reset_attention_mask) also each token's document id,
+    counted over the whole row before the cut; not under the key 'attention_mask', which the split cuts on dim 2.
+    """
+    local = {key: batch[key].to(device, non_blocking=True) for key in ("tokens", "labels", "loss_mask", "position_ids")}
+    if document_eod is not None:
+        local["document_ids"] = document_ids(local["tokens"], document_eod)
+    return get_batch_on_this_cp_rank(local)
 
 
 def _forward_step(device: torch.device, data_iterator: Iterator[dict], model, document_eod: Optional[int] = None):
-    batch = next(data_iterator)
-    tokens = batch["tokens"].to(device, non_blocking=True)
-    labels = batch["labels"].to(device, non_blocking=True)
-    loss_mask = batch["loss_mask"].to(device, non_blocking=True)
-    position_ids = batch["position_ids"].to(device, non_blocking=True)
-    output = model(tokens, position_ids, _documents(tokens, document_eod), labels=labels)
-    return output, partial(_loss_func, loss_mask)
+    local = _local_batch(next(data_iterator), device, document_eod)
+    # attention_mask: None is causal over the row; document ids keep attention within each document.
+    output = model(local["tokens"], local["position_ids"], local.get("document_ids"), labels=local["labels"])
+    return output, partial(_loss_func, local["loss_mask"])
 
 
 def next_token_loss(device: torch.device, document_eod: Optional[int] = None) -> ForwardStep:

@@ -89,9 +89,10 @@ def layout_probe(rank: int, job: JobConfig, run_dir: str, steps: int) -> dict:
         for model in state.models:
             model.zero_grad_buffer()
         first_loss, _ = forward_backward(state.models, state.train_iterators, *args, False, session.device)
-        # With data parallelism the distributed optimizer leaves each rank only its shard of
-        # the reduced gradient; full gradients are compared for dp=1 layouts.
-        grads = gather_full(state.models, "grad") if state.layout.dp == 1 else None
+        # With data (or context) parallelism the distributed optimizer leaves each rank only its shard
+        # of the reduced gradient; full gradients are compared for dp=cp=1 layouts or without it.
+        full_grads = state.layout.dp * job.parallel.cp == 1 or not job.parallel.distributed_optimizer
+        grads = gather_full(state.models, "grad") if full_grads else None
         losses = [
             train_step(state.models, state.optimizer, state.scheduler, state.train_iterators, *args, session.device).loss
             for _ in range(steps)

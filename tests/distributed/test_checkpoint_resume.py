@@ -51,15 +51,20 @@ def pp2(stdlib_shards, tmp_path_factory):
     return _straight_and_stopped(stdlib_shards, tmp_path_factory, "pp2", 2, pp=2)
 
 
+@pytest.fixture(scope="module")
+def cp2(stdlib_shards, tmp_path_factory):
+    return _straight_and_stopped(stdlib_shards, tmp_path_factory, "cp2", 2, cp=2)
+
+
 def _copy(src, dst):
     shutil.copytree(src, dst)
     return dst
 
 
-@pytest.mark.parametrize("layout", ["tp2", "pp2"])
+@pytest.mark.parametrize("layout", ["tp2", "pp2", "cp2"])
 def test_resume_reproduces_uninterrupted_losses_bitwise(stdlib_shards, tmp_path, request, layout):
     straight, stopped, stopped_dir = request.getfixturevalue(layout)
-    parallel = {"tp2": dict(tp=2), "pp2": dict(pp=2)}[layout]
+    parallel = {"tp2": dict(tp=2), "pp2": dict(pp=2), "cp2": dict(cp=2)}[layout]
     run_dir = _copy(stopped_dir, tmp_path / "run")
     resumed = _run(stdlib_shards, run_dir, 2, **parallel)
     assert resumed["first_step"] == STOP_AT + 1 and resumed["exit_code"] == 0
@@ -67,7 +72,7 @@ def test_resume_reproduces_uninterrupted_losses_bitwise(stdlib_shards, tmp_path,
     assert resumed["val_losses"] == straight["val_losses"][1:]
 
 
-@pytest.mark.parametrize("layout, target", [("tp2", dict(tp=1)), ("pp2", dict(pp=1))])
+@pytest.mark.parametrize("layout, target", [("tp2", dict(tp=1)), ("pp2", dict(pp=1)), ("cp2", dict(cp=1))])
 def test_reshard_gives_the_same_validation_loss(stdlib_shards, tmp_path, request, layout, target):
     _, stopped, stopped_dir = request.getfixturevalue(layout)
     checkpoint = os.path.join(stopped_dir, "checkpoints", f"iter_{STOP_AT:07d}")
@@ -76,10 +81,13 @@ def test_reshard_gives_the_same_validation_loss(stdlib_shards, tmp_path, request
     assert val == pytest.approx(stopped["val_losses"][-1], abs=1e-5)
 
 
-def test_training_continues_at_tp1_from_a_tp2_checkpoint_with_resharded_optimizer(stdlib_shards, tmp_path, tp2):
-    straight, _, stopped_dir = tp2
+@pytest.mark.parametrize("layout, target", [("tp2", dict(tp=1)), ("cp2", dict(cp=1))])
+def test_training_continues_on_one_rank_from_a_two_rank_checkpoint_with_resharded_optimizer(
+    stdlib_shards, tmp_path, request, layout, target
+):
+    straight, _, stopped_dir = request.getfixturevalue(layout)
     run_dir = _copy(stopped_dir, tmp_path / "run")
-    resumed = _run(stdlib_shards, run_dir, 1, tp=1)
+    resumed = _run(stdlib_shards, run_dir, 1, **target)
     # Same model and optimizer state, another layout: fp32 reduction order only.
     assert resumed["losses"] == pytest.approx(straight["losses"][STOP_AT:], abs=1e-4)
 

@@ -80,6 +80,24 @@ def test_sequence_parallel_matches_tp2_without_it(stdlib_shards, tmp_path, refer
     _assert_same_tensors(run, reference, "grads", rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.parametrize(
+    "world_size, parallel",
+    [(2, dict(cp=2)), (4, dict(cp=4)), (4, dict(cp=2, tp=2)), (4, dict(cp=2, pp=2))],
+    ids=["cp2", "cp4", "cp2_tp2", "cp2_pp2"],
+)
+def test_context_parallel_matches_cp1_loss_and_gradients(stdlib_shards, tmp_path, reference, world_size, parallel):
+    # Without the distributed optimizer every rank holds the full gradient, reduced over dp x cp.
+    run = _probe(stdlib_shards, tmp_path, world_size, distributed_optimizer=False, **parallel)
+    _assert_same_losses(run, reference)
+    _assert_same_tensors(run, reference, "grads", rtol=1e-4, atol=1e-7)
+
+
+def test_cp2_with_the_distributed_optimizer_matches_cp1(stdlib_shards, tmp_path, reference):
+    run = _probe(stdlib_shards, tmp_path, 2, cp=2)
+    _assert_same_losses(run, reference)
+    _assert_same_tensors(run, reference, "params", rtol=1e-3, atol=2e-5)
+
+
 def test_distributed_optimizer_matches_plain_over_three_steps(stdlib_shards, tmp_path):
     sharded = _probe(stdlib_shards, tmp_path, 2, distributed_optimizer=True)
     plain = _probe(stdlib_shards, tmp_path, 2, distributed_optimizer=False)

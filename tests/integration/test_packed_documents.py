@@ -76,21 +76,19 @@ def test_training_and_validation_change_with_document_masking(shard, tmp_path):
     assert runs["all"].losses[0] != documents.losses[0]  # eod_mask_loss drops the eod positions
 
 
-def test_document_masking_is_refused_with_context_parallelism_and_transformer_engine():
+def test_document_masking_is_refused_with_transformer_engines_layer_spec():
     job = JobConfig()
-    job.data.mock, job.data.reset_attention_mask, job.parallel.cp = True, True, 2
-    with pytest.raises(MegatronSotaError, match=r"data.reset_attention_mask=true with parallel.cp>1 is not supported yet"):
-        validate_job(job, 2)
-    job.parallel.cp = 1
+    job.data.mock, job.data.reset_attention_mask = True, True
     with pytest.raises(MegatronSotaError, match="data.reset_attention_mask=true needs the local layer spec's SDPA"):
         validate_job(job, 1, Machine(cuda=True, transformer_engine=True))
     validate_job(job, 1, Machine(cuda=False, transformer_engine=False))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("parallel", [{"pp": 2}, {"tp": 2, "sp": True}], ids=["pp2", "tp2_sp"])
-def test_document_masking_trains_alike_under_pipeline_and_tensor_parallelism(shard, tmp_path, parallel):
-    """Every pipeline stage gets the ids, and sequence parallelism hands core attention the whole sequence."""
+@pytest.mark.parametrize("parallel", [{"pp": 2}, {"tp": 2, "sp": True}, {"cp": 2}], ids=["pp2", "tp2_sp", "cp2"])
+def test_document_masking_trains_alike_under_pipeline_tensor_and_context_parallelism(shard, tmp_path, parallel):
+    """Every pipeline stage gets the ids, sequence parallelism hands core attention the whole sequence, and
+    context parallelism cuts the ids with the tokens (40-token documents across 16-token CP chunks)."""
     from megatron_sota.runtime.local_ranks import run_distributed
     from tests.distributed.probes import pretrain_probe
 

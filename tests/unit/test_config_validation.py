@@ -167,7 +167,8 @@ def test_numbers_at_the_edges_of_their_ranges_are_accepted():
 LATE_REFUSALS = {
     "model.transformer_impl=transformer_engine needs a CUDA device": dict(model__transformer_impl="transformer_engine"),
     "precision.fp8=hybrid needs Transformer Engine, which is not importable here": dict(precision__fp8="hybrid"),
-    "parallel.cp=2 needs Transformer Engine's attention, which is not in use here": dict(parallel__cp=2),
+    "model.attention_dropout=0.1 with parallel.cp=2: the local layer spec's context-parallel attention has no attention dropout":
+        dict(parallel__cp=2, model__attention_dropout=0.1),
     "kernels.rms_norm=true applies to the local layer spec, but this run uses Transformer Engine's": dict(kernels__rms_norm=True),
     "kernels.compile_layers=true applies to the local layer spec": dict(kernels__compile_layers=True),
     "scheduler.wsd_decay_style must be one of linear, cosine, exponential, minus_sqrt, got 'square'": dict(scheduler__wsd_decay_style="square"),
@@ -214,6 +215,10 @@ def test_the_same_choices_pass_where_the_machine_has_them():
     validate_job(_job(runtime__device="cuda", model__transformer_impl="transformer_engine", precision__fp8="e4m3", parallel__cp=2), 2,
                  Machine(cuda=True, transformer_engine=True))
     validate_job(_job(kernels__rms_norm=True, model__transformer_impl="local"), 1, Machine(cuda=True, transformer_engine=True))
+
+
+def test_context_parallelism_needs_no_transformer_engine():
+    assert validate_job(_job(runtime__device="cpu", parallel__cp=2), 2, CPU_ONLY).dp == 1
 
 
 @pytest.mark.parametrize(

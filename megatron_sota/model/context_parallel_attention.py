@@ -1,0 +1,200 @@
+"""Causal attention over a sequence split across the context-parallel ranks, without Transformer Engine.
+
+Keys and values are all-gathered over the CP group and blocks merged by log-sum-exp; it must not hold a seq x seq matrix.
+
+Layout (megatron-core's load-balanced split, as ``get_batch_on_this_cp_rank`` cuts a batch): the
+sequence is cut into 2*cp chunks and CP rank r holds chunks r and 2*cp-1-r, so every rank has the
+same causal work. Each (query tile, key chunk) block is computed with an explicit log-sum-exp and
+merged; blocks of a later key chunk than the query chunk are skipped. The backward recomputes the
+blocks (flash-attention's recurrence), so only the output and its log-sum-exp are kept per layer.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, List, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+
+# Query rows per block: bounds the [tile, chunk] score matrices that exist at any one time.
+QUERY_TILE = 1024
+
+
+def _slot(chunk: int, cp: int) -> int:
+    """Where global chunk `chunk` sits in the gathered buffer (rank order, two chunks per rank)."""
+    return 2 * chunk if chunk < cp else 2 * (2 * cp - 1 - chunk) + 1
+
+
+def _blocks(rank: int, cp: int, chunk: int, tile: int) -> Iterator[Tuple[slice, List[Tuple[slice, Optional[int]]]]]:
+    """(local query rows, [(gathered key columns, causal offset or None)]) for each query tile of this rank.
+
+    A causal offset `a` means key column j of the block may be seen by tile row i iff j <= a + i;
+    None means the whole key chunk precedes the query chunk.
+    """
+    for local, q_chunk in enumerate((rank, 2 * cp - 1 - rank)):
+        for start in range(0, chunk, tile):
+            stop = min(start + tile, chunk)
+            rows = slice(local * chunk + start, local * chunk + stop)
+            keys = []
+            for k_chunk in range(q_chunk + 1):  # later key chunks are fully masked: skipped
+                base = _slot(k_chunk, cp) * chunk
+                if k_chunk < q_chunk:
+                    keys.append((slice(base, base + chunk), None))
+                else:  # the diagonal chunk: keys past the tile's last row are masked, so not computed
+                    keys.append((slice(base, base + stop), start))
+            yield rows, keys
+
+
+def _allowed(rows: slice, cols: slice, offset: Optional[int], docs_q, docs_k, device) -> Optional[torch.Tensor]:
+    """Bool [batch or 1, 1, 1, tile, keys] (True = attend), or None when every key is visible."""
+    allowed = None
+    if offset is not None:
+        n_rows, n_cols = rows.stop - rows.start, cols.stop - cols.start
+        i = torch.arange(n_rows, device=device).unsqueeze(1)
+        j = torch.arange(n_cols, device=device).unsqueeze(0)
+        allowed = (j <= i + offset)[None, None, None]
+    if docs_q is not None:
+        same = (docs_q[:, rows].unsqueeze(2) == docs_k[:, cols].unsqueeze(1))[:, None, None]
+        allowed = same if allowed is None else allowed & same
+    return allowed
+
+
+def _wide(*tensors):
+    """Blocks are computed in fp32 at least (bf16 scores and sums lose the softmax's precision)."""
+    return tuple(t.to(torch.promote_types(t.dtype, torch.float32)) for t in tensors)
+
+
+def _scores(q, k, allowed, scale):
+    s = torch.matmul(q, k.transpose(-1, -2)) * scale
+    return s if allowed is None else s.masked_fill(~allowed, float("-inf"))
+
+
+def _finite(lse: torch.Tensor) -> torch.Tensor:
+    # A row that sees no key of a block has lse -inf; exp(-inf - 0) = 0 keeps its probabilities 0, not NaN.
+    return torch.where(torch.isneginf(lse), torch.zeros_like(lse), lse)
+
+
+def _merge(out, lse, out_b, lse_b):
+    """Combines two partial softmax results over disjoint key sets, each normalised by its own lse."""
+    new = torch.logaddexp(lse, lse_b)
+    ref = _finite(new)
+    return out * torch.exp(lse - ref).unsqueeze(-1) + out_b * torch.exp(lse_b - ref).unsqueeze(-1), new
+
+
+def attend_forward(q, k, v, rank, cp, scale, docs_q=None, docs_k=None, tile=QUERY_TILE):
+    """This rank's attention output and log-sum-exp, given every rank's keys and values.
+
+    q: [b, kv_heads, group, 2*chunk, d] (this rank's two chunks); k, v: [b, kv_heads, 2*cp*chunk, d] in
+    rank order (as all-gathered); docs_q [b, 2*chunk] / docs_k [b, 2*cp*chunk] optional document ids.
+    Returns (in fp32 at least) out [b, kv_heads, group, 2*chunk, d] and lse [b, kv_heads, group, 2*chunk].
+    """
+    q, k, v = _wide(q, k.unsqueeze(2), v.unsqueeze(2))
+    out = torch.zeros_like(q)
+    lse = torch.full(q.shape[:-1], float("-inf"), dtype=q.dtype, device=q.device)
+    for rows, keys in _blocks(rank, cp, q.size(3) // 2, tile):
+        o, l = out[..., rows, :], lse[..., rows]
+        for cols, offset in keys:
+            s = _scores(q[..., rows, :], k[..., cols, :], _allowed(rows, cols, offset, docs_q, docs_k, q.device), scale)
+            l_b = torch.logsumexp(s, dim=-1)
+            o_b = torch.matmul(torch.exp(s - _finite(l_b).unsqueeze(-1)), v[..., cols, :])
+            o, l = _merge(o, l, o_b, l_b)
+        out[..., rows, :], lse[..., rows] = o, l
+    return out, lse
+
+
+def attend_backward(d_out, q, k, v, out, lse, rank, cp, scale, docs_q=None, docs_k=None, tile=QUERY_TILE):
+    """Gradients of attend_forward: dq for this rank's queries, dk and dv for every rank's keys (rank order)."""
+    q, k, v, d_out = _wide(q, k.unsqueeze(2), v.unsqueeze(2), d_out)
+    delta = (d_out * out).sum(-1, keepdim=True)  # softmax backward's row term, rowsum(dO * O)
+    dq = torch.zeros_like(q)
+    dk = torch.zeros_like(k)
+    dv = torch.zeros_like(v)
+    for rows, keys in _blocks(rank, cp, q.size(3) // 2, tile):
+        q_t, do_t = q[..., rows, :], d_out[..., rows, :]
+        for cols, offset in keys:
+            s = _scores(q_t, k[..., cols, :], _allowed(rows, cols, offset, docs_q, docs_k, q.device), scale)
+            p = torch.exp(s - lse[..., rows].unsqueeze(-1))
+            dv[..., cols, :] += torch.matmul(p.transpose(-1, -2), do_t).sum(2, keepdim=True)
+            ds = p * (torch.matmul(do_t, v[..., cols, :].transpose(-1, -2)) - delta[..., rows, :])
+            dq[..., rows, :] += torch.matmul(ds, k[..., cols, :]) * scale
+            dk[..., cols, :] += torch.matmul(ds.transpose(-1, -2), q_t).sum(2, keepdim=True) * scale
+    return dq, dk.squeeze(2), dv.squeeze(2)
+
+
+def _gather(t: torch.Tensor, group, dim: int) -> torch.Tensor:
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(parts, t.contiguous(), group=group)
+    return torch.cat(parts, dim=dim)
+
+
+def _gather_keys(key, value, document_ids, group):
+    """Every rank's keys and values [b, kv_heads, s_all, d] and document ids [b, s_all] (or None), in rank order."""
+    k_all, v_all = (_gather(t, group, 0).permute(1, 2, 0, 3) for t in (key, value))
+    return k_all, v_all, None if document_ids is None else _gather(document_ids, group, 1)
+
+
+def _reduce_to_owner(full: torch.Tensor, group) -> torch.Tensor:
+    """Sums every rank's gradient for all keys [s_all, ...] and keeps this rank's rows."""
+    world, rank = dist.get_world_size(group), dist.get_rank(group)
+    local = full.size(0) // world
+    if dist.get_backend(group) == "nccl":
+        mine = torch.empty((local,) + tuple(full.shape[1:]), dtype=full.dtype, device=full.device)
+        dist.reduce_scatter_tensor(mine, full.contiguous(), group=group)
+        return mine
+    dist.all_reduce(full, group=group)  # gloo has no reduce-scatter
+    return full[rank * local:(rank + 1) * local]
+
+
+def _heads_first(t: torch.Tensor, kv_heads: int) -> torch.Tensor:
+    """[s, b, heads, d] -> [b, kv_heads, group, s, d] (query head h reads kv head h // group, as enable_gqa)."""
+    s, b, h, d = t.shape
+    return t.reshape(s, b, kv_heads, h // kv_heads, d).permute(1, 2, 3, 0, 4)
+
+
+def _seq_first(t: torch.Tensor) -> torch.Tensor:
+    """[b, kv_heads, group, s, d] -> [s, b, heads, d]."""
+    b, kv, g, s, d = t.shape
+    return t.permute(3, 0, 1, 2, 4).reshape(s, b, kv * g, d)
+
+
+class _ContextParallelAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, query, key, value, document_ids, group, scale):
+        rank, cp = dist.get_rank(group), dist.get_world_size(group)
+        kv_heads = key.size(2)
+        k_all, v_all, docs_k = _gather_keys(key, value, document_ids, group)
+        out, lse = attend_forward(_heads_first(query, kv_heads), k_all, v_all, rank, cp, scale, document_ids, docs_k)
+        # Only this rank's keys are kept; the backward gathers them again rather than hold cp times as many.
+        ctx.save_for_backward(query, key, value, document_ids, out, lse)
+        ctx.group, ctx.scale = group, scale
+        return _seq_first(out).to(query.dtype)
+
+    @staticmethod
+    def backward(ctx, d_out):
+        query, key, value, document_ids, out, lse = ctx.saved_tensors
+        group, kv_heads = ctx.group, key.size(2)
+        rank, cp = dist.get_rank(group), dist.get_world_size(group)
+        k_all, v_all, docs_k = _gather_keys(key, value, document_ids, group)
+        dq, dk, dv = attend_backward(
+            _heads_first(d_out, kv_heads), _heads_first(query, kv_heads), k_all, v_all, out, lse, rank, cp, ctx.scale,
+            document_ids, docs_k,
+        )
+        dk, dv = (_reduce_to_owner(t.permute(2, 0, 1, 3).contiguous(), group) for t in (dk, dv))
+        return _seq_first(dq).to(query.dtype), dk.to(key.dtype), dv.to(value.dtype), None, None, None
+
+
+def context_parallel_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    group,
+    scale: float,
+    document_ids: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Causal attention of this CP rank's queries over the whole sequence's keys.
+
+    query [s_local, b, heads, d], key/value [s_local, b, kv_heads, d] hold this rank's two chunks
+    (megatron-core's load-balanced split); `document_ids` [b, s_local] (integer, same split) further
+    restricts each query to keys of its own document. Returns [s_local, b, heads, d].
+    """
+    return _ContextParallelAttention.apply(query, key, value, document_ids, group, scale)
