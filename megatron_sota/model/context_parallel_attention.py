@@ -88,11 +88,12 @@ def _merge(out, lse, out_b, lse_b):
 
 
 def _kernel(q, docs_q, fused):
+    """The fused block kernel where it applies (no document ids, a kernel for q's device), else None: matmul blocks."""
     return fused_block_kernel(q.device) if fused and docs_q is None else None
 
 
 def _flat_heads(t: torch.Tensor) -> torch.Tensor:
-    """[b, kv_heads, group, s, ...] -> [b, heads, s, ...] (the fused kernel's GQA order: head h reads kv head h // group)."""
+    """[b, kv_heads, group, s, ...] -> [b, heads, s, ...]: query head h reads kv head h // group, as in the kernel."""
     return t.flatten(1, 2)
 
 

@@ -1,6 +1,7 @@
 """The fused attention kernel that returns the log-sum-exp, for one causal or fully visible block of CP attention.
 
-It picks the kernel for a device and calls it on one block; it must not know the CP layout, merge blocks or mask documents.
+It picks the kernel for a device and calls it on one block; it must not know the CP layout, merge blocks or mask
+documents.
 
 CPU: torch's flash-attention kernel for CPU (private aten ops, declared in runtime/upstream.py). Its `is_causal`
 is aligned top-left, so a causal block must be square (queries and keys of the same positions). Heads may be

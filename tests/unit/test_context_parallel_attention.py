@@ -61,7 +61,8 @@ def kernel_calls(monkeypatch):
 
         return call
 
-    monkeypatch.setattr(cpa, "fused_block_kernel", lambda device: FusedBlockKernel(counted("forward"), counted("backward")))
+    counting = FusedBlockKernel(counted("forward"), counted("backward"))
+    monkeypatch.setattr(cpa, "fused_block_kernel", lambda device: counting)
     return calls
 
 
