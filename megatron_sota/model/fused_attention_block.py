@@ -11,6 +11,7 @@ grouped (GQA: query head h reads key head h // group) in forward and backward. G
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, NamedTuple, Optional
 
 import torch
@@ -35,8 +36,13 @@ def _cpu_backward(d_out, q, k, v, out, lse, causal: bool, scale: float):
     )
 
 
+@functools.lru_cache(maxsize=None)
+def _cpu_flash_applies() -> bool:
+    return applies(CPU_FLASH_ATTENTION)  # once per process: it reads the installed versions (~1 ms)
+
+
 def fused_block_kernel(device: torch.device) -> Optional[FusedBlockKernel]:
     """The fused kernel for blocks on `device`, or None where the caller must compute blocks with matmuls."""
-    if device.type == "cpu" and applies(CPU_FLASH_ATTENTION):
+    if device.type == "cpu" and _cpu_flash_applies():
         return FusedBlockKernel(_cpu_forward, _cpu_backward)
     return None
