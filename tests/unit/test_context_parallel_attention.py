@@ -82,7 +82,7 @@ def test_cp_ranks_together_equal_full_attention_forward_and_backward(cp, docs, f
     for rank in range(cp):
         docs_q = None if docs is None else cp_split(docs, cp, rank, 1)
         q_local = _heads_first(cp_split(q.detach(), cp, rank, 0), kv_heads)
-        # A query tile of 5 rows: tiles that end inside a chunk, and a last short one.
+        # Matmul blocks of 5 query rows: tiles that end inside a chunk, and a last short one (fused: whole chunks).
         out, lse = attend_forward(q_local, k_all, v_all, rank, cp, scale, docs_q, docs_all, tile=5, fused=fused)
         torch.testing.assert_close(_seq_first(out), cp_split(expected.detach(), cp, rank, 0), rtol=1e-10, atol=1e-12)
         d_local = _heads_first(cp_split(d_out, cp, rank, 0), kv_heads)
