@@ -7,6 +7,10 @@ sequence is cut into 2*cp chunks and CP rank r holds chunks r and 2*cp-1-r, so e
 same causal work. Each (query tile, key chunk) block is computed with an explicit log-sum-exp and
 merged; blocks of a later key chunk than the query chunk are skipped. The backward recomputes the
 blocks (flash-attention's recurrence), so only the output and its log-sum-exp are kept per layer.
+
+Without document ids, where the device has a fused kernel that returns the log-sum-exp (fused_attention_block),
+each block is a whole chunk of queries against one key chunk: the diagonal block is square, as the kernel's
+top-left causal mask needs. Document ids, and devices without such a kernel, take the matmul blocks.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from typing import Iterator, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
+
+from megatron_sota.model.fused_attention_block import fused_block_kernel
 
 # Query rows per block: bounds the [tile, chunk] score matrices that exist at any one time.
 QUERY_TILE = 1024
@@ -81,13 +87,60 @@ def _merge(out, lse, out_b, lse_b):
     return out * torch.exp(lse - ref).unsqueeze(-1) + out_b * torch.exp(lse_b - ref).unsqueeze(-1), new
 
 
-def attend_forward(q, k, v, rank, cp, scale, docs_q=None, docs_k=None, tile=QUERY_TILE):
+def _kernel(q, docs_q, fused):
+    """The fused block kernel where it applies (no document ids, a kernel for q's device), else None: matmul blocks."""
+    return fused_block_kernel(q.device) if fused and docs_q is None else None
+
+
+def _flat_heads(t: torch.Tensor) -> torch.Tensor:
+    """[b, kv_heads, group, s, ...] -> [b, heads, s, ...]: query head h reads kv head h // group, as in the kernel."""
+    return t.flatten(1, 2)
+
+
+def _fused_forward(kernel, q, k, v, rank, cp, scale):
+    b, kv, g, s, d = q.shape
+    q = _flat_heads(q)
+    out = torch.empty_like(q)
+    lse = torch.empty(q.shape[:-1], dtype=q.dtype, device=q.device)
+    for rows, keys in _blocks(rank, cp, s // 2, s // 2):  # one tile per chunk: its diagonal block is square
+        o = l = None
+        for cols, offset in keys:
+            o_b, l_b = kernel.forward(q[..., rows, :], k[..., cols, :], v[..., cols, :], offset is not None, scale)
+            o, l = (o_b, l_b) if o is None else _merge(o, l, o_b, l_b)
+        out[..., rows, :], lse[..., rows] = o, l
+    return out.view(b, kv, g, s, d), lse.view(b, kv, g, s)
+
+
+def _fused_backward(kernel, d_out, q, k, v, out, lse, rank, cp, scale):
+    heads, s = q.shape[1:3], q.size(3)
+    d_out, q, out, lse = (_flat_heads(t) for t in (d_out, q, out, lse))
+    dq = torch.zeros_like(q)
+    dk = torch.zeros_like(k)
+    dv = torch.zeros_like(v)
+    for rows, keys in _blocks(rank, cp, s // 2, s // 2):
+        for cols, offset in keys:
+            # The merged output and lse give each block its share of the gradient (delta = rowsum(dO * O) overall).
+            dq_b, dk_b, dv_b = kernel.backward(
+                d_out[..., rows, :], q[..., rows, :], k[..., cols, :], v[..., cols, :], out[..., rows, :],
+                lse[..., rows], offset is not None, scale,
+            )
+            dq[..., rows, :] += dq_b
+            dk[..., cols, :] += dk_b
+            dv[..., cols, :] += dv_b
+    return dq.unflatten(1, heads), dk, dv
+
+
+def attend_forward(q, k, v, rank, cp, scale, docs_q=None, docs_k=None, tile=QUERY_TILE, fused=True):
     """This rank's attention output and log-sum-exp, given every rank's keys and values.
 
     q: [b, kv_heads, group, 2*chunk, d] (this rank's two chunks); k, v: [b, kv_heads, 2*cp*chunk, d] in
     rank order (as all-gathered); docs_q [b, 2*chunk] / docs_k [b, 2*cp*chunk] optional document ids.
     Returns (in fp32 at least) out [b, kv_heads, group, 2*chunk, d] and lse [b, kv_heads, group, 2*chunk].
+    `fused=False` takes the matmul blocks where a fused kernel would be used (to compare them).
     """
+    kernel = _kernel(q, docs_q, fused)
+    if kernel is not None:
+        return _fused_forward(kernel, *_wide(q, k, v), rank, cp, scale)
     q, k, v = _wide(q, k.unsqueeze(2), v.unsqueeze(2))
     out = torch.zeros_like(q)
     lse = torch.full(q.shape[:-1], float("-inf"), dtype=q.dtype, device=q.device)
@@ -102,8 +155,11 @@ def attend_forward(q, k, v, rank, cp, scale, docs_q=None, docs_k=None, tile=QUER
     return out, lse
 
 
-def attend_backward(d_out, q, k, v, out, lse, rank, cp, scale, docs_q=None, docs_k=None, tile=QUERY_TILE):
+def attend_backward(d_out, q, k, v, out, lse, rank, cp, scale, docs_q=None, docs_k=None, tile=QUERY_TILE, fused=True):
     """Gradients of attend_forward: dq for this rank's queries, dk and dv for every rank's keys (rank order)."""
+    kernel = _kernel(q, docs_q, fused)
+    if kernel is not None:
+        return _fused_backward(kernel, *_wide(d_out, q, k, v), out, lse, rank, cp, scale)
     q, k, v, d_out = _wide(q, k.unsqueeze(2), v.unsqueeze(2), d_out)
     delta = (d_out * out).sum(-1, keepdim=True)  # softmax backward's row term, rowsum(dO * O)
     dq = torch.zeros_like(q)

@@ -10,7 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from megatron_sota.model import context_parallel_attention as cpa
 from megatron_sota.model.context_parallel_attention import _heads_first, _seq_first, attend_backward, attend_forward
+from megatron_sota.model.fused_attention_block import FusedBlockKernel
 
 
 def cp_split(t: torch.Tensor, cp: int, rank: int, dim: int) -> torch.Tensor:
@@ -45,9 +47,29 @@ def inputs(seq, batch=2, heads=4, kv_heads=2, dim=8):
 DOCS = torch.tensor([[0] * 5 + [1] * 10 + [2] * 9, [7] * 24])
 
 
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    """Counts the calls of the fused block kernel (CPU flash attention) made by the CP attention."""
+    real = cpa.fused_block_kernel(torch.device("cpu"))
+    assert real is not None, "torch has no fused CPU attention kernel returning the log-sum-exp"
+    calls = {"forward": 0, "backward": 0}
+
+    def counted(name):
+        def call(*args):
+            calls[name] += 1
+            return getattr(real, name)(*args)
+
+        return call
+
+    counting = FusedBlockKernel(counted("forward"), counted("backward"))
+    monkeypatch.setattr(cpa, "fused_block_kernel", lambda device: counting)
+    return calls
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "matmul"])
 @pytest.mark.parametrize("cp", [1, 2, 3, 4])
 @pytest.mark.parametrize("docs", [None, DOCS], ids=["causal", "documents"])
-def test_cp_ranks_together_equal_full_attention_forward_and_backward(cp, docs):
+def test_cp_ranks_together_equal_full_attention_forward_and_backward(cp, docs, fused, kernel_calls):
     q, k, v = inputs(24)
     scale = 8 ** -0.5
     expected = reference(q, k, v, docs, scale)
@@ -60,15 +82,40 @@ def test_cp_ranks_together_equal_full_attention_forward_and_backward(cp, docs):
     for rank in range(cp):
         docs_q = None if docs is None else cp_split(docs, cp, rank, 1)
         q_local = _heads_first(cp_split(q.detach(), cp, rank, 0), kv_heads)
-        # A query tile of 5 rows: tiles that end inside a chunk, and a last short one.
-        out, lse = attend_forward(q_local, k_all, v_all, rank, cp, scale, docs_q, docs_all, tile=5)
+        # Matmul blocks of 5 query rows: tiles that end inside a chunk, and a last short one (fused: whole chunks).
+        out, lse = attend_forward(q_local, k_all, v_all, rank, cp, scale, docs_q, docs_all, tile=5, fused=fused)
         torch.testing.assert_close(_seq_first(out), cp_split(expected.detach(), cp, rank, 0), rtol=1e-10, atol=1e-12)
         d_local = _heads_first(cp_split(d_out, cp, rank, 0), kv_heads)
-        dq, dk, dv = attend_backward(d_local, q_local, k_all, v_all, out, lse, rank, cp, scale, docs_q, docs_all, tile=5)
+        dq, dk, dv = attend_backward(
+            d_local, q_local, k_all, v_all, out, lse, rank, cp, scale, docs_q, docs_all, tile=5, fused=fused
+        )
         torch.testing.assert_close(_seq_first(dq), cp_split(q.grad, cp, rank, 0), rtol=1e-10, atol=1e-12)
         dk_sum, dv_sum = dk_sum + dk, dv_sum + dv
     torch.testing.assert_close(dk_sum, in_rank_order(k.grad, cp, 0).permute(1, 2, 0, 3), rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(dv_sum, in_rank_order(v.grad, cp, 0).permute(1, 2, 0, 3), rtol=1e-10, atol=1e-12)
+    # Without document ids the fused kernel computes every block: rank r has r + 1 and 2*cp - r key chunks to see.
+    blocks = cp * (2 * cp + 1) if fused and docs is None else 0
+    assert kernel_calls == {"forward": blocks, "backward": blocks}
+
+
+@pytest.mark.parametrize("cp", [2, 3])
+def test_fused_blocks_equal_matmul_blocks_and_full_attention_at_fp32(cp, kernel_calls):
+    q, k, v = (t.detach().float() for t in inputs(48, heads=6, kv_heads=2, dim=16))
+    scale = 16 ** -0.5
+    k_all, v_all = (in_rank_order(t, cp, 0).permute(1, 2, 0, 3) for t in (k, v))
+    d_out = torch.randn_like(q)
+    for rank in range(cp):
+        q_local, d_local = (_heads_first(cp_split(t, cp, rank, 0), 2) for t in (q, d_out))
+        results = {}
+        for fused in (True, False):
+            out, lse = attend_forward(q_local, k_all, v_all, rank, cp, scale, fused=fused)
+            grads = attend_backward(d_local, q_local, k_all, v_all, out, lse, rank, cp, scale, fused=fused)
+            results[fused] = (out, lse) + grads
+        for fused_result, matmul_result in zip(results[True], results[False]):
+            torch.testing.assert_close(fused_result, matmul_result, rtol=1e-5, atol=1e-5)
+        expected = cp_split(reference(q, k, v, None, scale), cp, rank, 0)
+        torch.testing.assert_close(_seq_first(results[True][0]), expected, rtol=1e-5, atol=1e-5)
+    assert kernel_calls == {"forward": cp * (2 * cp + 1), "backward": cp * (2 * cp + 1)}
 
 
 def test_bf16_inputs_are_attended_in_fp32():

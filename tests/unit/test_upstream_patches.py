@@ -234,3 +234,24 @@ def test_dataloader_shutdown_workers_stops_workers_that_ignore_sigterm():
             for worker in workers:
                 worker.kill()
                 worker.join()
+
+
+def test_cpu_flash_attention_ops_keep_the_schemas_we_call():
+    """fused_attention_block calls these private ops positionally: a reordered or new argument would be misread."""
+    ops = torch.ops.aten
+    expected = {
+        ops._scaled_dot_product_flash_attention_for_cpu.default: (
+            "(Tensor query, Tensor key, Tensor value, float dropout_p=0., bool is_causal=False, *, "
+            "Tensor? attn_mask=None, float? scale=None) -> (Tensor output, Tensor logsumexp)"
+        ),
+        ops._scaled_dot_product_flash_attention_for_cpu_backward.default: (
+            "(Tensor grad_out, Tensor query, Tensor key, Tensor value, Tensor out, Tensor logsumexp, float dropout_p, "
+            "bool is_causal, *, Tensor? attn_mask=None, float? scale=None) -> "
+            "(Tensor grad_query, Tensor grad_key, Tensor grad_value)"
+        ),
+    }
+    for op, arguments in expected.items():
+        schema = str(op._schema)
+        assert schema == f"aten::{op._schema.name.split('::')[1]}{arguments}", (
+            f"{schema}: revisit {upstream.CPU_FLASH_ATTENTION.name}"
+        )
