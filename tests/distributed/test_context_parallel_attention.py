@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_sota.runtime.local_ranks import run_distributed
-from tests.unit.test_context_parallel_attention import DOCS, cp_split, inputs, reference
+from tests.cp_attention_inputs import DOCS, cp_split, inputs, reference
 
 pytestmark = pytest.mark.slow  # a fresh forkserver and 2 or 4 gloo ranks: ~15-25 s on a loaded 2-core machine
 
