@@ -6,7 +6,7 @@ Documents are the contiguous runs of equal ids in a [batch, seq] tensor; this mu
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, List, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import torch
 
@@ -66,6 +66,21 @@ def plan_documents(ids: torch.Tensor) -> DocumentPlan:
     document = torch.cumsum(starts_new, 0) - 1
     slots = base[document] + torch.arange(batch * seq) - starts[document]
     return DocumentPlan(groups, slots.to(ids.device), one_per_row=starts.numel() == batch)
+
+
+_last: Tuple[Optional[torch.Tensor], int, Optional[DocumentPlan]] = (None, -1, None)
+"""The ids tensor planned last, its version, and its plan."""
+
+
+def plan_for(ids: torch.Tensor) -> DocumentPlan:
+    """plan_documents(ids), once per micro-batch: every layer (and a recomputed forward) receives the same ids
+    tensor, so the host copy and the grouping happen once, not once per layer (on GPU: one sync per layer)."""
+    global _last
+    tensor, version, plan = _last
+    if tensor is not ids or version != ids._version:
+        plan = plan_documents(ids)
+        _last = (ids, ids._version, plan)
+    return plan
 
 
 class _Collect(torch.autograd.Function):

@@ -18,7 +18,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.utils import divide
 
 from megatron_sota.model.context_parallel_attention import context_parallel_attention
-from megatron_sota.model.document_attention import document_causal_attention, plan_documents
+from megatron_sota.model.document_attention import document_causal_attention, plan_for
 
 # kernels.attention_backend: the kernel SDPA tries first; the others stay as fallbacks, in this order.
 _PREFERRED = {
@@ -101,7 +101,7 @@ class SDPACoreAttention(MegatronModule):
         if self.cp_group is not None:
             return self._context_parallel(query, key, value, attention_mask)
         if attention_mask is not None and _holds_ids(attention_mask):
-            plan = plan_documents(self._checked_document_ids(attention_mask, query, key))
+            plan = plan_for(self._checked_document_ids(attention_mask, query, key))
             if not plan.one_per_row:
                 with self._kernels():
                     return document_causal_attention(query, key, value, plan, lambda q, k, v: self._sdpa(q, k, v, None))
@@ -129,7 +129,7 @@ class SDPACoreAttention(MegatronModule):
 
     def _context_parallel(self, query, key, value, attention_mask: Optional[torch.Tensor]) -> torch.Tensor:
         """Causal (None) or per-document (integer ids [batch, local seq], split like the tokens) attention over the CP group."""
-        if attention_mask is not None and (attention_mask.is_floating_point() or attention_mask.dtype == torch.bool):
+        if attention_mask is not None and not _holds_ids(attention_mask):
             raise ValueError(
                 "attention_mask with parallel.cp>1: expected None (causal) or integer document ids [batch, local seq], "
                 f"found {attention_mask.dtype} of shape {tuple(attention_mask.shape)}"
