@@ -70,6 +70,11 @@ def _wide(*tensors):
     return tuple(t.to(torch.promote_types(t.dtype, torch.float32)) for t in tensors)
 
 
+def _as_taken(kernel, *tensors):
+    """The inputs in the dtype the fused kernel takes: widened, or as they are (a GPU kernel's own fp32 accumulation)."""
+    return _wide(*tensors) if kernel.widen else tensors
+
+
 def _scores(q, k, allowed, scale):
     s = torch.matmul(q, k.transpose(-1, -2)) * scale
     return s if allowed is None else s.masked_fill(~allowed, float("-inf"))
@@ -89,7 +94,9 @@ def _merge(out, lse, out_b, lse_b):
 
 def _kernel(q, docs_q, fused):
     """The fused block kernel where it applies (no document ids, a kernel for q's device), else None: matmul blocks."""
-    return fused_block_kernel(q.device) if fused and docs_q is None else None
+    if not fused or docs_q is not None:
+        return None
+    return fused_block_kernel(q.device, q.dtype, q.size(1) * q.size(2), q.size(-1))
 
 
 def _flat_heads(t: torch.Tensor) -> torch.Tensor:
@@ -100,12 +107,14 @@ def _flat_heads(t: torch.Tensor) -> torch.Tensor:
 def _fused_forward(kernel, q, k, v, rank, cp, scale):
     b, kv, g, s, d = q.shape
     q = _flat_heads(q)
-    out = torch.empty_like(q)
-    lse = torch.empty(q.shape[:-1], dtype=q.dtype, device=q.device)
+    wide = torch.promote_types(q.dtype, torch.float32)  # the merge's dtype, whatever the kernel takes
+    out = torch.empty_like(q, dtype=wide)
+    lse = torch.empty(q.shape[:-1], dtype=wide, device=q.device)
     for rows, keys in _blocks(rank, cp, s // 2, s // 2):  # one tile per chunk: its diagonal block is square
         o = l = None
         for cols, offset in keys:
             o_b, l_b = kernel.forward(q[..., rows, :], k[..., cols, :], v[..., cols, :], offset is not None, scale)
+            o_b, l_b = o_b.to(wide), l_b.to(wide)
             o, l = (o_b, l_b) if o is None else _merge(o, l, o_b, l_b)
         out[..., rows, :], lse[..., rows] = o, l
     return out.view(b, kv, g, s, d), lse.view(b, kv, g, s)
@@ -114,9 +123,8 @@ def _fused_forward(kernel, q, k, v, rank, cp, scale):
 def _fused_backward(kernel, d_out, q, k, v, out, lse, rank, cp, scale):
     heads, s = q.shape[1:3], q.size(3)
     d_out, q, out, lse = (_flat_heads(t) for t in (d_out, q, out, lse))
-    dq = torch.zeros_like(q)
-    dk = torch.zeros_like(k)
-    dv = torch.zeros_like(v)
+    wide = torch.promote_types(q.dtype, torch.float32)  # the sums over blocks, whatever the kernel takes
+    dq, dk, dv = (torch.zeros_like(t, dtype=wide) for t in (q, k, v))
     for rows, keys in _blocks(rank, cp, s // 2, s // 2):
         for cols, offset in keys:
             # The merged output and lse give each block its share of the gradient (delta = rowsum(dO * O) overall).
@@ -140,7 +148,7 @@ def attend_forward(q, k, v, rank, cp, scale, docs_q=None, docs_k=None, tile=QUER
     """
     kernel = _kernel(q, docs_q, fused)
     if kernel is not None:
-        return _fused_forward(kernel, *_wide(q, k, v), rank, cp, scale)
+        return _fused_forward(kernel, *_as_taken(kernel, q, k, v), rank, cp, scale)
     q, k, v = _wide(q, k.unsqueeze(2), v.unsqueeze(2))
     out = torch.zeros_like(q)
     lse = torch.full(q.shape[:-1], float("-inf"), dtype=q.dtype, device=q.device)
@@ -159,7 +167,7 @@ def attend_backward(d_out, q, k, v, out, lse, rank, cp, scale, docs_q=None, docs
     """Gradients of attend_forward: dq for this rank's queries, dk and dv for every rank's keys (rank order)."""
     kernel = _kernel(q, docs_q, fused)
     if kernel is not None:
-        return _fused_backward(kernel, *_wide(d_out, q, k, v), out, lse, rank, cp, scale)
+        return _fused_backward(kernel, *_as_taken(kernel, d_out, q, k, v), out, lse, rank, cp, scale)
     q, k, v, d_out = _wide(q, k.unsqueeze(2), v.unsqueeze(2), d_out)
     delta = (d_out * out).sum(-1, keepdim=True)  # softmax backward's row term, rowsum(dO * O)
     dq = torch.zeros_like(q)

@@ -84,9 +84,21 @@ CPU_FLASH_ATTENTION = Patch(  # not a patch: a call of private ops, whose schema
         "torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward",
     ),
 )
+CUDA_FUSED_ATTENTION = Patch(  # not a patch: calls of private ops, whose schemas and returns may change without notice
+    "model.fused_attention_block._cuda_kernel",
+    (("torch", "2.13"),),
+    APPLY,  # a changed schema or return fails the call loudly, and the test below names it; a removed op: matmul blocks
+    "test_cuda_fused_attention_ops_keep_the_schemas_we_call",
+    (
+        "torch.ops.aten._scaled_dot_product_flash_attention",
+        "torch.ops.aten._scaled_dot_product_flash_attention_backward",
+        "torch.ops.aten._scaled_dot_product_efficient_attention",
+        "torch.ops.aten._scaled_dot_product_efficient_attention_backward",
+    ),
+)
 PATCHES = (
     FULLY_RESHARDABLE_STEP, SHARED_ADAM_STEP, CPU_BACKEND, TP_GROUP_WITHOUT_WARNING, LOADER_WORKERS_AT_EXIT,
-    CPU_FLASH_ATTENTION,
+    CPU_FLASH_ATTENTION, CUDA_FUSED_ATTENTION,
 )
 
 _warned: set[str] = set()

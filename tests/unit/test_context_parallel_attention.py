@@ -18,7 +18,7 @@ from tests.cp_attention_inputs import DOCS, cp_split, in_rank_order, inputs, ref
 @pytest.fixture
 def kernel_calls(monkeypatch):
     """Counts the calls of the fused block kernel (CPU flash attention) made by the CP attention."""
-    real = cpa.fused_block_kernel(torch.device("cpu"))
+    real = cpa.fused_block_kernel(torch.device("cpu"), torch.float64, 4, 8)
     assert real is not None, "torch has no fused CPU attention kernel returning the log-sum-exp"
     calls = {"forward": 0, "backward": 0}
 
@@ -30,7 +30,7 @@ def kernel_calls(monkeypatch):
         return call
 
     counting = FusedBlockKernel(counted("forward"), counted("backward"))
-    monkeypatch.setattr(cpa, "fused_block_kernel", lambda device: counting)
+    monkeypatch.setattr(cpa, "fused_block_kernel", lambda *chosen_by: counting)
     return calls
 
 

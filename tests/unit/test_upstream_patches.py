@@ -255,3 +255,38 @@ def test_cpu_flash_attention_ops_keep_the_schemas_we_call():
         assert schema == f"aten::{op._schema.name.split('::')[1]}{arguments}", (
             f"{schema}: revisit {upstream.CPU_FLASH_ATTENTION.name}"
         )
+
+
+def test_cuda_fused_attention_ops_keep_the_schemas_we_call():
+    """fused_attention_block calls these CUDA ops positionally (tests/unit/test_fused_attention_block_cuda_ops.py runs
+    that code on meta tensors): a reordered argument of the same type would be misread without failing there."""
+    ops = torch.ops.aten
+    expected = {
+        ops._scaled_dot_product_flash_attention.default: (
+            "(Tensor query, Tensor key, Tensor value, float dropout_p=0., bool is_causal=False, "
+            "bool return_debug_mask=False, *, float? scale=None) -> (Tensor output, Tensor logsumexp, "
+            "Tensor cum_seq_q, Tensor cum_seq_k, SymInt max_q, SymInt max_k, Tensor rng_state, Tensor unused, "
+            "Tensor debug_attn_mask)"
+        ),
+        ops._scaled_dot_product_flash_attention_backward.default: (
+            "(Tensor grad_out, Tensor query, Tensor key, Tensor value, Tensor out, Tensor logsumexp, "
+            "Tensor cum_seq_q, Tensor cum_seq_k, SymInt max_q, SymInt max_k, float dropout_p, bool is_causal, "
+            "Tensor philox_seed, Tensor philox_offset, *, float? scale=None) -> "
+            "(Tensor grad_query, Tensor grad_key, Tensor grad_value)"
+        ),
+        ops._scaled_dot_product_efficient_attention.default: (
+            "(Tensor query, Tensor key, Tensor value, Tensor? attn_bias, bool compute_log_sumexp, "
+            "float dropout_p=0., bool is_causal=False, *, float? scale=None) -> "
+            "(Tensor output, Tensor log_sumexp, Tensor philox_seed, Tensor philox_offset)"
+        ),
+        ops._scaled_dot_product_efficient_attention_backward.default: (
+            "(Tensor grad_out_, Tensor query, Tensor key, Tensor value, Tensor attn_bias, Tensor out, "
+            "Tensor logsumexp, Tensor philox_seed, Tensor philox_offset, float dropout_p, bool[4] grad_input_mask, "
+            "bool is_causal=False, *, float? scale=None) -> (Tensor, Tensor, Tensor, Tensor)"
+        ),
+    }
+    for op, arguments in expected.items():
+        schema = str(op._schema)
+        assert schema == f"aten::{op._schema.name.split('::')[1]}{arguments}", (
+            f"{schema}: revisit {upstream.CUDA_FUSED_ATTENTION.name}"
+        )
