@@ -9,7 +9,8 @@ timed against SDPA's over the whole sequence. Part of examples/gpu/h200_speed_ru
   python examples/gpu/cp_attention_check.py --device cpu --seq 2048 --heads 8 --kv-heads 2 --json out.json
 
 Prints a markdown table on stdout (and --json writes every number); exits 1 if a comparison fails its tolerance:
-each CP variant's error may be at most twice bf16 SDPA's own error against the same fp32 reference, plus 1e-3.
+each CP variant's error may be at most twice bf16 SDPA's own error against the same fp32 reference, plus 1e-3,
+and SDPA's at most SDPA_MAX_ERROR.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from megatron_sota.model.fused_attention_block import fused_block_kernel
 
 log = logging.getLogger("cp_attention_check")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+SDPA_MAX_ERROR = 0.05  # bf16 SDPA's max error relative to the fp32 result's largest value (measured: ~1e-2 at most)
 
 
 def rank_positions(rank: int, cp: int, seq: int, device) -> torch.Tensor:
@@ -128,9 +130,9 @@ def check(args, device, dtype) -> tuple[list[dict], bool]:
     reference = full_attention(*(t.float() for t in (q, k, v, d_out)))
     errors = lambda results: [relative_error(g, w) for g, w in zip(results, reference)]  # noqa: E731
     sdpa_errors = errors(full_attention(q, k, v, d_out))
-    rows, ok = [], True
+    ok = all(e <= SDPA_MAX_ERROR for e in sdpa_errors)  # else the fp32 reference itself is wrong
     sdpa_fwd_bwd = time_ms(lambda: full_attention(q, k, v, d_out), device, args.warmup, args.repeats)
-    rows.append({"variant": "sdpa (whole sequence)", "cp": 1, "errors": sdpa_errors, "fwd_bwd_ms": sdpa_fwd_bwd})
+    rows = [{"variant": "sdpa (whole sequence)", "cp": 1, "errors": sdpa_errors, "fwd_bwd_ms": sdpa_fwd_bwd, "passed": ok}]
     kernel = fused_block_kernel(device, dtype, args.heads, args.head_dim)
     for cp in args.cp:
         for fused in (True, False):

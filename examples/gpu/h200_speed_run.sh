@@ -12,6 +12,8 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,memory.used,m
 python3 -c "import torch, triton, megatron.core, hydra; print('torch', torch.__version__, 'triton', triton.__version__, 'megatron-core', megatron.core.__version__)"
 python3 tools/speed_comparison.py --baseline-script .bench/gpu_baseline.py --out "$OUT" \
     --budget-s "${BUDGET_S:-380}" 2>&1 | tee "$OUT/speed_log.txt"
+speed_status=$?
 # Last, and under its own timeout: a failure or overrun here leaves the speed comparison's files intact.
 timeout "${CP_CHECK_S:-150}" python3 examples/gpu/cp_attention_check.py --json "$OUT/cp_attention.json" \
     2>&1 | tee "$OUT/cp_attention.txt"
+exit "$speed_status"  # the speed comparison decides; the CP check reports in its own files
