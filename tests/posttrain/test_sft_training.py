@@ -79,6 +79,21 @@ def test_sft_derives_its_steps_from_epochs_and_resumes_exactly(tmp_path):
     assert resumed.first_step == 4 and resumed.losses == straight.losses[3:]
 
 
+def test_packed_and_unpacked_validation_give_the_same_token_weighted_loss(tmp_path):
+    """Validation reads every held-out conversation once: packed into shared rows (document ids through the
+    trainer's forward step) or one per row, each token's loss is its conversation's alone."""
+    from megatron_sota.posttrain.run import posttrain
+
+    use_fake_encodings()
+    val_losses = {}
+    for packing in (True, False):
+        job = sft_job(valid_files=["valid.jsonl"], packing=packing)
+        job.train.iters, job.train.eval_interval, job.optimizer.lr = 1, 1, 0.0  # the same weights in both runs
+        val_losses[packing] = posttrain(job, str(tmp_path / str(packing))).val_losses
+    assert len(val_losses[True]) == 1
+    assert val_losses[True] == pytest.approx(val_losses[False], rel=1e-6)
+
+
 def test_post_training_configs_are_checked_with_the_rest():
     job = sft_job(epochs=0)
     job.parallel.cp, job.posttrain.objective, job.train.iters = 2, "ppo", -1
@@ -115,6 +130,14 @@ def test_an_objectives_metrics_reach_metrics_jsonl_for_training_and_validation(t
 
     class Twice(Objective):
         metric_names = ("test/twice",)
+        hooked = []
+
+        def model_hook(self, chunks, config):
+            self.hooked.append(("model", [type(chunk).__name__ for chunk in chunks]))
+            return chunks
+
+        def before_first_step(self, state, progress):
+            self.hooked.append(("first step", progress.iteration, state.train_iterators is not None))
 
         def forward_step(self, state):
             return partial(_twice_the_loss, super().forward_step(state))
@@ -124,7 +147,9 @@ def test_an_objectives_metrics_reach_metrics_jsonl_for_training_and_validation(t
     job.train.seq_length, job.train.micro_batch_size, job.train.global_batch_size = 32, 2, 4
     job.train.iters, job.train.eval_interval, job.train.eval_iters = 2, 2, 1
     job.logging.tensorboard, job.logging.interval, job.checkpoint.save_at_end = False, 1, False
-    summary = pretrain(job, str(tmp_path), objective=Twice())
+    objective = Twice()
+    summary = pretrain(job, str(tmp_path), objective=objective)
+    assert objective.hooked == [("model", ["GPTModel"]), ("first step", 0, True)]  # before DDP; data started
     rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     train = [row for row in rows if "loss" in row]
     assert [row["test/twice"] for row in train] == pytest.approx([2 * row["loss"] for row in train], rel=1e-12)
