@@ -55,7 +55,7 @@ def _loss_func(loss_mask: torch.Tensor, per_token_loss: torch.Tensor):
     return loss_sum, num_tokens, {MAIN_METRIC: report}
 
 
-def _local_batch(
+def local_batch(
     batch: dict, device: torch.device, document_eod: Optional[int] = None, extra_keys: Sequence[str] = ()
 ) -> dict:
     """The micro-batch's [batch, seq] tensors on `device`, cut to this context-parallel rank's two of 2*cp chunks.
@@ -76,7 +76,7 @@ def _local_batch(
 
 
 def _forward_step(device: torch.device, data_iterator: Iterator[dict], model, document_eod: Optional[int] = None):
-    local = _local_batch(next(data_iterator), device, document_eod)
+    local = local_batch(next(data_iterator), device, document_eod)
     # attention_mask: None is causal over the row; document ids keep attention within each document.
     output = model(local["tokens"], local["position_ids"], local.get("document_ids"), labels=local["labels"])
     return output, partial(_loss_func, local["loss_mask"])
