@@ -59,6 +59,7 @@ setup(
     entry_points={
         "console_scripts": [
             "megatron-sota-train=megatron_sota.train:main",
+            "megatron-sota-posttrain=megatron_sota.posttrain.__main__:main",
             "megatron-sota-preprocess=megatron_sota.cli.preprocess_data:main",
             "megatron-sota-merge-datasets=megatron_sota.cli.merge_datasets:main",
             "megatron-sota-inspect-data=megatron_sota.cli.inspect_data:main",

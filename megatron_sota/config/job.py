@@ -6,6 +6,7 @@ Registered in Hydra's ConfigStore, so every composed config is checked against t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 from megatron_sota.config.evaluation import EvalConfig
 from megatron_sota.config.generation import GenerationConfig
@@ -13,6 +14,7 @@ from megatron_sota.config.kernels import KernelConfig
 from megatron_sota.config.model import ModelConfig
 from megatron_sota.config.optim import OptimizerConfig, PrecisionConfig, SchedulerConfig
 from megatron_sota.config.parallel import ParallelConfig
+from megatron_sota.config.posttrain import PosttrainConfig
 from megatron_sota.config.run import (
     CheckpointConfig,
     DataConfig,
@@ -41,6 +43,8 @@ class JobConfig:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    posttrain: Optional[PosttrainConfig] = None
+    """Post-training (conf/posttrain/: sft, rm, dpo; run by `python -m megatron_sota.posttrain`); null for pretraining."""
 
 
 def register_configs() -> None:

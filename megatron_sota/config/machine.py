@@ -102,9 +102,11 @@ def machine_problems(cfg: JobConfig, machine: Machine) -> list[str]:
             "spec's context-parallel attention has no attention dropout (set model.attention_dropout=0, or use "
             "model.transformer_impl=transformer_engine)"
         )
-    if choices.transformer_engine and cfg.data.reset_attention_mask:
+    packing = cfg.posttrain is not None and cfg.posttrain.packing
+    if choices.transformer_engine and (cfg.data.reset_attention_mask or packing):
+        key = "data.reset_attention_mask" if cfg.data.reset_attention_mask else "posttrain.packing"
         problems.append(
-            "data.reset_attention_mask=true needs the local layer spec's SDPA attention (document ids), but this run "
+            f"{key}=true needs the local layer spec's SDPA attention (document ids), but this run "
             "uses Transformer Engine's (set model.transformer_impl=local)"
         )
     if choices.transformer_engine:

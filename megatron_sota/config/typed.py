@@ -36,9 +36,12 @@ class _MappingOf:
 
 
 def _field_schema(hint: Any) -> type | _MappingOf | None:
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is typing.Union and len(args) == 2 and type(None) in args:
+        hint = next(arg for arg in args if arg is not type(None))  # Optional[<dataclass>] (posttrain)
+        args = typing.get_args(hint)
     if dataclasses.is_dataclass(hint):
         return hint
-    args = typing.get_args(hint)
     if typing.get_origin(hint) is dict and len(args) == 2 and dataclasses.is_dataclass(args[1]):
         return _MappingOf(args[1])
     return None

@@ -12,6 +12,7 @@ from megatron_sota.config.generation import generation_problems
 from megatron_sota.config.job import JobConfig
 from megatron_sota.config.kernels import ATTENTION_BACKENDS
 from megatron_sota.config.machine import Machine, machine_problems, probe_machine
+from megatron_sota.config.posttrain import posttrain_problems
 from megatron_sota.config.ranges import Bound, above, at_least, range_problems, within
 from megatron_sota.config.run import LOG_LEVELS
 from megatron_sota.errors import MegatronSotaError
@@ -264,9 +265,13 @@ def validate_job(
     """
     if machine is None:
         machine = probe_machine(cfg)
-    problems = _choice_problems(cfg) + _layout_problems(cfg, world_size) + _data_problems(cfg)
+    posttraining = cfg.posttrain is not None
+    # Post-training reads posttrain.train_files, not the data blend; its train.iters=0 means "from posttrain.epochs".
+    ranges = {**RANGES, "train.iters": at_least(0)} if posttraining else RANGES
+    problems = _choice_problems(cfg) + _layout_problems(cfg, world_size) + ([] if posttraining else _data_problems(cfg))
     problems += _model_problems(cfg) + machine_problems(cfg, machine) + generation_problems(cfg.generation)
-    problems += eval_problems(cfg) + _out_of_range(cfg, RANGES) + list(more_problems)
+    problems += eval_problems(cfg) + _out_of_range(cfg, ranges) + posttrain_problems(cfg.posttrain, cfg.parallel.cp)
+    problems += list(more_problems)
     if problems:
         raise MegatronSotaError("invalid configuration:\n  - " + "\n  - ".join(problems))
     dp = world_size // (cfg.parallel.tp * cfg.parallel.pp * cfg.parallel.cp)

@@ -2,7 +2,7 @@
 
 Health, metrics, validation, evaluation, exports, checkpoints and preemption are callbacks
 (training/callbacks/); post-training brings its own objective (`forward_step`) or callbacks
-instead of copying the loop. The Trainer must not know what any one callback does.
+(training/objective.py) instead of copying the loop. The Trainer must not know what any one callback does.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 from megatron_sota.checkpointing.manager import CheckpointManager, Progress
 from megatron_sota.training.callbacks.base import Callback
 from megatron_sota.training.state import TrainingState
-from megatron_sota.training.step import ForwardStep, StepResult, next_token_loss, train_step
+from megatron_sota.training.step import ForwardStep, StepResult, train_step
 
 
 @dataclass
@@ -26,6 +26,8 @@ class TrainSummary:
     first_step: int = 1
     """The step losses[0] belongs to (> 1 after a resume)."""
     val_losses: List[float] = field(default_factory=list)
+    val_metrics: List[Dict[str, float]] = field(default_factory=list)
+    """The objective's other metrics at each validation (training/objective.py), in val_losses' order."""
     eval_metrics: Dict[int, Dict[str, float]] = field(default_factory=dict)
     """In-loop evaluation: step -> {"<task>/<metric>": value}."""
     tokens_per_s: float = 0.0
@@ -68,7 +70,7 @@ class Trainer:
         self.checkpoint_layout = checkpoint_layout
         self.config_yaml = config_yaml
         self.callbacks = list(callbacks)
-        self.forward_step: ForwardStep = forward_step or next_token_loss(state.session.device, state.document_eod)
+        self.forward_step: ForwardStep = forward_step or state.objective.forward_step(state)
         """The objective of each step; a callback may swap it for a step (fault injection does)."""
         self.step = progress.iteration
         """The last step taken (during a step's hooks: that step)."""
@@ -141,7 +143,7 @@ class Trainer:
         result = train_step(
             state.models, state.optimizer, state.scheduler, state.train_iterators,
             state.layout.num_microbatches, t.micro_batch_size, t.seq_length, device,
-            forward_step=self.forward_step,
+            forward_step=self.forward_step, metric_names=state.objective.metric_names,
         )
         if device.type == "cuda":
             torch.cuda.synchronize()

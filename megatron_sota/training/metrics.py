@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Dict, Optional
 
 import torch
 
@@ -45,6 +45,8 @@ class StepMetrics:
     """fp16: the loss scaler found inf/nan gradients and skipped the update."""
     eta_s: Optional[float] = None
     """Remaining wall time at the mean step time so far."""
+    metrics: Dict[str, float] = field(default_factory=dict)
+    """The objective's other metrics (training/objective.py), written under their own names."""
 
 
 def drop_rows_after(run_dir: str, step: int) -> int:
@@ -92,23 +94,32 @@ class MetricsWriter:
             f"loss scale {m.loss_scale:g}" if m.loss_scale is not None else "",
             "SKIPPED (inf/nan grads)" if m.skipped else "",
             f"ETA {_clock(m.eta_s)}" if m.eta_s is not None else "",
+            *(f"{name} {value:.4f}" for name, value in m.metrics.items()),
         ]
         logger.info(" | ".join(p for p in parts if p))
-        row = {k: v for k, v in m.__dict__.items() if v is not None}
-        self._jsonl.write(json.dumps(row) + "\n")
+        row = {k: v for k, v in m.__dict__.items() if v is not None and k != "metrics"}
+        self._jsonl.write(json.dumps({**row, **m.metrics}) + "\n")
         if self._tb is not None:
             for key in ("loss", "lr", "grad_norm", "tokens_per_s", "mfu", "memory_gib", "loss_scale"):
                 value = getattr(m, key)
                 if value is not None:
                     self._tb.add_scalar(f"train/{key}", value, m.step)
+            for name, value in m.metrics.items():
+                self._tb.add_scalar(f"train/{name}", value, m.step)
 
-    def log_validation(self, step: int, loss: float) -> None:
+    def log_validation(self, step: int, loss: float, metrics: Optional[Dict[str, float]] = None) -> None:
+        """`metrics`: the objective's other metrics, written as val_<name> (TensorBoard: valid/<name>)."""
         if not self.enabled:
             return
-        logger.info(f"validation at step {step}: loss {loss:.4f} | ppl {_safe_exp(loss):.2f}")
-        self._jsonl.write(json.dumps({"step": step, "val_loss": loss}) + "\n")
+        metrics = metrics or {}
+        shown = "".join(f" | {name} {value:.4f}" for name, value in metrics.items())
+        logger.info(f"validation at step {step}: loss {loss:.4f} | ppl {_safe_exp(loss):.2f}{shown}")
+        row = {"step": step, "val_loss": loss, **{f"val_{name}": value for name, value in metrics.items()}}
+        self._jsonl.write(json.dumps(row) + "\n")
         if self._tb is not None:
             self._tb.add_scalar("valid/loss", loss, step)
+            for name, value in metrics.items():
+                self._tb.add_scalar(f"valid/{name}", value, step)
 
     def log_eval(self, step: int, values: dict, seconds: float) -> None:
         """In-loop task metrics, keyed "<task>/<metric>"."""

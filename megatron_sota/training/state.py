@@ -27,6 +27,7 @@ from megatron_sota.model.gpt_builder import build_model_chunks, build_transforme
 from megatron_sota.model.kernel_choice import KernelChoice, choose_kernels
 from megatron_sota.parallelize.ddp import scale_losses_by, wrap_in_ddp
 from megatron_sota.runtime.session import Session
+from megatron_sota.training.objective import Objective
 from megatron_sota.training.optimization import build_optimizer, build_scheduler
 from megatron_sota.training.resume import ResumePoint
 
@@ -74,7 +75,8 @@ def check_inputs(
     layout = validate_job(job, world_size, machine, more_problems)
     tokenizer = build_configured_tokenizer(job.tokenizer, job.model.vocab_size)
     _warn_if_vocab_size_replaced(job, tokenizer.vocab_size)
-    blend = None if job.data.mock else resolve_blend(job.data, tokenizer.vocab_size)
+    # A post-training objective reads its own files (training/objective.py), not the blend.
+    blend = None if job.data.mock or job.posttrain is not None else resolve_blend(job.data, tokenizer.vocab_size)
     padded = padded_vocab_size(tokenizer.vocab_size, job.model.make_vocab_size_divisible_by, job.parallel.tp)
     return CheckedInputs(layout, tokenizer, blend, padded, machine_choices(job, machine))
 
@@ -97,6 +99,8 @@ class TrainingState:
     """The samples each split was built to provide (training/resume.py: from a checkpoint's position on)."""
     kernels: KernelChoice = KernelChoice()
     """The fusions the model was built with (the `kernels` group resolved for this device)."""
+    objective: Objective = dataclasses.field(default_factory=Objective)
+    """What the run trains on (training/objective.py); pretraining by default."""
 
     @property
     def layout(self) -> Layout:
@@ -128,10 +132,13 @@ def _iterators(dataset, job: JobConfig, layout: Layout, consumed: int, chunks: i
 
 
 def build_training_state(
-    job: JobConfig, inputs: CheckedInputs, session: Session, run_dir: str, resume: Optional[ResumePoint] = None
+    job: JobConfig, inputs: CheckedInputs, session: Session, run_dir: str, resume: Optional[ResumePoint] = None,
+    objective: Optional[Objective] = None,
 ) -> TrainingState:
     """The run's objects; `resume` (training/resume.py) sizes the train split from its consumed samples
-    and says whose LR schedule a loaded checkpoint keeps."""
+    and says whose LR schedule a loaded checkpoint keeps; `objective` (pretraining when None) hooks the
+    model chunks before DDP and may bring its own datasets."""
+    objective = objective or Objective()
     t = job.train
     choices = inputs.choices
     if session.device.type != choices.device:
@@ -140,6 +147,7 @@ def build_training_state(
     kernels = choose_kernels(job.kernels, device_type, choices.dtype, use_te)
     config = build_transformer_config(job.model, job.parallel, job.precision, t.recompute, device_type, use_te, kernels)
     chunks = build_model_chunks(job.model, config, inputs.padded_vocab, t.seq_length, t.seed, use_te, kernels)
+    chunks = objective.model_hook(chunks, config)
     models = wrap_in_ddp(chunks, config, job.parallel, session.device)
     optimizer = build_optimizer(job.optimizer, job.scheduler, job.parallel, config, job.precision.initial_loss_scale, models)
     scale_losses_by(config, optimizer)
@@ -147,10 +155,14 @@ def build_training_state(
     scheduler = build_scheduler(optimizer, job.optimizer, job.scheduler, t.iters, follow_checkpoint=follow)
     start = resume.progress if resume is not None else Progress()
     counts = sample_counts(t.iters, t.global_batch_size, t.eval_iters, start.iteration, start.consumed_samples)
-    cache_dir = job.data.cache_dir or os.path.join(run_dir, "data_cache")
-    train_ds, valid_ds, _ = build_datasets(
-        job.data, inputs.tokenizer, t.seq_length, t.seed, counts, cache_dir, inputs.blend
-    )
+    own = objective.datasets(job, inputs, counts, run_dir)
+    if own is not None:
+        train_ds, valid_ds = own
+    else:
+        cache_dir = job.data.cache_dir or os.path.join(run_dir, "data_cache")
+        train_ds, valid_ds, _ = build_datasets(
+            job.data, inputs.tokenizer, t.seq_length, t.seed, counts, cache_dir, inputs.blend
+        )
     return TrainingState(
         job=job,
         inputs=inputs,
@@ -163,4 +175,5 @@ def build_training_state(
         valid_dataset=valid_ds,
         sample_counts=counts,
         kernels=kernels,
+        objective=objective,
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 from omegaconf import OmegaConf
@@ -43,6 +43,7 @@ from megatron_sota.training.hf_export import BackgroundExporter
 from megatron_sota.training.in_loop_eval import InLoopEvaluator
 from megatron_sota.training.loop import Trainer, TrainSummary
 from megatron_sota.training.metrics import MetricsWriter, drop_rows_after
+from megatron_sota.training.objective import Objective
 from megatron_sota.training.preemption import StopWatch
 from megatron_sota.training.resume import plan_resume
 from megatron_sota.training.state import CheckedInputs, TrainingState, build_training_state, check_inputs
@@ -127,18 +128,31 @@ def check_before_process_groups(job: JobConfig, env: LaunchEnv) -> CheckedInputs
     return check_inputs(job, env.world_size, machine, problems)
 
 
-def pretrain(job: JobConfig, run_dir: str, command_line: str = "", callbacks: Sequence[Callback] = ()) -> TrainSummary:
+def pretrain(
+    job: JobConfig, run_dir: str, command_line: str = "", callbacks: Sequence[Callback] = (),
+    objective: Optional[Objective] = None,
+) -> TrainSummary:
     """Runs (or resumes) training up to `job.train.iters` on this process's share of the layout.
 
     Every input is checked before any process group exists and before anything is written to `run_dir`.
-    `callbacks` run after the standard ones (training/callbacks/), every step.
+    `callbacks` run after the standard ones (training/callbacks/), every step. `objective`
+    (training/objective.py; pretraining when None) is what the run trains on: post-training brings its own.
     """
     if not logging.getLogger(PACKAGE_LOGGER).handlers:
         setup_logging()  # called in-process (tests, notebooks) without an entry point's set-up
     env = read_launch_env()
     job = dataclasses.replace(job, tokenizer=job.tokenizer.with_absolute_paths())
+    if objective is None and job.posttrain is not None:
+        raise MegatronSotaError(
+            f"posttrain.objective={job.posttrain.objective} is run by `python -m megatron_sota.posttrain` "
+            "(megatron-sota-posttrain), not by the pretraining entry point"
+        )
+    objective = objective or Objective()
     inputs = check_before_process_groups(job, env)
     job = inputs.job_as_built(job)  # config.yaml and checkpoints record the tokenizer's vocabulary, which the model uses
+    job = objective.prepare(job, inputs)  # its data checked and its derived values set, before anything is written
+    if job.train.iters < 1:
+        raise MegatronSotaError(f"train.iters={job.train.iters}: objective {objective.name} derived no steps (set train.iters)")
     save_dir = job.checkpoint.dir or os.path.join(run_dir, "checkpoints")
     refuse_foreign_checkpoints(save_dir, job.checkpoint.resume)
     resume_from = resolve_resume(job.checkpoint, save_dir)
@@ -151,7 +165,7 @@ def pretrain(job: JobConfig, run_dir: str, command_line: str = "", callbacks: Se
     if env.rank == 0:
         save_resolved_config(config_yaml, run_dir, command_line)
     with distributed_session(job.parallel, inputs.choices.device, job.runtime.timeout_minutes, job.train.seed, env) as session:
-        state = build_training_state(job, inputs, session, run_dir, resume)
+        state = build_training_state(job, inputs, session, run_dir, resume, objective)
         if env.rank == 0:
             report_data_mix(state, run_dir)
         num_params = _describe(state)
@@ -164,6 +178,7 @@ def pretrain(job: JobConfig, run_dir: str, command_line: str = "", callbacks: Se
         else:
             progress = Progress()
         state.start_data(progress.consumed_samples)
+        objective.before_first_step(state, progress)
         if env.rank == 0 and progress.iteration:
             drop_rows_after(run_dir, progress.iteration)
         c = job.checkpoint

@@ -45,6 +45,7 @@ class MetricsLog(Callback):
                 loss_scale=state.optimizer.get_loss_scale().item() if state.config.fp16 else None,
                 skipped=result.skipped,
                 eta_s=(time.perf_counter() - self.start) / done * (trainer.iters - step),
+                metrics=result.metrics,
             )
         )
 

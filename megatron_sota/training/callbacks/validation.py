@@ -8,23 +8,34 @@ from __future__ import annotations
 from megatron_sota.training.callbacks.base import Callback
 from megatron_sota.training.metrics import MetricsWriter
 from megatron_sota.training.state import TrainingState
-from megatron_sota.training.step import eval_step, next_token_loss
+from megatron_sota.training.step import MAIN_METRIC, eval_step
 
 
-def validation_loss(state: TrainingState) -> float:
-    """Token-weighted mean loss over the first `train.eval_iters` global batches of the validation split."""
+def validation_metrics(state: TrainingState) -> tuple[float, dict[str, float]]:
+    """Token-weighted mean loss over the first `train.eval_iters` global batches of the validation split,
+    and each of the objective's other metrics as its sum over those batches by its count."""
     t = state.job.train
     iterators = state.valid_iterators()
-    objective = next_token_loss(state.session.device, state.document_eod)
+    forward_step = state.objective.forward_step(state)
     total, weight = 0.0, 0
+    sums: dict[str, list[float]] = {}
     for _ in range(t.eval_iters):
         result = eval_step(
             state.models, iterators, state.layout.num_microbatches,
-            t.micro_batch_size, t.seq_length, state.session.device, objective,
+            t.micro_batch_size, t.seq_length, state.session.device, forward_step, state.objective.metric_names,
         )
         total += result.loss * result.num_tokens
         weight += result.num_tokens
-    return total / max(weight, 1)
+        for name, (value, count) in result.totals.items():
+            acc = sums.setdefault(name, [0.0, 0.0])
+            acc[0], acc[1] = acc[0] + value, acc[1] + count
+    metrics = {name: s / c for name, (s, c) in sums.items() if name != MAIN_METRIC and c > 0}
+    return total / max(weight, 1), metrics
+
+
+def validation_loss(state: TrainingState) -> float:
+    """validation_metrics' loss."""
+    return validation_metrics(state)[0]
 
 
 class Validation(Callback):
@@ -36,6 +47,7 @@ class Validation(Callback):
         if trainer.state.valid_dataset is None or self.interval <= 0:
             return
         if outcome.step % self.interval == 0 or trainer.is_last_step:
-            loss = validation_loss(trainer.state)
-            self.writer.log_validation(outcome.step, loss)
+            loss, metrics = validation_metrics(trainer.state)
+            self.writer.log_validation(outcome.step, loss, metrics)
             trainer.summary.val_losses.append(loss)
+            trainer.summary.val_metrics.append(metrics)

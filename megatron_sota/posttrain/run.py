@@ -1,0 +1,32 @@
+"""Runs a post-training job in-process: the objective `posttrain.objective` names, in pretraining's trainer.
+
+Tests and notebooks call posttrain() directly; the entry point (posttrain/__main__.py) adds only Hydra.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from megatron_sota.config.job import JobConfig
+from megatron_sota.errors import MegatronSotaError
+from megatron_sota.training.callbacks.base import Callback
+from megatron_sota.training.loop import TrainSummary
+from megatron_sota.training.objective import Objective
+from megatron_sota.training.trainer import pretrain
+
+
+def build_objective(job: JobConfig) -> Objective:
+    """The plug-in of `posttrain.objective` (training/objective.py), built from the job's config."""
+    if job.posttrain is None:
+        raise MegatronSotaError("no posttrain group: choose one (posttrain=sft, posttrain=rm or posttrain=dpo)")
+    name = job.posttrain.objective
+    if name == "sft":
+        from megatron_sota.posttrain.sft import SFTObjective
+
+        return SFTObjective(job.posttrain)
+    raise MegatronSotaError(f"posttrain.objective={name} is not available yet (available: sft)")
+
+
+def posttrain(job: JobConfig, run_dir: str, command_line: str = "", callbacks: Sequence[Callback] = ()) -> TrainSummary:
+    """pretrain() with the job's post-training objective: same run directory, checkpoints, resume and evaluation."""
+    return pretrain(job, run_dir, command_line, callbacks, objective=build_objective(job))
