@@ -48,8 +48,8 @@ from megatron_sota.posttrain.records import MAX_LISTED, Messages, PreferenceReco
 
 DEFAULT_TEMPLATE = "chatml.jinja"
 """The shipped template (megatron_sota/posttrain/templates/), used when no template is configured."""
-_PROBE = "\x00assistant reply\x00"
-"""Assistant content of the probe conversation: a string no template writes itself."""
+_PROBE = "megatron_sota probe reply 7f3a"
+"""Assistant content of the probe conversation: plain words (a template may escape others), written by no template."""
 
 
 @dataclass(frozen=True)

@@ -176,3 +176,22 @@ def test_records_longer_than_the_context_and_templates_that_train_nothing_are_re
         (root / name).write_text(text)
         with pytest.raises(MegatronSotaError, match=f"chat template {root / name}: .*{reason}"):
             ChatTemplate.load(str(root / name), ours)
+
+
+def test_template_features_render_as_in_transformers_and_template_errors_name_the_record(setup, tmp_path):
+    root, ours, _, export = setup
+    text = (
+        "{% for m in messages %}{% if m.role == 'system' %}{{ raise_exception('no system turns') }}{% endif %}"
+        "{{ '<|im_start|>' + m.role }} {% if m.role == 'tool' %}{% continue %}{% endif %}{{ m.content | tojson }}"
+        "{{ '<|im_end|>' }}\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant {% endif %}"
+    )
+    (root / "features.jinja").write_text(text)
+    template = ChatTemplate.load(str(root / "features.jinja"), ours)
+    hf = transformers.AutoTokenizer.from_pretrained(str(export))
+    messages = [{"role": "user", "content": "<b>Tom & 'Jerry'</b> ünïcode"}, {"role": "assistant", "content": "ok"}]
+    rendered = template.render(tuple(messages))
+    assert '"<b>Tom & \'Jerry\'</b> ünïcode"' in rendered
+    assert rendered == hf.apply_chat_template(messages, chat_template=text, tokenize=False)
+    record = _records(tmp_path, [{"messages": [SYSTEM, *messages]}])[0]
+    with pytest.raises(MegatronSotaError, match=f"{record.where}: expected chat template .* found an error: no system"):
+        encode_sft(record, template, ours)
