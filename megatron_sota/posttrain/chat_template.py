@@ -178,7 +178,8 @@ def _read_template(source: str) -> str:
     except (json.JSONDecodeError, AttributeError) as err:
         raise MegatronSotaError(f"chat template {path}: expected a JSON object, found {err}") from None
     if isinstance(template, list):  # named templates: transformers applies "default"
-        template = next((t.get("template") for t in template if isinstance(t, dict) and t.get("name") == "default"), None)
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default")
     if not isinstance(template, str) or not template:
         raise MegatronSotaError(f"chat template {path}: expected a 'chat_template' string, found {template!r}")
     return template

@@ -112,7 +112,8 @@ def _lines(path: str, problems: list[str]):
             problems.append(f"{where}: expected UTF-8 text, found byte {raw[err.start]:#04x}")
             continue
         except json.JSONDecodeError as err:
-            problems.append(f"{where}: expected one JSON object per line, found invalid JSON ({err.msg}, column {err.colno})")
+            found = f"invalid JSON ({err.msg}, column {err.colno})"
+            problems.append(f"{where}: expected one JSON object per line, found {found}")
             continue
         yield where, value
 
@@ -166,7 +167,9 @@ def _turns(record: dict, key: str, role: str, where: str, problems: list[str]) -
     value = record.get(key)
     if isinstance(value, str):
         if not value.strip():
-            problems.append(f"{where}: field '{key}': expected a non-empty string or list of messages, found {_show(value)}")
+            problems.append(
+                f"{where}: field '{key}': expected a non-empty string or list of messages, found {_show(value)}"
+            )
             return None
         return ({"role": role, "content": value},)
     return _messages(record, key, where, problems)
@@ -175,7 +178,10 @@ def _turns(record: dict, key: str, role: str, where: str, problems: list[str]) -
 def _messages(record: dict, key: str, where: str, problems: list[str]) -> Optional[Messages]:
     value = record.get(key)
     if key not in record:
-        problems.append(f"{where}: field '{key}': expected a string or a list of messages, found no such field (the record has {_keys(record)})")
+        problems.append(
+            f"{where}: field '{key}': expected a string or a list of messages, found no such field "
+            f"(the record has {_keys(record)})"
+        )
         return None
     if not isinstance(value, list) or not value:
         problems.append(f"{where}: field '{key}': expected a non-empty list of messages, found {_show(value)}")
@@ -212,6 +218,9 @@ def _keys(record: dict) -> str:
 
 def _show(value: Any) -> str:
     """A value as the message shows it: its JSON type and spelling, shortened."""
-    kind = {bool: "boolean", type(None): "null", str: "string", dict: "object", list: "list", int: "integer", float: "number"}
+    kind = {
+        bool: "boolean", type(None): "null", str: "string", dict: "object", list: "list", int: "integer",
+        float: "number",
+    }
     text = json.dumps(value, ensure_ascii=False)
     return f"{kind.get(type(value), type(value).__name__)} {text if len(text) <= 60 else text[:57] + '...'}"

@@ -182,7 +182,8 @@ def test_template_features_render_as_in_transformers_and_template_errors_name_th
     root, ours, _, export = setup
     text = (
         "{% for m in messages %}{% if m.role == 'system' %}{{ raise_exception('no system turns') }}{% endif %}"
-        "{{ '<|im_start|>' + m.role }} {% if m.role == 'tool' %}{% continue %}{% endif %}{{ m.content | tojson if m.role == 'user' else m.content }}"
+        "{{ '<|im_start|>' + m.role }} {% if m.role == 'tool' %}{% continue %}{% endif %}"
+        "{{ m.content | tojson if m.role == 'user' else m.content }}"
         "{{ '<|im_end|>' }}\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant {% endif %}"
     )
     (root / "features.jinja").write_text(text)
