@@ -117,8 +117,8 @@ class ChatTemplate:
 
     @classmethod
     def load(cls, source: Optional[str], tokenizer: DatasetTokenizer) -> "ChatTemplate":
-        """The shipped default (None), a .jinja file, or the template of a tokenizer directory or its
-        tokenizer_config.json (`chat_template`, or chat_template.jinja beside it)."""
+        """The shipped default (None), a .jinja file, a tokenizer_config.json's `chat_template`, or a tokenizer
+        directory's template (its chat_template.jinja, else its tokenizer_config.json's)."""
         if source is None:
             text = resources.files("megatron_sota.posttrain").joinpath("templates", DEFAULT_TEMPLATE).read_text("utf-8")
             return cls(text, f"{DEFAULT_TEMPLATE} (the shipped default)", tokenizer)
