@@ -28,7 +28,7 @@ class SFTObjective(Objective):
     def _rows(self, files, key: str, tokenizer, seq_length: int) -> Optional[Rows]:
         if not files:
             return None
-        examples = encode_files(files, self.cfg.chat_template, self.cfg.assistant_only_loss, tokenizer)
+        examples = encode_files(files, self.cfg.chat_template, self.cfg.assistant_only_loss, tokenizer, seq_length)
         rows = lay_out(examples, seq_length, self.cfg.packing, key)
         logger.info(
             f"{key}: {len(examples)} conversations {'packed' if self.cfg.packing else 'one per row'} into "

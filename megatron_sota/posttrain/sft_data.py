@@ -14,7 +14,9 @@ import numpy as np
 import torch
 
 from megatron_sota.errors import MegatronSotaError
+from megatron_sota.posttrain.chat_template import ChatTemplate, encode_sft_records
 from megatron_sota.posttrain.packing import best_fit_decreasing
+from megatron_sota.posttrain.records import read_sft_records
 
 logger = logging.getLogger(__name__)
 
@@ -27,13 +29,13 @@ class EncodedLike(Protocol):
     where: str
 
 
-def encode_files(paths: Sequence[str], chat_template: Optional[str], assistant_only: bool, tokenizer) -> list:
-    """Every record of `paths` rendered by the chat template into Encoded examples (errors name file:line)."""
-    from megatron_sota.posttrain.chat_template import ChatTemplate, encode_sft
-    from megatron_sota.posttrain.records import read_sft_records
-
+def encode_files(
+    paths: Sequence[str], chat_template: Optional[str], assistant_only: bool, tokenizer, max_tokens: int
+) -> list:
+    """Every record of `paths` rendered by the chat template into Encoded examples; one error listing every
+    record (file:line) that cannot be trained on, a record longer than `max_tokens` among them."""
     template = ChatTemplate.load(chat_template, tokenizer)
-    return [encode_sft(record, template, tokenizer, assistant_only=assistant_only) for record in read_sft_records(paths)]
+    return encode_sft_records(read_sft_records(paths), template, tokenizer, assistant_only, max_tokens)
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ def examples(count: int, seed: int, longest: int = 30) -> list:
     return made
 
 
-def fake_encode_files(paths, chat_template, assistant_only, tokenizer) -> list:
+def fake_encode_files(paths, chat_template, assistant_only, tokenizer, max_tokens) -> list:
     """posttrain.sft_data.encode_files for files named train*/valid*: 40 / 12 examples of their own seeds."""
     return [e for path in paths for e in examples(40 if "train" in path else 12, seed=len(path))]
 
