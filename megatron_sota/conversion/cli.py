@@ -31,6 +31,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     export.add_argument("--max-shard-size", default="5GB", help="largest safetensors file, e.g. 5GB or 500MB (default 5GB)")
     export.add_argument("--tokenizer-model", help="tokenizer to ship instead of the checkpoint's (.model file, tokenizer.json or its directory)")
     export.add_argument("--overwrite", action="store_true", help="replace a non-empty --save directory")
+    export.add_argument("--pad-token-id", type=int, help="pad id for config.json instead of the tokenizer's (reward models need one other than eos)")
     export.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     imp = sub.add_parser("import", help="Hugging Face Llama directory -> megatron_sota checkpoint at a TP/PP layout")
@@ -53,6 +54,7 @@ def _export(args: argparse.Namespace) -> None:
         ExportOptions(
             load=args.load, save=args.save, dtype=args.dtype, max_shard_size=args.max_shard_size,
             tokenizer_model=args.tokenizer_model, overwrite=args.overwrite, show_progress=not args.no_progress,
+            pad_token_id=args.pad_token_id,
         )
     )
     log.info("%s", summary_text(summary))

@@ -1,4 +1,5 @@
-"""Exports a megatron_sota checkpoint (any TP/PP/DP layout) as a Hugging Face LlamaForCausalLM directory.
+"""Exports a megatron_sota checkpoint (any TP/PP/DP layout) as a Hugging Face LlamaForCausalLM directory
+(LlamaForSequenceClassification when the checkpoint holds a reward model's scalar head).
 
 Reads one layer at a time from the layout-free global tensors and streams each converted
 tensor into pre-planned safetensors files, so memory stays at about one layer whatever the
@@ -45,6 +46,9 @@ class ExportOptions:
     """A tokenizer to ship instead of the one in the checkpoint's config (.model file or tokenizer.json/dir)."""
     overwrite: bool = False
     show_progress: bool = True
+    pad_token_id: Optional[int] = None
+    """The pad id written to config.json instead of the tokenizer's (a reward model needs one: transformers
+    scores the last token that is not this id)."""
 
 
 @dataclass
@@ -75,10 +79,16 @@ def export_checkpoint(options: ExportOptions) -> ExportSummary:
             f"the tokenizer has {tokenizer.vocab_size} tokens but {source} was trained with a vocabulary of {vocab_size}"
         )
     padded = reader.padded_vocab_size()
-    _check_shapes(reader, names.megatron_shapes(model, padded), vocab_size)
-    hf_config = hf_config_from_model(model, vocab_size, options.dtype, special_token_ids(tokenizer))
+    reward = reader.has(names.REWARD_HEAD)
+    _check_shapes(reader, names.megatron_shapes(model, padded, reward), vocab_size)
+    special_ids = special_token_ids(tokenizer)
+    if options.pad_token_id is not None:
+        special_ids["pad_token_id"] = options.pad_token_id
+    if reward:
+        _check_reward_pad(special_ids, vocab_size)
+    hf_config = hf_config_from_model(model, vocab_size, options.dtype, special_ids, reward)
     hf_config["megatron_sota"] = {"source": source, "iteration": reader.common["progress"]["iteration"], "preset": model.name}
-    shapes = names.hf_shapes(model, vocab_size)
+    shapes = names.hf_shapes(model, vocab_size, reward)
 
     with staged_directory(options.save, options.overwrite) as staging:
         tokenizer_files = _write_tokenizer(job, options.tokenizer_model, staging)  # first: it may refuse
@@ -89,7 +99,9 @@ def export_checkpoint(options: ExportOptions) -> ExportSummary:
             for name, tensor in names.layer_to_hf(megatron_layer, model, layer).items():
                 writer.write(name, tensor)
         writer.write(names.HF_FINAL_NORM, reader.read(names.FINAL_NORM))
-        if model.untie_embeddings_and_output_weights:
+        if reward:
+            writer.write(names.HF_SCORE, reader.read(names.REWARD_HEAD))
+        elif model.untie_embeddings_and_output_weights:
             writer.write(names.HF_LM_HEAD, names.unpad_vocab(reader.read(names.OUTPUT_LAYER), vocab_size))
         files = writer.finish()
         files += _write_json(staging, "config.json", hf_config)
@@ -118,6 +130,18 @@ def _check_shapes(reader: DistCheckpointReader, expected: Dict[str, tuple], voca
         problems.append(f"{names.EMBEDDING}: {expected[names.EMBEDDING][0]} rows, fewer than the vocabulary ({vocab_size})")
     if problems:
         raise MegatronSotaError(f"{reader.path} does not match its own model config:\n  - " + "\n  - ".join(problems))
+
+
+def _check_reward_pad(special_ids: Dict[str, Optional[int]], vocab_size: int) -> None:
+    """LlamaForSequenceClassification reads the score at the last token that is not the pad id: with no
+    pad id it cannot score a padded batch, and with pad = eos it skips a trailing eos that was scored here."""
+    pad, eos = special_ids.get("pad_token_id"), special_ids.get("eos_token_id")
+    if pad is None or pad == eos or not 0 <= pad < vocab_size:
+        found = "none" if pad is None else ("the eos id" if pad == eos else "outside the vocabulary") + f" ({pad})"
+        raise MegatronSotaError(
+            f"exporting a reward model needs a pad token id that no sequence ends with: expected an id in "
+            f"[0, {vocab_size}) other than eos ({eos}), found {found}; pass --pad-token-id"
+        )
 
 
 def _tokenizer_source(job: JobConfig, override: Optional[str]):

@@ -35,8 +35,12 @@ def _rope_scaling(model: ModelConfig) -> Optional[Dict[str, Any]]:
     }
 
 
-def hf_config_from_model(model: ModelConfig, vocab_size: int, dtype: str, special_ids: Dict[str, Optional[int]]) -> Dict[str, Any]:
-    """The config.json of a LlamaForCausalLM computing what `model` computes (vocabulary unpadded)."""
+def hf_config_from_model(
+    model: ModelConfig, vocab_size: int, dtype: str, special_ids: Dict[str, Optional[int]], reward_head: bool = False
+) -> Dict[str, Any]:
+    """The config.json of a LlamaForCausalLM computing what `model` computes (vocabulary unpadded), or with
+    `reward_head` of a one-label LlamaForSequenceClassification (it scores the last token that is not
+    pad_token_id, so special_ids must name a pad id no real sequence ends with)."""
     if model.rotary_percent != 1.0:
         raise MegatronSotaError(
             f"model.rotary_percent={model.rotary_percent}: Hugging Face's Llama rotates every channel (1.0); "
@@ -46,8 +50,11 @@ def hf_config_from_model(model: ModelConfig, vocab_size: int, dtype: str, specia
     rope_parameters = {"rope_type": "default", "rope_theta": float(model.rotary_base)}
     if scaling:
         rope_parameters = {**scaling, "rope_theta": float(model.rotary_base)}
+    head: Dict[str, Any] = {"architectures": ["LlamaForCausalLM"]}
+    if reward_head:
+        head = {"architectures": ["LlamaForSequenceClassification"], "id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0}}
     return {
-        "architectures": ["LlamaForCausalLM"],
+        **head,
         "model_type": "llama",
         "vocab_size": vocab_size,
         "hidden_size": model.hidden_size,
@@ -66,7 +73,7 @@ def hf_config_from_model(model: ModelConfig, vocab_size: int, dtype: str, specia
         "mlp_bias": False,
         "attention_dropout": model.attention_dropout,
         "initializer_range": model.init_method_std,
-        "tie_word_embeddings": not model.untie_embeddings_and_output_weights,
+        "tie_word_embeddings": not (model.untie_embeddings_and_output_weights or reward_head),
         "use_cache": True,
         "torch_dtype": TORCH_DTYPE_NAMES[dtype],
         "dtype": TORCH_DTYPE_NAMES[dtype],

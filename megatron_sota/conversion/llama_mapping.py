@@ -25,6 +25,9 @@ from megatron_sota.errors import MegatronSotaError
 
 FINAL_NORM = "decoder.final_layernorm.weight"
 OUTPUT_LAYER = "output_layer.weight"
+# A reward model's scalar head (posttrain/reward_head.py) in place of the output layer; exported as
+# LlamaForSequenceClassification's `score`.
+REWARD_HEAD = "output_layer.score.weight"
 
 # megatron-core key (layer-stacked) -> what it holds. Both the local and the TE spec save the
 # pre-attention and pre-MLP norms under the fused linear layers' names.
@@ -39,6 +42,7 @@ LAYER_KEYS = (ATTN_NORM, QKV, PROJ, MLP_NORM, FC1, FC2)
 HF_EMBEDDING = "model.embed_tokens.weight"
 HF_FINAL_NORM = "model.norm.weight"
 HF_LM_HEAD = "lm_head.weight"
+HF_SCORE = "score.weight"
 
 
 def hf_layer_names(layer: int) -> Dict[str, str]:
@@ -171,14 +175,17 @@ def layer_shapes(model: ModelConfig) -> Dict[str, Tuple[int, ...]]:
     }
 
 
-def hf_shapes(model: ModelConfig, vocab_size: int) -> Dict[str, Tuple[int, ...]]:
-    """Every tensor of the Hugging Face model and its shape, in file order (embedding, layers, norm, head)."""
+def hf_shapes(model: ModelConfig, vocab_size: int, reward_head: bool = False) -> Dict[str, Tuple[int, ...]]:
+    """Every tensor of the Hugging Face model and its shape, in file order (embedding, layers, norm, head);
+    with `reward_head`, the LlamaForSequenceClassification's score replaces any lm_head."""
     shapes: Dict[str, Tuple[int, ...]] = {HF_EMBEDDING: (vocab_size, model.hidden_size)}
     per_layer = layer_shapes(model)
     for layer in range(model.num_layers):
         shapes.update({name: per_layer[role] for role, name in hf_layer_names(layer).items()})
     shapes[HF_FINAL_NORM] = (model.hidden_size,)
-    if model.untie_embeddings_and_output_weights:
+    if reward_head:
+        shapes[HF_SCORE] = (1, model.hidden_size)
+    elif model.untie_embeddings_and_output_weights:
         shapes[HF_LM_HEAD] = (vocab_size, model.hidden_size)
     return shapes
 
@@ -188,8 +195,8 @@ def _check_shape(name: str, tensor: torch.Tensor, expected: Tuple[int, ...]) -> 
         raise MegatronSotaError(f"{name}: expected shape {list(expected)}, found {list(tensor.shape)}")
 
 
-def megatron_shapes(model: ModelConfig, padded_vocab: int) -> Dict[str, Tuple[int, ...]]:
-    """Global shape of every model tensor in a megatron_sota checkpoint of `model`."""
+def megatron_shapes(model: ModelConfig, padded_vocab: int, reward_head: bool = False) -> Dict[str, Tuple[int, ...]]:
+    """Global shape of every model tensor in a megatron_sota checkpoint of `model` (a reward model's with `reward_head`)."""
     L, h, d, f = model.num_layers, model.hidden_size, model.head_dim, model.ffn_hidden_size
     shapes = {
         EMBEDDING: (padded_vocab, h),
@@ -201,6 +208,8 @@ def megatron_shapes(model: ModelConfig, padded_vocab: int) -> Dict[str, Tuple[in
         FC2: (L, h, f),
         FINAL_NORM: (h,),
     }
-    if model.untie_embeddings_and_output_weights:
+    if reward_head:
+        shapes[REWARD_HEAD] = (1, h)
+    elif model.untie_embeddings_and_output_weights:
         shapes[OUTPUT_LAYER] = (padded_vocab, h)
     return shapes

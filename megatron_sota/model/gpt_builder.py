@@ -5,7 +5,7 @@ It decides shapes, dtypes and kernels; it must not wrap models in DDP or touch o
 
 from __future__ import annotations
 
-from typing import List
+from typing import Callable, List
 
 import torch
 from megatron.core import parallel_state
@@ -118,10 +118,12 @@ def build_model_chunks(
     init_seed: int,
     use_te: bool,
     kernels: KernelChoice = KernelChoice(),
+    model_class: Callable[..., GPTModel] = GPTModel,
 ) -> List[GPTModel]:
     """One GPTModel per virtual pipeline stage held by this rank (a single one without VPP).
 
     `kernels` picks the norm class and whether each layer is compiled; the weights are the same either way.
+    `model_class` takes GPTModel's arguments and returns a GPTModel (post-training's reward model).
     """
     vpp = config.virtual_pipeline_model_parallel_size or 1
     chunks = []
@@ -130,7 +132,7 @@ def build_model_chunks(
         pre = parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=stage_arg)
         post = parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=stage_arg)
         chunks.append(
-            GPTModel(
+            model_class(
                 config=config,
                 transformer_layer_spec=build_block_spec(config, use_te, init_seed, stage_arg, kernels.rms_norm, kernels.attention_backend),
                 vocab_size=vocab_size,
