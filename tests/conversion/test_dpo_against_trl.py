@@ -1,0 +1,149 @@
+"""DPO against TRL 1.16 on the same weights: our loss and metrics from per-token log-probs equal DPOTrainer's,
+and megatron-core's GPTModel (weights put in from the Hugging Face model) gives the log-probs and gradients HF gives.
+
+The oracle is TRL's own loss computation (DPOTrainer.compute_loss on one collated batch, reference model beside it).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from megatron_sota.posttrain.dpo_loss import DPOSettings, dpo_loss, mean_metrics
+
+transformers = pytest.importorskip("transformers")
+trl = pytest.importorskip("trl")
+from datasets import Dataset  # noqa: E402
+from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
+
+# transformers' own deprecation notices, met inside TRL 1.16's trainer.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:`gradient_checkpointing` is deprecated:FutureWarning"),
+    pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning"),
+]
+
+VOCAB = 200  # padded to 256 inside megatron_sota: the padding rows must stay out of the softmax
+EOS = VOCAB - 1
+BETA = 0.1
+# (prompt, chosen, rejected) token ids; completions of different lengths, some ending at EOS.
+PAIRS = [
+    ([5, 17, 42], [8, 9, EOS], [11, EOS]),
+    ([3], [60, 61, 62, 63], [70]),
+    ([90, 91, 92, 93, 94], [100, EOS], [101, 102, 103, EOS]),
+    ([7, 7], [20], [21, 22]),
+]
+METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected")
+
+
+def _hf_config():
+    return transformers.LlamaConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        vocab_size=VOCAB, max_position_embeddings=64, rms_norm_eps=1e-5, tie_word_embeddings=False,
+        bos_token_id=None, eos_token_id=EOS, pad_token_id=EOS,
+    )
+
+
+@pytest.fixture(scope="module")
+def hf_models():
+    """A policy with random norms, and a reference: the policy with every weight perturbed (so that Δ ≠ 0)."""
+    torch.manual_seed(0)
+    policy = transformers.LlamaForCausalLM(_hf_config()).float()
+    with torch.no_grad():
+        for name, param in policy.named_parameters():
+            if "norm" in name:
+                param.uniform_(0.5, 1.5)
+            else:
+                param.mul_(10.0)  # larger logits: log-probs that differ between the two models
+    reference = transformers.LlamaForCausalLM(_hf_config()).float()
+    reference.load_state_dict(policy.state_dict())
+    with torch.no_grad():
+        for param in reference.parameters():
+            param.add_(0.05 * param.abs().mean() * torch.randn_like(param))
+    return policy, reference
+
+
+def _trainer(policy, reference, tmp_path, **config):
+    """A DPOTrainer over a throwaway dataset (its tokenizer: a word-level one built in memory), in fp32 (DPOConfig's
+    bf16 defaults to True: it would wrap the models' forward in autocast), on copies of the models it patches."""
+    vocab = {f"t{i}": i for i in range(VOCAB - 1)} | {"<eos>": EOS}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="t0"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>", pad_token="<eos>")
+    dataset = Dataset.from_dict({"prompt": ["t1"], "chosen": [" t2"], "rejected": [" t3"]})
+    args = trl.DPOConfig(output_dir=str(tmp_path), report_to=[], use_cpu=True, bf16=False, beta=BETA, save_strategy="no", **config)
+    trainer = trl.DPOTrainer(model=copy.deepcopy(policy), ref_model=copy.deepcopy(reference), args=args, train_dataset=dataset, processing_class=tokenizer)
+    trainer.model.train()
+    return trainer
+
+
+def _trl_loss(trainer):
+    """TRL's loss on PAIRS (its collator: all chosen rows, then all rejected ones) and its logged metrics."""
+    batch = trainer.data_collator([{"prompt_ids": p, "chosen_ids": c, "rejected_ids": r} for p, c, r in PAIRS])
+    trainer._metrics["train"].clear()
+    loss = trainer.compute_loss(trainer.model, batch)
+    return loss, {name: trainer._metrics["train"][name][0] for name in METRICS}
+
+
+def _our_layout():
+    """PAIRS as our micro-batch: rows chosen, rejected, ...; labels the next token; loss_mask on completion targets."""
+    rows = [(prompt, prompt + completion) for prompt, chosen, rejected in PAIRS for completion in (chosen, rejected)]
+    length = max(len(ids) for _, ids in rows) - 1
+    tokens = torch.full((len(rows), length), EOS, dtype=torch.long)
+    labels = torch.full((len(rows), length), EOS, dtype=torch.long)
+    loss_mask = torch.zeros(len(rows), length)
+    for row, (prompt, ids) in enumerate(rows):
+        tokens[row, : len(ids) - 1] = torch.tensor(ids[:-1])
+        labels[row, : len(ids) - 1] = torch.tensor(ids[1:])
+        loss_mask[row, len(prompt) - 1 : len(ids) - 1] = 1
+    return tokens, labels, loss_mask
+
+
+def _hf_token_logps(model, tokens, labels):
+    logits = model(input_ids=tokens).logits.float()
+    return torch.log_softmax(logits, dim=-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+
+
+def _assert_close(ours: float, theirs: float, what: str):
+    assert math.isclose(ours, theirs, rel_tol=1e-5, abs_tol=1e-7), f"{what}: ours {ours}, TRL {theirs}"
+
+
+# label smoothing: TRL 1.16's 'sigmoid' has none; its 'robust' loss is (−(1−ε)·log σ(βΔ) + ε·log σ(−βΔ)) / (1−2ε),
+# so sigmoid × 2(1−ε) + robust × −(1−2ε) is exactly the conservative loss −(1−ε)·log σ(βΔ) − ε·log σ(−βΔ).
+CASES = {
+    "sigmoid": (DPOSettings(beta=BETA), dict(loss_type=["sigmoid"])),
+    "sft_term": (DPOSettings(beta=BETA, sft_weight=0.7), dict(loss_type=["sigmoid", "sft"], loss_weights=[1.0, 0.7])),
+    "label_smoothing": (DPOSettings(beta=BETA, label_smoothing=0.2),
+                        dict(loss_type=["sigmoid", "robust"], loss_weights=[2 * 0.8, -0.6], label_smoothing=0.2)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_loss_and_metrics_from_hf_log_probs_equal_trl(hf_models, tmp_path, case):
+    settings, trl_config = CASES[case]
+    policy, reference = hf_models
+    trl_loss, trl_metrics = _trl_loss(_trainer(policy, reference, tmp_path, **trl_config))
+    tokens, labels, loss_mask = _our_layout()
+    with torch.no_grad():
+        ref_logps = (_hf_token_logps(reference, tokens, labels) * loss_mask).sum(1).view(-1, 2)
+        loss_sum, pairs, report = dpo_loss(_hf_token_logps(policy, tokens, labels), loss_mask, ref_logps, settings)
+    _assert_close(loss_sum.item() / int(pairs), trl_loss.item(), "loss")
+    ours = mean_metrics([report])
+    for name in METRICS:
+        _assert_close(ours[name], trl_metrics[name], name)
+    assert abs(trl_loss.item() - math.log(2)) > 1e-3  # the reference differs from the policy
+
+
+def test_trl_and_ours_give_ln2_when_the_policy_is_the_reference(hf_models, tmp_path):
+    policy, _ = hf_models
+    copy = transformers.LlamaForCausalLM(_hf_config()).float()
+    copy.load_state_dict(policy.state_dict())
+    trl_loss, _ = _trl_loss(_trainer(policy, copy, tmp_path))
+    tokens, labels, loss_mask = _our_layout()
+    with torch.no_grad():
+        per_token = _hf_token_logps(policy, tokens, labels)
+        loss_sum, pairs, _ = dpo_loss(per_token, loss_mask, (per_token * loss_mask).sum(1).view(-1, 2), DPOSettings(beta=BETA))
+    _assert_close(trl_loss.item(), math.log(2), "TRL")
+    _assert_close(loss_sum.item() / int(pairs), math.log(2), "ours")
