@@ -147,3 +147,67 @@ def test_trl_and_ours_give_ln2_when_the_policy_is_the_reference(hf_models, tmp_p
         loss_sum, pairs, _ = dpo_loss(per_token, loss_mask, (per_token * loss_mask).sum(1).view(-1, 2), DPOSettings(beta=BETA))
     _assert_close(trl_loss.item(), math.log(2), "TRL")
     _assert_close(loss_sum.item() / int(pairs), math.log(2), "ours")
+
+
+def _pair_samples(tokens, labels, loss_mask):
+    """The pairs of our layout as reference-pass samples, each cut to its own longer row."""
+    samples = []
+    for k, (_, chosen, rejected) in enumerate(PAIRS):
+        width = len(PAIRS[k][0]) + max(len(chosen), len(rejected)) - 1
+        rows = slice(2 * k, 2 * k + 2)
+        samples.append({"pair_index": k, "tokens": tokens[rows, :width], "labels": labels[rows, :width],
+                        "loss_mask": loss_mask[rows, :width]})
+    return samples[::-1]  # any order: the table is indexed by pair_index
+
+
+def test_gpt_model_reference_table_loss_and_gradients_equal_hf_and_trl(hf_models, tmp_path):
+    """Our GPTModel with the HF weights: the reference pass through the schedule, ln 2 at step 0, then with the
+    policy's weights the per-token log-probs, the DPO loss with an SFT term (against TRL) and one backward (against HF)."""
+    from megatron_sota.config.optim import PrecisionConfig
+    from megatron_sota.config.parallel import ParallelConfig
+    from megatron_sota.conversion.hf_config import model_from_hf_config
+    from megatron_sota.conversion.hf_import import fill_from_hf
+    from megatron_sota.model.gpt_builder import build_model_chunks, build_transformer_config, padded_vocab_size
+    from megatron_sota.model.kernel_choice import KernelChoice
+    from megatron_sota.posttrain.reference_logps import compute_reference_logps
+    from megatron_sota.posttrain.token_logps import token_logps
+    from megatron_sota.runtime.session import distributed_session
+
+    policy, reference = hf_models
+    settings, trl_config = CASES["sft_term"]
+    trainer = _trainer(policy, reference, tmp_path, **trl_config)
+    trl_loss, trl_metrics = _trl_loss(trainer)
+    trl_loss.backward()
+    tokens, labels, loss_mask = _our_layout()
+    with torch.no_grad():
+        hf_ref = (_hf_token_logps(reference, tokens, labels) * loss_mask).sum(1).view(-1, 2).double()
+        hf_policy = _hf_token_logps(policy, tokens, labels)
+    model_config = model_from_hf_config(policy.config.to_dict(), "hf config", "tiny")
+    padded = padded_vocab_size(VOCAB, model_config.make_vocab_size_divisible_by, 1)
+    assert padded > VOCAB
+    parallel = ParallelConfig()
+    with distributed_session(parallel, "cpu", 1, seed=0) as session:
+        config = build_transformer_config(model_config, parallel, PrecisionConfig(), "none", "cpu", False, KernelChoice())
+        (ours,) = build_model_chunks(model_config, config, padded, tokens.shape[1], 0, False, KernelChoice())
+        positions = torch.arange(tokens.shape[1]).expand_as(tokens)
+        fill_from_hf(ours, reference.state_dict(), model_config, padded)
+        table = compute_reference_logps([ours], _pair_samples(tokens, labels, loss_mask), len(PAIRS), VOCAB, 3, session.device)
+        with torch.no_grad():
+            step0 = dpo_loss(token_logps(ours(tokens, positions, None), labels, VOCAB), loss_mask, table, DPOSettings(BETA))
+        fill_from_hf(ours, policy.state_dict(), model_config, padded)
+        per_token = token_logps(ours(tokens, positions, None), labels, VOCAB)
+        loss_sum, pairs, report = dpo_loss(per_token, loss_mask, table, settings)
+        (loss_sum / pairs).backward()
+    torch.testing.assert_close(table, hf_ref, rtol=1e-5, atol=1e-6)
+    _assert_close(step0[0].item() / int(step0[1]), math.log(2), "loss at step 0")
+    torch.testing.assert_close(per_token[loss_mask.bool()].detach(), hf_policy[loss_mask.bool()], rtol=1e-5, atol=1e-6)
+    _assert_close(loss_sum.item() / int(pairs), trl_loss.item(), "loss")
+    ours_metrics = mean_metrics([report])
+    for name in METRICS:
+        _assert_close(ours_metrics[name], trl_metrics[name], name)
+    hf = trainer.model
+    for mine, theirs in ((ours.output_layer.weight.grad[:VOCAB], hf.lm_head.weight.grad),
+                         (ours.embedding.word_embeddings.weight.grad[:VOCAB], hf.model.embed_tokens.weight.grad),
+                         (ours.decoder.final_layernorm.weight.grad, hf.model.norm.weight.grad)):
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6)
+    assert ours.output_layer.weight.grad[VOCAB:].abs().max() == 0  # the padding rows take no part
