@@ -160,15 +160,34 @@ def _pair_samples(tokens, labels, loss_mask):
     return samples[::-1]  # any order: the table is indexed by pair_index
 
 
-def test_gpt_model_reference_table_loss_and_gradients_equal_hf_and_trl(hf_models, tmp_path):
-    """Our GPTModel with the HF weights: the reference pass through the schedule, ln 2 at step 0, then with the
-    policy's weights the per-token log-probs, the DPO loss with an SFT term (against TRL) and one backward (against HF)."""
+def _model_config(hf_model):
+    from megatron_sota.conversion.hf_config import model_from_hf_config
+
+    return model_from_hf_config(hf_model.config.to_dict(), "hf config", "tiny")
+
+
+def _our_chunks(hf_config: dict, weights: dict, parallel, seq_length: int) -> tuple:
+    """This rank's GPTModel chunks holding the HF weights (inside a distributed session), and their padded vocabulary."""
     from megatron_sota.config.optim import PrecisionConfig
-    from megatron_sota.config.parallel import ParallelConfig
     from megatron_sota.conversion.hf_config import model_from_hf_config
     from megatron_sota.conversion.hf_import import fill_from_hf
     from megatron_sota.model.gpt_builder import build_model_chunks, build_transformer_config, padded_vocab_size
     from megatron_sota.model.kernel_choice import KernelChoice
+
+    model_config = model_from_hf_config(hf_config, "hf config", "tiny")
+    padded = padded_vocab_size(VOCAB, model_config.make_vocab_size_divisible_by, parallel.tp)
+    config = build_transformer_config(model_config, parallel, PrecisionConfig(), "none", "cpu", False, KernelChoice())
+    chunks = build_model_chunks(model_config, config, padded, seq_length, 0, False, KernelChoice())
+    for chunk in chunks:
+        fill_from_hf(chunk, weights, model_config, padded)
+    return chunks, padded
+
+
+def test_gpt_model_reference_table_loss_and_gradients_equal_hf_and_trl(hf_models, tmp_path):
+    """Our GPTModel with the HF weights: the reference pass through the schedule, ln 2 at step 0, then with the
+    policy's weights the per-token log-probs, the DPO loss with an SFT term (against TRL) and one backward (against HF)."""
+    from megatron_sota.config.parallel import ParallelConfig
+    from megatron_sota.conversion.hf_import import fill_from_hf
     from megatron_sota.posttrain.reference_logps import compute_reference_logps
     from megatron_sota.posttrain.token_logps import token_logps
     from megatron_sota.runtime.session import distributed_session
@@ -182,19 +201,15 @@ def test_gpt_model_reference_table_loss_and_gradients_equal_hf_and_trl(hf_models
     with torch.no_grad():
         hf_ref = (_hf_token_logps(reference, tokens, labels) * loss_mask).sum(1).view(-1, 2).double()
         hf_policy = _hf_token_logps(policy, tokens, labels)
-    model_config = model_from_hf_config(policy.config.to_dict(), "hf config", "tiny")
-    padded = padded_vocab_size(VOCAB, model_config.make_vocab_size_divisible_by, 1)
-    assert padded > VOCAB
     parallel = ParallelConfig()
     with distributed_session(parallel, "cpu", 1, seed=0) as session:
-        config = build_transformer_config(model_config, parallel, PrecisionConfig(), "none", "cpu", False, KernelChoice())
-        (ours,) = build_model_chunks(model_config, config, padded, tokens.shape[1], 0, False, KernelChoice())
+        (ours,), padded = _our_chunks(reference.config.to_dict(), reference.state_dict(), parallel, tokens.shape[1])
+        assert padded > VOCAB
         positions = torch.arange(tokens.shape[1]).expand_as(tokens)
-        fill_from_hf(ours, reference.state_dict(), model_config, padded)
         table = compute_reference_logps([ours], _pair_samples(tokens, labels, loss_mask), len(PAIRS), VOCAB, 3, session.device)
         with torch.no_grad():
             step0 = dpo_loss(token_logps(ours(tokens, positions, None), labels, VOCAB), loss_mask, table, DPOSettings(BETA))
-        fill_from_hf(ours, policy.state_dict(), model_config, padded)
+        fill_from_hf(ours, policy.state_dict(), _model_config(policy), padded)
         per_token = token_logps(ours(tokens, positions, None), labels, VOCAB)
         loss_sum, pairs, report = dpo_loss(per_token, loss_mask, table, settings)
         (loss_sum / pairs).backward()
@@ -211,3 +226,28 @@ def test_gpt_model_reference_table_loss_and_gradients_equal_hf_and_trl(hf_models
                          (ours.decoder.final_layernorm.weight.grad, hf.model.norm.weight.grad)):
         torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6)
     assert ours.output_layer.weight.grad[VOCAB:].abs().max() == 0  # the padding rows take no part
+
+
+def _reference_table_probe(rank: int, hf_config: dict, weights: dict, samples: list, parallel: dict) -> torch.Tensor:
+    from megatron_sota.config.parallel import ParallelConfig
+    from megatron_sota.posttrain.reference_logps import compute_reference_logps
+    from megatron_sota.runtime.session import distributed_session
+
+    layout = ParallelConfig(**parallel)
+    with distributed_session(layout, "cpu") as session:
+        chunks, _ = _our_chunks(hf_config, weights, layout, max(s["tokens"].shape[1] for s in samples))
+        return compute_reference_logps(chunks, samples, len(PAIRS), VOCAB, 1, session.device)
+
+
+@pytest.mark.parametrize("parallel", [dict(tp=2), dict(pp=2), dict()], ids=["tp2", "pp2", "dp2"])
+def test_the_reference_table_is_the_same_at_tp2_pp2_and_dp2_on_every_rank(hf_models, parallel):
+    from megatron_sota.runtime.local_ranks import run_distributed
+
+    _, reference = hf_models
+    tokens, labels, loss_mask = _our_layout()
+    with torch.no_grad():
+        hf_ref = (_hf_token_logps(reference, tokens, labels) * loss_mask).sum(1).view(-1, 2).double()
+    tables = run_distributed(_reference_table_probe, 2, reference.config.to_dict(), reference.state_dict(),
+                             _pair_samples(tokens, labels, loss_mask), parallel)
+    assert torch.equal(tables[0], tables[1])
+    torch.testing.assert_close(tables[0], hf_ref, rtol=1e-5, atol=1e-6)
