@@ -27,6 +27,7 @@ from typing import Iterator, List, Optional, Tuple
 import torch
 import torch.distributed as dist
 
+from megatron_sota.config.parallel import CP_COMM_TYPES
 from megatron_sota.model.fused_attention_block import fused_block_kernel
 
 # Query rows per block: bounds the [tile, chunk] score matrices that exist at any one time.
@@ -330,9 +331,6 @@ def _seq_local(t: torch.Tensor) -> torch.Tensor:
     return t.permute(2, 0, 1, 3)
 
 
-COMM_TYPES = ("all_gather", "p2p")
-
-
 class _ContextParallelAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, query, key, value, document_ids, group, scale, comm_type):
@@ -377,9 +375,9 @@ def context_parallel_attention(
 
     query [s_local, b, heads, d], key/value [s_local, b, kv_heads, d] hold this rank's two chunks
     (megatron-core's load-balanced split); `document_ids` [b, s_local] (integer, same split) further
-    restricts each query to keys of its own document. `comm_type` (COMM_TYPES) is how K/V are exchanged.
+    restricts each query to keys of its own document. `comm_type` (CP_COMM_TYPES) is how K/V are exchanged.
     Returns [s_local, b, heads, d].
     """
-    if comm_type not in COMM_TYPES:
-        raise ValueError(f"context-parallel attention: comm_type must be one of {', '.join(COMM_TYPES)}, got {comm_type!r}")
+    if comm_type not in CP_COMM_TYPES:
+        raise ValueError(f"context-parallel attention: comm_type must be one of {', '.join(CP_COMM_TYPES)}, got {comm_type!r}")
     return _ContextParallelAttention.apply(query, key, value, document_ids, group, scale, comm_type)
