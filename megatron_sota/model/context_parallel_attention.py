@@ -1,7 +1,6 @@
 """Causal attention over a sequence split across the context-parallel ranks, without Transformer Engine.
 
-Keys and values are all-gathered or passed around the CP ring, blocks merged by log-sum-exp; it must not hold a seq x seq
-matrix.
+K/V are all-gathered or passed around the CP ring, blocks merged by log-sum-exp; it must not hold a seq x seq matrix.
 
 Layout (megatron-core's load-balanced split, as ``get_batch_on_this_cp_rank`` cuts a batch): the
 sequence is cut into 2*cp chunks and CP rank r holds chunks r and 2*cp-1-r, so every rank has the
@@ -156,10 +155,13 @@ def _fused_backward(kernel, d_out, q, k, v, out, lse, dq, dk, dv, rank, cp, scal
 def empty_merge(q: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """The (out, lse) that merging no block gives, in the merge's dtype (fp32 at least), for queries q."""
     wide = torch.promote_types(q.dtype, torch.float32)
-    return torch.zeros(q.shape, dtype=wide, device=q.device), torch.full(q.shape[:-1], float("-inf"), dtype=wide, device=q.device)
+    out = torch.zeros(q.shape, dtype=wide, device=q.device)
+    return out, torch.full(q.shape[:-1], float("-inf"), dtype=wide, device=q.device)
 
 
-def forward_blocks(out, lse, q, k, v, rank, cp, scale, docs_q=None, docs_k=None, tile=QUERY_TILE, fused=True, source=None):
+def forward_blocks(
+    out, lse, q, k, v, rank, cp, scale, docs_q=None, docs_k=None, tile=QUERY_TILE, fused=True, source=None
+):
     """Merges into (out, lse) the blocks of this rank's queries against k, v (see attend_forward; `source`: _blocks)."""
     kernel = _kernel(q, docs_q, fused)
     if kernel is not None:
@@ -182,7 +184,8 @@ def backward_blocks(
     dq, dk, dv = grads
     kernel = _kernel(q, docs_q, fused)
     if kernel is not None:
-        return _fused_backward(kernel, *_as_taken(kernel, d_out, q, k, v), out, lse, dq, dk, dv, rank, cp, scale, source)
+        taken = _as_taken(kernel, d_out, q, k, v)
+        return _fused_backward(kernel, *taken, out, lse, dq, dk, dv, rank, cp, scale, source)
     q, k, v, d_out = _wide(q, k.unsqueeze(2), v.unsqueeze(2), d_out)
     dk, dv = dk.unsqueeze(2), dv.unsqueeze(2)
     delta = (d_out * out).sum(-1, keepdim=True)  # softmax backward's row term, rowsum(dO * O)
@@ -379,5 +382,5 @@ def context_parallel_attention(
     Returns [s_local, b, heads, d].
     """
     if comm_type not in CP_COMM_TYPES:
-        raise ValueError(f"context-parallel attention: comm_type must be one of {', '.join(CP_COMM_TYPES)}, got {comm_type!r}")
+        raise ValueError(f"CP attention: comm_type must be one of {', '.join(CP_COMM_TYPES)}, got {comm_type!r}")
     return _ContextParallelAttention.apply(query, key, value, document_ids, group, scale, comm_type)
