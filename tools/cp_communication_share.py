@@ -1,8 +1,10 @@
 #!/usr/bin/env python
 """How much of one layer's CP attention is the exposed K/V all-gather and gradient reduction: measured on CPU ranks
-(gloo), and in closed form for a model on a GPU cluster. This bounds what a ring (same bytes, overlapped) could save.
+(gloo), and in closed form for a model on a GPU cluster. This bounds what a ring (same bytes, overlapped) could save;
+--compare times the two exchanges (parallel.cp_comm_type all_gather and p2p) end to end on gloo ranks.
 
   python tools/cp_communication_share.py --measure --seq 16384 --cp 2 4            # gloo ranks on this machine
+  python tools/cp_communication_share.py --compare --seq 16384 --cp 2 4            # all_gather against p2p
   python tools/cp_communication_share.py --preset sota_175b --tp 4 --plan 32768:16 204800:64
 
 Closed form (bf16 K/V, micro-batch 1): each CP rank receives (cp-1)/cp of the sequence's K and V in the forward's
@@ -67,6 +69,53 @@ def _measure_rank(rank, seq, heads, kv_heads, head_dim, repeats):
     return {name: statistics.median(values[1:]) for name, values in times.items()}
 
 
+def _compare_rank(rank, seq, heads, kv_heads, head_dim, repeats):
+    import torch
+    import torch.distributed as dist
+
+    from megatron_sota.config.parallel import CP_COMM_TYPES
+    from megatron_sota.model.context_parallel_attention import context_parallel_attention
+
+    dist.init_process_group("gloo")
+    cp, group = dist.get_world_size(), dist.group.WORLD
+    local = seq // cp
+    torch.manual_seed(rank)
+    q = torch.randn(local, 1, heads, head_dim, requires_grad=True)
+    k, v = (torch.randn(local, 1, kv_heads, head_dim, requires_grad=True) for _ in range(2))
+    times = {f"{comm}_{part}": [] for comm in CP_COMM_TYPES for part in ("fwd", "bwd")}
+    for _ in range(repeats + 1):  # the first round warms up
+        for comm in CP_COMM_TYPES:
+            dist.barrier()
+            t0 = time.perf_counter()
+            out = context_parallel_attention(q, k, v, group, head_dim ** -0.5, None, comm)
+            t1 = time.perf_counter()
+            out.backward(torch.ones_like(out))
+            t2 = time.perf_counter()
+            times[f"{comm}_fwd"].append((t1 - t0) * 1e3)
+            times[f"{comm}_bwd"].append((t2 - t1) * 1e3)
+    dist.destroy_process_group()
+    return {name: statistics.median(values[1:]) for name, values in times.items()}
+
+
+def exchange_buffers_mb(seq, cp, kv_heads, head_dim, bytes_per=4) -> dict:
+    """K/V-sized buffers one rank holds at once in the backward (the larger phase), in MB.
+
+    all_gather: K and V of every rank, and fp32 dK and dV for every rank's keys before the reduction (4 * cp local).
+    p2p: the held and the arriving K and V (4), this step's dK and dV and the arriving partial sums (4).
+    """
+    local = seq // cp * kv_heads * head_dim * bytes_per / 1e6
+    return {"all_gather_buffers_MB": 4 * cp * local, "p2p_buffers_MB": 8 * local}
+
+
+def compare(seq, cp, heads, kv_heads, head_dim, repeats) -> dict:
+    from megatron_sota.runtime.local_ranks import run_distributed
+
+    ranks = run_distributed(_compare_rank, cp, seq, heads, kv_heads, head_dim, repeats)
+    worst = {name: max(r[name] for r in ranks) for name in ranks[0]}
+    return {"seq": seq, "cp": cp, **{f"{name}_ms": ms for name, ms in worst.items()},
+            **exchange_buffers_mb(seq, cp, kv_heads, head_dim)}
+
+
 def measure(seq, cp, heads, kv_heads, head_dim, repeats) -> dict:
     from megatron_sota.runtime.local_ranks import run_distributed
 
@@ -82,6 +131,7 @@ def measure(seq, cp, heads, kv_heads, head_dim, repeats) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--measure", action="store_true", help="time gloo ranks on this machine")
+    parser.add_argument("--compare", action="store_true", help="time all_gather against p2p on gloo ranks")
     parser.add_argument("--seq", type=int, default=16384)
     parser.add_argument("--cp", type=int, nargs="+", default=[2, 4])
     parser.add_argument("--heads", type=int, default=4)
@@ -97,6 +147,8 @@ def main() -> None:
     rows = []
     if args.measure:
         rows += [measure(args.seq, cp, args.heads, args.kv_heads, args.head_dim, args.repeats) for cp in args.cp]
+    if args.compare:
+        rows += [compare(args.seq, cp, args.heads, args.kv_heads, args.head_dim, args.repeats) for cp in args.cp]
     if args.preset:
         import yaml
 

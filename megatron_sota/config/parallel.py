@@ -8,6 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+# How the SDPA context-parallel attention exchanges K/V (megatron-core's cp_comm_type names).
+CP_COMM_TYPES = ("all_gather", "p2p")
+
 
 @dataclass
 class ParallelConfig:
@@ -19,6 +22,8 @@ class ParallelConfig:
     """Virtual pipeline stages per rank (interleaved 1F1B); null or 1 means non-interleaved."""
     cp: int = 1
     """Context-parallel size (needs Transformer Engine's attention)."""
+    cp_comm_type: str = "all_gather"
+    """How CP attention exchanges keys and values: all_gather (at once) or p2p (a ring, overlapped with compute)."""
     sp: bool = False
     """Sequence parallelism (needs tp > 1)."""
     distributed_optimizer: bool = True

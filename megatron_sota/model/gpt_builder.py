@@ -76,6 +76,7 @@ def build_transformer_config(
         pipeline_model_parallel_size=parallel.pp,
         virtual_pipeline_model_parallel_size=vpp,
         context_parallel_size=parallel.cp,
+        cp_comm_type=parallel.cp_comm_type,
         sequence_parallel=parallel.sp,
         pipeline_dtype=params_dtype,
         params_dtype=params_dtype,

@@ -83,6 +83,8 @@ class SDPACoreAttention(MegatronModule):
         self.dropout_p = config.attention_dropout if attention_dropout is None else attention_dropout
         # parallel.cp>1: this rank holds two of the sequence's 2*cp chunks; keys come from the whole CP group.
         self.cp_group = parallel_state.get_context_parallel_group() if config.context_parallel_size > 1 else None
+        # megatron-core hands every layer config.cp_comm_type (parallel.cp_comm_type); None where it builds no CP.
+        self.cp_comm_type = cp_comm_type or "all_gather"
         if self.cp_group is not None and self.dropout_p > 0:
             raise ValueError("context-parallel SDPA attention has no attention dropout (model.attention_dropout=0 with parallel.cp>1)")
 
@@ -134,7 +136,9 @@ class SDPACoreAttention(MegatronModule):
                 "attention_mask with parallel.cp>1: expected None (causal) or integer document ids [batch, local seq], "
                 f"found {attention_mask.dtype} of shape {tuple(attention_mask.shape)}"
             )
-        context = context_parallel_attention(query, key, value, self.cp_group, self.softmax_scale, attention_mask)
+        context = context_parallel_attention(
+            query, key, value, self.cp_group, self.softmax_scale, attention_mask, self.cp_comm_type
+        )
         return context.reshape(query.size(0), query.size(1), self.heads_per_partition * self.head_dim)
 
     def _sdpa(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:

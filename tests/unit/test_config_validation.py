@@ -58,6 +58,7 @@ def test_valid_layout_derives_dp_and_microbatches():
         (1, dict(train__recompute="some"), "train.recompute must be one of none, selective, full, got 'some'"),
         (1, dict(scheduler__name="linear"), "scheduler.name must be one of cosine, constant, wsd, got 'linear'"),
         (1, dict(precision__dtype="fp64"), "precision.dtype must be one of auto, fp32, bf16, fp16, got 'fp64'"),
+        (1, dict(parallel__cp_comm_type="ring"), "parallel.cp_comm_type must be one of all_gather, p2p, got 'ring'"),
         (1, dict(data__mock=False), "data.paths is empty"),
         (1, dict(data__paths=["a", "b"], data__weights=[1.0], data__mock=False),
          "data.weights has 1 entries but data.paths has 2"),

@@ -10,7 +10,15 @@ import pytest
 import torch
 
 from megatron_sota.model import context_parallel_attention as cpa
-from megatron_sota.model.context_parallel_attention import _heads_first, _seq_first, attend_backward, attend_forward
+from megatron_sota.model.context_parallel_attention import (
+    _heads_first,
+    _seq_first,
+    attend_backward,
+    attend_forward,
+    backward_blocks,
+    empty_merge,
+    forward_blocks,
+)
 from megatron_sota.model.fused_attention_block import FusedBlockKernel
 from tests.cp_attention_inputs import DOCS, cp_split, in_rank_order, inputs, reference
 
@@ -66,6 +74,45 @@ def test_cp_ranks_together_equal_full_attention_forward_and_backward(cp, docs, f
     assert kernel_calls == {"forward": blocks, "backward": blocks}
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "matmul"])
+@pytest.mark.parametrize("cp", [1, 2, 3, 4])
+@pytest.mark.parametrize("docs", [None, DOCS], ids=["causal", "documents"])
+def test_ring_steps_one_source_at_a_time_equal_full_attention(cp, docs, fused, kernel_calls):
+    """The p2p exchange's blocks: at step t rank r sees only rank (r - t) mod cp's two chunks (no process group here)."""
+    q, k, v = inputs(24)
+    scale = 8 ** -0.5
+    expected = reference(q, k, v, docs, scale)
+    d_out = torch.randn_like(expected)
+    expected.backward(d_out)
+    kv_heads = k.size(2)
+    split = lambda t, rank, dim=0: cp_split(t, cp, rank, dim)  # noqa: E731
+    own_k, own_v = ([split(t.detach(), r).permute(1, 2, 0, 3) for r in range(cp)] for t in (k, v))
+    own_docs = [None if docs is None else split(docs, r, 1) for r in range(cp)]
+    dk_sum, dv_sum = [0] * cp, [0] * cp
+    for rank in range(cp):
+        q_local, d_local = (_heads_first(split(t, rank), kv_heads) for t in (q.detach(), d_out))
+        ring = [(rank - step) % cp for step in range(cp)]
+        out, lse = empty_merge(q_local)
+        for s in ring:
+            forward_blocks(out, lse, q_local, own_k[s], own_v[s], rank, cp, scale, own_docs[rank], own_docs[s], 5, fused, s)
+        torch.testing.assert_close(_seq_first(out), split(expected.detach(), rank), rtol=1e-10, atol=1e-12)
+        dq = torch.zeros_like(q_local)
+        for s in ring:
+            dk, dv = torch.zeros_like(own_k[s]), torch.zeros_like(own_v[s])
+            backward_blocks(
+                (dq, dk, dv), d_local, q_local, own_k[s], own_v[s], out, lse, rank, cp, scale, own_docs[rank],
+                own_docs[s], 5, fused, s,
+            )
+            dk_sum[s], dv_sum[s] = dk_sum[s] + dk, dv_sum[s] + dv
+        torch.testing.assert_close(_seq_first(dq), split(q.grad, rank), rtol=1e-10, atol=1e-12)
+    for owner in range(cp):
+        torch.testing.assert_close(dk_sum[owner], split(k.grad, owner).permute(1, 2, 0, 3), rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(dv_sum[owner], split(v.grad, owner).permute(1, 2, 0, 3), rtol=1e-10, atol=1e-12)
+    # Fully masked blocks are skipped: the same blocks as with every rank's keys at once.
+    blocks = cp * (2 * cp + 1) if fused and docs is None else 0
+    assert kernel_calls == {"forward": blocks, "backward": blocks}
+
+
 @pytest.mark.parametrize("cp", [2, 3])
 def test_fused_blocks_equal_matmul_blocks_and_full_attention_at_fp32(cp, kernel_calls):
     q, k, v = (t.detach().float() for t in inputs(48, heads=6, kv_heads=2, dim=16))
@@ -92,3 +139,28 @@ def test_bf16_inputs_are_attended_in_fp32():
     assert out.dtype == lse.dtype == torch.float32
     expected = reference(*(t.float() for t in (q, k, v)), None, 0.5)
     torch.testing.assert_close(_seq_first(out), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("comm_type", ["all_gather", "p2p"])
+def test_parallel_cp_comm_type_reaches_the_cp_attention(monkeypatch, comm_type):
+    """parallel.cp_comm_type -> TransformerConfig.cp_comm_type (megatron-core hands it to each layer) -> the exchange."""
+    from megatron.core import parallel_state
+    from megatron.core.transformer.enums import AttnMaskType
+
+    from megatron_sota.config.model import ModelConfig
+    from megatron_sota.config.optim import PrecisionConfig
+    from megatron_sota.config.parallel import ParallelConfig
+    from megatron_sota.model import sdpa_attention
+    from megatron_sota.model.gpt_builder import build_transformer_config
+
+    parallel = ParallelConfig(cp=2, cp_comm_type=comm_type)
+    config = build_transformer_config(ModelConfig(num_layers=1), parallel, PrecisionConfig(), "none", "cpu", False)
+    assert config.cp_comm_type == comm_type
+    monkeypatch.setattr(parallel_state, "get_tensor_model_parallel_world_size", lambda: 1)
+    monkeypatch.setattr(parallel_state, "get_context_parallel_group", lambda: "the CP group")
+    seen = {}
+    monkeypatch.setattr(sdpa_attention, "context_parallel_attention", lambda *args: seen.setdefault("args", args)[0])
+    attention = sdpa_attention.SDPACoreAttention(config, 1, AttnMaskType.causal, "self", cp_comm_type=config.cp_comm_type)
+    q = torch.zeros(4, 1, config.num_attention_heads, config.kv_channels)
+    attention(q, q, q, None)
+    assert seen["args"][3:] == ("the CP group", attention.softmax_scale, None, comm_type)
