@@ -22,8 +22,9 @@ class ParallelConfig:
     """Virtual pipeline stages per rank (interleaved 1F1B); null or 1 means non-interleaved."""
     cp: int = 1
     """Context-parallel size (needs Transformer Engine's attention)."""
-    cp_comm_type: str = "all_gather"
-    """How CP attention exchanges keys and values: all_gather (at once) or p2p (a ring, overlapped with compute)."""
+    cp_comm_type: str = "p2p"
+    """How CP attention exchanges keys and values: p2p (a ring, each transfer overlapped with a block's compute;
+    megatron-core's and TE's default) or all_gather (at once: cp times the local K/V held)."""
     sp: bool = False
     """Sequence parallelism (needs tp > 1)."""
     distributed_optimizer: bool = True

@@ -83,8 +83,9 @@ class SDPACoreAttention(MegatronModule):
         self.dropout_p = config.attention_dropout if attention_dropout is None else attention_dropout
         # parallel.cp>1: this rank holds two of the sequence's 2*cp chunks; keys come from the whole CP group.
         self.cp_group = parallel_state.get_context_parallel_group() if config.context_parallel_size > 1 else None
-        # megatron-core hands every layer config.cp_comm_type (parallel.cp_comm_type); None where it builds no CP.
-        self.cp_comm_type = cp_comm_type or "all_gather"
+        # megatron-core hands every layer config.cp_comm_type (parallel.cp_comm_type); None (a TransformerConfig not
+        # built by us) means p2p, as it does for TE.
+        self.cp_comm_type = cp_comm_type or "p2p"
         if self.cp_group is not None and self.dropout_p > 0:
             raise ValueError("context-parallel SDPA attention has no attention dropout (model.attention_dropout=0 with parallel.cp>1)")
 
