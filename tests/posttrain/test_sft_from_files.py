@@ -77,7 +77,8 @@ def test_a_conversation_longer_than_the_context_stops_the_command_before_the_mod
     run_dir = tmp_path / "run"
     result = _posttrain(_sft_args(tokenizer, data), run_dir)
     _nothing_built(result, run_dir)
-    assert re.search(rf"{re.escape(data)}:2: expected at most {SEQ} tokens \(the sequence length\), found \d+", result.stderr)
+    expected = rf"{re.escape(data)}:2: expected at most {SEQ} tokens \(the sequence length\), found \d+"
+    assert re.search(expected, result.stderr)
     assert f"{data}:1" not in result.stderr
 
 

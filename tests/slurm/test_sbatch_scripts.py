@@ -105,7 +105,8 @@ def test_posttrain_sbatch_runs_sft_at_tp2_on_two_tasks(slurm_cluster, tmp_path):
         "train.seq_length=256", "train.global_batch_size=4", "train.micro_batch_size=2", "logging.interval=1",
         "logging.tensorboard=false",
     ]
-    job = slurm_cluster.submit(POSTTRAIN, overrides, env=_job_env(run_dir), sbatch_options=[*CPU_JOB, f"--output={tmp_path}/slurm-%j.out"])
+    options = [*CPU_JOB, f"--output={tmp_path}/slurm-%j.out"]
+    job = slurm_cluster.submit(POSTTRAIN, overrides, env=_job_env(run_dir), sbatch_options=options)
     info = slurm_cluster.wait(job, timeout=300)
     assert (info.state, info.exit_code) == ("COMPLETED", 0), slurm_cluster.diagnostics(job)
     log = (run_dir / "logs" / f"job-{job}.log").read_text()
