@@ -23,6 +23,10 @@ class PosttrainConfig:
     """JSONL files of held-out records, read whole at each validation; none: no validation."""
     chat_template: Optional[str] = None
     """A Jinja chat template: a file, or a directory with tokenizer_config.json; null: the shipped default."""
+    chat_template_text: Optional[str] = None
+    """Recorded by the run, not set by hand (a value given is replaced): the text of the template chat_template
+    named when the run started. config.yaml and checkpoints keep it, so an HF export writes the template the
+    model was trained with into tokenizer_config.json even after the file moved or the default changed."""
     assistant_only_loss: bool = True
     """SFT: loss on assistant tokens (and their end-of-turn) only; false: on every token of the conversation."""
     packing: bool = True

@@ -178,6 +178,8 @@ def _write_tokenizer(job: JobConfig, override: Optional[str], out_dir: str) -> L
         vocab_file=tok.vocab_file if override is None else None,
         merge_file=tok.merge_file if override is None else None,
         vocab_size=tok.vocab_size if override is None else None,
+        # What a post-training run rendered its conversations with (posttrain/run.py records it).
+        chat_template=job.posttrain.chat_template_text if job.posttrain is not None else None,
     )
 
 

@@ -119,10 +119,8 @@ class ChatTemplate:
     def load(cls, source: Optional[str], tokenizer: DatasetTokenizer) -> "ChatTemplate":
         """The shipped default (None), a .jinja file, a tokenizer_config.json's `chat_template`, or a tokenizer
         directory's template (its chat_template.jinja, else its tokenizer_config.json's)."""
-        if source is None:
-            text = resources.files("megatron_sota.posttrain").joinpath("templates", DEFAULT_TEMPLATE).read_text("utf-8")
-            return cls(text, f"{DEFAULT_TEMPLATE} (the shipped default)", tokenizer)
-        return cls(_read_template(source), source, tokenizer)
+        origin = f"{DEFAULT_TEMPLATE} (the shipped default)" if source is None else source
+        return cls(template_text(source), origin, tokenizer)
 
     def render(self, messages: Messages, add_generation_prompt: bool = False, where: str = "") -> str:
         try:
@@ -156,6 +154,13 @@ class ChatTemplate:
                 f"template"
             )
         return end
+
+
+def template_text(source: Optional[str]) -> str:
+    """The Jinja text of a configured `posttrain.chat_template` (see ChatTemplate.load); None: the shipped default."""
+    if source is None:
+        return resources.files("megatron_sota.posttrain").joinpath("templates", DEFAULT_TEMPLATE).read_text("utf-8")
+    return _read_template(source)
 
 
 def _read_template(source: str) -> str:

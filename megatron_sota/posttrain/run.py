@@ -5,10 +5,12 @@ Tests and notebooks call posttrain() directly; the entry point (posttrain/__main
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 from megatron_sota.config.job import JobConfig
 from megatron_sota.errors import MegatronSotaError
+from megatron_sota.posttrain.chat_template import template_text
 from megatron_sota.training.callbacks.base import Callback
 from megatron_sota.training.loop import TrainSummary
 from megatron_sota.training.objective import Objective
@@ -32,5 +34,11 @@ def build_objective(job: JobConfig) -> Objective:
 
 
 def posttrain(job: JobConfig, run_dir: str, command_line: str = "", callbacks: Sequence[Callback] = ()) -> TrainSummary:
-    """pretrain() with the job's post-training objective: same run directory, checkpoints, resume and evaluation."""
-    return pretrain(job, run_dir, command_line, callbacks, objective=build_objective(job))
+    """pretrain() with the job's post-training objective: same run directory, checkpoints, resume and evaluation.
+
+    The chat template's text is recorded in the job (posttrain.chat_template_text), hence in config.yaml and
+    every checkpoint, for conversion/export.py to ship with the model."""
+    objective = build_objective(job)
+    text = template_text(job.posttrain.chat_template)
+    job = dataclasses.replace(job, posttrain=dataclasses.replace(job.posttrain, chat_template_text=text))
+    return pretrain(job, run_dir, command_line, callbacks, objective=objective)

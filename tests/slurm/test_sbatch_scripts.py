@@ -1,5 +1,6 @@
 """examples/slurm/ on a real single-node SLURM cluster: training at TP=2 on two tasks, preemption with
-requeue and resume, the preprocessing array plus merge, and a layout that does not fit the allocation."""
+requeue and resume, the preprocessing array plus merge, a layout that does not fit the allocation, and
+post-training (posttrain.sbatch) through the same script."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ pytestmark = pytest.mark.slurm
 
 REPO = Path(__file__).resolve().parents[2]
 PRETRAIN = REPO / "examples" / "slurm" / "pretrain.sbatch"
+POSTTRAIN = REPO / "examples" / "slurm" / "posttrain.sbatch"
 # The scripts ask for 8 GPUs and 16 CPUs per task; this 2-CPU node has neither.
 CPU_JOB = ["--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1"]
 
@@ -88,6 +90,29 @@ def test_a_layout_that_does_not_fit_the_tasks_fails_before_building_anything(slu
     log = (run_dir / "logs" / f"job-{job}.log").read_text()
     assert "SLURM_NTASKS=2" in log and "parallel.tp*parallel.pp*parallel.cp = 4*1*1 = 4" in log
     assert "model tiny" not in log and not (run_dir / "checkpoints").exists()
+
+
+def test_posttrain_sbatch_runs_sft_at_tp2_on_two_tasks(slurm_cluster, tmp_path):
+    from megatron_sota.posttrain.example_data import write_example_data
+    from tests.chat_tokenizer import train_chat_tokenizer
+
+    tokenizer = train_chat_tokenizer(tmp_path / "tokenizer")
+    data = write_example_data(str(tmp_path / "data"), sft_examples=24, sft_valid=4)
+    run_dir = tmp_path / "run"
+    overrides = [
+        "posttrain=sft", f"posttrain.train_files=[{data.sft_train}]", "posttrain.epochs=1", "runtime.device=cpu",
+        "tokenizer=huggingface", f"tokenizer.model={tokenizer}", "parallel.tp=2", "model.num_layers=2",
+        "train.seq_length=256", "train.global_batch_size=4", "train.micro_batch_size=2", "logging.interval=1",
+        "logging.tensorboard=false",
+    ]
+    options = [*CPU_JOB, f"--output={tmp_path}/slurm-%j.out"]
+    job = slurm_cluster.submit(POSTTRAIN, overrides, env=_job_env(run_dir), sbatch_options=options)
+    info = slurm_cluster.wait(job, timeout=300)
+    assert (info.state, info.exit_code) == ("COMPLETED", 0), slurm_cluster.diagnostics(job)
+    log = (run_dir / "logs" / f"job-{job}.log").read_text()
+    rows = int(re.search(r"24 conversations packed into (\d+) rows of 256 tokens", log).group(1))
+    assert sorted(_steps(run_dir)) == list(range(1, rows // 4 + 1))
+    assert "0: layout: world 2 = tp 2" in log
 
 
 def test_preprocess_array_and_dependent_merge_equal_preprocessing_all_inputs_at_once(slurm_cluster, stdlib_shards, tmp_path):
