@@ -24,7 +24,11 @@ def build_objective(job: JobConfig) -> Objective:
         from megatron_sota.posttrain.sft import SFTObjective
 
         return SFTObjective(job.posttrain)
-    raise MegatronSotaError(f"posttrain.objective={name} is not available yet (available: sft)")
+    if name == "rm":
+        from megatron_sota.posttrain.reward import RewardObjective
+
+        return RewardObjective(job.posttrain)
+    raise MegatronSotaError(f"posttrain.objective={name} is not available yet (available: sft, rm)")
 
 
 def posttrain(job: JobConfig, run_dir: str, command_line: str = "", callbacks: Sequence[Callback] = ()) -> TrainSummary:

@@ -103,31 +103,39 @@ def row_sample(documents: Sequence[EncodedLike], seq_length: int, pad_id: int, w
     return sample
 
 
-class SFTDataset(torch.utils.data.Dataset):
-    """`num_samples` rows in global order: with `seed`, epoch after epoch of the rows, each epoch in its own
-    seeded order; without, the rows once in file order, then empty rows (no loss) up to `num_samples`.
+class EpochOrder:
+    """Which of `count` items global sample i reads: with `seed`, epoch after epoch of them, each epoch in its
+    own seeded order; without, each once in order, then None (an empty sample) for every later i.
 
-    Sample i depends only on i, so a loader resumed at a consumed-sample count reads what a run from the
-    start would have. Document ids only for packed rows: one causal document per row needs none.
+    It depends only on i, so a loader resumed at a consumed-sample count reads what a run from the start would have.
     """
 
-    def __init__(self, rows: Rows, num_samples: int, pad_id: int, packed: bool, seed: Optional[int]):
-        self.rows, self.num_samples, self.pad_id, self.packed, self.seed = rows, num_samples, pad_id, packed, seed
+    def __init__(self, count: int, seed: Optional[int]):
+        self.count, self.seed = count, seed
         self._order: tuple[int, Optional[np.ndarray]] = (-1, None)
+
+    def __call__(self, index: int) -> Optional[int]:
+        epoch, at = divmod(index, self.count)
+        if self.seed is None:
+            return at if epoch == 0 else None
+        if self._order[0] != epoch:
+            self._order = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.count))
+        return int(self._order[1][at])
+
+
+class SFTDataset(torch.utils.data.Dataset):
+    """`num_samples` rows in EpochOrder (with `seed`: epochs of the rows; without: the rows once in file order,
+    then empty rows, no loss). Document ids only for packed rows: one causal document per row needs none."""
+
+    def __init__(self, rows: Rows, num_samples: int, pad_id: int, packed: bool, seed: Optional[int]):
+        self.rows, self.num_samples, self.pad_id, self.packed = rows, num_samples, pad_id, packed
+        self.order = EpochOrder(len(rows.rows), seed)
 
     def __len__(self) -> int:
         return self.num_samples
 
-    def _epoch_order(self, epoch: int) -> np.ndarray:
-        if self._order[0] != epoch:
-            self._order = (epoch, np.random.default_rng([self.seed, epoch]).permutation(len(self.rows.rows)))
-        return self._order[1]
-
     def __getitem__(self, index: int) -> dict:
-        epoch, at = divmod(index, len(self.rows.rows))
-        if self.seed is not None:
-            members = self.rows.rows[self._epoch_order(epoch)[at]]
-        else:
-            members = self.rows.rows[at] if epoch == 0 else []
+        row = self.order(index)
+        members = self.rows.rows[row] if row is not None else []
         documents = [self.rows.examples[i] for i in members]
         return row_sample(documents, self.rows.seq_length, self.pad_id, self.packed)

@@ -142,7 +142,7 @@ class Trainer:
         start = time.perf_counter()
         result = train_step(
             state.models, state.optimizer, state.scheduler, state.train_iterators,
-            state.layout.num_microbatches, t.micro_batch_size, t.seq_length, device,
+            state.layout.num_microbatches, t.micro_batch_size * state.objective.rows_per_sample, t.seq_length, device,
             forward_step=self.forward_step, metric_names=state.objective.metric_names,
         )
         if device.type == "cuda":

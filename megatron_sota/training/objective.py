@@ -8,7 +8,11 @@ The contract an objective implements (every hook runs on every rank, in this ord
 1. ``prepare(job, inputs) -> JobConfig`` before any process group exists, after the config was checked:
    read and check the objective's own data (errors as MegatronSotaError naming file:line), and return
    the job with the values it derives (e.g. ``train.iters`` from epochs). Nothing is written yet.
-2. ``model_hook(chunks, config) -> chunks`` on this rank's megatron-core GPTModel chunks (one per virtual
+2. ``model_class(job)``: the constructor build_model_chunks builds each chunk with (GPTModel's arguments; e.g.
+   the reward model), and ``rows_per_sample``: the model rows one dataset item becomes (a preference pair: 2),
+   which sizes the pipeline's activations. ``fresh_keys(keys)``: those of a chunk's state keys the objective
+   initialises itself (a reward head): a checkpoint.init_from checkpoint that lacks them keeps their fresh values.
+   ``model_hook(chunks, config) -> chunks`` on this rank's megatron-core GPTModel chunks (one per virtual
    pipeline stage) before DDP wrapping, e.g. to replace the output layer by a reward head on the last stage
    (``chunk.post_process`` tells which chunk holds it). Parameters added here are trained and checkpointed.
 3. ``datasets(job, inputs, counts, run_dir) -> (train, valid) | None``: torch map-style Datasets whose
@@ -32,7 +36,9 @@ The contract an objective implements (every hook runs on every rank, in this ord
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Iterable, List, Optional, Tuple
+
+from megatron.core.models.gpt import GPTModel
 
 from megatron_sota.training.step import ForwardStep, next_token_loss
 
@@ -53,6 +59,15 @@ class Objective:
 
     def prepare(self, job: "JobConfig", inputs: "CheckedInputs") -> "JobConfig":
         return job
+
+    rows_per_sample: int = 1
+    """Model rows per dataset item: the micro-batch the pipeline schedule carries is micro_batch_size x this."""
+
+    def model_class(self, job: "JobConfig") -> Callable:
+        return GPTModel
+
+    def fresh_keys(self, keys: Iterable[str]) -> List[str]:
+        return []
 
     def model_hook(self, chunks: list, config) -> list:
         return chunks

@@ -22,7 +22,8 @@ def validation_metrics(state: TrainingState) -> tuple[float, dict[str, float]]:
     for _ in range(t.eval_iters):
         result = eval_step(
             state.models, iterators, state.layout.num_microbatches,
-            t.micro_batch_size, t.seq_length, state.session.device, forward_step, state.objective.metric_names,
+            t.micro_batch_size * state.objective.rows_per_sample, t.seq_length, state.session.device, forward_step,
+            state.objective.metric_names,
         )
         total += result.loss * result.num_tokens
         weight += result.num_tokens

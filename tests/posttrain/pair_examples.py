@@ -1,0 +1,63 @@
+"""Preference pairs built straight from token ids, and the small CPU reward-model job that trains on them.
+
+Stands in for the records and chat-template layer so that the pair data path and the trainer can be tested on
+their own; it must not template or tokenize anything.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from megatron_sota.config.job import JobConfig
+from megatron_sota.config.posttrain import PosttrainConfig
+from megatron_sota.posttrain.pair_data import Pair
+from tests.posttrain.examples import VOCAB, example
+
+GOOD, BAD = 5, 6
+"""The last completion token of every chosen / rejected sequence: something a reward model can learn."""
+
+
+def pairs(count: int, seed: int, longest: int = 20) -> list:
+    """`count` pairs sharing a prompt; ids avoid 0 (the pad id the export is given) and the eod."""
+    generator = torch.Generator().manual_seed(seed)
+    made = []
+    for line in range(count):
+        prompt = torch.randint(1, VOCAB - 1, (int(torch.randint(2, 8, (1,), generator=generator)),), generator=generator)
+        sides = []
+        for last in (GOOD, BAD):
+            n = int(torch.randint(2, longest - len(prompt), (1,), generator=generator))
+            completion = torch.randint(7, VOCAB - 1, (n,), generator=generator).tolist()
+            sides.append(example(prompt.tolist() + completion + [last], len(prompt), f"pairs.jsonl:{line + 1}"))
+        made.append(Pair(sides[0], sides[1], margin=float(line % 3) / 2))
+    return made
+
+
+def fake_encode_pair_files(paths, chat_template, tokenizer, max_tokens) -> list:
+    """posttrain.pair_data.encode_pair_files for files named train*/valid*: 24 / 6 pairs of their own seeds."""
+    return [p for path in paths for p in pairs(24 if "train" in path else 6, seed=len(path))]
+
+
+def use_fake_pairs() -> None:
+    """In this process, the reward objective reads fake_encode_pair_files' pairs (multi-rank probes call it)."""
+    import megatron_sota.posttrain.reward as reward
+
+    reward.encode_pair_files = fake_encode_pair_files
+
+
+def rm_job(**posttrain) -> JobConfig:
+    """A 2-layer reward model (tests/reward_model_rows.py's sizes) on NullTokenizer ids, 4 pairs per step."""
+    job = JobConfig()
+    job.posttrain = PosttrainConfig(objective="rm", train_files=["train.jsonl"], **posttrain)
+    job.tokenizer.type, job.tokenizer.vocab_size, job.model.vocab_size = "NullTokenizer", VOCAB, VOCAB
+    model = job.model
+    model.num_layers, model.hidden_size, model.ffn_hidden_size = 2, 64, 128
+    model.num_attention_heads, model.num_query_groups = 4, 2
+    model.max_position_embeddings, model.init_method_std = 64, 0.05
+    job.data.num_workers = 0
+    job.runtime.device = "cpu"
+    job.train.seq_length, job.train.micro_batch_size, job.train.global_batch_size = 24, 2, 4
+    job.train.iters, job.train.eval_interval = 0, 0
+    job.optimizer.lr, job.scheduler.warmup_iters = 1e-3, 1
+    job.logging.tensorboard, job.logging.interval = False, 1
+    job.checkpoint.save_at_end = False
+    return job
