@@ -270,6 +270,7 @@ class CheckpointManager:
         self.last_complete = checkpoint_dir
         return progress
 
+
 def _keep_fresh(
     models, template: Dict[str, Any], checkpoint_dir: str, fresh_keys: Callable[[List[str]], List[str]]
 ) -> Dict[str, Dict[str, Any]]:

@@ -33,7 +33,8 @@ def test_the_trained_reward_models_export_scores_pairs_as_the_objective_does(tmp
     assert convert(["export", "--load", checkpoint, "--save", out, "--dtype", "fp32", "--pad-token-id", str(PAD)]) == 0
 
     held_out = pairs(4, seed=99)  # ids never PAD, so transformers finds each sequence's last token
-    batch = torch.utils.data.default_collate(list(PairDataset(held_out, 4, job.train.seq_length, job.tokenizer.vocab_size - 1, None)))
+    samples = PairDataset(held_out, 4, job.train.seq_length, pad_id=job.tokenizer.vocab_size - 1, seed=None)
+    batch = torch.utils.data.default_collate(list(samples))
     with distributed_session(job.parallel, "cpu", seed=0):
         model = build_reward_model(tiny_reward_job())  # the same sizes as rm_job's
         load_model_weights([model], checkpoint + "/iter_0000004")

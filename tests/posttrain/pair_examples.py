@@ -22,7 +22,8 @@ def pairs(count: int, seed: int, longest: int = 20) -> list:
     generator = torch.Generator().manual_seed(seed)
     made = []
     for line in range(count):
-        prompt = torch.randint(1, VOCAB - 1, (int(torch.randint(2, 8, (1,), generator=generator)),), generator=generator)
+        length = int(torch.randint(2, 8, (1,), generator=generator))
+        prompt = torch.randint(1, VOCAB - 1, (length,), generator=generator)
         sides = []
         for last in (GOOD, BAD):
             n = int(torch.randint(2, longest - len(prompt), (1,), generator=generator))

@@ -17,7 +17,7 @@ from megatron_sota.posttrain.reward import _pair_loss
 from megatron_sota.posttrain.reward_loss import pair_losses
 from megatron_sota.training.callbacks.base import Callback
 from tests.posttrain.examples import EOD
-from tests.posttrain.pair_examples import BAD, GOOD, pairs, rm_job, use_fake_pairs
+from tests.posttrain.pair_examples import pairs, rm_job, use_fake_pairs
 from tests.posttrain.test_sft_training import StopAt
 
 METRICS = ("accuracy", "margin", "mean_reward")
@@ -76,7 +76,7 @@ class KeepWeights(Callback):
 
 @pytest.fixture(scope="module")
 def language_model(tmp_path_factory):
-    """A language model of the reward model's sizes, pretrained for two steps on mock data: its checkpoint and weights."""
+    """A language model of the reward model's sizes, pretrained for two steps on mock data: checkpoint and weights."""
     from megatron_sota.training.trainer import pretrain
 
     job = rm_job()
@@ -131,6 +131,7 @@ def test_a_reward_model_resumes_exactly(tmp_path):
     assert stopped.exit_code == 75 and stopped.losses == straight.losses[:3]
     resumed = posttrain(job, str(tmp_path / "resumed"))
     assert resumed.first_step == 4 and resumed.losses == straight.losses[3:]
-    metrics = {tag: [json.loads(line) for line in open(tmp_path / tag / "metrics.jsonl")] for tag in ("straight", "resumed")}
+    metrics = {tag: [json.loads(line) for line in open(tmp_path / tag / "metrics.jsonl")]
+               for tag in ("straight", "resumed")}
     for name in METRICS:
         assert [row[name] for row in metrics["resumed"]] == [row[name] for row in metrics["straight"]], name
