@@ -200,8 +200,13 @@ class CheckpointManager:
             self._async_queue.close()
 
     # ------------------------------------------------------------------ load
-    def load(self, state, checkpoint_dir: str, layout: Dict[str, int], weights_only: bool = False) -> Progress:
-        """Restores a run from `checkpoint_dir`; `weights_only` starts a new run from its weights at step 0."""
+    def load(
+        self, state, checkpoint_dir: str, layout: Dict[str, int], weights_only: bool = False,
+        fresh_keys: Callable[[List[str]], List[str]] = lambda keys: [],
+    ) -> Progress:
+        """Restores a run from `checkpoint_dir`; `weights_only` starts a new run from its weights at step 0,
+        and then the model keys `fresh_keys` picks from a chunk's keys (an objective's own new weights, such
+        as a reward head) that the checkpoint does not hold keep their current values instead of failing."""
         start = time.perf_counter()
         common = read_common(checkpoint_dir)
         same_layout = common.get("layout") == layout and not weights_only
@@ -221,6 +226,7 @@ class CheckpointManager:
             state.models, state.optimizer, state.scheduler, {}, "", layout,
             is_loading=True, include_optimizer=load_optimizer, include_rng=same_layout,
         )
+        kept = _keep_fresh(state.models, template, checkpoint_dir, fresh_keys) if weights_only else {}
         check_model_shapes(template, checkpoint_dir, len(state.models))
         try:
             loaded = dist_checkpointing.load(template, checkpoint_dir)
@@ -234,7 +240,8 @@ class CheckpointManager:
             )
             raise MegatronSotaError(f"{checkpoint_dir}: loading failed ({type(err).__name__}: {err}){hint}") from None
         for index, model in enumerate(state.models):
-            unwrap(model).load_state_dict(loaded[model_key(index, len(state.models))], strict=True)
+            key = model_key(index, len(state.models))
+            unwrap(model).load_state_dict({**loaded[key], **kept.get(key, {})}, strict=True)
         if load_optimizer:
             try:
                 state.optimizer.load_state_dict(loaded["optimizer"])
@@ -262,6 +269,33 @@ class CheckpointManager:
         )
         self.last_complete = checkpoint_dir
         return progress
+
+
+def _keep_fresh(
+    models, template: Dict[str, Any], checkpoint_dir: str, fresh_keys: Callable[[List[str]], List[str]]
+) -> Dict[str, Dict[str, Any]]:
+    """Takes out of `template` the model keys `fresh_keys` names that the checkpoint does not hold, and returns
+    {model key: {state key: the chunk's current value}} to load in their place."""
+    stored = None
+    kept: Dict[str, Dict[str, Any]] = {}
+    for index, model in enumerate(models):
+        key = model_key(index, len(models))
+        chunk = template[key]
+        names = [name for name in fresh_keys(list(chunk)) if name in chunk]
+        if not names:
+            continue
+        if stored is None:
+            stored = set(dist_checkpointing.load_tensors_metadata(checkpoint_dir))
+        current = unwrap(model).state_dict()
+        missing = [name for name in names if chunk[name].key not in stored]
+        kept[key] = {name: current[name] for name in missing}
+        for name in missing:
+            del chunk[name]
+    if kept:
+        fresh = sorted({name for names in kept.values() for name in names})
+        logger.info(f"{checkpoint_dir} does not hold {', '.join(fresh)}: initialised here instead")
+    return kept
+
 
 def read_common(checkpoint_dir: str) -> Dict[str, Any]:
     """The checkpoint's non-tensor part (format, progress, config, layout), after checking its metadata is safe."""

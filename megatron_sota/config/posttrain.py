@@ -44,11 +44,17 @@ class PosttrainConfig:
     """RM: weight of the mean (r_chosen + r_rejected)^2 term that keeps rewards centred; 0 leaves it out."""
 
 
-def posttrain_problems(cfg: Optional[PosttrainConfig], cp: int) -> list[str]:
-    """Every problem of the `posttrain` group (none for pretraining, cfg None); `cp` is parallel.cp."""
+def posttrain_problems(cfg: Optional[PosttrainConfig], cp: int, untied: bool = True) -> list[str]:
+    """Every problem of the `posttrain` group (none for pretraining, cfg None); `cp` is parallel.cp, `untied`
+    model.untie_embeddings_and_output_weights."""
     if cfg is None:
         return []
     problems = []
+    if cfg.objective == "rm" and not untied:
+        problems.append(
+            "model.untie_embeddings_and_output_weights=false: a reward model (posttrain=rm) replaces the output "
+            "layer by a scalar head, so its embeddings must be untied (set it to true; conf/posttrain/rm.yaml does)"
+        )
     if cfg.objective not in OBJECTIVES:
         problems.append(f"posttrain.objective must be one of {', '.join(OBJECTIVES)}, got '{cfg.objective}'")
     if not cfg.train_files:

@@ -272,7 +272,9 @@ def validate_job(
     ranges = {**RANGES, "train.iters": at_least(0)} if posttraining else RANGES
     problems = _choice_problems(cfg) + _layout_problems(cfg, world_size) + ([] if posttraining else _data_problems(cfg))
     problems += _model_problems(cfg) + machine_problems(cfg, machine) + generation_problems(cfg.generation)
-    problems += eval_problems(cfg) + _out_of_range(cfg, ranges) + posttrain_problems(cfg.posttrain, cfg.parallel.cp)
+    problems += eval_problems(cfg) + _out_of_range(cfg, ranges) + posttrain_problems(
+        cfg.posttrain, cfg.parallel.cp, cfg.model.untie_embeddings_and_output_weights
+    )
     problems += list(more_problems)
     if problems:
         raise MegatronSotaError("invalid configuration:\n  - " + "\n  - ".join(problems))

@@ -67,8 +67,11 @@ class PairDataset(torch.utils.data.Dataset):
         return self.num_samples
 
     def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < self.num_samples:
+            raise IndexError(f"sample {index} of {self.num_samples}")  # also ends iteration over the dataset
         at = self.order(index)
-        return pair_sample(None if at is None else self.pairs[at], -1 if at is None else at, self.seq_length, self.pad_id)
+        pair = None if at is None else self.pairs[at]
+        return pair_sample(pair, -1 if at is None else at, self.seq_length, self.pad_id)
 
 
 def pair_rows(batch: dict) -> dict:

@@ -26,11 +26,15 @@ def build_objective(job: JobConfig) -> Objective:
         from megatron_sota.posttrain.sft import SFTObjective
 
         return SFTObjective(job.posttrain)
+    if name == "rm":
+        from megatron_sota.posttrain.reward import RewardObjective
+
+        return RewardObjective(job.posttrain)
     if name == "dpo":
         from megatron_sota.posttrain.dpo import DPOObjective
 
         return DPOObjective(job.posttrain)
-    raise MegatronSotaError(f"posttrain.objective={name} is not available yet (available: sft, dpo)")
+    raise MegatronSotaError(f"posttrain.objective={name} is not available (available: sft, rm, dpo)")
 
 
 def posttrain(job: JobConfig, run_dir: str, command_line: str = "", callbacks: Sequence[Callback] = ()) -> TrainSummary:

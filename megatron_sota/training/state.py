@@ -146,7 +146,9 @@ def build_training_state(
     device_type, use_te = choices.device, choices.transformer_engine
     kernels = choose_kernels(job.kernels, device_type, choices.dtype, use_te)
     config = build_transformer_config(job.model, job.parallel, job.precision, t.recompute, device_type, use_te, kernels)
-    chunks = build_model_chunks(job.model, config, inputs.padded_vocab, t.seq_length, t.seed, use_te, kernels)
+    chunks = build_model_chunks(
+        job.model, config, inputs.padded_vocab, t.seq_length, t.seed, use_te, kernels, objective.model_class(job)
+    )
     chunks = objective.model_hook(chunks, config)
     models = wrap_in_ddp(chunks, config, job.parallel, session.device)
     optimizer = build_optimizer(job.optimizer, job.scheduler, job.parallel, config, job.precision.initial_loss_scale, models)

@@ -174,7 +174,7 @@ def pretrain(
         if resume_from:
             progress = manager.load(state, resume_from, layout)
         elif init_from:
-            progress = manager.load(state, init_from, layout, weights_only=True)
+            progress = manager.load(state, init_from, layout, weights_only=True, fresh_keys=objective.fresh_keys)
         else:
             progress = Progress()
         state.start_data(progress.consumed_samples)

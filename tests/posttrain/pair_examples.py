@@ -11,7 +11,7 @@ import torch
 from megatron_sota.config.job import JobConfig
 from megatron_sota.config.posttrain import PosttrainConfig
 from megatron_sota.posttrain.pair_data import Pair
-from tests.posttrain.examples import VOCAB, example
+from tests.posttrain.examples import VOCAB, example, sft_job
 
 GOOD, BAD = 5, 6
 """The last completion token of every chosen / rejected sequence: something a reward model can learn."""
@@ -22,7 +22,8 @@ def pairs(count: int, seed: int, longest: int = 20) -> list:
     generator = torch.Generator().manual_seed(seed)
     made = []
     for line in range(count):
-        prompt = torch.randint(1, VOCAB - 1, (int(torch.randint(2, 8, (1,), generator=generator)),), generator=generator)
+        length = int(torch.randint(2, 8, (1,), generator=generator))
+        prompt = torch.randint(1, VOCAB - 1, (length,), generator=generator)
         sides = []
         for last in (GOOD, BAD):
             n = int(torch.randint(2, longest - len(prompt), (1,), generator=generator))
@@ -45,19 +46,12 @@ def use_fake_pairs() -> None:
 
 
 def rm_job(**posttrain) -> JobConfig:
-    """A 2-layer reward model (tests/reward_model_rows.py's sizes) on NullTokenizer ids, 4 pairs per step."""
-    job = JobConfig()
+    """SFT's small CPU job (tests/posttrain/examples.py) as a 2-layer reward model of tests/reward_model_rows.py's
+    sizes, 4 pairs per step."""
+    job = sft_job()
     job.posttrain = PosttrainConfig(objective="rm", train_files=["train.jsonl"], **posttrain)
-    job.tokenizer.type, job.tokenizer.vocab_size, job.model.vocab_size = "NullTokenizer", VOCAB, VOCAB
     model = job.model
-    model.num_layers, model.hidden_size, model.ffn_hidden_size = 2, 64, 128
-    model.num_attention_heads, model.num_query_groups = 4, 2
+    model.hidden_size, model.ffn_hidden_size, model.num_attention_heads, model.num_query_groups = 64, 128, 4, 2
     model.max_position_embeddings, model.init_method_std = 64, 0.05
-    job.data.num_workers = 0
-    job.runtime.device = "cpu"
-    job.train.seq_length, job.train.micro_batch_size, job.train.global_batch_size = 24, 2, 4
-    job.train.iters, job.train.eval_interval = 0, 0
-    job.optimizer.lr, job.scheduler.warmup_iters = 1e-3, 1
-    job.logging.tensorboard, job.logging.interval = False, 1
-    job.checkpoint.save_at_end = False
+    job.train.seq_length, job.train.global_batch_size = 24, 4
     return job
