@@ -13,6 +13,7 @@ import torch
 
 from megatron_sota.config.job import JobConfig
 from megatron_sota.config.posttrain import PosttrainConfig
+from megatron_sota.training.callbacks.base import Callback
 
 VOCAB = 128
 EOD = VOCAB - 1  # NullTokenizer's eod: the padding token
@@ -66,3 +67,15 @@ def sft_job(**posttrain) -> JobConfig:
     job.logging.tensorboard, job.logging.interval = False, 1
     job.checkpoint.save_at_end = False
     return job
+
+
+class StopAt(Callback):
+    """Saves and stops after `step`, as a preempted job would."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def post_step(self, trainer, outcome):
+        if outcome.step == self.step:
+            trainer.save()
+            trainer.stop("test stop", 75)

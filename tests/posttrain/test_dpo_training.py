@@ -10,7 +10,7 @@ import math
 import pytest
 
 from tests.posttrain.dpo_examples import dpo_job, use_fake_pairs
-from tests.posttrain.test_sft_training import StopAt
+from tests.posttrain.examples import StopAt
 
 TRL_NAMES = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected")
 

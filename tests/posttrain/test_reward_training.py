@@ -16,9 +16,8 @@ from megatron_sota.posttrain.pair_data import PairDataset, pair_rows
 from megatron_sota.posttrain.reward import _pair_loss
 from megatron_sota.posttrain.reward_loss import pair_losses
 from megatron_sota.training.callbacks.base import Callback
-from tests.posttrain.examples import EOD
+from tests.posttrain.examples import EOD, StopAt
 from tests.posttrain.pair_examples import pairs, rm_job, use_fake_pairs
-from tests.posttrain.test_sft_training import StopAt
 
 METRICS = ("accuracy", "margin", "mean_reward")
 

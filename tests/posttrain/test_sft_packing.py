@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from megatron_sota.errors import MegatronSotaError
 from megatron_sota.posttrain.packing import best_fit_decreasing

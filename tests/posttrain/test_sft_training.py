@@ -13,8 +13,7 @@ from megatron_sota.config.machine import Machine
 from megatron_sota.config.validation import validate_job
 from megatron_sota.errors import MegatronSotaError
 from megatron_sota.posttrain.sft_data import lay_out, row_sample
-from megatron_sota.training.callbacks.base import Callback
-from tests.posttrain.examples import EOD, VOCAB, examples, sft_job, use_fake_encodings
+from tests.posttrain.examples import EOD, VOCAB, StopAt, examples, sft_job, use_fake_encodings
 
 
 def _masked_loss(model, sample: dict, with_ids: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,18 +48,6 @@ def test_a_packed_rows_loss_is_the_token_weighted_loss_of_its_documents_run_alon
     torch.testing.assert_close(loss / count, expected, rtol=1e-5, atol=1e-6)
     # Attending across documents changes it (the comparison can fail).
     assert not torch.isclose(crossing / count, expected, rtol=1e-3)
-
-
-class StopAt(Callback):
-    """Saves and stops after `step`, as a preempted job would."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def post_step(self, trainer, outcome):
-        if outcome.step == self.step:
-            trainer.save()
-            trainer.stop("test stop", 75)
 
 
 def test_sft_derives_its_steps_from_epochs_and_resumes_exactly(tmp_path):
