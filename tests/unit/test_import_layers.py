@@ -17,7 +17,8 @@ PACKAGE_DIR = os.path.dirname(megatron_sota.__file__)
 # Lowest first; a module may import its own layer and the layers below it. Subsystems the issue's
 # rule does not name sit where their imports put them: conversion, curation and planning use
 # models and data; inference runs models read by checkpointing's reader; evaluation scores through
-# inference's models; training runs in-loop evaluation; perf and the entry points use everything.
+# inference's models; training runs in-loop evaluation; post-training plugs objectives into training;
+# perf and the entry points use everything.
 LAYERS = (
     ("errors", "atomic_files", "quiet"),
     ("config",),
@@ -27,6 +28,7 @@ LAYERS = (
     ("inference",),
     ("evaluation",),
     ("training",),
+    ("posttrain",),
     ("perf", "train"),
 )
 RANK: Dict[str, int] = {name: rank for rank, names in enumerate(LAYERS) for name in names}
