@@ -1,59 +1,28 @@
 """Hydra entry point: `python -m megatron_sota.train [overrides]`, alone or under torchrun/srun.
 
-It composes and types the config, sets up console logging (`logging.level`) and hands over to the trainer.
+It hands the composed, typed config to the trainer (runtime/hydra_entry.py does the command line).
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
-
-from megatron_sota.config.files import conf_dir
-from megatron_sota.config.job import register_configs
-from megatron_sota.config.typed import check_override_keys, to_job_config
-from megatron_sota.config.run import LOG_LEVELS
-from megatron_sota.errors import MegatronSotaError
 from megatron_sota.quiet import quiet_megatron
-from megatron_sota.runtime.log import setup_logging
+from megatron_sota.runtime.hydra_entry import RunJob, run_hydra_command
 
-CONF_DIR = conf_dir()
 log = logging.getLogger("megatron_sota.train")  # not __name__: that is "__main__" under -m
 
 quiet_megatron()
 
 
-@hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
-def _main(cfg: DictConfig) -> None:
+def _pretrain() -> RunJob:
     from megatron_sota.training.trainer import pretrain
 
-    run_dir = HydraConfig.get().runtime.output_dir
-    try:
-        job = to_job_config(cfg)
-        # After Hydra has configured logging. A level not in LOG_LEVELS is reported by validate_job
-        # with every other config problem, so until then the run logs at INFO.
-        setup_logging(job.logging.level if job.logging.level in LOG_LEVELS else "INFO", job.logging.all_ranks)
-        summary = pretrain(job, run_dir, command_line=" ".join(sys.argv))
-    except MegatronSotaError as err:
-        # A user's mistake (bad config, data or checkpoint) or a diverged run: one message, no traceback.
-        log.error("%s", err)
-        sys.exit(getattr(err, "exit_code", 2))
-    if summary.exit_code:
-        sys.exit(summary.exit_code)  # preempted after saving: a launcher may requeue
+    return lambda job, run_dir, command_line: pretrain(job, run_dir, command_line=command_line)
 
 
 def main() -> None:
-    setup_logging()  # mistakes in the command line are reported before the config is composed
-    register_configs()
-    try:
-        check_override_keys(sys.argv[1:])
-        _main()
-    except MegatronSotaError as err:
-        log.error("%s", err)
-        sys.exit(2)
+    run_hydra_command("train", _pretrain, log)
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ def test_tiny_loss_falls_on_the_stdlib_corpus(stdlib_shards, tmp_path):
     # The resolved config is written in full and named in one line (printed whole only at DEBUG level).
     assert f"resolved config: {run_dir / 'config.yaml'}" in result.stdout
     assert "num_attention_heads" not in result.stdout
+    assert (run_dir / "train.log").is_file()  # Hydra's job log is named after the entry point
 
 
 @pytest.mark.slow

@@ -134,6 +134,7 @@ def test_sft_from_files_trains_saves_and_exports_the_runs_chat_template(chat_fil
     assert line and int(line.group(1)) == len(rows.rows) < 48
     assert float(line.group(2)) == pytest.approx(100 * rows.efficiency, abs=0.05)
     assert f"initialised the weights from {base}" in output
+    assert (run_dir / "posttrain.log").is_file()  # Hydra's job log is named after the entry point
 
     steps = len(rows.rows) // 4  # one epoch of rows in global batches of 4
     metrics = _metrics(run_dir)
