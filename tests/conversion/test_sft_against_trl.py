@@ -84,7 +84,7 @@ def _expected_grads(hf_grads: dict, model_config) -> dict:
     """HF's gradients under our parameter names: embedding, output layer, final norm and all of layer 1."""
     layer = names.layer_from_hf(hf_grads, model_config, 1)
     return {
-        "embedding.word_embeddings.weight": hf_grads[names.HF_EMBEDDING],
+        names.EMBEDDING: hf_grads[names.HF_EMBEDDING],
         names.OUTPUT_LAYER: hf_grads[names.HF_LM_HEAD],
         names.FINAL_NORM: hf_grads[names.HF_FINAL_NORM],
         **{"decoder.layers.1." + _LOCAL_SPEC.get(key, key.removeprefix("decoder.layers.")): value
@@ -111,7 +111,7 @@ def _our_loss_and_grads(model, batch: dict, vocab_size: int, device) -> tuple:
 
 def _assert_grads_equal(ours: dict, expected: dict, vocab_size: int):
     for name, theirs in expected.items():
-        mine = ours[name][:vocab_size] if name in ("embedding.word_embeddings.weight", names.OUTPUT_LAYER) else ours[name]
+        mine = ours[name][:vocab_size] if name in (names.EMBEDDING, names.OUTPUT_LAYER) else ours[name]
         scale = theirs.abs().max().item()
         assert scale > 0, name
         error = (mine - theirs).abs().max().item()
@@ -139,8 +139,9 @@ def test_sft_loss_and_gradients_equal_trl_one_row_per_conversation_and_packed(se
     with distributed_session(parallel, "cpu", 1, seed=0) as session:
         padded = padded_vocab_size(vocab, model_config.make_vocab_size_divisible_by, parallel.tp)
         assert padded > vocab  # output-layer padding rows exist: they must stay out of the softmax
-        config = build_transformer_config(model_config, parallel, PrecisionConfig(), "none", "cpu", False, KernelChoice())
-        (ours,) = build_model_chunks(model_config, config, padded, total + 5, 0, False, KernelChoice())
+        kernels = KernelChoice()
+        config = build_transformer_config(model_config, parallel, PrecisionConfig(), "none", "cpu", False, kernels)
+        (ours,) = build_model_chunks(model_config, config, padded, total + 5, 0, False, kernels)
         fill_from_hf(ours, hf.state_dict(), model_config, padded)
         results = {name: _our_loss_and_grads(ours, batch, vocab, session.device)
                    for name, batch in (("one per row", one_per_row), ("packed", packed))}
