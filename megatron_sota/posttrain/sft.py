@@ -1,7 +1,7 @@
 """Supervised fine-tuning as a trainer objective: chat records -> packed rows -> next-token loss on the trained tokens.
 
-The loss and the forward step are pretraining's (training/step.py reads the rows' document ids); this
-module only brings the data. It must not change how a token's loss is computed.
+The loss is pretraining's masked sum over the exported model's log-probs (posttrain/sft_loss.py); this
+module brings the data and that forward step. It must not change how a token's loss is computed.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import Optional
 
 from megatron_sota.config.posttrain import PosttrainConfig
 from megatron_sota.posttrain.sft_data import Rows, SFTDataset, encode_files, lay_out
+from megatron_sota.posttrain.sft_loss import sft_forward_step
 from megatron_sota.posttrain.steps import derive_steps
 from megatron_sota.training.objective import Objective
 
@@ -48,3 +49,6 @@ class SFTObjective(Objective):
         train = SFTDataset(self.train_rows, counts.train, pad, packed, seed=job.train.seed)
         valid = SFTDataset(self.valid_rows, counts.valid, pad, packed, seed=None) if self.valid_rows else None
         return train, valid
+
+    def forward_step(self, state):
+        return sft_forward_step(state.session.device, state.inputs.tokenizer.vocab_size, state.document_eod)

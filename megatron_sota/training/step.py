@@ -47,7 +47,8 @@ The loss function returns (loss_sum, count, report), report {name: tensor([sum, 
 (training/objective.py). The objective of a run; post-training brings its own."""
 
 
-def _loss_func(loss_mask: torch.Tensor, per_token_loss: torch.Tensor):
+def masked_token_loss(loss_mask: torch.Tensor, per_token_loss: torch.Tensor):
+    """The loss function's (loss_sum, count, report) of the tokens `loss_mask` keeps; also post-training's SFT."""
     mask = loss_mask.view(-1).float()
     loss_sum = torch.sum(per_token_loss.view(-1).float() * mask)
     num_tokens = mask.sum().to(torch.int)
@@ -79,7 +80,7 @@ def _forward_step(device: torch.device, data_iterator: Iterator[dict], model, do
     local = local_batch(next(data_iterator), device, document_eod)
     # attention_mask: None is causal over the row; document ids keep attention within each document.
     output = model(local["tokens"], local["position_ids"], local.get("document_ids"), labels=local["labels"])
-    return output, partial(_loss_func, local["loss_mask"])
+    return output, partial(masked_token_loss, local["loss_mask"])
 
 
 def next_token_loss(device: torch.device, document_eod: Optional[int] = None) -> ForwardStep:

@@ -63,13 +63,16 @@ def gather_full(models, kind: str) -> Optional[Dict[str, torch.Tensor]]:
 
 
 @contextlib.contextmanager
-def fresh_training_state(job: JobConfig, run_dir: str, load_from: Optional[str] = None):
+def fresh_training_state(job: JobConfig, run_dir: str, load_from: Optional[str] = None, objective=None):
     """This rank's training state inside a CPU session, with data from the first sample
-    (or loaded from a checkpoint directory, data untouched)."""
+    (or loaded from a checkpoint directory, data untouched); `objective` (training/objective.py) prepared
+    and built in as the trainer does, pretraining when None."""
     env = read_launch_env()
     inputs = check_inputs(job, env.world_size)
+    if objective is not None:
+        job = objective.prepare(job, inputs)
     with distributed_session(job.parallel, "cpu", 5, job.train.seed, env) as session:
-        state = build_training_state(job, inputs, session, run_dir)
+        state = build_training_state(job, inputs, session, run_dir, objective=objective)
         if load_from is None:
             state.start_data(0)
         else:
@@ -80,21 +83,26 @@ def fresh_training_state(job: JobConfig, run_dir: str, load_from: Optional[str] 
         yield state
 
 
-def layout_probe(rank: int, job: JobConfig, run_dir: str, steps: int) -> dict:
-    """Gradients of the first global batch, then the losses of `steps` optimizer steps and the final weights."""
+def layout_probe(rank: int, job: JobConfig, run_dir: str, steps: int, objective=None) -> dict:
+    """Gradients of the first global batch, then the losses of `steps` optimizer steps and the final weights;
+    of `objective`'s loss when given (fresh_training_state)."""
     t = job.train
-    with fresh_training_state(job, run_dir) as state:
+    with fresh_training_state(job, run_dir, objective=objective) as state:
         session = state.session
-        args = (state.layout.num_microbatches, t.micro_batch_size, t.seq_length)
+        step = state.objective.forward_step(state)
+        args = (state.layout.num_microbatches, t.micro_batch_size * state.objective.rows_per_sample, t.seq_length)
         for model in state.models:
             model.zero_grad_buffer()
-        first_loss, _ = forward_backward(state.models, state.train_iterators, *args, False, session.device)
+        first_loss, _ = forward_backward(state.models, state.train_iterators, *args, False, session.device, step)
         # With data (or context) parallelism the distributed optimizer leaves each rank only its shard
         # of the reduced gradient; full gradients are compared for dp=cp=1 layouts or without it.
         full_grads = state.layout.dp * job.parallel.cp == 1 or not job.parallel.distributed_optimizer
         grads = gather_full(state.models, "grad") if full_grads else None
         losses = [
-            train_step(state.models, state.optimizer, state.scheduler, state.train_iterators, *args, session.device).loss
+            train_step(
+                state.models, state.optimizer, state.scheduler, state.train_iterators, *args, session.device,
+                forward_step=step,
+            ).loss
             for _ in range(steps)
         ]
         params = gather_full(state.models, "param")

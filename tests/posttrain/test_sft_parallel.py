@@ -1,14 +1,22 @@
 """SFT trains alike under tensor, pipeline and data parallelism: the packed rows' ids and positions reach
-every stage and rank, and the token-weighted loss is the same as one process's."""
+every stage and rank, and the token-weighted loss and its gradients are the same as one process's.
+
+The vocabulary (200) leaves output-layer padding rows, on the second TP rank at TP=2: the loss must leave them out."""
 
 from __future__ import annotations
 
 import pytest
+import torch
 
 from megatron_sota.runtime.local_ranks import run_distributed
+from tests.distributed.probes import layout_probe
 from tests.posttrain.examples import sft_job, use_fake_encodings
 
 pytestmark = pytest.mark.slow
+
+LAYOUTS = [{"tp": 2}, {"pp": 2}, {"micro_batch_size": 1}]
+LAYOUT_IDS = ["tp2", "pp2", "dp2"]
+VOCAB = 200
 
 
 def sft_probe(rank: int, job, run_dir: str) -> dict:
@@ -19,12 +27,29 @@ def sft_probe(rank: int, job, run_dir: str) -> dict:
     return {"losses": summary.losses, "val_losses": summary.val_losses}
 
 
+def sft_gradients_probe(rank: int, job, run_dir: str) -> dict:
+    """layout_probe's loss and full gradients of the first global batch, of SFT's objective."""
+    from megatron_sota.posttrain.run import build_objective
+
+    use_fake_encodings()
+    return layout_probe(rank, job, run_dir, 0, build_objective(job))
+
+
 def _job(**parallel):
     job = sft_job(valid_files=["valid.jsonl"])
+    job.tokenizer.vocab_size = job.model.vocab_size = VOCAB
     job.train.global_batch_size, job.train.eval_interval = 4, 5
-    job.train.micro_batch_size = parallel.pop("micro_batch_size", 2)
+    job.train.micro_batch_size = parallel.get("micro_batch_size", 2)
     for key, value in parallel.items():
-        setattr(job.parallel, key, value)
+        if key != "micro_batch_size":
+            setattr(job.parallel, key, value)
+    return job
+
+
+def _gradients_job(**parallel):
+    # Without the distributed optimizer every DP rank holds the whole reduced gradient (layout_probe).
+    job = _job(**parallel)
+    job.parallel.distributed_optimizer = False
     return job
 
 
@@ -33,9 +58,23 @@ def reference(tmp_path_factory) -> dict:
     return run_distributed(sft_probe, 1, _job(), str(tmp_path_factory.mktemp("sft_ref")))[0]
 
 
-@pytest.mark.parametrize("parallel", [{"tp": 2}, {"pp": 2}, {"micro_batch_size": 1}], ids=["tp2", "pp2", "dp2"])
+@pytest.fixture(scope="module")
+def reference_gradients(tmp_path_factory) -> dict:
+    return run_distributed(sft_gradients_probe, 1, _gradients_job(), str(tmp_path_factory.mktemp("sft_grads")))[0]
+
+
+@pytest.mark.parametrize("parallel", LAYOUTS, ids=LAYOUT_IDS)
 def test_sft_at_tp2_pp2_and_dp2_reproduces_one_process(tmp_path, reference, parallel):
     run = run_distributed(sft_probe, 2, _job(**parallel), str(tmp_path))[0]
     assert len(reference["losses"]) == 5 and len(reference["val_losses"]) == 1
     assert run["losses"] == pytest.approx(reference["losses"], rel=1e-5)
     assert run["val_losses"] == pytest.approx(reference["val_losses"], rel=1e-5)
+
+
+@pytest.mark.parametrize("parallel", LAYOUTS, ids=LAYOUT_IDS)
+def test_sft_gradients_at_tp2_pp2_and_dp2_equal_one_process(tmp_path, reference_gradients, parallel):
+    run = run_distributed(sft_gradients_probe, 2, _gradients_job(**parallel), str(tmp_path))[0]
+    ref = reference_gradients
+    assert run["first_loss"] == pytest.approx(ref["first_loss"], rel=1e-5)
+    assert set(run["grads"]) == set(ref["grads"]) and all(g.abs().max() > 0 for g in ref["grads"].values())
+    torch.testing.assert_close(run["grads"], ref["grads"], rtol=1e-4, atol=1e-7)
