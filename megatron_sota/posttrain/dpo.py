@@ -60,6 +60,7 @@ def _real_pairs_loss(keep: torch.Tensor, loss_func, logits: torch.Tensor):
 class DPOObjective(Objective):
     name = "dpo"
     rows_per_sample = 2
+    token_loss = False  # a loss per preference pair
     metric_names = tuple(name for name in METRICS if name != "loss")
 
     def __init__(self, cfg: PosttrainConfig):

@@ -56,6 +56,7 @@ class RewardObjective(Objective):
     name = "rm"
     metric_names = ("accuracy", "margin", "mean_reward")
     rows_per_sample = 2
+    token_loss = False  # a loss per preference pair
 
     def __init__(self, cfg: PosttrainConfig):
         self.cfg = cfg
