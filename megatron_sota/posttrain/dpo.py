@@ -25,6 +25,7 @@ from megatron_sota.training.step import MAIN_METRIC, local_batch
 
 logger = logging.getLogger(__name__)
 
+
 class _Shifted(torch.utils.data.Dataset):
     """A pair dataset whose real pairs' pair_index is moved by `offset`: the validation pairs' rows of the one
     reference table follow the training pairs'."""

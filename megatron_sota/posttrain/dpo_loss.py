@@ -4,7 +4,8 @@ Pure tensor functions plus the loss function megatron-core's schedule calls; it 
 
 Micro-batch layout: n pairs are 2n rows in pair_data.pair_rows' order, the chosen completion of pair k at
 row k and the rejected one at row n + k (TRL's collator order); labels[i] = tokens[i + 1] and loss_mask[i] = 1
-where tokens[i + 1] is a completion token. A row's log-prob is the sum of its completion tokens' log-probs (TRL's, huggingface/trl 1.16).
+where tokens[i + 1] is a completion token. A row's log-prob is the sum of its completion tokens' log-probs
+(TRL's, huggingface/trl 1.16).
 """
 
 from __future__ import annotations

@@ -11,9 +11,9 @@ The contract an objective implements (every hook runs on every rank, in this ord
 2. ``model_class(job)``: the constructor build_model_chunks builds each chunk with (GPTModel's arguments; e.g.
    the reward model), and ``rows_per_sample``: the model rows one dataset item becomes (a preference pair: 2),
    which sizes the pipeline's activations and counts tokens/s. ``token_loss``: False where the main loss is not
-   a per-token language-model loss (no perplexity is shown). ``fresh_keys(keys)``: those of a chunk's state keys the objective
-   initialises itself (a reward head): a checkpoint.init_from checkpoint that lacks them keeps their fresh values.
-   ``model_hook(chunks, config) -> chunks`` on this rank's megatron-core GPTModel chunks (one per virtual
+   a per-token language-model loss (no perplexity is shown). ``fresh_keys(keys)``: those of a chunk's state keys
+   the objective initialises itself (a reward head): a checkpoint.init_from checkpoint that lacks them keeps
+   their fresh values. ``model_hook(chunks, config) -> chunks`` on this rank's megatron-core GPTModel chunks (one per virtual
    pipeline stage) before DDP wrapping, e.g. to replace the output layer by a reward head on the last stage
    (``chunk.post_process`` tells which chunk holds it). Parameters added here are trained and checkpointed.
 3. ``datasets(job, inputs, counts, run_dir) -> (train, valid) | None``: torch map-style Datasets whose

@@ -148,7 +148,8 @@ def test_trl_and_ours_give_ln2_when_the_policy_is_the_reference(hf_models, tmp_p
     tokens, labels, loss_mask = _our_layout()
     with torch.no_grad():
         per_token = _hf_token_logps(policy, tokens, labels)
-        loss_sum, pairs, _ = dpo_loss(per_token, loss_mask, _pair_table((per_token * loss_mask).sum(1)), DPOSettings(beta=BETA))
+        reference = _pair_table((per_token * loss_mask).sum(1))
+        loss_sum, pairs, _ = dpo_loss(per_token, loss_mask, reference, DPOSettings(beta=BETA))
     _assert_close(trl_loss.item(), math.log(2), "TRL")
     _assert_close(loss_sum.item() / int(pairs), math.log(2), "ours")
 

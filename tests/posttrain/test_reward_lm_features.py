@@ -37,8 +37,9 @@ def test_an_in_loop_export_of_a_reward_model_without_a_distinct_pad_id_is_refuse
     use_fake_pairs()
     job = rm_job()  # NullTokenizer: eos only, no pad token
     job.checkpoint.export_hf_every = 2
-    with pytest.raises(MegatronSotaError, match=r"checkpoint.export_hf_every=2 with posttrain=rm: exporting a reward "
-                                                r"model needs a pad token id .* found none in tokenizer.type=NullTokenizer"):
+    expected = (r"checkpoint.export_hf_every=2 with posttrain=rm: exporting a reward model needs a pad token id .* "
+                r"found none in tokenizer.type=NullTokenizer")
+    with pytest.raises(MegatronSotaError, match=expected):
         posttrain(job, str(tmp_path / "run"))
     assert not os.path.exists(tmp_path / "run" / "checkpoints")
 
