@@ -254,6 +254,12 @@ def eval_problems(cfg: JobConfig) -> list[str]:
     e, problems = cfg.eval, []
     if e.tasks and e.interval > 0 and cfg.parallel.cp > 1:
         problems.append(f"eval.tasks needs parallel.cp=1 (scoring does not split sequences over context-parallel ranks), got cp={cfg.parallel.cp}")
+    if e.tasks and e.interval > 0 and cfg.posttrain is not None and cfg.posttrain.objective == "rm":
+        problems.append(
+            f"eval.tasks={list(e.tasks)} with posttrain=rm: the tasks score a causal language model, a reward model "
+            "has a scalar head instead of the vocabulary output (set eval.tasks=[]; posttrain.valid_files gives "
+            "its pairwise accuracy)"
+        )
     return problems
 
 

@@ -85,7 +85,9 @@ def export_checkpoint(options: ExportOptions) -> ExportSummary:
     if options.pad_token_id is not None:
         special_ids["pad_token_id"] = options.pad_token_id
     if reward:
-        _check_reward_pad(special_ids, vocab_size)
+        problem = reward_pad_problem(special_ids, vocab_size)
+        if problem:
+            raise MegatronSotaError(f"{problem}; pass --pad-token-id")
     hf_config = hf_config_from_model(model, vocab_size, options.dtype, special_ids, reward)
     hf_config["megatron_sota"] = {"source": source, "iteration": reader.common["progress"]["iteration"], "preset": model.name}
     shapes = names.hf_shapes(model, vocab_size, reward)
@@ -132,16 +134,19 @@ def _check_shapes(reader: DistCheckpointReader, expected: Dict[str, tuple], voca
         raise MegatronSotaError(f"{reader.path} does not match its own model config:\n  - " + "\n  - ".join(problems))
 
 
-def _check_reward_pad(special_ids: Dict[str, Optional[int]], vocab_size: int) -> None:
-    """LlamaForSequenceClassification reads the score at the last token that is not the pad id: with no
+def reward_pad_problem(special_ids: Dict[str, Optional[int]], vocab_size: int) -> Optional[str]:
+    """Why `special_ids` (special_token_ids' dict) cannot go into a reward model's export, or None.
+
+    LlamaForSequenceClassification reads the score at the last token that is not the pad id: with no
     pad id it cannot score a padded batch, and with pad = eos it skips a trailing eos that was scored here."""
     pad, eos = special_ids.get("pad_token_id"), special_ids.get("eos_token_id")
     if pad is None or pad == eos or not 0 <= pad < vocab_size:
         found = "none" if pad is None else ("the eos id" if pad == eos else "outside the vocabulary") + f" ({pad})"
-        raise MegatronSotaError(
+        return (
             f"exporting a reward model needs a pad token id that no sequence ends with: expected an id in "
-            f"[0, {vocab_size}) other than eos ({eos}), found {found}; pass --pad-token-id"
+            f"[0, {vocab_size}) other than eos ({eos}), found {found}"
         )
+    return None
 
 
 def _tokenizer_source(job: JobConfig, override: Optional[str]):

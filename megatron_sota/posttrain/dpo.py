@@ -17,15 +17,13 @@ from megatron_sota.checkpointing.paths import resolve_checkpoint_dir
 from megatron_sota.config.posttrain import PosttrainConfig
 from megatron_sota.errors import MegatronSotaError
 from megatron_sota.posttrain.dpo_loss import METRICS, DPOSettings, dpo_loss_func
-from megatron_sota.posttrain.pair_data import PairDataset, encode_pair_files, pair_sample
+from megatron_sota.posttrain.pair_data import PairDataset, encode_pair_files, pair_rows, pair_sample
 from megatron_sota.posttrain.reference_logps import REFERENCE_FILE, reference_logps_for_run
 from megatron_sota.posttrain.steps import derive_steps
 from megatron_sota.training.objective import Objective
-from megatron_sota.training.step import MAIN_METRIC
+from megatron_sota.training.step import MAIN_METRIC, local_batch
 
 logger = logging.getLogger(__name__)
-
-_ROW_KEYS = ("tokens", "labels", "loss_mask", "position_ids")
 
 
 class _Shifted(torch.utils.data.Dataset):
@@ -63,6 +61,7 @@ def _real_pairs_loss(keep: torch.Tensor, loss_func, logits: torch.Tensor):
 class DPOObjective(Objective):
     name = "dpo"
     rows_per_sample = 2
+    token_loss = False  # a loss per preference pair
     metric_names = tuple(name for name in METRICS if name != "loss")
 
     def __init__(self, cfg: PosttrainConfig):
@@ -122,13 +121,13 @@ class DPOObjective(Objective):
         return partial(self._forward_step, state.session.device, state.inputs.tokenizer.vocab_size)
 
     def _forward_step(self, device: torch.device, vocab_size: int, data_iterator, model):
-        """n pair samples [n, 2, s] -> 2n rows, pair k's chosen at row 2k and rejected at 2k + 1 (split_pairs'
-        order); the model is called without labels so that the loss sees the log-probs of the tokenizer's ids."""
-        batch = next(data_iterator)
-        rows = {key: batch[key].reshape(-1, batch[key].shape[-1]).to(device) for key in _ROW_KEYS}
+        """n pair samples [n, 2, s] -> pair_rows' 2n rows (the n chosen, then the n rejected: split_pairs' halves);
+        the model is called without labels so that the loss sees the log-probs of the tokenizer's ids."""
+        batch = pair_rows(next(data_iterator))
+        rows = local_batch(batch, device)
         index = batch["pair_index"].to(device)
         real = index >= 0
-        keep = real.repeat_interleave(2)
+        keep = torch.cat([real, real])
         reference = self.reference[index.clamp(min=0)][real]
         output = model(rows["tokens"], rows["position_ids"], None)
         loss_func = partial(

@@ -2,9 +2,10 @@
 
 Pure tensor functions plus the loss function megatron-core's schedule calls; it must not run models or reduce across ranks.
 
-Micro-batch layout: n pairs are 2n rows, the chosen completion of pair k at row 2k and the rejected
-one at row 2k + 1; labels[i] = tokens[i + 1] and loss_mask[i] = 1 where tokens[i + 1] is a completion
-token. A row's log-prob is the sum of its completion tokens' log-probs (TRL's, huggingface/trl 1.16).
+Micro-batch layout: n pairs are 2n rows in pair_data.pair_rows' order, the chosen completion of pair k at
+row k and the rejected one at row n + k (TRL's collator order); labels[i] = tokens[i + 1] and loss_mask[i] = 1
+where tokens[i + 1] is a completion token. A row's log-prob is the sum of its completion tokens' log-probs
+(TRL's, huggingface/trl 1.16).
 """
 
 from __future__ import annotations
@@ -38,10 +39,11 @@ class DPOSettings:
 
 
 def split_pairs(rows: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(chosen, rejected) halves of a per-row tensor laid out chosen, rejected, chosen, rejected, ..."""
+    """(chosen, rejected) halves of a per-row tensor laid out as pair_rows' blocks: n chosen rows, then n rejected."""
     if rows.shape[0] % 2:
-        raise ValueError(f"a DPO micro-batch has chosen/rejected row pairs; found {rows.shape[0]} rows")
-    return rows[0::2], rows[1::2]
+        raise ValueError(f"a DPO micro-batch has a chosen and a rejected row per pair; found {rows.shape[0]} rows")
+    half = rows.shape[0] // 2
+    return rows[:half], rows[half:]
 
 
 def dpo_loss(

@@ -21,6 +21,7 @@ from megatron.core import parallel_state
 from megatron_sota.atomic_files import write_bytes
 from megatron_sota.errors import MegatronSotaError
 from megatron_sota.parallelize.pipeline import run_schedule
+from megatron_sota.posttrain.pair_data import pair_rows
 from megatron_sota.posttrain.token_logps import sequence_logps, token_logps
 
 REFERENCE_FILE = "reference_logps.pt"
@@ -70,15 +71,22 @@ def _forward_step(device: torch.device, vocab_size: int, data_iterator: Iterator
 
 
 def _micro_batches(pairs: List[Mapping], pairs_per_micro_batch: int, count: int, length: int) -> List[dict]:
-    """`count` micro-batches of 2 * pairs_per_micro_batch rows, right-padded to `length`; rows past the pairs are empty."""
-    rows = count * pairs_per_micro_batch * 2
-    batch = {key: torch.zeros(rows, length, dtype=torch.long) for key in _ROW_KEYS}
+    """`count` micro-batches of pairs_per_micro_batch pairs in pair_rows' order (the chosen rows, then the rejected),
+    right-padded to `length`; pairs past `pairs` are empty rows."""
+    samples = {key: torch.zeros(count * pairs_per_micro_batch, 2, length, dtype=torch.long) for key in _ROW_KEYS}
     for k, pair in enumerate(pairs):
         width = pair["tokens"].shape[1]
         for key in _ROW_KEYS:
-            batch[key][2 * k : 2 * k + 2, :width] = torch.as_tensor(pair[key]).to(torch.long)
-    step = 2 * pairs_per_micro_batch
-    return [{key: value[i : i + step] for key, value in batch.items()} for i in range(0, rows, step)]
+            samples[key][k, :, :width] = torch.as_tensor(pair[key]).to(torch.long)
+    step = pairs_per_micro_batch
+    starts = range(0, count * step, step)
+    return [pair_rows({key: value[i : i + step] for key, value in samples.items()}) for i in starts]
+
+
+def _pair_table(rows: torch.Tensor, pairs_per_micro_batch: int) -> torch.Tensor:
+    """The schedule's per-row log-probs of _micro_batches' rows, micro-batch after micro-batch -> [pairs, 2]
+    (chosen, rejected) in the pairs' order."""
+    return rows.view(-1, 2, pairs_per_micro_batch).transpose(1, 2).reshape(-1, 2)
 
 
 @torch.no_grad()
@@ -118,7 +126,7 @@ def compute_reference_logps(
                 device=device,
             )
             indices = torch.tensor([int(p["pair_index"]) for p in pairs], device=device)
-            table[indices] = rows[: 2 * len(pairs)].view(-1, 2)
+            table[indices] = _pair_table(rows, pairs_per_micro_batch)[: len(pairs)]
     finally:
         for model, training in zip(models, was_training):
             model.train(training)

@@ -13,6 +13,9 @@ from typing import Optional
 import torch
 
 from megatron_sota.config.posttrain import PosttrainConfig
+from megatron_sota.conversion.export import reward_pad_problem
+from megatron_sota.conversion.tokenizer_export import special_token_ids
+from megatron_sota.errors import MegatronSotaError
 from megatron_sota.posttrain.pair_data import PairDataset, encode_pair_files, pair_rows
 from megatron_sota.posttrain.reward_head import keys_missing_from_pretrained, reward_model_class
 from megatron_sota.posttrain.reward_loss import last_real_token_scores, pair_losses, reward_metric_sums
@@ -47,6 +50,19 @@ def _reward_forward(device: torch.device, centering: float, data_iterator, model
     return output, partial(_pair_loss, local["real_mask"], pair_index, margin, centering)
 
 
+def _check_in_loop_export(job, tokenizer) -> None:
+    """checkpoint.export_hf_every exports the reward model with the tokenizer's pad id (special_token_ids): refused
+    before anything is built where it has none other than eos, rather than failing after the run."""
+    every = job.checkpoint.export_hf_every
+    problem = reward_pad_problem(special_token_ids(tokenizer), tokenizer.vocab_size) if every > 0 else None
+    if problem:
+        raise MegatronSotaError(
+            f"checkpoint.export_hf_every={every} with posttrain=rm: {problem} in tokenizer.type={job.tokenizer.type}; "
+            "use a tokenizer with a pad token, or set checkpoint.export_hf_every=0 and export after training with "
+            "tools/convert_checkpoint.py export --pad-token-id <id>"
+        )
+
+
 class RewardObjective(Objective):
     """Bradley-Terry reward model; the loss is averaged over pairs, metrics under TRL's RewardTrainer names.
 
@@ -56,6 +72,7 @@ class RewardObjective(Objective):
     name = "rm"
     metric_names = ("accuracy", "margin", "mean_reward")
     rows_per_sample = 2
+    token_loss = False  # a loss per preference pair
 
     def __init__(self, cfg: PosttrainConfig):
         self.cfg = cfg
@@ -70,6 +87,7 @@ class RewardObjective(Objective):
         return pairs
 
     def prepare(self, job, inputs):
+        _check_in_loop_export(job, inputs.tokenizer)
         seq = job.train.seq_length
         self.train_pairs = self._pairs(self.cfg.train_files, "posttrain.train_files", inputs.tokenizer, seq)
         self.valid_pairs = self._pairs(self.cfg.valid_files, "posttrain.valid_files", inputs.tokenizer, seq)

@@ -108,7 +108,7 @@ class Trainer:
         """Steps until train.iters or a stop; post_train runs only when the loop ends without an error."""
         start = time.perf_counter()
         timed_tokens, timed_seconds = 0, 0.0
-        tokens_per_step = self.state.job.train.global_batch_size * self.state.job.train.seq_length
+        tokens_per_step = self.state.objective.tokens_per_step(self.state.job)
         for callback in self.callbacks:
             callback.pre_train(self)
         while self.step < self.iters and self.summary.stop_reason is None:

@@ -107,13 +107,17 @@ class MetricsWriter:
             for name, value in m.metrics.items():
                 self._tb.add_scalar(f"train/{name}", value, m.step)
 
-    def log_validation(self, step: int, loss: float, metrics: Optional[Dict[str, float]] = None) -> None:
-        """`metrics`: the objective's other metrics, written as val_<name> (TensorBoard: valid/<name>)."""
+    def log_validation(
+        self, step: int, loss: float, metrics: Optional[Dict[str, float]] = None, perplexity: bool = True
+    ) -> None:
+        """`metrics`: the objective's other metrics, written as val_<name> (TensorBoard: valid/<name>);
+        `perplexity`: show exp(loss), for a per-token language-model loss only."""
         if not self.enabled:
             return
         metrics = metrics or {}
         shown = "".join(f" | {name} {value:.4f}" for name, value in metrics.items())
-        logger.info(f"validation at step {step}: loss {loss:.4f} | ppl {_safe_exp(loss):.2f}{shown}")
+        ppl = f" | ppl {_safe_exp(loss):.2f}" if perplexity else ""
+        logger.info(f"validation at step {step}: loss {loss:.4f}{ppl}{shown}")
         row = {"step": step, "val_loss": loss, **{f"val_{name}": value for name, value in metrics.items()}}
         self._jsonl.write(json.dumps(row) + "\n")
         if self._tb is not None:

@@ -10,9 +10,10 @@ The contract an objective implements (every hook runs on every rank, in this ord
    the job with the values it derives (e.g. ``train.iters`` from epochs). Nothing is written yet.
 2. ``model_class(job)``: the constructor build_model_chunks builds each chunk with (GPTModel's arguments; e.g.
    the reward model), and ``rows_per_sample``: the model rows one dataset item becomes (a preference pair: 2),
-   which sizes the pipeline's activations. ``fresh_keys(keys)``: those of a chunk's state keys the objective
-   initialises itself (a reward head): a checkpoint.init_from checkpoint that lacks them keeps their fresh values.
-   ``model_hook(chunks, config) -> chunks`` on this rank's megatron-core GPTModel chunks (one per virtual
+   which sizes the pipeline's activations and counts tokens/s. ``token_loss``: False where the main loss is not
+   a per-token language-model loss (no perplexity is shown). ``fresh_keys(keys)``: those of a chunk's state keys
+   the objective initialises itself (a reward head): a checkpoint.init_from checkpoint that lacks them keeps
+   their fresh values. ``model_hook(chunks, config) -> chunks`` on this rank's megatron-core GPTModel chunks (one per virtual
    pipeline stage) before DDP wrapping, e.g. to replace the output layer by a reward head on the last stage
    (``chunk.post_process`` tells which chunk holds it). Parameters added here are trained and checkpointed.
 3. ``datasets(job, inputs, counts, run_dir) -> (train, valid) | None``: torch map-style Datasets whose
@@ -62,6 +63,14 @@ class Objective:
 
     rows_per_sample: int = 1
     """Model rows per dataset item: the micro-batch the pipeline schedule carries is micro_batch_size x this."""
+
+    token_loss: bool = True
+    """Whether MAIN_METRIC is a mean next-token loss per token, so that its exp is a perplexity (not so for a
+    loss per preference pair)."""
+
+    def tokens_per_step(self, job: "JobConfig") -> int:
+        """Token positions one training step runs through the model: every row of every sample of the global batch."""
+        return job.train.global_batch_size * self.rows_per_sample * job.train.seq_length
 
     def model_class(self, job: "JobConfig") -> Callable:
         return GPTModel

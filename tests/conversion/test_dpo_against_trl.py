@@ -79,26 +79,30 @@ def _trainer(policy, reference, tmp_path, **config):
     return trainer
 
 
+def _collated():
+    """PAIRS as TRL's collator lays them out: all chosen rows, then all rejected ones (pair_rows' order too)."""
+    collator = trl.trainer.dpo_trainer.DataCollatorForPreference(pad_token_id=EOS)
+    return collator([{"prompt_ids": p, "chosen_ids": c, "rejected_ids": r} for p, c, r in PAIRS])
+
+
 def _trl_loss(trainer):
-    """TRL's loss on PAIRS (its collator: all chosen rows, then all rejected ones) and its logged metrics."""
-    batch = trainer.data_collator([{"prompt_ids": p, "chosen_ids": c, "rejected_ids": r} for p, c, r in PAIRS])
+    """TRL's loss on PAIRS and its logged metrics."""
     trainer._metrics["train"].clear()
-    loss = trainer.compute_loss(trainer.model, batch)
+    loss = trainer.compute_loss(trainer.model, _collated())
     return loss, {name: trainer._metrics["train"][name][0] for name in METRICS}
 
 
 def _our_layout():
-    """PAIRS as our micro-batch: rows chosen, rejected, ...; labels the next token; loss_mask on completion targets."""
-    rows = [(prompt, prompt + completion) for prompt, chosen, rejected in PAIRS for completion in (chosen, rejected)]
-    length = max(len(ids) for _, ids in rows) - 1
-    tokens = torch.full((len(rows), length), EOS, dtype=torch.long)
-    labels = torch.full((len(rows), length), EOS, dtype=torch.long)
-    loss_mask = torch.zeros(len(rows), length)
-    for row, (prompt, ids) in enumerate(rows):
-        tokens[row, : len(ids) - 1] = torch.tensor(ids[:-1])
-        labels[row, : len(ids) - 1] = torch.tensor(ids[1:])
-        loss_mask[row, len(prompt) - 1 : len(ids) - 1] = 1
-    return tokens, labels, loss_mask
+    """TRL's batch as our micro-batch: tokens without the last id, labels the next token, loss_mask on completion
+    targets; the rows stay in TRL's order."""
+    batch = _collated()
+    ids, completion = batch["input_ids"], batch["completion_mask"]
+    return ids[:, :-1], ids[:, 1:], completion[:, 1:].float()
+
+
+def _pair_table(rows: torch.Tensor) -> torch.Tensor:
+    """Per-row values of our layout -> [pair, (chosen, rejected)]."""
+    return rows.view(2, -1).T
 
 
 def _hf_token_logps(model, tokens, labels):
@@ -127,7 +131,7 @@ def test_loss_and_metrics_from_hf_log_probs_equal_trl(hf_models, tmp_path, case)
     trl_loss, trl_metrics = _trl_loss(_trainer(policy, reference, tmp_path, **trl_config))
     tokens, labels, loss_mask = _our_layout()
     with torch.no_grad():
-        ref_logps = (_hf_token_logps(reference, tokens, labels) * loss_mask).sum(1).view(-1, 2)
+        ref_logps = _pair_table((_hf_token_logps(reference, tokens, labels) * loss_mask).sum(1))
         loss_sum, pairs, report = dpo_loss(_hf_token_logps(policy, tokens, labels), loss_mask, ref_logps, settings)
     _assert_close(loss_sum.item() / int(pairs), trl_loss.item(), "loss")
     ours = mean_metrics([report])
@@ -144,7 +148,8 @@ def test_trl_and_ours_give_ln2_when_the_policy_is_the_reference(hf_models, tmp_p
     tokens, labels, loss_mask = _our_layout()
     with torch.no_grad():
         per_token = _hf_token_logps(policy, tokens, labels)
-        loss_sum, pairs, _ = dpo_loss(per_token, loss_mask, (per_token * loss_mask).sum(1).view(-1, 2), DPOSettings(beta=BETA))
+        reference = _pair_table((per_token * loss_mask).sum(1))
+        loss_sum, pairs, _ = dpo_loss(per_token, loss_mask, reference, DPOSettings(beta=BETA))
     _assert_close(trl_loss.item(), math.log(2), "TRL")
     _assert_close(loss_sum.item() / int(pairs), math.log(2), "ours")
 
@@ -154,7 +159,7 @@ def _pair_samples(tokens, labels, loss_mask):
     samples = []
     for k, (_, chosen, rejected) in enumerate(PAIRS):
         width = len(PAIRS[k][0]) + max(len(chosen), len(rejected)) - 1
-        rows = slice(2 * k, 2 * k + 2)
+        rows = [k, len(PAIRS) + k]
         samples.append({"pair_index": k, "tokens": tokens[rows, :width], "labels": labels[rows, :width],
                         "loss_mask": loss_mask[rows, :width]})
     return samples[::-1]  # any order: the table is indexed by pair_index
@@ -199,7 +204,7 @@ def test_gpt_model_reference_table_loss_and_gradients_equal_hf_and_trl(hf_models
     trl_loss.backward()
     tokens, labels, loss_mask = _our_layout()
     with torch.no_grad():
-        hf_ref = (_hf_token_logps(reference, tokens, labels) * loss_mask).sum(1).view(-1, 2).double()
+        hf_ref = _pair_table((_hf_token_logps(reference, tokens, labels) * loss_mask).sum(1)).double()
         hf_policy = _hf_token_logps(policy, tokens, labels)
     parallel = ParallelConfig()
     with distributed_session(parallel, "cpu", 1, seed=0) as session:
@@ -247,7 +252,7 @@ def test_the_reference_table_is_the_same_at_tp2_pp2_and_dp2_on_every_rank(hf_mod
     _, reference = hf_models
     tokens, labels, loss_mask = _our_layout()
     with torch.no_grad():
-        hf_ref = (_hf_token_logps(reference, tokens, labels) * loss_mask).sum(1).view(-1, 2).double()
+        hf_ref = _pair_table((_hf_token_logps(reference, tokens, labels) * loss_mask).sum(1)).double()
     tables = run_distributed(_reference_table_probe, 2, reference.config.to_dict(), reference.state_dict(),
                              _pair_samples(tokens, labels, loss_mask), parallel)
     assert torch.equal(tables[0], tables[1])

@@ -49,15 +49,16 @@ def test_dpo_from_an_init_checkpoint_starts_at_ln2_and_logs_trls_metrics(tmp_pat
 
 
 def test_dpo_validation_counts_only_real_pairs(tmp_path):
-    """6 validation pairs: batches of 4 top the last one up with empty samples, batches of 2 need none; with
-    the same weights (lr 0) both give the mean over the same 6 pairs."""
+    """6 validation pairs: batches of 4 top the last one up with empty samples (one micro-batch of 4: two real
+    pairs, two empty, so the rows kept must follow pair_rows' order), batches of 2 need none; with the same weights
+    (lr 0) both give the mean over the same 6 pairs."""
     from megatron_sota.posttrain.run import posttrain
 
     use_fake_pairs()
     results = []
     for batch in (4, 2):
         job = dpo_job(valid_files=["valid.jsonl"])
-        job.train.global_batch_size, job.train.micro_batch_size = batch, 2
+        job.train.global_batch_size, job.train.micro_batch_size = batch, batch
         job.train.iters, job.train.eval_interval, job.optimizer.lr = 1, 1, 0.0
         summary = posttrain(job, str(tmp_path / str(batch)))
         results.append((summary.val_losses, summary.val_metrics))

@@ -13,7 +13,8 @@ from megatron_sota.posttrain.dpo_loss import DPOSettings, dpo_loss, mean_metrics
 
 
 def _batch(pairs: int, seed: int = 0):
-    """Per-token log-probs [2n, 6] and completion masks of different lengths (rows chosen, rejected, ...)."""
+    """Per-token log-probs [2n, 6] and completion masks of different lengths (pair_rows' order: the n chosen rows,
+    then the n rejected rows)."""
     generator = torch.Generator().manual_seed(seed)
     per_token = -torch.rand(2 * pairs, 6, generator=generator, dtype=torch.float64) * 3
     mask = torch.zeros(2 * pairs, 6)
@@ -23,17 +24,18 @@ def _batch(pairs: int, seed: int = 0):
 
 
 def _by_hand(per_token, mask, ref, beta, eps, alpha):
-    """The DPO formula pair by pair in plain floats, the chosen of pair k at row 2k."""
+    """The DPO formula pair by pair in plain floats, the chosen of pair k at row k, its rejected at row n + k."""
     losses = []
     nll, tokens = 0.0, 0.0
-    for k in range(ref.shape[0]):
-        chosen = float((per_token[2 * k] * mask[2 * k]).sum())
-        rejected = float((per_token[2 * k + 1] * mask[2 * k + 1]).sum())
+    n = ref.shape[0]
+    for k in range(n):
+        chosen = float((per_token[k] * mask[k]).sum())
+        rejected = float((per_token[n + k] * mask[n + k]).sum())
         z = beta * ((chosen - float(ref[k, 0])) - (rejected - float(ref[k, 1])))
         log_sigmoid = lambda x: -math.log1p(math.exp(-x))  # noqa: E731
         losses.append(-(1 - eps) * log_sigmoid(z) - eps * log_sigmoid(-z))
         nll -= chosen
-        tokens += float(mask[2 * k].sum())
+        tokens += float(mask[k].sum())
     return sum(losses) / len(losses) + alpha * nll / tokens
 
 
@@ -49,7 +51,7 @@ def test_the_loss_per_pair_is_the_dpo_formula_with_label_smoothing_and_sft_term(
 
 def test_the_loss_is_ln2_and_the_rewards_zero_when_the_policy_is_the_reference():
     per_token, mask = _batch(4)
-    logps = (per_token * mask).sum(dim=1).view(-1, 2)  # [pair, (chosen, rejected)]
+    logps = (per_token * mask).sum(dim=1).view(2, -1).T  # [pair, (chosen, rejected)]
     loss_sum, _, report = dpo_loss(per_token, mask, logps, DPOSettings(beta=0.1))
     assert math.isclose(loss_sum.item() / 4, math.log(2), rel_tol=1e-12)
     metrics = mean_metrics([report])
@@ -63,12 +65,13 @@ def test_metrics_of_two_micro_batches_average_over_all_pairs_as_one_batch_would(
     ref = -torch.rand(5, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 10
     settings = DPOSettings(beta=0.5)
     whole = mean_metrics([dpo_loss(per_token, mask, ref, settings)[2]])
-    parts = mean_metrics([dpo_loss(per_token[:4], mask[:4], ref[:2], settings)[2],
-                          dpo_loss(per_token[4:], mask[4:], ref[2:], settings)[2]])
+    first, second = [0, 1, 5, 6], [2, 3, 4, 7, 8, 9]  # pairs 0-1 and pairs 2-4, each in pair_rows' order
+    parts = mean_metrics([dpo_loss(per_token[first], mask[first], ref[:2], settings)[2],
+                          dpo_loss(per_token[second], mask[second], ref[2:], settings)[2]])
     for name, value in whole.items():
         assert math.isclose(parts[name], value, rel_tol=1e-12, abs_tol=1e-15), name
-    chosen = (per_token[0::2] * mask[0::2]).sum(1) - ref[:, 0]
-    rejected = (per_token[1::2] * mask[1::2]).sum(1) - ref[:, 1]
+    chosen = (per_token[:5] * mask[:5]).sum(1) - ref[:, 0]
+    rejected = (per_token[5:] * mask[5:]).sum(1) - ref[:, 1]
     assert math.isclose(whole["rewards/accuracies"], (chosen > rejected).double().mean().item())
     assert math.isclose(whole["rewards/margins"], 0.5 * (chosen - rejected).mean().item(), rel_tol=1e-12)
     assert 0.0 < whole["rewards/accuracies"] < 1.0  # the data exercise both outcomes
@@ -81,7 +84,7 @@ def test_the_gradient_is_that_of_the_mean_loss_per_pair_not_per_token():
     ref = torch.zeros(2, 2, dtype=torch.float64)
     loss_sum, pairs, _ = dpo_loss(per_token, mask, ref, DPOSettings(beta=0.2))
     (grad,) = torch.autograd.grad(loss_sum / pairs, per_token)
-    z = 0.2 * ((per_token[0::2] * mask[0::2]).sum(1) - (per_token[1::2] * mask[1::2]).sum(1))
+    z = 0.2 * ((per_token[:2] * mask[:2]).sum(1) - (per_token[2:] * mask[2:]).sum(1))
     (expected,) = torch.autograd.grad(torch.nn.functional.softplus(-z).mean(), per_token)
     torch.testing.assert_close(grad, expected, rtol=1e-12, atol=0)
 

@@ -20,7 +20,7 @@ class MetricsLog(Callback):
 
     def pre_train(self, trainer) -> None:
         state, t = trainer.state, trainer.state.job.train
-        self.tokens_per_step = t.global_batch_size * t.seq_length
+        self.tokens_per_step = state.objective.tokens_per_step(state.job)
         self.flops_per_step = train_flops_per_token(state.job.model, state.inputs.padded_vocab, t.seq_length) * self.tokens_per_step
         self.peak = peak_flops_per_device(state.session.device)
         self.start = time.perf_counter()

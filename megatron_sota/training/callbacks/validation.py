@@ -49,6 +49,6 @@ class Validation(Callback):
             return
         if outcome.step % self.interval == 0 or trainer.is_last_step:
             loss, metrics = validation_metrics(trainer.state)
-            self.writer.log_validation(outcome.step, loss, metrics)
+            self.writer.log_validation(outcome.step, loss, metrics, perplexity=trainer.state.objective.token_loss)
             trainer.summary.val_losses.append(loss)
             trainer.summary.val_metrics.append(metrics)
