@@ -11,20 +11,11 @@ import torch
 from megatron_sota.runtime.local_ranks import run_distributed
 from tests.distributed.probes import layout_probe
 from tests.posttrain.examples import sft_job, use_fake_encodings
+from tests.posttrain.layouts import LAYOUT_IDS, LAYOUTS, at_layout, posttrain_probe
 
 pytestmark = pytest.mark.slow
 
-LAYOUTS = [{"tp": 2}, {"pp": 2}, {"micro_batch_size": 1}]
-LAYOUT_IDS = ["tp2", "pp2", "dp2"]
 VOCAB = 200
-
-
-def sft_probe(rank: int, job, run_dir: str) -> dict:
-    from megatron_sota.posttrain.run import posttrain
-
-    use_fake_encodings()
-    summary = posttrain(job, run_dir)
-    return {"losses": summary.losses, "val_losses": summary.val_losses}
 
 
 def sft_gradients_probe(rank: int, job, run_dir: str) -> dict:
@@ -39,11 +30,7 @@ def _job(**parallel):
     job = sft_job(valid_files=["valid.jsonl"])
     job.tokenizer.vocab_size = job.model.vocab_size = VOCAB
     job.train.global_batch_size, job.train.eval_interval = 4, 5
-    job.train.micro_batch_size = parallel.get("micro_batch_size", 2)
-    for key, value in parallel.items():
-        if key != "micro_batch_size":
-            setattr(job.parallel, key, value)
-    return job
+    return at_layout(job, **parallel)
 
 
 def _gradients_job(**parallel):
@@ -55,7 +42,7 @@ def _gradients_job(**parallel):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> dict:
-    return run_distributed(sft_probe, 1, _job(), str(tmp_path_factory.mktemp("sft_ref")))[0]
+    return run_distributed(posttrain_probe, 1, _job(), str(tmp_path_factory.mktemp("sft_ref")), use_fake_encodings)[0]
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +52,7 @@ def reference_gradients(tmp_path_factory) -> dict:
 
 @pytest.mark.parametrize("parallel", LAYOUTS, ids=LAYOUT_IDS)
 def test_sft_at_tp2_pp2_and_dp2_reproduces_one_process(tmp_path, reference, parallel):
-    run = run_distributed(sft_probe, 2, _job(**parallel), str(tmp_path))[0]
+    run = run_distributed(posttrain_probe, 2, _job(**parallel), str(tmp_path), use_fake_encodings)[0]
     assert len(reference["losses"]) == 5 and len(reference["val_losses"]) == 1
     assert run["losses"] == pytest.approx(reference["losses"], rel=1e-5)
     assert run["val_losses"] == pytest.approx(reference["val_losses"], rel=1e-5)
