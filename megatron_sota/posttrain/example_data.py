@@ -50,7 +50,9 @@ def _reverse(rng):
     words = _words(rng)
     right = list(reversed(words))
     swapped = [right[1], right[0], *right[2:]]  # reversed but for the first two words
-    return _item(f"Reverse the order of these words: {' '.join(words)}", " ".join(right), " ".join(words), " ".join(swapped))
+    return _item(
+        f"Reverse the order of these words: {' '.join(words)}", " ".join(right), " ".join(words), " ".join(swapped)
+    )
 
 
 def _upper(rng):
@@ -59,11 +61,14 @@ def _upper(rng):
     return _item(f"Write in capital letters: {text}", text.upper(), text, " ".join(w.capitalize() for w in words))
 
 
+def _numbers(values) -> str:
+    return " ".join(map(str, values))
+
+
 def _sort(rng):
     numbers = rng.sample(range(100), rng.randint(3, 6))
-    show = lambda values: " ".join(map(str, values))  # noqa: E731
-    return _item(f"Sort from smallest to largest: {show(numbers)}", show(sorted(numbers)), show(numbers),
-                 show(sorted(numbers, reverse=True)))
+    return _item(f"Sort from smallest to largest: {_numbers(numbers)}", _numbers(sorted(numbers)), _numbers(numbers),
+                 _numbers(sorted(numbers, reverse=True)))
 
 
 def _count(rng):
@@ -188,7 +193,7 @@ def write_example_data(
     conversations.
     """
     conversations = instruction_conversations(sft_examples + sft_valid, seed)
-    trained = {m["content"] for record in conversations[:sft_examples] for m in record["messages"] if m["role"] == "user"}
+    trained = {m["content"] for c in conversations[:sft_examples] for m in c["messages"] if m["role"] == "user"}
     train, valid = split_items(preference_items(preferences_per_task, seed + 1, max_operand), valid_fraction, trained)
     paths = ExampleData(*(os.path.join(out_dir, f"{name}.jsonl") for name in (
         "sft_train", "sft_valid", "preference_train", "preference_valid")))

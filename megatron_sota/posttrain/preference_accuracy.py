@@ -96,5 +96,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     print(f"{'task':<14} {'pairs':>5} {'accuracy':>8} {'margin':>7} {'reference':>9}")
     for task, row in table.items():
-        print(f"{task:<14} {row['pairs']:>5} {row['accuracy']:>8.3f} {row['margin']:>7.3f} {row['reference_accuracy']:>9.3f}")
+        print(f"{task:<14} {row['pairs']:>5} {row['accuracy']:>8.3f} {row['margin']:>7.3f} "
+              f"{row['reference_accuracy']:>9.3f}")
     return 0

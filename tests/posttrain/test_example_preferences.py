@@ -40,7 +40,8 @@ def test_accuracy_table_counts_pairs_whose_implicit_reward_prefers_the_chosen_an
     reference = torch.tensor([[-5.0, -4.0], [-3.0, -6.0], [-2.0, -2.0], [-1.0, -1.0]], dtype=torch.float64)
     policy = reference + torch.tensor([[1.0, -1.0], [-2.0, 0.0], [0.0, 0.0], [0.5, 0.0]], dtype=torch.float64)
     table = accuracy_table(policy, reference, ["a", "a", "b", "b"], beta=0.5)
-    assert table["a"] == {"pairs": 2, "accuracy": 0.5, "margin": pytest.approx((1.0 - 1.0) / 2), "reference_accuracy": 0.5}
+    # Pair margins beta * (policy - reference) of chosen minus rejected: a: 1.0 and -1.0, b: 0 (a tie) and 0.25.
+    assert table["a"] == {"pairs": 2, "accuracy": 0.5, "margin": pytest.approx(0.0), "reference_accuracy": 0.5}
     assert table["b"]["accuracy"] == 0.5 and table["b"]["margin"] == pytest.approx(0.125)  # a tie is not right
     assert table["b"]["reference_accuracy"] == 0.0
     assert table[ALL]["pairs"] == 4 and table[ALL]["accuracy"] == 0.5
