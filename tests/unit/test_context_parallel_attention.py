@@ -42,15 +42,21 @@ def kernel_calls(monkeypatch):
     return calls
 
 
-@pytest.mark.parametrize("fused", [True, False], ids=["fused", "matmul"])
-@pytest.mark.parametrize("cp", [1, 2, 3, 4])
-@pytest.mark.parametrize("docs", [None, DOCS], ids=["causal", "documents"])
-def test_cp_ranks_together_equal_full_attention_forward_and_backward(cp, docs, fused, kernel_calls):
+def _full_attention_case(docs):
+    """Inputs, their scale, the full-attention output (its backward already run with d_out) and d_out."""
     q, k, v = inputs(24)
     scale = 8 ** -0.5
     expected = reference(q, k, v, docs, scale)
     d_out = torch.randn_like(expected)
     expected.backward(d_out)
+    return q, k, v, scale, expected, d_out
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "matmul"])
+@pytest.mark.parametrize("cp", [1, 2, 3, 4])
+@pytest.mark.parametrize("docs", [None, DOCS], ids=["causal", "documents"])
+def test_cp_ranks_together_equal_full_attention_forward_and_backward(cp, docs, fused, kernel_calls):
+    q, k, v, scale, expected, d_out = _full_attention_case(docs)
     kv_heads = k.size(2)
     k_all, v_all = (in_rank_order(t.detach(), cp, 0).permute(1, 2, 0, 3) for t in (k, v))
     docs_all = None if docs is None else in_rank_order(docs, cp, 1)
@@ -79,11 +85,7 @@ def test_cp_ranks_together_equal_full_attention_forward_and_backward(cp, docs, f
 @pytest.mark.parametrize("docs", [None, DOCS], ids=["causal", "documents"])
 def test_ring_steps_one_source_at_a_time_equal_full_attention(cp, docs, fused, kernel_calls):
     """The p2p exchange's blocks: at step t rank r sees only rank (r - t) mod cp's two chunks (no process group here)."""
-    q, k, v = inputs(24)
-    scale = 8 ** -0.5
-    expected = reference(q, k, v, docs, scale)
-    d_out = torch.randn_like(expected)
-    expected.backward(d_out)
+    q, k, v, scale, expected, d_out = _full_attention_case(docs)
     kv_heads = k.size(2)
     split = lambda t, rank, dim=0: cp_split(t, cp, rank, dim)  # noqa: E731
     own_k, own_v = ([split(t.detach(), r).permute(1, 2, 0, 3) for r in range(cp)] for t in (k, v))

@@ -236,6 +236,13 @@ def test_dataloader_shutdown_workers_stops_workers_that_ignore_sigterm():
                 worker.join()
 
 
+def _assert_schemas(expected: dict, patch) -> None:
+    """Each op's schema is exactly `aten::<name><arguments>`, else the declaration `patch` needs revisiting."""
+    for op, arguments in expected.items():
+        schema = str(op._schema)
+        assert schema == f"aten::{op._schema.name.split('::')[1]}{arguments}", f"{schema}: revisit {patch.name}"
+
+
 def test_cpu_flash_attention_ops_keep_the_schemas_we_call():
     """fused_attention_block calls these private ops positionally: a reordered or new argument would be misread."""
     ops = torch.ops.aten
@@ -250,11 +257,7 @@ def test_cpu_flash_attention_ops_keep_the_schemas_we_call():
             "(Tensor grad_query, Tensor grad_key, Tensor grad_value)"
         ),
     }
-    for op, arguments in expected.items():
-        schema = str(op._schema)
-        assert schema == f"aten::{op._schema.name.split('::')[1]}{arguments}", (
-            f"{schema}: revisit {upstream.CPU_FLASH_ATTENTION.name}"
-        )
+    _assert_schemas(expected, upstream.CPU_FLASH_ATTENTION)
 
 
 def test_cuda_fused_attention_ops_keep_the_schemas_we_call():
@@ -285,8 +288,4 @@ def test_cuda_fused_attention_ops_keep_the_schemas_we_call():
             "bool is_causal=False, *, float? scale=None) -> (Tensor, Tensor, Tensor, Tensor)"
         ),
     }
-    for op, arguments in expected.items():
-        schema = str(op._schema)
-        assert schema == f"aten::{op._schema.name.split('::')[1]}{arguments}", (
-            f"{schema}: revisit {upstream.CUDA_FUSED_ATTENTION.name}"
-        )
+    _assert_schemas(expected, upstream.CUDA_FUSED_ATTENTION)
