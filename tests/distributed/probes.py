@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
+from megatron_sota.checkpointing.manager import CheckpointManager, Progress, checkpoint_layout
 from megatron_sota.config.job import JobConfig
 from megatron_sota.runtime.launch_env import read_launch_env
 from megatron_sota.runtime.session import distributed_session
@@ -65,8 +66,8 @@ def gather_full(models, kind: str) -> Optional[Dict[str, torch.Tensor]]:
 @contextlib.contextmanager
 def fresh_training_state(job: JobConfig, run_dir: str, load_from: Optional[str] = None, objective=None):
     """This rank's training state inside a CPU session, with data from the first sample
-    (or loaded from a checkpoint directory, data untouched); `objective` (training/objective.py) prepared
-    and built in as the trainer does, pretraining when None."""
+    (or loaded from a checkpoint directory, data untouched); `objective` (training/objective.py) prepared,
+    built in and given its before_first_step as the trainer does (training/trainer.py), pretraining when None."""
     env = read_launch_env()
     inputs = check_inputs(job, env.world_size)
     if objective is not None:
@@ -74,12 +75,12 @@ def fresh_training_state(job: JobConfig, run_dir: str, load_from: Optional[str] 
     with distributed_session(job.parallel, "cpu", 5, job.train.seed, env) as session:
         state = build_training_state(job, inputs, session, run_dir, objective=objective)
         if load_from is None:
+            progress = Progress()
             state.start_data(0)
         else:
-            from megatron_sota.checkpointing.manager import CheckpointManager, checkpoint_layout
-
             manager = CheckpointManager(job.checkpoint, os.path.join(run_dir, "unused_checkpoints"))
-            manager.load(state, load_from, checkpoint_layout(job.parallel, state.layout.dp))
+            progress = manager.load(state, load_from, checkpoint_layout(job.parallel, state.layout.dp))
+        state.objective.before_first_step(state, progress)
         yield state
 
 

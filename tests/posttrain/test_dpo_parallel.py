@@ -1,5 +1,5 @@
 """DPO trains alike under tensor, pipeline and data parallelism: both rows of a pair reach every stage together,
-the reference table is the same on every rank, and the loss per pair is one process's."""
+the reference table is the same on every rank, and the loss per pair and its gradients are one process's."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import pytest
 
 from megatron_sota.runtime.local_ranks import run_distributed
 from tests.posttrain.dpo_examples import dpo_job, use_fake_pairs
-from tests.posttrain.layouts import LAYOUT_IDS, LAYOUTS, at_layout, posttrain_probe
+from tests.posttrain.layouts import (
+    LAYOUT_IDS, LAYOUTS, assert_same_gradients, at_layout, for_gradients, gradients_probe, posttrain_probe,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -23,6 +25,12 @@ def reference(tmp_path_factory) -> dict:
     return run_distributed(posttrain_probe, 1, _job(), str(tmp_path_factory.mktemp("dpo_ref")), use_fake_pairs)[0]
 
 
+@pytest.fixture(scope="module")
+def reference_gradients(tmp_path_factory) -> dict:
+    run_dir = str(tmp_path_factory.mktemp("dpo_grads"))
+    return run_distributed(gradients_probe, 1, for_gradients(_job()), run_dir, use_fake_pairs)[0]
+
+
 @pytest.mark.parametrize("parallel", LAYOUTS, ids=LAYOUT_IDS)
 def test_dpo_at_tp2_pp2_and_dp2_reproduces_one_process(tmp_path, reference, parallel):
     run = run_distributed(posttrain_probe, 2, _job(**parallel), str(tmp_path), use_fake_pairs)[0]
@@ -31,3 +39,10 @@ def test_dpo_at_tp2_pp2_and_dp2_reproduces_one_process(tmp_path, reference, para
     assert run["val_losses"] == pytest.approx(reference["val_losses"], rel=1e-5)
     for name, value in reference["val_metrics"][0].items():
         assert run["val_metrics"][0][name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
+
+
+@pytest.mark.parametrize("parallel", LAYOUTS, ids=LAYOUT_IDS)
+def test_dpo_gradients_at_tp2_pp2_and_dp2_equal_one_process(tmp_path, reference_gradients, parallel):
+    # The first step's loss is ln 2 (policy = reference): its gradients carry the layout's pair and token handling.
+    run = run_distributed(gradients_probe, 2, for_gradients(_job(**parallel)), str(tmp_path), use_fake_pairs)[0]
+    assert_same_gradients(run, reference_gradients)

@@ -1,15 +1,22 @@
 """The reward model trains alike under tensor (+ sequence), pipeline and data parallelism: both rows of each pair
-reach every stage and rank, and the pair-averaged loss and TRL's metrics are one process's."""
+reach every stage and rank, and the pair-averaged loss, its gradients and TRL's metrics are one process's.
+
+TP=2 runs with sequence parallelism: the reward head gathers the sequence and must not sum its input gradient."""
 
 from __future__ import annotations
 
 import pytest
 
 from megatron_sota.runtime.local_ranks import run_distributed
-from tests.posttrain.layouts import LAYOUTS, at_layout, posttrain_probe
+from tests.posttrain.layouts import (
+    LAYOUTS, assert_same_gradients, at_layout, for_gradients, gradients_probe, posttrain_probe,
+)
 from tests.posttrain.pair_examples import rm_job, use_fake_pairs
 
 pytestmark = pytest.mark.slow
+
+RM_LAYOUTS = [{"tp": 2, "sp": True}, *LAYOUTS[1:]]
+RM_LAYOUT_IDS = ["tp2sp", "pp2", "dp2"]
 
 
 def _job(**parallel):
@@ -23,7 +30,13 @@ def reference(tmp_path_factory) -> dict:
     return run_distributed(posttrain_probe, 1, _job(), str(tmp_path_factory.mktemp("rm_ref")), use_fake_pairs)[0]
 
 
-@pytest.mark.parametrize("parallel", [{"tp": 2, "sp": True}, *LAYOUTS[1:]], ids=["tp2sp", "pp2", "dp2"])
+@pytest.fixture(scope="module")
+def reference_gradients(tmp_path_factory) -> dict:
+    run_dir = str(tmp_path_factory.mktemp("rm_grads"))
+    return run_distributed(gradients_probe, 1, for_gradients(_job()), run_dir, use_fake_pairs)[0]
+
+
+@pytest.mark.parametrize("parallel", RM_LAYOUTS, ids=RM_LAYOUT_IDS)
 def test_a_reward_model_at_tp2_pp2_and_dp2_reproduces_one_process(tmp_path, reference, parallel):
     run = run_distributed(posttrain_probe, 2, _job(**parallel), str(tmp_path), use_fake_pairs)[0]
     assert len(reference["losses"]) == 3 and len(reference["val_losses"]) == 1
@@ -32,3 +45,9 @@ def test_a_reward_model_at_tp2_pp2_and_dp2_reproduces_one_process(tmp_path, refe
     (ours,), (expected,) = run["val_metrics"], reference["val_metrics"]
     assert set(expected) == {"accuracy", "margin", "mean_reward"}
     assert ours == pytest.approx(expected, rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("parallel", RM_LAYOUTS, ids=RM_LAYOUT_IDS)
+def test_reward_model_gradients_at_tp2_pp2_and_dp2_equal_one_process(tmp_path, reference_gradients, parallel):
+    run = run_distributed(gradients_probe, 2, for_gradients(_job(**parallel)), str(tmp_path), use_fake_pairs)[0]
+    assert_same_gradients(run, reference_gradients)

@@ -6,24 +6,16 @@ The vocabulary (200) leaves output-layer padding rows, on the second TP rank at 
 from __future__ import annotations
 
 import pytest
-import torch
 
 from megatron_sota.runtime.local_ranks import run_distributed
-from tests.distributed.probes import layout_probe
 from tests.posttrain.examples import sft_job, use_fake_encodings
-from tests.posttrain.layouts import LAYOUT_IDS, LAYOUTS, at_layout, posttrain_probe
+from tests.posttrain.layouts import (
+    LAYOUT_IDS, LAYOUTS, assert_same_gradients, at_layout, for_gradients, gradients_probe, posttrain_probe,
+)
 
 pytestmark = pytest.mark.slow
 
 VOCAB = 200
-
-
-def sft_gradients_probe(rank: int, job, run_dir: str) -> dict:
-    """layout_probe's loss and full gradients of the first global batch, of SFT's objective."""
-    from megatron_sota.posttrain.run import build_objective
-
-    use_fake_encodings()
-    return layout_probe(rank, job, run_dir, 0, build_objective(job))
 
 
 def _job(**parallel):
@@ -33,13 +25,6 @@ def _job(**parallel):
     return at_layout(job, **parallel)
 
 
-def _gradients_job(**parallel):
-    # Without the distributed optimizer every DP rank holds the whole reduced gradient (layout_probe).
-    job = _job(**parallel)
-    job.parallel.distributed_optimizer = False
-    return job
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> dict:
     return run_distributed(posttrain_probe, 1, _job(), str(tmp_path_factory.mktemp("sft_ref")), use_fake_encodings)[0]
@@ -47,7 +32,8 @@ def reference(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module")
 def reference_gradients(tmp_path_factory) -> dict:
-    return run_distributed(sft_gradients_probe, 1, _gradients_job(), str(tmp_path_factory.mktemp("sft_grads")))[0]
+    run_dir = str(tmp_path_factory.mktemp("sft_grads"))
+    return run_distributed(gradients_probe, 1, for_gradients(_job()), run_dir, use_fake_encodings)[0]
 
 
 @pytest.mark.parametrize("parallel", LAYOUTS, ids=LAYOUT_IDS)
@@ -60,8 +46,5 @@ def test_sft_at_tp2_pp2_and_dp2_reproduces_one_process(tmp_path, reference, para
 
 @pytest.mark.parametrize("parallel", LAYOUTS, ids=LAYOUT_IDS)
 def test_sft_gradients_at_tp2_pp2_and_dp2_equal_one_process(tmp_path, reference_gradients, parallel):
-    run = run_distributed(sft_gradients_probe, 2, _gradients_job(**parallel), str(tmp_path))[0]
-    ref = reference_gradients
-    assert run["first_loss"] == pytest.approx(ref["first_loss"], rel=1e-5)
-    assert set(run["grads"]) == set(ref["grads"]) and all(g.abs().max() > 0 for g in ref["grads"].values())
-    torch.testing.assert_close(run["grads"], ref["grads"], rtol=1e-4, atol=1e-7)
+    run = run_distributed(gradients_probe, 2, for_gradients(_job(**parallel)), str(tmp_path), use_fake_encodings)[0]
+    assert_same_gradients(run, reference_gradients)
