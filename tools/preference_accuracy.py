@@ -1,6 +1,7 @@
-"""CLI: held-out DPO preference accuracy per task, from HF exports of the policy and its reference.
+"""CLI: held-out preference accuracy per task, from HF exports of a DPO policy and its reference, or of a reward model.
 
   python tools/preference_accuracy.py --policy <hf dir> --reference <hf dir> --files valid.jsonl [--beta 0.1] [--json]
+  python tools/preference_accuracy.py --reward <hf dir> --files valid.jsonl [--json]
 
 The command line lives in megatron_sota/posttrain/preference_accuracy.py.
 """

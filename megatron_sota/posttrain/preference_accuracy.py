@@ -1,10 +1,12 @@
-"""Held-out preference accuracy of a DPO model per task, from Hugging Face exports of the policy and its reference.
+"""Held-out preference accuracy per task of a DPO model or a reward model, from Hugging Face exports.
 
-DPO's implicit reward of a completion is beta * (log p_policy - log p_reference) summed over its tokens; a pair
-counts as right when the chosen completion's reward exceeds the rejected one's (TRL's rewards/accuracies). The
-records' optional `task` key groups the pairs. It reads models and files only; it must not train.
+DPO's implicit reward of a completion is beta * (log p_policy - log p_reference) summed over its tokens; a reward
+model's is its score (LlamaForSequenceClassification). A pair counts as right when the chosen completion's reward
+exceeds the rejected one's (TRL's rewards/accuracies and RewardTrainer accuracy). The records' optional `task` key
+groups the pairs. It reads models and files only; it must not train.
 
   python tools/preference_accuracy.py --policy <hf dir> --reference <hf dir> --files valid.jsonl [--beta 0.1] [--json]
+  python tools/preference_accuracy.py --reward <hf dir> --files valid.jsonl [--json]
 """
 
 from __future__ import annotations
@@ -34,6 +36,15 @@ def record_tasks(paths: Sequence[str]) -> List[str]:
     return tasks
 
 
+def _per_side(pairs: Sequence, value) -> torch.Tensor:
+    """[pairs, 2] float64: value(ids [1, n], encoded) of each pair's chosen and rejected sequence."""
+    table = torch.zeros(len(pairs), 2, dtype=torch.float64)
+    for k, pair in enumerate(pairs):
+        for side, encoded in enumerate((pair.chosen, pair.rejected)):
+            table[k, side] = value(torch.tensor([encoded.ids]), encoded).double()
+    return table
+
+
 @torch.no_grad()
 def pair_logps(model_dir: str, pairs: Sequence, vocab_size: int) -> torch.Tensor:
     """[pairs, 2] float64: each pair's (chosen, rejected) completion log-prob under the HF causal LM in
@@ -41,23 +52,30 @@ def pair_logps(model_dir: str, pairs: Sequence, vocab_size: int) -> torch.Tensor
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    table = torch.zeros(len(pairs), 2, dtype=torch.float64)
-    for k, pair in enumerate(pairs):
-        for side, encoded in enumerate((pair.chosen, pair.rejected)):
-            ids = torch.tensor([encoded.ids])
-            logps = torch.log_softmax(model(ids).logits[0, :-1, :vocab_size].float(), dim=-1)
-            token = logps.gather(-1, ids[0, 1:, None])[:, 0]
-            table[k, side] = token[torch.tensor(encoded.trained[1:])].sum().double()
-    return table
+
+    def completion_logp(ids, encoded):
+        logps = torch.log_softmax(model(ids).logits[0, :-1, :vocab_size].float(), dim=-1)
+        token = logps.gather(-1, ids[0, 1:, None])[:, 0]
+        return token[torch.tensor(encoded.trained[1:])].sum()
+
+    return _per_side(pairs, completion_logp)
 
 
-def accuracy_table(policy: torch.Tensor, reference: torch.Tensor, tasks: Sequence[str], beta: float) -> Dict[str, dict]:
-    """Per task and ALL: pairs, DPO accuracy (implicit reward of chosen > rejected), mean reward margin, and the
-    reference's own likelihood accuracy (log p_ref(chosen) > log p_ref(rejected)), for comparison."""
-    rewards = beta * (policy - reference)
+@torch.no_grad()
+def pair_scores(model_dir: str, pairs: Sequence) -> torch.Tensor:
+    """[pairs, 2] float64: each pair's (chosen, rejected) score under the HF reward model in `model_dir` (float32),
+    one unpadded sequence at a time: the score at its last token, the one our reward model reads."""
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32).eval()
+    return _per_side(pairs, lambda ids, _encoded: model(ids).logits[0, 0].float())
+
+
+def pair_table(rewards: torch.Tensor, tasks: Sequence[str]) -> Dict[str, dict]:
+    """Per task and ALL, from [pairs, 2] (chosen, rejected) rewards: pairs, accuracy (chosen > rejected; a tie is
+    wrong) and mean reward margin."""
     right = rewards[:, 0] > rewards[:, 1]
     margins = rewards[:, 0] - rewards[:, 1]
-    reference_right = reference[:, 0] > reference[:, 1]
     groups: Dict[str, List[int]] = defaultdict(list)
     for k, task in enumerate(tasks):
         groups[task].append(k)
@@ -65,37 +83,64 @@ def accuracy_table(policy: torch.Tensor, reference: torch.Tensor, tasks: Sequenc
         groups[ALL] = list(range(len(tasks)))
     return {
         task: {
-            "pairs": len(rows), "accuracy": right[rows].double().mean().item(),
-            "margin": margins[rows].mean().item(), "reference_accuracy": reference_right[rows].double().mean().item(),
+            "pairs": len(rows), "accuracy": right[rows].double().mean().item(), "margin": margins[rows].mean().item(),
         }
         for task, rows in groups.items()
     }
 
 
+def accuracy_table(policy: torch.Tensor, reference: torch.Tensor, tasks: Sequence[str], beta: float) -> Dict[str, dict]:
+    """pair_table of DPO's implicit rewards, with the reference's own likelihood accuracy
+    (log p_ref(chosen) > log p_ref(rejected)) per task, for comparison."""
+    table = pair_table(beta * (policy - reference), tasks)
+    reference_table = pair_table(reference, tasks)
+    for task, row in table.items():
+        row["reference_accuracy"] = reference_table[task]["accuracy"]
+    return table
+
+
+def table_text(table: Dict[str, dict]) -> str:
+    """The table as aligned columns, one task a line (the reference column where the table has one)."""
+    reference = all("reference_accuracy" in row for row in table.values())
+    lines = [f"{'task':<14} {'pairs':>5} {'accuracy':>8} {'margin':>7}" + (f" {'reference':>9}" if reference else "")]
+    for task, row in table.items():
+        line = f"{task:<14} {row['pairs']:>5} {row['accuracy']:>8.3f} {row['margin']:>7.3f}"
+        lines.append(line + (f" {row['reference_accuracy']:>9.3f}" if reference else ""))
+    return "\n".join(lines)
+
+
+def _dpo_table(args) -> Dict[str, dict]:
+    tokenizer = build_tokenizer("HuggingFaceTokenizer", args.policy)
+    pairs = encode_pair_files(args.files, args.policy, tokenizer, 1 << 30)
+    policy = pair_logps(args.policy, pairs, tokenizer.vocab_size)
+    reference = pair_logps(args.reference, pairs, tokenizer.vocab_size)
+    return accuracy_table(policy, reference, record_tasks(args.files), args.beta)
+
+
+def reward_model_table(model_dir: str, files: Sequence[str]) -> Dict[str, dict]:
+    """pair_table of the HF reward model in `model_dir` on the preference `files`, encoded with its tokenizer and
+    chat template."""
+    tokenizer = build_tokenizer("HuggingFaceTokenizer", model_dir)
+    pairs = encode_pair_files(files, model_dir, tokenizer, 1 << 30)
+    return pair_table(pair_scores(model_dir, pairs), record_tasks(files))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--policy", required=True, help="HF export of the DPO model (its tokenizer and chat template)")
-    parser.add_argument("--reference", required=True, help="HF export of the model DPO started from")
+    parser.add_argument("--policy", help="HF export of the DPO model (its tokenizer and chat template)")
+    parser.add_argument("--reference", help="HF export of the model DPO started from")
+    parser.add_argument("--reward", help="HF export of a reward model (instead of --policy and --reference)")
     parser.add_argument("--files", nargs="+", required=True, help="preference JSONL files (held-out pairs)")
     parser.add_argument("--beta", type=float, default=0.1, help="posttrain.beta of the DPO run (default 0.1)")
     parser.add_argument("--json", action="store_true", help="print the table as JSON")
     args = parser.parse_args(argv)
+    if bool(args.reward) == bool(args.policy or args.reference) or (args.policy is None) != (args.reference is None):
+        parser.error("give either --reward, or both --policy and --reference")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        tokenizer = build_tokenizer("HuggingFaceTokenizer", args.policy)
-        pairs = encode_pair_files(args.files, args.policy, tokenizer, 1 << 30)
+        table = reward_model_table(args.reward, args.files) if args.reward else _dpo_table(args)
     except MegatronSotaError as err:
         logger.error(str(err))
         return 2
-    tasks = record_tasks(args.files)
-    policy = pair_logps(args.policy, pairs, tokenizer.vocab_size)
-    reference = pair_logps(args.reference, pairs, tokenizer.vocab_size)
-    table = accuracy_table(policy, reference, tasks, args.beta)
-    if args.json:
-        print(json.dumps(table, indent=2))
-        return 0
-    print(f"{'task':<14} {'pairs':>5} {'accuracy':>8} {'margin':>7} {'reference':>9}")
-    for task, row in table.items():
-        print(f"{task:<14} {row['pairs']:>5} {row['accuracy']:>8.3f} {row['margin']:>7.3f} "
-              f"{row['reference_accuracy']:>9.3f}")
+    print(json.dumps(table, indent=2) if args.json else table_text(table))
     return 0

@@ -1,6 +1,6 @@
 """The repository's preference data: right against plausibly wrong answers for every instruction task, each pair's
 task recorded (and accepted by the record reader), the validation questions unseen in any training file; and the
-per-task accuracy table of tools/preference_accuracy.py."""
+per-task accuracy tables of tools/preference_accuracy.py (DPO and reward models)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from megatron_sota.posttrain.example_data import TASKS, write_example_data
-from megatron_sota.posttrain.preference_accuracy import ALL, accuracy_table, record_tasks
+from megatron_sota.posttrain.preference_accuracy import ALL, accuracy_table, main, pair_table, record_tasks, table_text
 from megatron_sota.posttrain.records import read_preference_records
 
 
@@ -45,3 +45,15 @@ def test_accuracy_table_counts_pairs_whose_implicit_reward_prefers_the_chosen_an
     assert table["b"]["accuracy"] == 0.5 and table["b"]["margin"] == pytest.approx(0.125)  # a tie is not right
     assert table["b"]["reference_accuracy"] == 0.0
     assert table[ALL]["pairs"] == 4 and table[ALL]["accuracy"] == 0.5
+
+
+def test_a_reward_models_table_compares_its_scores_and_the_command_takes_one_kind_of_model(capsys):
+    scores = torch.tensor([[2.0, -1.0], [0.5, 0.5], [-1.0, 3.0]], dtype=torch.float64)
+    table = pair_table(scores, ["a", "a", "b"])
+    assert table["a"] == {"pairs": 2, "accuracy": 0.5, "margin": pytest.approx(1.5)}  # the tie is not right
+    assert table["b"]["accuracy"] == 0.0 and table[ALL]["accuracy"] == pytest.approx(1 / 3)
+    assert table_text(table).splitlines()[0].split() == ["task", "pairs", "accuracy", "margin"]
+    for wrong in (["--reward", "rm", "--policy", "p"], ["--policy", "p"], []):
+        with pytest.raises(SystemExit):
+            main([*wrong, "--files", "valid.jsonl"])
+    assert "give either --reward, or both --policy and --reference" in capsys.readouterr().err
