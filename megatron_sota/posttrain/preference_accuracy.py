@@ -3,37 +3,26 @@
 DPO's implicit reward of a completion is beta * (log p_policy - log p_reference) summed over its tokens; a reward
 model's is its score (LlamaForSequenceClassification). A pair counts as right when the chosen completion's reward
 exceeds the rejected one's (TRL's rewards/accuracies and RewardTrainer accuracy). The records' optional `task` key
-groups the pairs. It reads models and files only; it must not train.
-
-  python tools/preference_accuracy.py --policy <hf dir> --reference <hf dir> --files valid.jsonl [--beta 0.1] [--json]
-  python tools/preference_accuracy.py --reward <hf dir> --files valid.jsonl [--json]
+groups the pairs. It reads models and files only; it must not train (the command: cli/preference_accuracy.py).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
 from collections import defaultdict
 from typing import Dict, List, Sequence
 
 import torch
 
 from megatron_sota.data.tokenizer import build_tokenizer
-from megatron_sota.errors import MegatronSotaError
 from megatron_sota.posttrain.pair_data import encode_pair_files
+from megatron_sota.posttrain.records import read_preference_records
 
-logger = logging.getLogger(__name__)
 ALL = "all"
 
 
 def record_tasks(paths: Sequence[str]) -> List[str]:
-    """Each preference record's `task` (ALL when it has none), in the order read_preference_records reads them."""
-    tasks = []
-    for path in paths:
-        with open(path, encoding="utf-8") as handle:
-            tasks += [str(json.loads(line).get("task", ALL)) for line in handle if line.strip()]
-    return tasks
+    """Each preference record's `task` (ALL when it has none), in the order encode_pair_files encodes them."""
+    return [record.task or ALL for record in read_preference_records(paths)]
 
 
 def _per_side(pairs: Sequence, value) -> torch.Tensor:
@@ -109,12 +98,14 @@ def table_text(table: Dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def _dpo_table(args) -> Dict[str, dict]:
-    tokenizer = build_tokenizer("HuggingFaceTokenizer", args.policy)
-    pairs = encode_pair_files(args.files, args.policy, tokenizer, 1 << 30)
-    policy = pair_logps(args.policy, pairs, tokenizer.vocab_size)
-    reference = pair_logps(args.reference, pairs, tokenizer.vocab_size)
-    return accuracy_table(policy, reference, record_tasks(args.files), args.beta)
+def dpo_table(policy_dir: str, reference_dir: str, files: Sequence[str], beta: float) -> Dict[str, dict]:
+    """accuracy_table of the DPO model in `policy_dir` against its reference in `reference_dir` on the preference
+    `files`, encoded with the policy's tokenizer and chat template."""
+    tokenizer = build_tokenizer("HuggingFaceTokenizer", policy_dir)
+    pairs = encode_pair_files(files, policy_dir, tokenizer, 1 << 30)
+    policy = pair_logps(policy_dir, pairs, tokenizer.vocab_size)
+    reference = pair_logps(reference_dir, pairs, tokenizer.vocab_size)
+    return accuracy_table(policy, reference, record_tasks(files), beta)
 
 
 def reward_model_table(model_dir: str, files: Sequence[str]) -> Dict[str, dict]:
@@ -123,24 +114,3 @@ def reward_model_table(model_dir: str, files: Sequence[str]) -> Dict[str, dict]:
     tokenizer = build_tokenizer("HuggingFaceTokenizer", model_dir)
     pairs = encode_pair_files(files, model_dir, tokenizer, 1 << 30)
     return pair_table(pair_scores(model_dir, pairs), record_tasks(files))
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--policy", help="HF export of the DPO model (its tokenizer and chat template)")
-    parser.add_argument("--reference", help="HF export of the model DPO started from")
-    parser.add_argument("--reward", help="HF export of a reward model (instead of --policy and --reference)")
-    parser.add_argument("--files", nargs="+", required=True, help="preference JSONL files (held-out pairs)")
-    parser.add_argument("--beta", type=float, default=0.1, help="posttrain.beta of the DPO run (default 0.1)")
-    parser.add_argument("--json", action="store_true", help="print the table as JSON")
-    args = parser.parse_args(argv)
-    if bool(args.reward) == bool(args.policy or args.reference) or (args.policy is None) != (args.reference is None):
-        parser.error("give either --reward, or both --policy and --reference")
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        table = reward_model_table(args.reward, args.files) if args.reward else _dpo_table(args)
-    except MegatronSotaError as err:
-        logger.error(str(err))
-        return 2
-    print(json.dumps(table, indent=2) if args.json else table_text(table))
-    return 0

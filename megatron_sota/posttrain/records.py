@@ -55,6 +55,8 @@ class PreferenceRecord:
     margin: Optional[float]
     """How much more `chosen` is preferred (reward-model loss); None when the record has none."""
     where: str
+    task: Optional[str] = None
+    """The record's optional `task` label (reports group held-out accuracy by it); no effect on training."""
 
 
 def read_sft_records(paths: Sequence[str]) -> list[SFTRecord]:
@@ -156,10 +158,14 @@ def _preference_record(record: dict, where: str, problems: list[str]) -> Optiona
     ):
         problems.append(f"{where}: field 'margin': expected a finite number, found {_show(margin)}")
         return None
+    task = record.get("task")
+    if task is not None and not isinstance(task, str):
+        problems.append(f"{where}: field 'task': expected a string, found {_show(task)}")
+        return None
     chosen, rejected = sides
     if prompt is None or chosen is None or rejected is None:
         return None
-    return PreferenceRecord(prompt, chosen, rejected, None if margin is None else float(margin), where)
+    return PreferenceRecord(prompt, chosen, rejected, None if margin is None else float(margin), where, task)
 
 
 def _turns(record: dict, key: str, role: str, where: str, problems: list[str]) -> Optional[Messages]:

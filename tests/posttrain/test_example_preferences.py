@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from megatron_sota.posttrain.example_data import TASKS, write_example_data
-from megatron_sota.posttrain.preference_accuracy import ALL, accuracy_table, main, pair_table, record_tasks, table_text
+from megatron_sota.cli.preference_accuracy import main
+from megatron_sota.posttrain.preference_accuracy import ALL, accuracy_table, pair_table, record_tasks, table_text
 from megatron_sota.posttrain.records import read_preference_records
 
 

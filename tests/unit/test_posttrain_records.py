@@ -98,6 +98,7 @@ def test_every_bad_preference_line_is_named(tmp_path):
         {"prompt": "q", "chosen": [USER], "rejected": "b"},  # 5
         {"chosen": "a", "rejected": "b"},  # 6
         {"prompt": "q", "chosen": "a", "rejected": "b", "margin": None},  # 7: fine (no margin)
+        {"prompt": "q", "chosen": "a", "rejected": "b", "task": 3},  # 8
     ])
     with pytest.raises(MegatronSotaError) as caught:
         read_preference_records([path])
@@ -109,7 +110,8 @@ def test_every_bad_preference_line_is_named(tmp_path):
         f"{path}:4: field 'rejected': expected a string or a list of messages, found no such field",
         f"{path}:5: field 'chosen': expected an assistant message to train on, found roles user",
         f"{path}:6: field 'prompt': expected a string or a list of messages, found no such field",
+        f"{path}:8: field 'task': expected a string, found integer 3",
     ]:
         assert line in message
     assert f"{path}:7" not in message
-    assert "6 problem(s)" in message
+    assert "7 problem(s)" in message
