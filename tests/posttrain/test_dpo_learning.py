@@ -7,14 +7,14 @@ import math
 
 import pytest
 
-from tests.posttrain.preference_learning import STEPS, preference_learning_job
+from tests.posttrain.learning_jobs import STEPS, learning_job
 
 
 @pytest.mark.slow
 def test_dpo_raises_held_out_preference_accuracy_well_above_chance(tmp_path):
     from megatron_sota.posttrain.run import posttrain
 
-    summary = posttrain(preference_learning_job(tmp_path, "dpo"), str(tmp_path / "dpo"))
+    summary = posttrain(learning_job(tmp_path, "dpo"), str(tmp_path / "dpo"))
     assert len(summary.losses) == STEPS and summary.losses[0] == pytest.approx(math.log(2), rel=1e-6)
     (valid,) = summary.val_metrics
     # At step 0 the policy is its reference: every held-out reward is 0, accuracy 0 (no pair strictly right)

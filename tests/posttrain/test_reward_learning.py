@@ -7,14 +7,14 @@ import math
 
 import pytest
 
-from tests.posttrain.preference_learning import STEPS, preference_learning_job
+from tests.posttrain.learning_jobs import STEPS, learning_job
 
 
 @pytest.mark.slow
 def test_a_reward_model_raises_held_out_pairwise_accuracy_well_above_chance(tmp_path):
     from megatron_sota.posttrain.run import posttrain
 
-    job = preference_learning_job(tmp_path, "rm")
+    job = learning_job(tmp_path, "rm")
     trained = posttrain(job, str(tmp_path / "rm"))
     job.optimizer.lr, job.train.iters = 0.0, 1  # the same model, untrained: its random head scores the pairs
     untrained = posttrain(job, str(tmp_path / "untrained"))
