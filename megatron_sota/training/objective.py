@@ -8,14 +8,14 @@ The contract an objective implements (every hook runs on every rank, in this ord
 1. ``prepare(job, inputs) -> JobConfig`` before any process group exists, after the config was checked:
    read and check the objective's own data (errors as MegatronSotaError naming file:line), and return
    the job with the values it derives (e.g. ``train.iters`` from epochs). Nothing is written yet.
-2. ``model_class(job)``: the constructor build_model_chunks builds each chunk with (GPTModel's arguments; e.g.
-   the reward model), and ``rows_per_sample``: the model rows one dataset item becomes (a preference pair: 2),
-   which sizes the pipeline's activations and counts tokens/s. ``token_loss``: False where the main loss is not
-   a per-token language-model loss (no perplexity is shown). ``fresh_keys(keys)``: those of a chunk's state keys
-   the objective initialises itself (a reward head): a checkpoint.init_from checkpoint that lacks them keeps
-   their fresh values. ``model_hook(chunks, config) -> chunks`` on this rank's megatron-core GPTModel chunks (one per virtual
-   pipeline stage) before DDP wrapping, e.g. to replace the output layer by a reward head on the last stage
-   (``chunk.post_process`` tells which chunk holds it). Parameters added here are trained and checkpointed.
+2. The model: ``model_class(job)``, the constructor build_model_chunks builds each chunk with (GPTModel's
+   arguments; e.g. the reward model); ``rows_per_sample``, the model rows one dataset item becomes (a preference
+   pair: 2), which sizes the pipeline's activations and counts tokens/s; ``token_loss``, False where the main
+   loss is not a per-token language-model loss (no perplexity is shown); ``fresh_keys(keys)``, those of a
+   chunk's state keys the objective initialises itself (a reward head), which a checkpoint.init_from checkpoint
+   lacking them leaves at their fresh values; ``model_hook(chunks, config) -> chunks`` on this rank's chunks
+   (one per virtual pipeline stage) before DDP wrapping (``chunk.post_process`` tells which chunk holds the
+   output layer). Parameters added by either are trained and checkpointed.
 3. ``datasets(job, inputs, counts, run_dir) -> (train, valid) | None``: torch map-style Datasets whose
    items are dicts of fixed-shape tensors (every item the same keys and shapes, so the default collation
    stacks them); ``len(train) >= counts.train`` and ``len(valid) >= counts.valid`` (global sample order:
@@ -57,16 +57,14 @@ class Objective:
     metric_names: Tuple[str, ...] = ()
     """Names the loss functions may report besides MAIN_METRIC (fixed up front: every pipeline stage sizes
     the shared result by them)."""
-
-    def prepare(self, job: "JobConfig", inputs: "CheckedInputs") -> "JobConfig":
-        return job
-
     rows_per_sample: int = 1
     """Model rows per dataset item: the micro-batch the pipeline schedule carries is micro_batch_size x this."""
-
     token_loss: bool = True
     """Whether MAIN_METRIC is a mean next-token loss per token, so that its exp is a perplexity (not so for a
     loss per preference pair)."""
+
+    def prepare(self, job: "JobConfig", inputs: "CheckedInputs") -> "JobConfig":
+        return job
 
     def tokens_per_step(self, job: "JobConfig") -> int:
         """Token positions one training step runs through the model: every row of every sample of the global batch."""

@@ -125,7 +125,8 @@ def _main_loss(totals: Totals) -> tuple[float, int]:
     return (loss_sum / count.clamp(min=1)).item(), int(count.item())
 
 
-def _other_metrics(totals: Totals) -> Dict[str, float]:
+def other_metrics(totals: Totals) -> Dict[str, float]:
+    """Each reported name's sum / count, MAIN_METRIC and names no micro-batch reported (count 0) left out."""
     return {name: s / c for name, (s, c) in totals.items() if name != MAIN_METRIC and c > 0}
 
 
@@ -179,7 +180,7 @@ def train_step(
             scheduler.step(increment=1)
     return StepResult(
         loss=loss, num_tokens=tokens, grad_norm=grad_norm, skipped=not updated, skip_reason=reason,
-        metrics=_other_metrics(totals), totals=totals,
+        metrics=other_metrics(totals), totals=totals,
     )
 
 
@@ -200,4 +201,4 @@ def eval_step(
         for model in models:
             model.train()
     loss, tokens = _main_loss(totals)
-    return StepResult(loss=loss, num_tokens=tokens, metrics=_other_metrics(totals), totals=totals)
+    return StepResult(loss=loss, num_tokens=tokens, metrics=other_metrics(totals), totals=totals)

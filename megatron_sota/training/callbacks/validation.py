@@ -8,7 +8,7 @@ from __future__ import annotations
 from megatron_sota.training.callbacks.base import Callback
 from megatron_sota.training.metrics import MetricsWriter
 from megatron_sota.training.state import TrainingState
-from megatron_sota.training.step import MAIN_METRIC, eval_step
+from megatron_sota.training.step import eval_step, other_metrics
 
 
 def validation_metrics(state: TrainingState) -> tuple[float, dict[str, float]]:
@@ -18,7 +18,7 @@ def validation_metrics(state: TrainingState) -> tuple[float, dict[str, float]]:
     iterators = state.valid_iterators()
     forward_step = state.objective.forward_step(state)
     total, weight = 0.0, 0
-    sums: dict[str, list[float]] = {}
+    sums: dict[str, tuple[float, float]] = {}
     for _ in range(t.eval_iters):
         result = eval_step(
             state.models, iterators, state.layout.num_microbatches,
@@ -28,10 +28,9 @@ def validation_metrics(state: TrainingState) -> tuple[float, dict[str, float]]:
         total += result.loss * result.num_tokens
         weight += result.num_tokens
         for name, (value, count) in result.totals.items():
-            acc = sums.setdefault(name, [0.0, 0.0])
-            acc[0], acc[1] = acc[0] + value, acc[1] + count
-    metrics = {name: s / c for name, (s, c) in sums.items() if name != MAIN_METRIC and c > 0}
-    return total / max(weight, 1), metrics
+            before = sums.get(name, (0.0, 0.0))
+            sums[name] = (before[0] + value, before[1] + count)
+    return total / max(weight, 1), other_metrics(sums)
 
 
 def validation_loss(state: TrainingState) -> float:
