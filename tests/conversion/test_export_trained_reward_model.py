@@ -15,7 +15,7 @@ transformers = pytest.importorskip("transformers")
 pytestmark = pytest.mark.slow
 
 
-def test_the_trained_reward_models_export_scores_pairs_as_the_objective_does(tmp_path):
+def test_the_trained_reward_models_export_scores_pairs_as_the_objective_does(tmp_path, monkeypatch):
     from megatron_sota.checkpointing.manager import load_model_weights
     from megatron_sota.posttrain.pair_data import PairDataset, pair_rows
     from megatron_sota.posttrain.reward import _reward_forward
@@ -24,7 +24,7 @@ def test_the_trained_reward_models_export_scores_pairs_as_the_objective_does(tmp
     from megatron_sota.runtime.session import distributed_session
     from tests.reward_model_rows import build_reward_model
 
-    use_fake_pairs()
+    use_fake_pairs(monkeypatch)
     job = rm_job()
     job.train.iters, job.checkpoint.save_at_end = 4, True
     posttrain(job, str(tmp_path / "run"))

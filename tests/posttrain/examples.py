@@ -47,11 +47,16 @@ def fake_encode_files(paths, chat_template, assistant_only, tokenizer, max_token
     return [e for path in paths for e in examples(40 if "train" in path else 12, seed=len(path))]
 
 
-def use_fake_encodings() -> None:
-    """In this process, SFT reads fake_encode_files' examples (multi-rank probes call it in each rank)."""
+def use_fake_encodings(monkeypatch=None) -> None:
+    """In this process, SFT reads fake_encode_files' examples (multi-rank probes call it in each rank).
+    In-process tests pass pytest's `monkeypatch`, which puts the real reader back after the test; a probe's own
+    process (run_distributed) passes none."""
     import megatron_sota.posttrain.sft as sft
 
-    sft.encode_files = fake_encode_files
+    if monkeypatch is None:
+        sft.encode_files = fake_encode_files
+    else:
+        monkeypatch.setattr(sft, "encode_files", fake_encode_files)
 
 
 def sft_job(**posttrain) -> JobConfig:

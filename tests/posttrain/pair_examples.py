@@ -38,11 +38,16 @@ def fake_encode_pair_files(paths, chat_template, tokenizer, max_tokens) -> list:
     return [p for path in paths for p in pairs(24 if "train" in path else 6, seed=len(path))]
 
 
-def use_fake_pairs() -> None:
-    """In this process, the reward objective reads fake_encode_pair_files' pairs (multi-rank probes call it)."""
+def use_fake_pairs(monkeypatch=None) -> None:
+    """In this process, the reward objective reads fake_encode_pair_files' pairs (multi-rank probes call it).
+    In-process tests pass pytest's `monkeypatch`, which puts the real reader back after the test; a probe's own
+    process (run_distributed) passes none."""
     import megatron_sota.posttrain.reward as reward
 
-    reward.encode_pair_files = fake_encode_pair_files
+    if monkeypatch is None:
+        reward.encode_pair_files = fake_encode_pair_files
+    else:
+        monkeypatch.setattr(reward, "encode_pair_files", fake_encode_pair_files)
 
 
 def rm_job(**posttrain) -> JobConfig:

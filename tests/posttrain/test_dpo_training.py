@@ -24,10 +24,10 @@ def _scalars(run_dir) -> dict:
     return {tag: [e.value for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
 
 
-def test_dpo_from_an_init_checkpoint_starts_at_ln2_and_logs_trls_metrics(tmp_path):
+def test_dpo_from_an_init_checkpoint_starts_at_ln2_and_logs_trls_metrics(tmp_path, monkeypatch):
     from megatron_sota.posttrain.run import posttrain
 
-    use_fake_pairs()
+    use_fake_pairs(monkeypatch)
     first = dpo_job()
     first.train.iters, first.checkpoint.save_at_end = 2, True
     posttrain(first, str(tmp_path / "first"))  # trained weights: the reference is not the seeded initialisation
@@ -48,13 +48,13 @@ def test_dpo_from_an_init_checkpoint_starts_at_ln2_and_logs_trls_metrics(tmp_pat
         assert scalars[f"valid/{name}"] == pytest.approx([valid[f"val_{name}"]], rel=1e-6)
 
 
-def test_dpo_validation_counts_only_real_pairs(tmp_path):
+def test_dpo_validation_counts_only_real_pairs(tmp_path, monkeypatch):
     """6 validation pairs: batches of 4 top the last one up with empty samples (one micro-batch of 4: two real
     pairs, two empty, so the rows kept must follow pair_rows' order), batches of 2 need none; with the same weights
     (lr 0) both give the mean over the same 6 pairs."""
     from megatron_sota.posttrain.run import posttrain
 
-    use_fake_pairs()
+    use_fake_pairs(monkeypatch)
     results = []
     for batch in (4, 2):
         job = dpo_job(valid_files=["valid.jsonl"])
@@ -71,7 +71,7 @@ def test_dpo_resumes_exactly_with_the_stored_reference_table(tmp_path, monkeypat
     import megatron_sota.posttrain.reference_logps as reference_logps
     from megatron_sota.posttrain.run import posttrain
 
-    use_fake_pairs()
+    use_fake_pairs(monkeypatch)
     job = dpo_job()
     job.train.iters = 4
     straight = posttrain(job, str(tmp_path / "straight"))

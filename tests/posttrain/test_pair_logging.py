@@ -52,16 +52,16 @@ def test_the_validation_line_shows_a_perplexity_only_when_asked(tmp_path, metric
 
 @pytest.mark.parametrize("objective", ["rm", "dpo"])
 def test_pair_objectives_log_no_perplexity_and_count_both_rows_of_a_pair_in_tokens_per_s(
-    tmp_path, metrics_lines, objective
+    tmp_path, metrics_lines, objective, monkeypatch
 ):
     from megatron_sota.posttrain.run import posttrain
     from tests.posttrain import dpo_examples, pair_examples
 
     if objective == "rm":
-        pair_examples.use_fake_pairs()
+        pair_examples.use_fake_pairs(monkeypatch)
         job = pair_examples.rm_job(valid_files=["valid.jsonl"])
     else:
-        dpo_examples.use_fake_pairs()
+        dpo_examples.use_fake_pairs(monkeypatch)
         job = dpo_examples.dpo_job(valid_files=["valid.jsonl"])
     job.train.iters, job.train.eval_interval = 3, 3
     seconds = _StepSeconds()

@@ -31,10 +31,10 @@ def test_eval_tasks_are_refused_for_a_reward_model_with_the_other_problems():
     validate_job(job, 1, CPU)
 
 
-def test_an_in_loop_export_of_a_reward_model_without_a_distinct_pad_id_is_refused_before_the_run(tmp_path):
+def test_an_in_loop_export_of_a_reward_model_without_a_distinct_pad_id_is_refused_before_the_run(tmp_path, monkeypatch):
     from megatron_sota.posttrain.run import posttrain
 
-    use_fake_pairs()
+    use_fake_pairs(monkeypatch)
     job = rm_job()  # NullTokenizer: eos only, no pad token
     job.checkpoint.export_hf_every = 2
     expected = (r"checkpoint.export_hf_every=2 with posttrain=rm: exporting a reward model needs a pad token id .* "

@@ -87,7 +87,7 @@ def language_model(tmp_path_factory):
     return str(run / "checkpoints" / "iter_0000002"), KeepWeights.weights
 
 
-def test_a_reward_model_starts_from_a_language_model_and_logs_loss_and_trls_metrics(tmp_path, language_model):
+def test_a_reward_model_starts_from_a_language_model_and_logs_loss_and_trls_metrics(tmp_path, language_model, monkeypatch):
     from megatron_sota.checkpointing.contents import unwrap
     from megatron_sota.conversion.llama_mapping import REWARD_HEAD
     from megatron_sota.posttrain.reward import RewardObjective
@@ -100,7 +100,7 @@ def test_a_reward_model_starts_from_a_language_model_and_logs_loss_and_trls_metr
         def before_first_step(self, state, progress):
             seen.update({k: v.clone() for k, v in unwrap(state.models[0]).state_dict().items() if v is not None})
 
-    use_fake_pairs()
+    use_fake_pairs(monkeypatch)
     job = rm_job(valid_files=["valid.jsonl"])
     job.checkpoint.init_from, job.train.eval_interval = checkpoint, 3
     summary = pretrain(job, str(tmp_path), objective=Watched(job.posttrain))
@@ -120,10 +120,10 @@ def test_a_reward_model_starts_from_a_language_model_and_logs_loss_and_trls_metr
     assert valid[-1]["val_accuracy"] == 1 and valid[-1]["val_margin"] > 0
 
 
-def test_a_reward_model_resumes_exactly(tmp_path):
+def test_a_reward_model_resumes_exactly(tmp_path, monkeypatch):
     from megatron_sota.posttrain.run import posttrain
 
-    use_fake_pairs()
+    use_fake_pairs(monkeypatch)
     job = rm_job()
     straight = posttrain(job, str(tmp_path / "straight"))
     stopped = posttrain(job, str(tmp_path / "resumed"), callbacks=[StopAt(3)])

@@ -50,10 +50,10 @@ def test_a_packed_rows_loss_is_the_token_weighted_loss_of_its_documents_run_alon
     assert not torch.isclose(crossing / count, expected, rtol=1e-3)
 
 
-def test_sft_derives_its_steps_from_epochs_and_resumes_exactly(tmp_path):
+def test_sft_derives_its_steps_from_epochs_and_resumes_exactly(tmp_path, monkeypatch):
     from megatron_sota.posttrain.run import posttrain
 
-    use_fake_encodings()
+    use_fake_encodings(monkeypatch)
     job = sft_job(epochs=3)
     job.train.global_batch_size = 4
     straight = posttrain(job, str(tmp_path / "straight"))
@@ -66,12 +66,12 @@ def test_sft_derives_its_steps_from_epochs_and_resumes_exactly(tmp_path):
     assert resumed.first_step == 4 and resumed.losses == straight.losses[3:]
 
 
-def test_packed_and_unpacked_validation_give_the_same_token_weighted_loss(tmp_path):
+def test_packed_and_unpacked_validation_give_the_same_token_weighted_loss(tmp_path, monkeypatch):
     """Validation reads every held-out conversation once: packed into shared rows (document ids through the
     trainer's forward step) or one per row, each token's loss is its conversation's alone."""
     from megatron_sota.posttrain.run import posttrain
 
-    use_fake_encodings()
+    use_fake_encodings(monkeypatch)
     val_losses = {}
     for packing in (True, False):
         job = sft_job(valid_files=["valid.jsonl"], packing=packing)
