@@ -83,10 +83,10 @@ def test_sequence_parallel_matches_tp2_without_it(stdlib_shards, tmp_path, refer
 @pytest.mark.parametrize(
     "world_size, parallel",
     [
-        (2, dict(cp=2)), (4, dict(cp=4)), (4, dict(cp=2, tp=2)), (4, dict(cp=2, tp=2, sp=True)), (4, dict(cp=2, pp=2)),
+        (2, dict(cp=2)), (4, dict(cp=4)), (4, dict(cp=2, tp=2, sp=True)), (4, dict(cp=2, pp=2)),
         (2, dict(cp=2, cp_comm_type="all_gather")),
     ],
-    ids=["cp2", "cp4", "cp2_tp2", "cp2_tp2_sp", "cp2_pp2", "cp2_all_gather"],
+    ids=["cp2", "cp4", "cp2_tp2_sp", "cp2_pp2", "cp2_all_gather"],
 )
 def test_context_parallel_matches_cp1_loss_and_gradients(stdlib_shards, tmp_path, reference, world_size, parallel):
     # Without the distributed optimizer every rank holds the full gradient, reduced over dp x cp.
