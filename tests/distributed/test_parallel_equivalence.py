@@ -121,4 +121,7 @@ def test_activation_recompute_gives_the_same_training(stdlib_shards, tmp_path, r
     job.train.recompute = recompute
     run = run_distributed(layout_probe, 1, job, str(tmp_path), STEPS)[0]
     _assert_same_losses(run, reference)
-    _assert_same_tensors(run, reference, "grads", rtol=1e-5, atol=1e-8)
+    # Recomputed activations are the same ops, but CPU kernels may sum in another order: a CI run saw 15 of 491,520
+    # embedding-gradient elements differ by up to 5.8e-8 (gradients of order 1e-2), so atol is that of the other
+    # gradient comparisons here (1e-7).
+    _assert_same_tensors(run, reference, "grads", rtol=1e-5, atol=1e-7)
