@@ -7,7 +7,7 @@
 # tokenizer_config.json carries the chat template the run trained with; then DPO from the SFT model on
 # right-vs-wrong answers to the same tasks, with the held-out preference accuracy per task.
 # Everything lands in ${POSTTRAIN_DIR:-.posttrain}/. POSTTRAIN_PRETRAIN_ITERS / POSTTRAIN_SFT_EPOCHS /
-# POSTTRAIN_DPO_EPOCHS shorten it.
+# POSTTRAIN_DPO_EPOCHS shorten it. The last step scores the exports with transformers: pip install -e '.[hf]'.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${POSTTRAIN_DIR:-.posttrain}
