@@ -6,20 +6,13 @@ their own; it must not template or tokenize anything.
 
 from __future__ import annotations
 
-from tests.posttrain.examples import sft_job
+from tests.posttrain.examples import replace_reader, sft_job
 from tests.posttrain.pair_examples import fake_encode_pair_files
 
 
 def use_fake_pairs(monkeypatch=None) -> None:
-    """In this process, DPO reads pair_examples' pairs, 24 training / 6 validation (multi-rank probes call it).
-    In-process tests pass pytest's `monkeypatch`, which puts the real reader back after the test; a probe's own
-    process (run_distributed) passes none."""
-    import megatron_sota.posttrain.dpo as dpo
-
-    if monkeypatch is None:
-        dpo.encode_pair_files = fake_encode_pair_files
-    else:
-        monkeypatch.setattr(dpo, "encode_pair_files", fake_encode_pair_files)
+    """In this process, DPO reads pair_examples' pairs, 24 training / 6 validation (multi-rank probes call it). See replace_reader."""
+    replace_reader("megatron_sota.posttrain.dpo", "encode_pair_files", fake_encode_pair_files, monkeypatch)
 
 
 def dpo_job(**posttrain):

@@ -6,6 +6,7 @@ trainer can be tested on their own; it must not template or tokenize anything.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from typing import Tuple
 
@@ -47,16 +48,20 @@ def fake_encode_files(paths, chat_template, assistant_only, tokenizer, max_token
     return [e for path in paths for e in examples(40 if "train" in path else 12, seed=len(path))]
 
 
-def use_fake_encodings(monkeypatch=None) -> None:
-    """In this process, SFT reads fake_encode_files' examples (multi-rank probes call it in each rank).
-    In-process tests pass pytest's `monkeypatch`, which puts the real reader back after the test; a probe's own
-    process (run_distributed) passes none."""
-    import megatron_sota.posttrain.sft as sft
-
+def replace_reader(module: str, name: str, fake, monkeypatch=None) -> None:
+    """Sets `module`.`name` (a post-training objective's file reader) to `fake` in this process. In-process tests
+    pass pytest's `monkeypatch`, which puts the real reader back after the test; a probe's own process
+    (run_distributed) passes none."""
+    target = importlib.import_module(module)
     if monkeypatch is None:
-        sft.encode_files = fake_encode_files
+        setattr(target, name, fake)
     else:
-        monkeypatch.setattr(sft, "encode_files", fake_encode_files)
+        monkeypatch.setattr(target, name, fake)
+
+
+def use_fake_encodings(monkeypatch=None) -> None:
+    """In this process, SFT reads fake_encode_files' examples (multi-rank probes call it in each rank). See replace_reader."""
+    replace_reader("megatron_sota.posttrain.sft", "encode_files", fake_encode_files, monkeypatch)
 
 
 def sft_job(**posttrain) -> JobConfig:

@@ -11,7 +11,7 @@ import torch
 from megatron_sota.config.job import JobConfig
 from megatron_sota.config.posttrain import PosttrainConfig
 from megatron_sota.posttrain.pair_data import Pair
-from tests.posttrain.examples import VOCAB, example, sft_job
+from tests.posttrain.examples import VOCAB, example, replace_reader, sft_job
 
 GOOD, BAD = 5, 6
 """The last completion token of every chosen / rejected sequence: something a reward model can learn."""
@@ -39,15 +39,8 @@ def fake_encode_pair_files(paths, chat_template, tokenizer, max_tokens) -> list:
 
 
 def use_fake_pairs(monkeypatch=None) -> None:
-    """In this process, the reward objective reads fake_encode_pair_files' pairs (multi-rank probes call it).
-    In-process tests pass pytest's `monkeypatch`, which puts the real reader back after the test; a probe's own
-    process (run_distributed) passes none."""
-    import megatron_sota.posttrain.reward as reward
-
-    if monkeypatch is None:
-        reward.encode_pair_files = fake_encode_pair_files
-    else:
-        monkeypatch.setattr(reward, "encode_pair_files", fake_encode_pair_files)
+    """In this process, the reward objective reads fake_encode_pair_files' pairs (multi-rank probes call it). See replace_reader."""
+    replace_reader("megatron_sota.posttrain.reward", "encode_pair_files", fake_encode_pair_files, monkeypatch)
 
 
 def rm_job(**posttrain) -> JobConfig:
