@@ -252,6 +252,10 @@ class CheckpointManager:
                 ) from None
             unshare_adam_steps(torch_optimizers(state.optimizer))
             state.scheduler.load_state_dict(loaded["scheduler"])
+        else:
+            # A bf16/fp16 run's optimizer keeps fp32 main copies made from the weights it was built with; without
+            # this, its first step would write those back over the weights just loaded.
+            state.optimizer.reload_model_params()
         if weights_only:
             logger.info(f"initialised the weights from {checkpoint_dir} in {time.perf_counter() - start:.2f}s; starting at step 0")
             return Progress()
@@ -332,17 +336,23 @@ def check_model_shapes(template: Dict[str, Any], checkpoint_dir: str, num_chunks
         )
 
 
-def load_model_weights(models, checkpoint_dir: str) -> Dict[str, Any]:
-    """Loads only the weights of `checkpoint_dir` into `models` (any layout; collective over all ranks)."""
+def load_model_weights(
+    models, checkpoint_dir: str, fresh_keys: Callable[[List[str]], List[str]] = lambda keys: []
+) -> Dict[str, Any]:
+    """Loads only the weights of `checkpoint_dir` into `models` (any layout; collective over all ranks); keys
+    `fresh_keys` picks that the checkpoint lacks keep their values (as in CheckpointManager.load). An optimizer
+    built over `models` must then be told (reload_model_params)."""
     common = read_common(checkpoint_dir)
     template = model_sharded_state_dict(models)
+    kept = _keep_fresh(models, template, checkpoint_dir, fresh_keys)
     check_model_shapes(template, checkpoint_dir, len(models))
     try:
         loaded = dist_checkpointing.load(template, checkpoint_dir)
     except (Exception, CheckpointException) as err:
         raise MegatronSotaError(f"{checkpoint_dir}: loading the weights failed ({type(err).__name__}: {err})") from None
     for index, model in enumerate(models):
-        unwrap(model).load_state_dict(loaded[model_key(index, len(models))], strict=True)
+        key = model_key(index, len(models))
+        unwrap(model).load_state_dict({**loaded[key], **kept.get(key, {})}, strict=True)
     return common
 
 

@@ -279,7 +279,8 @@ def validate_job(
     problems = _choice_problems(cfg) + _layout_problems(cfg, world_size) + ([] if posttraining else _data_problems(cfg))
     problems += _model_problems(cfg) + machine_problems(cfg, machine) + generation_problems(cfg.generation)
     problems += eval_problems(cfg) + _out_of_range(cfg, ranges) + posttrain_problems(
-        cfg.posttrain, cfg.parallel.cp, cfg.model.untie_embeddings_and_output_weights
+        cfg.posttrain, cfg.parallel.cp, cfg.model.untie_embeddings_and_output_weights, cfg.parallel.pp,
+        cfg.parallel.sp, cfg.data.num_workers,
     )
     problems += list(more_problems)
     if problems:

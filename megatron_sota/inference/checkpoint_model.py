@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
+from megatron.core.models.gpt import GPTModel
 
 from megatron_sota.checkpointing.dist_reader import DistCheckpointReader
 from megatron_sota.checkpointing.manager import load_model_weights
@@ -82,8 +83,11 @@ def inference_parallel(tp: int) -> ParallelConfig:
     return ParallelConfig(tp=tp, pp=1, distributed_optimizer=False)
 
 
-def load_inference_model(checkpoint_dir: str, device: torch.device, dtype: str | None = None) -> InferenceModel:
-    """A checkpoint's (or a checkpoint directory's latest) weights in a fresh model at the session's TP size; `dtype` overrides the run's precision."""
+def load_inference_model(
+    checkpoint_dir: str, device: torch.device, dtype: str | None = None, model_class: Optional[Callable] = None
+) -> InferenceModel:
+    """A checkpoint's (or a checkpoint directory's latest) weights in a fresh model at the session's TP size; `dtype`
+    overrides the run's precision; `model_class` builds another GPTModel kind with the same arguments (a reward model)."""
     from megatron.core import parallel_state
 
     checkpoint_dir = resolve_checkpoint_dir(checkpoint_dir, "checkpoint")
@@ -98,7 +102,10 @@ def load_inference_model(checkpoint_dir: str, device: torch.device, dtype: str |
     config = build_transformer_config(job.model, job.parallel, job.precision, "none", device.type, use_te)
     config.perform_initialization = False  # the checkpoint overwrites every weight
     padded = reader.padded_vocab_size()
-    (model,) = build_model_chunks(job.model, config, padded, job.model.max_position_embeddings, job.train.seed, use_te)
+    (model,) = build_model_chunks(
+        job.model, config, padded, job.model.max_position_embeddings, job.train.seed, use_te,
+        model_class=model_class or GPTModel,
+    )
     model.to(device)
     load_model_weights([model], checkpoint_dir)
     model.eval()

@@ -35,6 +35,9 @@ class Generated:
     """'stop_id' or 'length' per prompt."""
     seconds: float = 0.0
     """Wall time of the whole batch."""
+    logprobs: Optional[List[List[float]]] = None
+    """With return_logprobs: per new token, its log-probability under the model's own distribution (fp32
+    log-softmax of the raw logits, before repetition penalty, temperature and filters), as `tokens`."""
 
 
 def left_pad(prompts: Prompts) -> Tuple[torch.Tensor, List[int]]:
@@ -80,6 +83,7 @@ def generate(
     stop_ids: Sequence[int] = (),
     seed: int = 0,
     use_cache: bool = True,
+    return_logprobs: bool = False,
 ) -> Generated:
     """Continues each prompt by up to max_new_tokens (one count for all, or one per prompt).
 
@@ -105,9 +109,12 @@ def generate(
     # budgets, but every row's own positions (all RoPE and learned embeddings see) stay inside it.
     cache = StaticInferenceContext(batch, width + steps) if use_cache else None
     step_input = padded
+    chosen_logprobs = []
     for step in range(steps):
         logits = model.logits(step_input if use_cache else sequence, cache, pad_lengths)[:, -1].cpu()
         chosen = next_tokens(logits, sequence, settings, generator)
+        if return_logprobs:
+            chosen_logprobs.append(torch.log_softmax(logits, dim=-1).gather(1, chosen[:, None]))
         if cache is not None and cache.sequence_len_offset == width:
             cache.enable_decode_mode()
         sequence = torch.cat([sequence, chosen[:, None]], dim=1)
@@ -118,7 +125,11 @@ def generate(
             break
         step_input = chosen[:, None]
     tokens = _new_tokens(sequence[:, width:], budgets, reasons, stop_ids)
-    return Generated(tokens, [r or "length" for r in reasons], time.perf_counter() - start)
+    logprobs = None
+    if return_logprobs:
+        table = torch.cat(chosen_logprobs, dim=1)
+        logprobs = [table[row, : len(ids)].tolist() for row, ids in enumerate(tokens)]
+    return Generated(tokens, [r or "length" for r in reasons], time.perf_counter() - start, logprobs)
 
 
 def _new_tokens(new: torch.Tensor, budgets: List[int], reasons: List[Optional[str]], stop_ids: Sequence[int]) -> List[List[int]]:

@@ -20,7 +20,7 @@ from megatron_sota.training.trainer import pretrain
 def build_objective(job: JobConfig) -> Objective:
     """The plug-in of `posttrain.objective` (training/objective.py), built from the job's config."""
     if job.posttrain is None:
-        raise MegatronSotaError("no posttrain group: choose one (posttrain=sft, posttrain=rm or posttrain=dpo)")
+        raise MegatronSotaError("no posttrain group: choose one (posttrain=sft, rm, dpo, ppo or grpo)")
     name = job.posttrain.objective
     if name == "sft":
         from megatron_sota.posttrain.sft import SFTObjective
@@ -34,7 +34,11 @@ def build_objective(job: JobConfig) -> Objective:
         from megatron_sota.posttrain.dpo import DPOObjective
 
         return DPOObjective(job.posttrain)
-    raise MegatronSotaError(f"posttrain.objective={name} is not available (available: sft, rm, dpo)")
+    if name in ("ppo", "grpo"):
+        from megatron_sota.posttrain.rl import RLObjective
+
+        return RLObjective(job.posttrain)
+    raise MegatronSotaError(f"posttrain.objective={name} is not available (available: sft, rm, dpo, ppo, grpo)")
 
 
 def posttrain(job: JobConfig, run_dir: str, command_line: str = "", callbacks: Sequence[Callback] = ()) -> TrainSummary:

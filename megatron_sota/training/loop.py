@@ -140,11 +140,14 @@ class Trainer:
         state, t = self.state, self.state.job.train
         device = state.session.device
         start = time.perf_counter()
+        before = state.objective.before_step(state, self.step)
         result = train_step(
             state.models, state.optimizer, state.scheduler, state.train_iterators,
             state.layout.num_microbatches, t.micro_batch_size * state.objective.rows_per_sample, t.seq_length, device,
             forward_step=self.forward_step, metric_names=state.objective.metric_names,
         )
+        result.metrics.update(before)
+        result.metrics.update(state.objective.after_step(state, self.step))
         if device.type == "cuda":
             torch.cuda.synchronize()
         return StepOutcome(step=self.step, result=result, seconds=time.perf_counter() - start)

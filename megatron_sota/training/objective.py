@@ -25,7 +25,9 @@ The contract an objective implements (every hook runs on every rank, in this ord
    ``document_ids`` ([seq] ints; attention stays within runs of equal ids, training/step.py).
 4. ``before_first_step(state, progress)`` after the weights were loaded and the data iterators started
    (also on resume: ``progress.iteration`` > 0), e.g. DPO's reference log-probs.
-5. ``forward_step(state) -> ForwardStep``: megatron-core's forward step. Its loss function returns
+5. ``before_step(state, step)`` and ``after_step(state, step)`` around each step's update (PPO's rollouts, a
+   held-out evaluation), returning metrics that join the step's; ``param_group_overrides(job)`` for the optimizer.
+6. ``forward_step(state) -> ForwardStep``: megatron-core's forward step. Its loss function returns
    ``(loss_sum, count, report)``: ``loss_sum`` a scalar summed over the micro-batch's counted units (tokens,
    pairs), ``count`` their number (int tensor; gradients are divided by the global batch's total count),
    ``report`` {name: float tensor([sum, count])} holding MAIN_METRIC ("lm loss": [loss_sum, count], the
@@ -37,7 +39,7 @@ The contract an objective implements (every hook runs on every rank, in this ord
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Iterable, List, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Iterable, List, Optional, Tuple
 
 from megatron.core.models.gpt import GPTModel
 
@@ -84,6 +86,20 @@ class Objective:
 
     def before_first_step(self, state: "TrainingState", progress: "Progress") -> None:
         pass
+
+    def before_step(self, state: "TrainingState", step: int) -> Dict[str, float]:
+        """Work the step needs first (PPO's rollouts); the metrics returned join the step's (StepResult.metrics).
+        Its time counts in the step's."""
+        return {}
+
+    def after_step(self, state: "TrainingState", step: int) -> Dict[str, float]:
+        """Work after the step's update (a held-out evaluation); its metrics join the step's as before_step's."""
+        return {}
+
+    def param_group_overrides(self, job: "JobConfig") -> Optional[dict]:
+        """megatron-core's optimizer config_overrides ({ParamKey: {max_lr, min_lr, ...}}): parameters the objective
+        trains with other settings (PPO's critic_lr); None: one setting for all."""
+        return None
 
     def forward_step(self, state: "TrainingState") -> ForwardStep:
         return next_token_loss(state.session.device, state.document_eod)

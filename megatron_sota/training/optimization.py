@@ -5,7 +5,7 @@ Only configuration of megatron-core objects; wrapping the chunks is parallelize/
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from megatron.core.optimizer import OptimizerConfig as McoreOptimizerConfig
 from megatron.core.optimizer import get_megatron_optimizer
@@ -23,6 +23,7 @@ def build_optimizer(
     config: TransformerConfig,
     initial_loss_scale: float,
     models,
+    param_group_overrides: Optional[dict] = None,
 ):
     mcore_config = McoreOptimizerConfig(
         optimizer="adam",
@@ -40,7 +41,7 @@ def build_optimizer(
         initial_loss_scale=initial_loss_scale,
         use_distributed_optimizer=parallel.distributed_optimizer,
     )
-    return get_megatron_optimizer(mcore_config, models)
+    return get_megatron_optimizer(mcore_config, models, config_overrides=param_group_overrides)
 
 
 def schedule_settings(opt: OptimizerConfig, sched: SchedulerConfig, iters: int) -> Dict[str, Any]:

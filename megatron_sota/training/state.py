@@ -151,7 +151,10 @@ def build_training_state(
     )
     chunks = objective.model_hook(chunks, config)
     models = wrap_in_ddp(chunks, config, job.parallel, session.device)
-    optimizer = build_optimizer(job.optimizer, job.scheduler, job.parallel, config, job.precision.initial_loss_scale, models)
+    optimizer = build_optimizer(
+        job.optimizer, job.scheduler, job.parallel, config, job.precision.initial_loss_scale, models,
+        objective.param_group_overrides(job),
+    )
     scale_losses_by(config, optimizer)
     follow = resume is None or resume.follow_checkpoint_schedule
     scheduler = build_scheduler(optimizer, job.optimizer, job.scheduler, t.iters, follow_checkpoint=follow)
