@@ -142,3 +142,36 @@ def test_logits_give_the_model_positions_that_count_real_tokens_and_mask_only_wh
     assert recorder.positions.tolist() == [[2], [4]] and recorder.mask[:, 0, 0].tolist() == [[True, True, False, False, False], [False] * 5]
     model.logits(torch.zeros(2, 3, dtype=torch.long), None, pad_lengths=[0, 0])
     assert recorder.positions.tolist() == [[0, 1, 2], [0, 1, 2]] and recorder.mask is None
+
+
+class _Scripted:
+    """Stands in for an InferenceModel: the logits of step k are a fixed random table, whatever the tokens."""
+
+    def __init__(self, batch: int, vocab: int, steps: int):
+        from types import SimpleNamespace
+
+        self.job = SimpleNamespace(model=SimpleNamespace(max_position_embeddings=64))
+        self.table = torch.randn(steps, batch, vocab, generator=torch.Generator().manual_seed(3)) * 3
+        self.step = 0
+
+    def logits(self, tokens, cache=None, pad_lengths=None):
+        if cache is not None:
+            cache.increment_sequence_len_offset(tokens.shape[1])
+        out = self.table[self.step][:, None, :].expand(-1, tokens.shape[1], -1)
+        self.step += 1
+        return out
+
+
+def test_returned_logprobs_are_the_raw_distributions_at_the_drawn_tokens():
+    """PPO compares them with the training pass's log-probs: temperature, top-k and the repetition penalty shape
+    the draw, not the log-prob of the drawn token under the model."""
+    from megatron_sota.inference.generation import generate
+
+    model = _Scripted(batch=2, vocab=11, steps=6)
+    settings = SamplingSettings(temperature=0.5, top_k=4, top_p=0.9, repetition_penalty=1.3)
+    out = generate(model, [[1, 2, 3], [4]], 6, settings, stop_ids=(), seed=5, return_logprobs=True)
+    raw = torch.log_softmax(model.table, dim=-1)
+    for row in range(2):
+        expected = [raw[step, row, token].item() for step, token in enumerate(out.tokens[row])]
+        assert out.logprobs[row] == pytest.approx(expected, abs=1e-6)
+    assert generate(_Scripted(2, 11, 6), [[1, 2, 3], [4]], 6, settings, seed=5).logprobs is None
