@@ -8,9 +8,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from megatron_sota.checkpointing.contents import unwrap
 from megatron_sota.errors import MegatronSotaError
 from megatron_sota.posttrain.run import posttrain
 from megatron_sota.runtime.local_ranks import run_distributed
+from megatron_sota.training.callbacks.base import Callback
 from tests.posttrain.examples import StopAt
 from tests.posttrain.rl_jobs import metric_rows, rl_job, rl_probe, rollout_tokens
 
@@ -110,3 +112,26 @@ def test_bad_inputs_are_refused_before_anything_is_written(tmp_path, rl_inputs):
     job = rl_job(rl_inputs, reward_model=None)
     with pytest.raises(MegatronSotaError, match="needs exactly one reward.*found neither"):
         posttrain(job, str(tmp_path / "e"))
+
+
+class _GroupLRs(Callback):
+    """After the first step: the learning rate of each parameter, by whether it is the critic's."""
+
+    def post_step(self, trainer, outcome):
+        if outcome.step != 1:
+            return
+        names = {id(p): n for n, p in unwrap(trainer.state.models[0]).named_parameters()}
+        self.lrs = {"critic": set(), "actor": set()}
+        for group in trainer.state.optimizer.param_groups:
+            for param in group["params"]:
+                self.lrs["critic" if names[id(param)].startswith("critic.") else "actor"].add(group["lr"])
+
+
+def test_critic_lr_gives_the_critic_a_parameter_group_of_its_own(tmp_path, rl_inputs):
+    job = rl_job(rl_inputs, critic_lr=3e-3)
+    job.train.iters = 2
+    job.parallel.distributed_optimizer = False  # its groups then hold the model's own parameters
+    seen = _GroupLRs()
+    posttrain(job, str(tmp_path), callbacks=[seen])
+    (critic,), (actor,) = seen.lrs["critic"], seen.lrs["actor"]
+    assert critic / actor == pytest.approx(3e-3 / job.optimizer.lr)
