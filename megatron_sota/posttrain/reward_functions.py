@@ -55,7 +55,7 @@ def exact_match(response: str, record: PromptRecord) -> float:
 
 
 @dataclass(frozen=True)
-class TestLimits:
+class UnitTestLimits:
     """What one unit-test run may use."""
 
     timeout_s: float = 5.0
@@ -70,7 +70,7 @@ class TestLimits:
 
 
 @dataclass(frozen=True)
-class TestRun:
+class UnitTestRun:
     passed: bool
     """Exit status 0 within the limits."""
     returncode: int
@@ -87,7 +87,7 @@ def extract_code(response: str) -> str:
     return blocks[-1] if blocks else response
 
 
-def run_unit_tests(code: str, tests: str, limits: TestLimits = TestLimits()) -> TestRun:
+def run_unit_tests(code: str, tests: str, limits: UnitTestLimits = UnitTestLimits()) -> UnitTestRun:
     """Runs `code` then `tests` as one program under `python -I` (no environment variables, user site or script
     directory) in a fresh temporary directory, stdin closed, output to a file there, with `limits` set by the
     child interpreter before the program is compiled (preexec_fn is unsafe beside threads, and scoring runs in
@@ -117,10 +117,10 @@ def run_unit_tests(code: str, tests: str, limits: TestLimits = TestLimits()) -> 
         with open(output_path, "rb") as handle:
             handle.seek(max(os.path.getsize(output_path) - 2000, 0))
             text = handle.read().decode("utf-8", "replace")
-    return TestRun(returncode == 0 and not timed_out, returncode, timed_out, text)
+    return UnitTestRun(returncode == 0 and not timed_out, returncode, timed_out, text)
 
 
-def unit_tests(response: str, record: PromptRecord, limits: TestLimits = TestLimits()) -> float:
+def unit_tests(response: str, record: PromptRecord, limits: UnitTestLimits = UnitTestLimits()) -> float:
     """1.0 when the response's code (extract_code) followed by record.tests exits 0 within `limits`
     (run_unit_tests, whose docstring says what it does not protect against), else 0.0. A record without
     "tests": MegatronSotaError."""
@@ -177,7 +177,7 @@ def score_responses(
         return list(pool.map(function, responses, records))
 
 
-def _bootstrap(limits: TestLimits) -> str:
+def _bootstrap(limits: UnitTestLimits) -> str:
     """The child's first code: its limits (soft = hard, so the program cannot raise them), then the program."""
     cpu = max(1, math.ceil(limits.timeout_s))
     mb = 1024 * 1024
