@@ -62,6 +62,8 @@ def test_unit_tests_pass_on_right_code_and_fail_on_wrong_code():
     assert unit_tests(RIGHT, record) == 1.0  # the python block, not the prose or the text block
     assert unit_tests("def add(a, b):\n    return a + b", record) == 1.0  # no block: the whole response
     assert unit_tests("```python\ndef add(a, b):\n    return a + b", record) == 1.0  # cut off by the budget
+    draft = "```python\ndef add(a, b):\n    return 0\n```\nFixed:\n```py\ndef add(a, b):\n    return a + b\n```"
+    assert unit_tests(draft, record) == 1.0  # the last block is the answer
     assert unit_tests(RIGHT.replace("a + b", "a - b"), record) == 0.0
     assert unit_tests("Here is the code: def add(a, b): return a + b", record) == 0.0  # a syntax error
     with pytest.raises(MegatronSotaError, match="prompts.jsonl:1: expected field 'tests'"):
