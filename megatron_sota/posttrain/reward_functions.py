@@ -88,14 +88,16 @@ def extract_code(response: str) -> str:
 
 
 def run_unit_tests(code: str, tests: str, limits: UnitTestLimits = UnitTestLimits()) -> UnitTestRun:
-    """Runs `code` then `tests` as one program under `python -I` (no environment variables, user site or script
-    directory) in a fresh temporary directory, stdin closed, output to a file there, with `limits` set by the
-    child interpreter before the program is compiled (preexec_fn is unsafe beside threads, and scoring runs in
-    a thread pool). The process group is killed at the end, so background children do not outlive the run.
+    """Runs `code` then `tests` as one program under `python -I` (no PYTHON* variables, user site or script
+    directory) with only PATH, HOME, TMPDIR and LC_ALL in its environment (not the caller's tokens), in a fresh
+    temporary directory, stdin closed, output to a file there, with `limits` set by the child interpreter before
+    the program is compiled (preexec_fn is unsafe beside threads, and scoring runs in a thread pool). It passes
+    when it runs to its end and exits 0: a SystemExit (exit(), sys.exit(0)) fails it, so code cannot skip the
+    tests by exiting. The process group is killed at the end, so background children do not outlive the run.
 
-    Not a sandbox: the program can read and write any file the user can, use the network, and a child that
-    starts its own session escapes the group kill (only the process limit bounds it); run as root, the process
-    limit does not apply and the program may raise its own limits.
+    Not a sandbox: the program can read and write any file the user can and use the network; os._exit(0) skips
+    the tests; a child that starts its own session escapes the group kill (only the process limit bounds it);
+    run as root, the process limit does not apply and the program may raise its own limits.
     """
     with tempfile.TemporaryDirectory(prefix="megatron_sota_unit_tests_", ignore_cleanup_errors=True) as directory:
         program = os.path.join(directory, "program.py")
@@ -195,7 +197,10 @@ def _bootstrap(limits: UnitTestLimits) -> str:
         "    resource.setrlimit(getattr(resource, name), value)\n"
         "del name, value\n"
         "sys.argv = sys.argv[1:]\n"
-        "runpy.run_path(sys.argv[0], run_name='__main__')\n"
+        "try:\n"
+        "    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+        "except SystemExit as stop:\n"  # exit(0) before the tests must not pass them
+        "    sys.exit(stop.code or 'the program exited before its end (its tests did not all run)')\n"
     )
 
 

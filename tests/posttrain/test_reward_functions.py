@@ -66,6 +66,8 @@ def test_unit_tests_pass_on_right_code_and_fail_on_wrong_code():
     assert unit_tests(draft, record) == 1.0  # the last block is the answer
     assert unit_tests(RIGHT.replace("a + b", "a - b"), record) == 0.0
     assert unit_tests("Here is the code: def add(a, b): return a + b", record) == 0.0  # a syntax error
+    for skip in ("import sys\nsys.exit(0)", "exit()", "raise SystemExit"):  # exiting before the tests
+        assert unit_tests(skip, record) == 0.0, skip
     with pytest.raises(MegatronSotaError, match="prompts.jsonl:1: expected field 'tests'"):
         unit_tests(RIGHT, _record())
 
