@@ -230,3 +230,9 @@ def _show(value: Any) -> str:
     }
     text = json.dumps(value, ensure_ascii=False)
     return f"{kind.get(type(value), type(value).__name__)} {text if len(text) <= 60 else text[:57] + '...'}"
+
+
+# The reading and checks above, shared with the other post-training readers (posttrain/prompt_data.py).
+read_records = _read_all
+read_turns = _turns
+show_value = _show
