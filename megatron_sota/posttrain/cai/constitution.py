@@ -50,11 +50,11 @@ def load_constitution(path: Optional[str] = None) -> List[Principle]:
     problems: List[str] = []
     principles = [_principle(entry, f"{path}:principle {number}", problems) for number, entry in enumerate(entries, start=1)]
     seen: dict = {}
-    for number, principle in enumerate(principles, start=1):
-        if principle is not None and principle.name in seen:
-            problems.append(f"{path}:principle {number}: name {principle.name!r}: expected a unique name, found it also at principle {seen[principle.name]}")
-        elif principle is not None:
-            seen[principle.name] = number
+    for number, entry in enumerate(entries, start=1):
+        name = entry.get("name") if isinstance(entry, dict) else None
+        if isinstance(name, str) and name in seen:
+            problems.append(f"{path}:principle {number}: name {name!r}: expected a unique name, found it also at principle {seen[name]}")
+        seen.setdefault(name, number)
     if problems:
         raise MegatronSotaError(f"constitution {path}: {len(problems)} problem(s):\n  " + "\n  ".join(problems))
     return principles  # type: ignore[return-value]
