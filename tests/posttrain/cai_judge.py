@@ -78,7 +78,8 @@ def write_comparisons(path: pathlib.Path, held_out: bool) -> str:
 
 def judge_job(tmp_path: pathlib.Path) -> JobConfig:
     """posttrain=sft on judge_records(): a BPE tokenizer trained on the same texts (short sequences), 2 layers of
-    width 64, rows of 256 tokens packed, 16 per step."""
+    width 64, rows of 256 tokens packed, 16 per step, 24 epochs (138 steps; at 18 the held-out
+    verdicts are right by a hair, P ~ 0.51; at 24, P ~ 0.97)."""
     records = judge_records()
     texts = [judge_question(c.prompt, p.comparison_question, c.response_a, c.response_b) + "\nThe answer is: (A) (B)"
              for c, _ in comparisons(False) + comparisons(True) for p in PRINCIPLES]
@@ -86,7 +87,7 @@ def judge_job(tmp_path: pathlib.Path) -> JobConfig:
     tokenizer = tmp_path / "tokenizer"
     train_byte_level_bpe([corpus], str(tokenizer), vocab_size=480, special_tokens=CHAT_TOKENS, quiet=True)
     job = JobConfig()
-    job.posttrain = PosttrainConfig(objective="sft", train_files=[_write_jsonl(tmp_path / "judge.jsonl", records)], epochs=8)
+    job.posttrain = PosttrainConfig(objective="sft", train_files=[_write_jsonl(tmp_path / "judge.jsonl", records)], epochs=24)
     job.tokenizer.type, job.tokenizer.model = "HuggingFaceTokenizer", str(tokenizer)
     job.model.num_layers, job.model.hidden_size, job.model.ffn_hidden_size = 2, 64, 128
     job.data.num_workers, job.runtime.device = 0, "cpu"

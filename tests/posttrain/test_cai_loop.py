@@ -24,13 +24,18 @@ def judge(tmp_path_factory):
     return str(work / "judge" / "checkpoints"), work, time.perf_counter() - start
 
 
-def _tokenizer_and_template(checkpoint):
+def _checkpoint_job(checkpoint):
     from megatron_sota.checkpointing.dist_reader import DistCheckpointReader
     from megatron_sota.checkpointing.paths import resolve_checkpoint_dir
+
+    return DistCheckpointReader(resolve_checkpoint_dir(checkpoint, "checkpoint")).job_config()
+
+
+def _tokenizer_and_template(checkpoint):
     from megatron_sota.data.tokenizer import build_configured_tokenizer
     from megatron_sota.posttrain.chat_template import ChatTemplate
 
-    job = DistCheckpointReader(resolve_checkpoint_dir(checkpoint, "checkpoint")).job_config()
+    job = _checkpoint_job(checkpoint)
     tokenizer = build_configured_tokenizer(job.tokenizer, job.model.vocab_size)
     return tokenizer, ChatTemplate.load(None, tokenizer)
 
@@ -52,9 +57,16 @@ def test_label_agrees_with_the_oracle_on_held_out_comparisons_and_writes_loadabl
     print(f"judge trained in {seconds:.1f} s; agreement with the oracle on {len(oracle)} held-out comparisons: {agreement:.3f}")
     assert agreement >= 0.8  # chance is 0.5
     assert all(0.5 < p["cai_preference"] <= 1 and sorted(p["cai_principles"]) == ["better", "safer"] for p in pairs)
+    # --policy: two sampled responses per prompt (hot sampling, so that they differ), judged the same way.
+    prompts = work / "policy_prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": c.prompt}) + "\n" for c, _ in comparisons(held_out=True)[:4]))
+    sampled = work / "sampled_pairs.jsonl"
+    run_label(parse_args(["label", "--judge", checkpoint, "--policy", checkpoint, "--prompts", str(prompts), "--output", str(sampled),
+                          "--constitution", str(work / "constitution.yaml"), "--temperature", "3", "--max-new-tokens", "6", "--no-progress"]))
     tokenizer, template = _tokenizer_and_template(checkpoint)
-    records = read_preference_records([str(out)])
-    assert len(encode_preference_records(records, template, tokenizer, max_tokens=256)) == len(pairs)
+    records = read_preference_records([str(out), str(sampled)])
+    assert len(records) > len(pairs) and all(r.chosen != r.rejected for r in records)
+    assert len(encode_preference_records(records, template, tokenizer, max_tokens=256)) == len(records)
 
 
 @pytest.mark.slow
@@ -82,7 +94,7 @@ def test_critique_writes_sft_conversations_the_sft_loader_encodes_and_refuses_an
     assert len(encode_sft_records(read_sft_records([str(out)]), template, tokenizer)) == 3
 
     long = work / "long.jsonl"
-    long.write_text(json.dumps({"prompt": "short"}) + "\n" + json.dumps({"prompt": "very long " * 400}) + "\n")
+    long.write_text(json.dumps({"prompt": "short"}) + "\n" + json.dumps({"prompt": "word " * _checkpoint_job(checkpoint).model.max_position_embeddings}) + "\n")
     with pytest.raises(MegatronSotaError, match=f"{long}:2: response: expected at most"):
         run_critique(parse_args(["critique", "--prompts", str(long), *flags[2:], "--checkpoint", checkpoint]))
     assert os.path.exists(out)
