@@ -156,7 +156,7 @@ def run_label(args: argparse.Namespace) -> int:
         if items is not None:
             policy, policy_tokenizer = load_text_model(args.policy, session)
             with _progress(show, 2 * len(items), "policy") as bar:
-                comparisons = sampled_comparisons(items, _replier(policy, policy_tokenizer, args.policy, args, bar.update if bar else None).reply)
+                comparisons = sampled_comparisons(items, _replier(policy, policy_tokenizer, args.policy, args, bar.update if bar is not None else None).reply)
             del policy
         model, tokenizer = load_text_model(args.judge, session)
         template = chat_template_of(model, tokenizer, args.chat_template, args.judge)
@@ -164,7 +164,7 @@ def run_label(args: argparse.Namespace) -> int:
         requests = 4 * args.principles_per_comparison * len(comparisons)
         with _progress(show, requests, "judge") as bar:
             judged = judge(comparisons, principles, args.principles_per_comparison, args.seed, tokenizer, template,
-                           scorer.max_length, lambda reqs: loglikelihoods(scorer, reqs, bar.update if bar else None))
+                           scorer.max_length, lambda reqs: loglikelihoods(scorer, reqs, bar.update if bar is not None else None))
     pairs = preference_pairs(comparisons, judged, args.min_margin)
     if env.rank == 0:
         _write(args.output, pairs)
