@@ -21,7 +21,10 @@ setup(
     # The Hydra configs, task files and their data ship inside the package (megatron_sota/conf/),
     # so a wheel finds them through importlib.resources (megatron_sota/config/files.py).
     package_data={
-        "megatron_sota": ["conf/**/*.yaml", "conf/**/*.jsonl", "conf/**/*.md", "posttrain/templates/*.jinja"]
+        "megatron_sota": [
+            "conf/**/*.yaml", "conf/**/*.jsonl", "conf/**/*.md", "posttrain/templates/*.jinja",
+            "posttrain/cai/*.yaml", "posttrain/cai/*.jsonl",  # tools/cai.py's constitution and prompts
+        ]
     },
     install_requires=[
         # On the project's CPU machines `pip install torch==2.13.0` takes the local CPU build;
@@ -77,6 +80,7 @@ setup(
             "megatron-sota-plan=megatron_sota.cli.plan:main",
             "megatron-sota-benchmark=megatron_sota.cli.benchmark:main",
             "megatron-sota-compare-runs=megatron_sota.cli.compare_runs:main",
+            "megatron-sota-cai=megatron_sota.cli.cai:main",
         ]
     },
 )

@@ -162,19 +162,12 @@ def _record(prompt: Prompt, ids: List[int], dropped: int, new: List[int], reason
 
 def run(args: argparse.Namespace) -> None:
     from megatron_sota.atomic_files import atomic_output
-    from megatron_sota.data.tokenizer import build_configured_tokenizer
-    from megatron_sota.inference.checkpoint_model import inference_parallel, load_inference_model
     from megatron_sota.inference.sampling import SamplingSettings
-    from megatron_sota.runtime.launch_env import read_launch_env
-    from megatron_sota.runtime.session import distributed_session
+    from megatron_sota.inference.text_model import inference_session, load_text_model
 
-    env = read_launch_env()
     settings = SamplingSettings(args.temperature, args.top_k, args.top_p, args.repetition_penalty)
-    with distributed_session(inference_parallel(env.world_size), "auto", env=env) as session:
-        model = load_inference_model(args.load, session.device, "fp32" if session.is_cpu else None)
-        if model.job.tokenizer.type in (None, "NullTokenizer"):
-            raise MegatronSotaError(f"{args.load}: the model was trained without a text tokenizer (NullTokenizer); it cannot read prompts")
-        tokenizer = build_configured_tokenizer(model.job.tokenizer, model.job.model.vocab_size)
+    with inference_session() as (env, session):
+        model, tokenizer = load_text_model(args.load, session)
         # Written aside and renamed at the end: a failed run never leaves a half-written --output.
         writes = args.output and env.rank == 0
         with atomic_output(args.output) if writes else contextlib.nullcontext() as output:

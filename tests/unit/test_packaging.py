@@ -31,6 +31,7 @@ USER_TOOLS = {
     "plan": "megatron-sota-plan",
     "benchmark": "megatron-sota-benchmark",
     "compare_runs": "megatron-sota-compare-runs",
+    "cai": "megatron-sota-cai",
 }
 
 
