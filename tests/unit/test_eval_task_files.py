@@ -201,7 +201,7 @@ def test_yaml_file_is_relative_to_the_yaml_and_keys_are_typed(tmp_path):
         ("type: multiple_choice\nfile: data/t.jsonl\nnum_fewshot: true\n", r"t\.yaml:3: key 'num_fewshot': expected an integer >= 0, found True"),
         ("type: multiple_choice\nfile: t.yaml\n", r"t\.yaml:2: key 'file': expected a \.jsonl file or a \.bin/\.idx prefix, found 't\.yaml'"),
         ("type: multiple_choice\nfile: data/missing.jsonl\n", r"t\.yaml:2: key 'file': expected an existing JSONL file .*missing\.jsonl"),
-        ("type: ranking\nfile: data/t.jsonl\n", r"t\.yaml:1: key 'type': expected one of multiple_choice, exact_match, perplexity, passkey, found 'ranking'"),
+        ("type: ranking\nfile: data/t.jsonl\n", r"t\.yaml:1: key 'type': expected one of multiple_choice, exact_match, perplexity, passkey, refusal, found 'ranking'"),
         ("file: data/t.jsonl\n", r"t\.yaml: key 'type': expected it \(required\)"),
         ("type: exact_match\nfile: data/t.jsonl\nthresholds: {acc: 0.5}\n", r"t\.yaml:3: key 'thresholds': metric 'acc': .*\(exact_match\)"),
         ("type: exact_match\nfile: data/t.jsonl\nthresholds: {exact_match: high}\n", r"t\.yaml:3: key 'thresholds': expected a mapping of metric name to number"),
