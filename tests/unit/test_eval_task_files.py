@@ -161,7 +161,7 @@ def test_command_line_overrides_the_registry():
     assert load_task("arithmetic_mc", task_type="multiple_choice", num_fewshot=5).num_fewshot == 5
     with pytest.raises(MegatronSotaError, match="perplexity scores whole documents"):
         load_task("python_docs_ppl", num_fewshot=2)
-    with pytest.raises(MegatronSotaError, match="task type: expected one of multiple_choice, exact_match, perplexity, passkey, found 'mc'"):
+    with pytest.raises(MegatronSotaError, match="task type: expected one of multiple_choice, exact_match, perplexity, passkey, refusal, found 'mc'"):
         load_task("arithmetic_mc", task_type="mc")
 
 
