@@ -43,7 +43,7 @@ REFUSAL_KEYS = ("categories", "refusal_phrases")
 NOT_FOR_REFUSAL = ("num_fewshot", "fewshot_seed", "choice_template", "target_template", "fewshot_separator")
 """Keys a refusal task would ignore: each prompt is asked alone (zero-shot) and answered freely."""
 ONLY_FOR = {"passkey": PASSKEY_KEYS, "refusal": REFUSAL_KEYS}
-NOT_FOR = {"passkey": NOT_FOR_PASSKEY, "refusal": NOT_FOR_REFUSAL}
+"""Type -> the keys only it reads (an error in any other type's task file)."""
 THRESHOLDS_EXPECTED = "a mapping of metric name to number (a bound, see LOWER_IS_BETTER) or to {min: number, max: number} (either or both)"
 REGISTRY_DIR = conf_dir("eval", "tasks")
 ANSWER_FIELDS = ("answer", "answer_index", "answer_letter", "choice", "letter")

@@ -195,6 +195,12 @@ def test_a_task_file_reads_explicit_bounds_and_every_mistake_is_listed_at_once_w
         load_task("t", registry_dir=reg)
 
 
+def _record_problems(path: str) -> list[str]:
+    with pytest.raises(MegatronSotaError) as err:
+        read_refusal(path, CATEGORIES)
+    return str(err.value).splitlines()
+
+
 def test_every_bad_record_and_every_empty_set_is_named_at_once(tmp_path):
     path = _jsonl(tmp_path / "r.jsonl", [
         {"prompt": "a", "harmful": True},  # no category
@@ -202,9 +208,7 @@ def test_every_bad_record_and_every_empty_set_is_named_at_once(tmp_path):
         {"prompt": " ", "category": "cbrn", "harmful": "yes"},  # blank prompt, harmful not a boolean
         {"prompt": "ok", "category": "cbrn", "harmful": True},
     ])
-    with pytest.raises(MegatronSotaError) as err:
-        read_refusal(path, CATEGORIES)
-    assert str(err.value).splitlines() == [
+    assert _record_problems(path) == [
         f"{path}:1: field 'category': expected one of the task's categories (cbrn, cyber, autonomy, misuse), found no such field (the record has: prompt, harmful)",
         f"{path}:2: field 'category': expected one of the task's categories (cbrn, cyber, autonomy, misuse), found string \"bio\"",
         f"{path}:3: field 'prompt': expected a non-empty string, found string \" \"",
@@ -212,9 +216,7 @@ def test_every_bad_record_and_every_empty_set_is_named_at_once(tmp_path):
     ]
     # well-formed records, but a category without harmful prompts and no benign prompt: the gate could not judge
     path = _jsonl(tmp_path / "h.jsonl", [{"prompt": "x", "category": c, "harmful": True} for c in ("cbrn", "cyber")])
-    with pytest.raises(MegatronSotaError) as err:
-        read_refusal(path, CATEGORIES)
-    assert str(err.value).splitlines() == [
+    assert _record_problems(path) == [
         f"{path}: category 'autonomy': expected at least one harmful prompt (\"harmful\": true), found none",
         f"{path}: category 'misuse': expected at least one harmful prompt (\"harmful\": true), found none",
         f"{path}: expected at least one benign prompt (\"harmful\": false) to measure over-refusal, found none",
