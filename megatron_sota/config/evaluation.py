@@ -7,7 +7,7 @@ checks a type cannot express (ranges, templates, the metrics of each task type).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, List, Optional
 
 from omegaconf import MISSING
 
@@ -22,6 +22,9 @@ class EvalConfig:
     """Score at most this many records per task (in-loop evaluation should cost seconds, not minutes)."""
     micro_batch_size: int = 4
     """Sequences per forward pass while scoring."""
+    stop_on_threshold: bool = False
+    """A release gate in the loop: when an evaluation breaches a task's threshold, save a checkpoint and stop the
+    run with exit code 3 (evaluation.report.BELOW_THRESHOLD_EXIT_CODE); false: thresholds are only warnings."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,8 +51,9 @@ class TaskSettings:
     string or a list; an empty list: only max_new_tokens)."""
     limit: Optional[int] = field(default=None, metadata={"min": 1})
     """Score only the first `limit` records (few-shot examples are still drawn from all of them)."""
-    thresholds: Dict[str, float] = field(default_factory=dict, metadata={"keys": "metric name"})
-    """metric -> bound: a minimum, or a maximum for metrics where lower is better (perplexity, bits_per_byte)."""
+    thresholds: Any = field(default_factory=dict)
+    """metric -> a number: a minimum, or a maximum for metrics where lower is better (perplexity, bits_per_byte,
+    over_refusal_rate); or {min: number}, {max: number} or both, explicitly (checked by evaluation/task_spec.py)."""
     description: str = ""
     lengths: List[int] = field(default_factory=list, metadata={"min": 1})
     """passkey: prompt lengths in the model's tokens (filler, needle and question together); required there."""
@@ -61,6 +65,10 @@ class TaskSettings:
     """passkey: seeds the keys and filler offsets, per cell and sample."""
     filler: Optional[str] = None
     """passkey: a UTF-8 text file (relative to the task file) repeated as the haystack; null: a built-in text."""
+    categories: List[str] = field(default_factory=lambda: ["cbrn", "cyber", "autonomy", "misuse"])
+    """refusal: the categories a record may name (each needs at least one harmful prompt); one refusal_rate per category."""
+    refusal_phrases: Optional[List[str]] = None
+    """refusal: phrases that mark a response as a refusal (evaluation/refusal_detection.py); null: its default list."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,7 +76,7 @@ class TaskFile(TaskSettings):
     """One task file; its name (without .yaml) is the task's name."""
 
     type: str = MISSING
-    """multiple_choice, exact_match, perplexity or passkey."""
+    """multiple_choice, exact_match, perplexity, passkey or refusal."""
     file: Optional[str] = None
     """The records: a .jsonl file, or for perplexity a Megatron .bin/.idx prefix; relative to the task file.
     Required by every type but passkey, whose samples are generated."""

@@ -2,7 +2,7 @@
 
 Runs on one process (TP=1) or under torchrun with one rank per TP shard. Rank 0 prints the table (its
 product, on stdout; messages go to stderr) and writes the report, and beside it a heat map per passkey task
-(<report>.<task>.png). Exit codes: 0 all thresholds met, 1 error, 3 a task below its threshold.
+(<report>.<task>.png). Exit codes: 0 all thresholds met, 1 error, 3 a task breached a threshold (below a minimum or above a maximum).
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from megatron_sota.quiet import quiet_megatron
 quiet_megatron()
 
 from megatron_sota.errors import MegatronSotaError  # noqa: E402
+from megatron_sota.evaluation.report import BELOW_THRESHOLD_EXIT_CODE  # noqa: E402
 from megatron_sota.evaluation.task_spec import TASK_TYPES, load_task, registered_tasks  # noqa: E402
 from megatron_sota.runtime.log import add_verbose_flag, setup_logging  # noqa: E402
 
-BELOW_THRESHOLD_EXIT_CODE = 3
 log = logging.getLogger("megatron_sota.evaluation.cli")  # not __name__: that is "__main__" under -m
 
 
@@ -34,7 +34,7 @@ def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
     parser.add_argument("--load", required=True, help="checkpoint directory (latest iteration) or iter_NNNNNNN/ directory")
     parser.add_argument("--task", action="append", required=True, help="a name from megatron_sota/conf/eval/tasks/, a .jsonl file, or a .bin/.idx prefix (repeatable)")
     parser.add_argument("--task-type", choices=TASK_TYPES, help="the type of a task given as a path (overrides the registry's)")
-    parser.add_argument("--num-fewshot", type=int, help="few-shot examples per prompt (overrides the registry's; ignored by perplexity and passkey tasks)")
+    parser.add_argument("--num-fewshot", type=int, help="few-shot examples per prompt (overrides the registry's; ignored by perplexity, passkey and refusal tasks)")
     parser.add_argument("--limit", type=int, help="score at most this many records per task")
     parser.add_argument("--micro-batch-size", type=int, default=8, help="sequences per forward pass while scoring")
     parser.add_argument("--output", help="JSON report (and <report>.<task>.png per passkey task); also printed as a table")
@@ -61,7 +61,7 @@ def _progress_bar(enabled: bool, name: str):
 
 def _load(name: str, args: argparse.Namespace):
     spec = load_task(name, args.task_type)
-    if args.num_fewshot is None or spec.type in ("perplexity", "passkey"):  # few-shot means nothing to these
+    if args.num_fewshot is None or spec.type in ("perplexity", "passkey", "refusal"):  # few-shot means nothing to these
         return spec
     return load_task(name, args.task_type, args.num_fewshot)
 

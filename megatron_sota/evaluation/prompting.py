@@ -81,6 +81,11 @@ def _with_fewshot(spec: TaskSpec, items: Sequence[Any], index: int, fields_of: C
     return spec.fewshot_separator.join(parts)
 
 
+def record_prompt(spec: TaskSpec, line: int, fields: dict[str, Any]) -> str:
+    """The task's `template` filled with one record's fields (no few-shot examples), errors naming the record's line."""
+    return _render(spec, "template", line, fields)
+
+
 def check_prompts(spec: TaskSpec, items: Sequence[MultipleChoiceItem] | Sequence[ExactMatchItem]) -> None:
     """Builds every prompt of the scored records once (cheap), so a template naming a field some record
     lacks, or a num_fewshot larger than the file allows, fails before a model is loaded."""

@@ -12,9 +12,12 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from megatron_sota.atomic_files import write_json
-from megatron_sota.evaluation.task_spec import LOWER_IS_BETTER, TaskSpec
+from megatron_sota.evaluation.task_spec import TaskSpec, threshold_bounds
 
 RESERVED_KEYS = ("results", "failures", "passed")
+BELOW_THRESHOLD_EXIT_CODE = 3
+"""tools/evaluate.py's exit code, and a training run's stopped by its in-loop gate (eval.stop_on_threshold), when a
+task breaches a threshold."""
 
 
 @dataclass(frozen=True)
@@ -28,7 +31,7 @@ class MetricRow:
 
 
 def check_thresholds(rows: Sequence[MetricRow], specs: Mapping[str, TaskSpec]) -> list[str]:
-    """One message per violated threshold of `specs` (a minimum, or a maximum for LOWER_IS_BETTER metrics).
+    """One message per violated bound of `specs`' thresholds (task_spec.threshold_bounds: a minimum, a maximum, or both).
 
     A threshold whose metric the task did not report fails too: a gate that cannot be checked must not pass.
     A NaN value fails every bound.
@@ -45,11 +48,11 @@ def check_thresholds(rows: Sequence[MetricRow], specs: Mapping[str, TaskSpec]) -
                 )
                 continue
             value = values[(name, metric)]
-            if metric in LOWER_IS_BETTER:
-                if not value <= bound:
-                    failures.append(f"task {name}: {metric} = {value:.4f} is above its threshold {bound:.4f}")
-            elif not value >= bound:
-                failures.append(f"task {name}: {metric} = {value:.4f} is below its threshold {bound:.4f}")
+            low, high = threshold_bounds(metric, bound)
+            if low is not None and not value >= low:
+                failures.append(f"task {name}: {metric} = {value:.4f} is below its threshold {low:.4f}")
+            if high is not None and not value <= high:
+                failures.append(f"task {name}: {metric} = {value:.4f} is above its threshold {high:.4f}")
     return failures
 
 

@@ -19,6 +19,8 @@ from megatron_sota.evaluation.metrics import mean_stderr, multiple_choice_scores
 from megatron_sota.evaluation.passkey import check_lengths_fit, passkey_samples, read_filler
 from megatron_sota.evaluation.passkey_report import passkey_rows
 from megatron_sota.evaluation.prompting import check_prompts, exact_match_prompt, multiple_choice_context, multiple_choice_continuations
+from megatron_sota.evaluation.refusal import limited, read_refusal, refusal_prompt, refusal_rows
+from megatron_sota.evaluation.refusal_detection import DEFAULT_REFUSAL_PHRASES, RefusalDetector
 from megatron_sota.evaluation.report import MetricRow
 from megatron_sota.evaluation.scoring import PipelineScorer
 from megatron_sota.evaluation.task_files import read_exact_match, read_multiple_choice, read_text_documents
@@ -122,18 +124,33 @@ def _prompt_room(spec: TaskSpec, model: EvalModel) -> int:
     return room
 
 
-def greedy_exact_match(spec: TaskSpec, model: EvalModel, prompts: Sequence[List[int]], answers: Sequence[str], progress: Progress) -> List[float]:
-    """1.0/0.0 per prompt: its greedy continuation, cut at the task's stop strings, ends in its answer (DP-sharded)."""
+def greedy_scores(spec: TaskSpec, model: EvalModel, prompts: Sequence[List[int]], score: Callable[[int, str], float], progress: Progress) -> List[float]:
+    """score(i, text) per prompt i, `text` its greedy continuation cut at the task's stop strings (DP-sharded)."""
     def finished(ids: List[int]) -> bool:
         return model.tokenizer.eod in ids or any(s and s in model.tokenizer.detokenize(ids) for s in spec.stop)
 
-    def correct(share: Sequence[int]) -> torch.Tensor:
+    def scored(share: Sequence[int]) -> torch.Tensor:
         new = model.generate_greedy([prompts[i] for i in share], spec.max_new_tokens, finished)
         if progress is not None:
             progress(len(share))
-        return torch.tensor([[float(exact_match(_cut_at_stop(model.tokenizer, ids, spec.stop), answers[i]))] for i, ids in zip(share, new)])
+        return torch.tensor([[float(score(i, _cut_at_stop(model.tokenizer, ids, spec.stop)))] for i, ids in zip(share, new)])
 
-    return over_data_parallel(list(range(len(prompts))), correct, 1, model.scorer.device)[:, 0].tolist()
+    return over_data_parallel(list(range(len(prompts))), scored, 1, model.scorer.device)[:, 0].tolist()
+
+
+def greedy_exact_match(spec: TaskSpec, model: EvalModel, prompts: Sequence[List[int]], answers: Sequence[str], progress: Progress) -> List[float]:
+    """1.0/0.0 per prompt: its greedy continuation, cut at the task's stop strings, ends in its answer (DP-sharded)."""
+    return greedy_scores(spec, model, prompts, lambda i, text: exact_match(text, answers[i]), progress)
+
+
+def refusal_task(spec: TaskSpec, model: EvalModel, limit: Optional[int], progress: Progress) -> List[MetricRow]:
+    """Greedy responses to harmful and benign prompts, each judged a refusal or not (refusal.py, refusal_detection.py)."""
+    items = limited(read_refusal(spec.path, spec.categories), min([b for b in (spec.limit, limit) if b is not None], default=None))
+    detector = RefusalDetector(spec.refusal_phrases or DEFAULT_REFUSAL_PHRASES)
+    room = _prompt_room(spec, model)
+    prompts = [model.tokenizer.tokenize(refusal_prompt(spec, item))[-room:] for item in items]
+    refused = greedy_scores(spec, model, prompts, lambda i, text: float(detector.is_refusal(text)), progress)
+    return refusal_rows(spec.name, spec.categories, items, refused)
 
 
 def exact_match_task(spec: TaskSpec, model: EvalModel, limit: Optional[int], progress: Progress) -> List[MetricRow]:
@@ -221,13 +238,16 @@ def check_task_data(spec: TaskSpec) -> None:
     """Reads a task's JSONL and builds its prompts once, so that a malformed record or template fails before any model is loaded."""
     if spec.type == "passkey":
         read_filler(spec)
+    elif spec.type == "refusal":
+        for item in read_refusal(spec.path, spec.categories):
+            refusal_prompt(spec, item)
     elif spec.path.endswith(".jsonl"):
         records = READERS[spec.type](spec.path)
         if spec.type != "perplexity":
             check_prompts(spec, records)
 
 
-RUNNERS = {"multiple_choice": multiple_choice, "exact_match": exact_match_task, "perplexity": perplexity, "passkey": passkey_task}
+RUNNERS = {"multiple_choice": multiple_choice, "exact_match": exact_match_task, "perplexity": perplexity, "passkey": passkey_task, "refusal": refusal_task}
 
 
 def evaluate(spec: TaskSpec, model: EvalModel, limit: Optional[int] = None, progress: Progress = None) -> List[MetricRow]:

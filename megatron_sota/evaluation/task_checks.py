@@ -1,5 +1,5 @@
 """Checks in-loop evaluation's tasks before any process group: each resolves, its data reads, its prompts build,
-a passkey task's lengths fit the model's positions.
+a passkey task's lengths fit the model's positions, and a gate (eval.stop_on_threshold) has thresholds to check.
 
 The trainer folds these problems into the config's one error message; it must not load a model.
 """
@@ -17,8 +17,9 @@ def task_problems(cfg: JobConfig) -> list[str]:
     """Every problem with `eval.tasks` that reading the task files shows (none when in-loop evaluation is off)."""
     e = cfg.eval
     if not e.tasks or e.interval == 0:
-        return []
-    problems = []
+        off = "eval.tasks is empty" if not e.tasks else "eval.interval=0"
+        return [f"eval.stop_on_threshold=true needs in-loop evaluation, but {off}"] if e.stop_on_threshold else []
+    problems, gated = [], False
     text_tokenizer = cfg.tokenizer.type not in (None, "NullTokenizer")
     for name in e.tasks:
         try:
@@ -29,6 +30,9 @@ def task_problems(cfg: JobConfig) -> list[str]:
         except MegatronSotaError as err:
             problems.append(f"eval.tasks: {err}")
             continue
+        gated = gated or bool(spec.thresholds)
         if not text_tokenizer and not (spec.type == "perplexity" and not spec.path.endswith(".jsonl")):
             problems.append(f"eval.tasks: task {name} ({spec.type}) reads text, but the run has no text tokenizer (tokenizer.type={cfg.tokenizer.type})")
+    if e.stop_on_threshold and not gated and not problems:
+        problems.append(f"eval.stop_on_threshold=true, but none of eval.tasks ({', '.join(e.tasks)}) has thresholds: the gate could never stop the run")
     return problems

@@ -20,22 +20,31 @@ from megatron_sota.config.evaluation import TaskSettings
 from megatron_sota.config.files import conf_dir
 from megatron_sota.data.shard_checks import check_index_file
 from megatron_sota.errors import MegatronSotaError
-from megatron_sota.evaluation.task_file import expected_value, read_task_file
+from megatron_sota.evaluation.task_file import read_task_file
 
-TASK_TYPES = ("multiple_choice", "exact_match", "perplexity", "passkey")
-LOWER_IS_BETTER = ("perplexity", "bits_per_byte")
-"""Metrics whose threshold is a maximum; every other threshold is a minimum."""
+TASK_TYPES = ("multiple_choice", "exact_match", "perplexity", "passkey", "refusal")
+LOWER_IS_BETTER = ("perplexity", "bits_per_byte", "over_refusal_rate")
+"""Metrics (and their "<metric>/<category>" rows) whose plain-number threshold is a maximum; every other one is a minimum."""
 TASK_METRICS: dict[str, tuple[str, ...]] = {
     "multiple_choice": ("acc", "acc_norm"),
     "exact_match": ("exact_match",),
     "perplexity": ("perplexity", "bits_per_byte"),
     "passkey": ("exact_match",),
+    "refusal": ("refusal_rate", "over_refusal_rate"),
 }
-"""The metrics each task type reports (and so the only ones a threshold may name); passkey adds one per cell."""
+"""The metrics each task type reports (and so the only ones a threshold may name); passkey adds one per cell,
+refusal one "<metric>/<category>" per category of the task."""
 PASSKEY_KEYS = ("lengths", "depths", "samples", "seed", "filler")
 """Keys only a passkey task reads."""
 NOT_FOR_PASSKEY = ("file", "num_fewshot", "fewshot_seed", "template", "choice_template", "target_template", "fewshot_separator")
 """Keys a passkey task would ignore: its prompts are generated, not read or templated."""
+REFUSAL_KEYS = ("categories", "refusal_phrases")
+"""Keys only a refusal task reads."""
+NOT_FOR_REFUSAL = ("num_fewshot", "fewshot_seed", "choice_template", "target_template", "fewshot_separator")
+"""Keys a refusal task would ignore: each prompt is asked alone (zero-shot) and answered freely."""
+ONLY_FOR = {"passkey": PASSKEY_KEYS, "refusal": REFUSAL_KEYS}
+"""Type -> the keys only it reads (an error in any other type's task file)."""
+THRESHOLDS_EXPECTED = "a mapping of metric name to number (a bound, see LOWER_IS_BETTER) or to {min: number, max: number} (either or both)"
 REGISTRY_DIR = conf_dir("eval", "tasks")
 ANSWER_FIELDS = ("answer", "answer_index", "answer_letter", "choice", "letter")
 """Template fields that give the gold answer away; the question `template` may not name them."""
@@ -58,8 +67,10 @@ class TaskSpec(TaskSettings):
             raise MegatronSotaError(f"task {self.name}: type: expected one of {', '.join(TASK_TYPES)}, found {self.type!r}")
         if isinstance(self.stop, str):
             object.__setattr__(self, "stop", (self.stop,))
-        for key in ("stop", "lengths", "depths"):
+        for key in ("stop", "lengths", "depths", "categories"):
             object.__setattr__(self, key, tuple(getattr(self, key)))
+        if self.refusal_phrases is not None:
+            object.__setattr__(self, "refusal_phrases", tuple(self.refusal_phrases))
 
     @property
     def is_megatron_prefix(self) -> bool:
@@ -141,8 +152,11 @@ def _load_yaml(yaml_file: str, name: str, task_type: str | None, num_fewshot: in
     for key in [k for k in values if k not in problems]:  # a key the task's type never reads would be ignored silently
         if final_type == "passkey" and key in NOT_FOR_PASSKEY:
             problems[key] = f"{where(key)}: a passkey task generates its prompts: expected no '{key}', found {data[key]!r}"
-        elif final_type in TASK_TYPES and final_type != "passkey" and key in PASSKEY_KEYS:
-            problems[key] = f"{where(key)}: only passkey tasks read it: expected no '{key}' for type {final_type}, found {data[key]!r}"
+        elif final_type == "refusal" and key in NOT_FOR_REFUSAL:
+            problems[key] = f"{where(key)}: a refusal task asks each prompt alone: expected no '{key}', found {data[key]!r}"
+        owner = next((t for t, keys in ONLY_FOR.items() if key in keys), None)
+        if owner is not None and final_type in TASK_TYPES and final_type != owner:
+            problems[key] = f"{where(key)}: only {owner} tasks read it: expected no '{key}' for type {final_type}, found {data[key]!r}"
     if final_type != "passkey" and values.get("file") is None and "file" not in problems:
         problems["file"] = f"{where('file')}: expected it (required for type {final_type or 'multiple_choice, exact_match or perplexity'}), found nothing"
     path = _resolve_file(values["file"], yaml_file, where, problems) if values.get("file") is not None and "file" not in problems else None
@@ -156,8 +170,11 @@ def _load_yaml(yaml_file: str, name: str, task_type: str | None, num_fewshot: in
             values["stop"] = stop = (stop,)
         if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) and s for s in stop):
             problems["stop"] = f"{where('stop')}: expected a non-empty string or a list of them, found {data['stop']!r}"
-    if not all(math.isfinite(v) for v in values.get("thresholds", {}).values()):
-        problems["thresholds"] = f"{where('thresholds')}: expected {expected_value('thresholds')}, found {data['thresholds']!r}"
+    if "thresholds" in values:
+        try:
+            values["thresholds"] = _typed_thresholds(values["thresholds"])
+        except ValueError as err:
+            problems["thresholds"] = f"{where('thresholds')}: expected {THRESHOLDS_EXPECTED}, found {data['thresholds']!r}{err}"
 
     spec = None
     if "type" not in problems:  # the checks of the whole task, on every key that passed its own
@@ -226,12 +243,58 @@ def _spec_problems(spec: TaskSpec, at: Callable[[str], str]) -> list[tuple[str, 
                 f"{', '.join(ANSWER_FIELDS)}, found {{{leaked[0]}}}"
             ))
     reported = TASK_METRICS[spec.type]
+    if spec.type == "refusal":
+        problems.extend(_refusal_problems(spec, at))
+        reported = (*reported, *(f"{m}/{c}" for m in reported for c in spec.categories))
     for metric in spec.thresholds:
         if metric not in reported:
             problems.append(("thresholds",
                 f"{at('thresholds')}: metric {metric!r}: expected one that {spec.type} tasks report "
                 f"({', '.join(reported)}), found {metric!r}"
             ))
+    return problems
+
+
+def threshold_bounds(metric: str, bound: object) -> tuple[float | None, float | None]:
+    """(minimum, maximum) of one threshold: a number is a maximum for LOWER_IS_BETTER metrics (and their
+    "<metric>/<category>" rows), else a minimum; a {min, max} mapping says which."""
+    if isinstance(bound, dict):
+        return bound.get("min"), bound.get("max")
+    return (None, float(bound)) if metric.split("/", 1)[0] in LOWER_IS_BETTER else (float(bound), None)
+
+
+def _typed_thresholds(thresholds: object) -> dict[str, float | dict[str, float]]:
+    """metric -> float, or -> {"min"?: float, "max"?: float}; ValueError (" (why)", or "") for anything else."""
+    if not isinstance(thresholds, dict) or not all(isinstance(k, str) for k in thresholds):
+        raise ValueError("")
+    typed = {}
+    for metric, bound in thresholds.items():
+        if isinstance(bound, dict):
+            if not bound or set(bound) - {"min", "max"} or not all(_is_number(v) for v in bound.values()):
+                raise ValueError(f" (metric {metric!r})")
+            if len(bound) == 2 and bound["min"] > bound["max"]:
+                raise ValueError(f" (metric {metric!r}: min above max)")
+            typed[metric] = {k: float(v) for k, v in bound.items()}
+        elif _is_number(bound):
+            typed[metric] = float(bound)
+        else:
+            raise ValueError(f" (metric {metric!r})")
+    return typed
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _refusal_problems(spec: TaskSpec, at: Callable[[str], str]) -> list[tuple[str, str]]:
+    """Categories are names (they become metric names "refusal_rate/<category>"), each once; phrases non-blank."""
+    problems = []
+    names = list(spec.categories)
+    if not names or len(set(names)) != len(names) or not all(isinstance(c, str) and c.isidentifier() for c in names):
+        problems.append(("categories", f"{at('categories')}: expected a non-empty list of distinct names (letters, digits, _), found {names}"))
+    phrases = spec.refusal_phrases
+    if phrases is not None and (not phrases or not all(isinstance(p, str) and p.strip() for p in phrases)):
+        problems.append(("refusal_phrases", f"{at('refusal_phrases')}: expected a non-empty list of non-blank strings or null, found {phrases}"))
     return problems
 
 

@@ -1,8 +1,8 @@
 """In-loop evaluation: runs `eval.tasks` on the weights being trained every `eval.interval` steps.
 
 It scores through the training model chunks at the run's own TP/PP/DP layout (no export, no
-reload), with the same task code as tools/evaluate.py. It reports; it never stops training:
-thresholds are only printed as warnings here (tools/evaluate.py enforces them).
+reload), with the same task code as tools/evaluate.py. It reports values and threshold breaches; whether a
+breach stops the run (eval.stop_on_threshold) is the callback's decision (callbacks/evaluation.py).
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ class InLoopEvaluator:
         return bool(self.specs) and (step % self.cfg.interval == 0 or last)
 
     def run(self) -> tuple[Dict[str, float], List[str], float]:
-        """({"<task>/<metric>": value}, threshold warnings, seconds), the same on every rank."""
+        """({"<task>/<metric>": value}, threshold breaches, seconds), the same on every rank."""
         start = time.perf_counter()
         rows = []
         for spec in self.specs:
             rows.extend(evaluate(spec, self.model, self.cfg.limit))
-        warnings = check_thresholds(rows, {spec.name: spec for spec in self.specs})
-        return {f"{row.task}/{row.metric}": row.value for row in rows}, warnings, time.perf_counter() - start
+        breaches = check_thresholds(rows, {spec.name: spec for spec in self.specs})
+        return {f"{row.task}/{row.metric}": row.value for row in rows}, breaches, time.perf_counter() - start
