@@ -2,8 +2,8 @@
 
 Each oracle is a plain Python loop over rows and tokens in float64: masked statistics, GAE (Schulman et al. 2016),
 the clipped policy and value objectives (Schulman et al. 2017), the k1/k2/k3 KL estimators (Schulman 2020), GRPO's
-group baseline (Shao et al. 2024). Rows have prompts and right padding of different lengths, and the padding holds
-nan: nothing outside a row's response may be read.
+group baseline (Shao et al. 2024). Rows have prompts and right padding of different lengths, and those hold
+garbage (nan and large numbers): nothing outside a row's response may be read.
 """
 
 from __future__ import annotations
@@ -36,10 +36,12 @@ def _mask(runs=RUNS) -> torch.Tensor:
 
 
 def _per_token(seed: int, scale: float = 1.0, runs=RUNS, dtype=torch.float64) -> torch.Tensor:
-    """Random values on the response positions, nan on the prompt and the padding."""
+    """Random values on the response positions; on the prompt and the padding, garbage: nan at even positions,
+    large finite numbers at odd ones (a result that filters nan only would still read them)."""
     generator = torch.Generator().manual_seed(seed)
     values = torch.randn(len(runs), T, generator=generator, dtype=torch.float64) * scale
-    return values.masked_fill(~_mask(runs), NAN).to(dtype)
+    garbage = torch.where(torch.arange(T) % 2 == 0, NAN, 37.0 + seed).expand(len(runs), T)
+    return torch.where(_mask(runs), values, garbage).to(dtype)
 
 
 def _response(tensor: torch.Tensor, runs=RUNS):
