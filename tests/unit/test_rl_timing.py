@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from megatron_sota.cli.rl_timing import main
 from megatron_sota.errors import MegatronSotaError
 from megatron_sota.posttrain.rl_timing import iteration_times
+from tests.tool_runner import run_tool
 
 
 def _rows(iterations: int, steps: int, last_steps: int = None) -> list:
@@ -41,6 +41,7 @@ def test_missing_rows_and_foreign_metrics_are_refused(tmp_path, capsys):
     with pytest.raises(MegatronSotaError, match="no row carries rollout_seconds"):
         iteration_times([{"step": 1, "step_time_s": 1.0}])
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _rows(2, 2)))
-    assert main([str(tmp_path)]) == 0
-    assert "median generation share over 2 iterations" in capsys.readouterr().out
-    assert main([str(tmp_path / "nothing")]) == 1
+    code, out, _ = run_tool("rl_timing", [str(tmp_path)], capsys)
+    assert code == 0 and "median generation share over 2 iterations" in out
+    code, _, err = run_tool("rl_timing", [str(tmp_path / "nothing")], capsys)
+    assert code == 1 and "nothing: no such file (expected a run directory holding metrics.jsonl)" in err
