@@ -83,11 +83,11 @@ def test_packed_and_unpacked_validation_give_the_same_token_weighted_loss(tmp_pa
 
 def test_post_training_configs_are_checked_with_the_rest():
     job = sft_job(epochs=0)
-    job.parallel.cp, job.posttrain.objective, job.train.iters = 2, "ppo", -1
+    job.parallel.cp, job.posttrain.objective, job.train.iters = 2, "orpo", -1
     with pytest.raises(MegatronSotaError) as err:
         validate_job(job, 2, Machine(cuda=False, transformer_engine=False))
     message = str(err.value)
-    for expected in ("posttrain.objective must be one of sft, rm, dpo, got 'ppo'", "parallel.cp=2: post-training",
+    for expected in ("posttrain.objective must be one of sft, rm, dpo, ppo, grpo, got 'orpo'", "parallel.cp=2: post-training",
                      "posttrain.epochs must be >= 1", "train.iters must be >= 0"):
         assert expected in message
     assert "data.paths" not in message  # post-training reads posttrain.train_files, not the blend
