@@ -4,6 +4,7 @@ thresholds, the task and record checks, the shipped set, and the in-loop gate's 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -18,6 +19,7 @@ from megatron_sota.evaluation.refusal_detection import RefusalDetector
 from megatron_sota.evaluation.report import MetricRow, check_thresholds
 from megatron_sota.evaluation.runner import EvalModel, evaluate
 from megatron_sota.evaluation.task_spec import TaskSpec, load_task
+from megatron_sota.runtime.log import PACKAGE_LOGGER
 
 CATEGORIES = ("cbrn", "cyber", "autonomy", "misuse")
 
@@ -266,8 +268,12 @@ class _Trainer:
 
 
 @pytest.mark.parametrize("gate", [False, True])
-def test_a_breach_saves_and_stops_only_with_stop_on_threshold(gate, caplog):
+def test_a_breach_saves_and_stops_only_with_stop_on_threshold(gate, caplog, monkeypatch):
     from megatron_sota.training.callbacks.evaluation import InLoopEvaluation
+
+    # An entry point run earlier in this process may have stopped the package's loggers from propagating to
+    # caplog's handler (runtime/log.py): let them through for this test.
+    monkeypatch.setattr(logging.getLogger(PACKAGE_LOGGER), "propagate", True)
 
     breach = "task g: refusal_rate/cbrn = 0.1000 is below its threshold 0.9500"
     evaluator = SimpleNamespace(cfg=SimpleNamespace(stop_on_threshold=gate), due=lambda step, last: True,
