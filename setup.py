@@ -81,6 +81,7 @@ setup(
             "megatron-sota-benchmark=megatron_sota.cli.benchmark:main",
             "megatron-sota-compare-runs=megatron_sota.cli.compare_runs:main",
             "megatron-sota-cai=megatron_sota.cli.cai:main",
+            "megatron-sota-rl-timing=megatron_sota.cli.rl_timing:main",
         ]
     },
 )

@@ -292,6 +292,8 @@ def _keep_fresh(
             stored = set(dist_checkpointing.load_tensors_metadata(checkpoint_dir))
         current = unwrap(model).state_dict()
         missing = [name for name in names if chunk[name].key not in stored]
+        if not missing:
+            continue
         kept[key] = {name: current[name] for name in missing}
         for name in missing:
             del chunk[name]

@@ -17,7 +17,7 @@ from typing import Sequence
 
 from megatron_sota.errors import MegatronSotaError
 from megatron_sota.posttrain.rl_timing import iteration_times, read_metrics, timing_table
-from megatron_sota.runtime.log import setup_logging
+from megatron_sota.runtime.log import add_verbose_flag, setup_logging
 
 log = logging.getLogger("megatron_sota.cli.rl_timing")  # not __name__: that is "__main__" under -m
 
@@ -26,8 +26,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", help="a PPO/GRPO run directory, or its metrics.jsonl")
     parser.add_argument("--json", action="store_true", help="print one JSON object per iteration")
+    add_verbose_flag(parser)
     args = parser.parse_args(argv)
-    setup_logging("INFO")
+    setup_logging("DEBUG" if args.verbose else "INFO")
     path = os.path.join(args.run, "metrics.jsonl") if os.path.isdir(args.run) else args.run
     try:
         if not os.path.isfile(path):

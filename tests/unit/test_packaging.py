@@ -32,6 +32,7 @@ USER_TOOLS = {
     "benchmark": "megatron-sota-benchmark",
     "compare_runs": "megatron-sota-compare-runs",
     "cai": "megatron-sota-cai",
+    "rl_timing": "megatron-sota-rl-timing",
 }
 
 
