@@ -37,7 +37,7 @@ class PromptRecord:
 
 def read_prompt_files(
     files: Sequence[str], template_source: Optional[str], tokenizer, max_prompt_tokens: int,
-    key: str = "posttrain.prompt_files",
+    key: str = "posttrain.train_files",
 ) -> List[PromptRecord]:
     """Every prompt record of the JSONL `files`, in order; one MegatronSotaError (naming `key`) listing every
     problem of every file with its file:line, expected and found.

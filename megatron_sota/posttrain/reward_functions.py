@@ -153,7 +153,7 @@ def reward_function(name: str, key: str = "posttrain.reward_function") -> Reward
     )
 
 
-def check_records(name: str, records: Sequence[PromptRecord], key: str = "posttrain.prompt_files") -> None:
+def check_records(name: str, records: Sequence[PromptRecord], key: str = "posttrain.train_files") -> None:
     """Before any rollout: every record has the field reward function `name` needs; one MegatronSotaError
     listing each record (file:line) that lacks it."""
     field = _FIELDS.get(name)

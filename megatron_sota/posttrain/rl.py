@@ -30,7 +30,7 @@ from megatron_sota.inference.sampling import SamplingSettings
 from megatron_sota.posttrain.chat_template import ChatTemplate
 from megatron_sota.posttrain.ppo_loss import kl_estimate, policy_loss_terms, value_loss_terms
 from megatron_sota.posttrain.prompt_data import read_prompt_files
-from megatron_sota.posttrain.reward_functions import reward_function, score_responses
+from megatron_sota.posttrain.reward_functions import check_records, reward_function, score_responses
 from megatron_sota.posttrain.reward_head import keys_missing_from_pretrained, reward_model_class
 from megatron_sota.posttrain.rollout import RolloutSettings, Scorers, collect_rollout, heldout_reward, shifted_labels
 from megatron_sota.posttrain.rollout_buffer import (
@@ -109,9 +109,12 @@ class RLObjective(Objective):
                 f"posttrain.max_new_tokens={cfg.max_new_tokens} leaves no room for a prompt in "
                 f"train.seq_length={t.seq_length}"
             )
-        self.train_records = read_prompt_files(cfg.train_files, cfg.chat_template, inputs.tokenizer, limit)
+        self.train_records = read_prompt_files(cfg.train_files, cfg.chat_template, inputs.tokenizer, limit, key="posttrain.train_files")
         if cfg.valid_files:
             self.valid_records = read_prompt_files(cfg.valid_files, cfg.chat_template, inputs.tokenizer, limit, key="posttrain.valid_files")
+        if cfg.reward_function:  # every record must carry what the reward reads (an answer, tests)
+            check_records(cfg.reward_function, self.train_records, "posttrain.train_files")
+            check_records(cfg.reward_function, self.valid_records, "posttrain.valid_files")
         if cfg.rollout_prompts > len(self.train_records):
             raise MegatronSotaError(
                 f"posttrain.rollout_prompts={cfg.rollout_prompts} exceeds the {len(self.train_records)} prompts of "
@@ -244,11 +247,13 @@ class RLObjective(Objective):
         """The prompts of rollout batch `index`: the next rollout_prompts of a seeded per-epoch order, each
         repeated samples_per_prompt times (a GRPO group's rows are consecutive)."""
         cfg, n = self.cfg, len(self.train_records)
-        records = []
+        records, orders = [], {}
         for position in range(index * cfg.rollout_prompts, (index + 1) * cfg.rollout_prompts):
             epoch, within = divmod(position, n)
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.job.train.seed + epoch)).tolist()
-            records += [self.train_records[order[within]]] * cfg.samples_per_prompt
+            if epoch not in orders:
+                generator = torch.Generator().manual_seed(self.job.train.seed + epoch)
+                orders[epoch] = torch.randperm(n, generator=generator).tolist()
+            records += [self.train_records[orders[epoch][within]]] * cfg.samples_per_prompt
         return records
 
     # ---- the step

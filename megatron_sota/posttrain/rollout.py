@@ -62,15 +62,16 @@ def _positions(tokens: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def _per_token(model: torch.nn.Module, tokens: torch.Tensor, micro_batch_size: int, read: Callable) -> torch.Tensor:
-    """read(model output, rows) over `tokens` [rows, seq] in micro-batches of the training step's size: each row
-    then meets the same GEMM shapes as in the training forward pass, whose log-probs must equal these."""
+    """read(model output, rows, first row's index) over `tokens` [rows, seq] in micro-batches of the training
+    step's size: each row then meets the same GEMM shapes as in the training forward pass, whose log-probs must
+    equal these."""
     was_training = model.training
     model.eval()
     try:
         parts = []
         for begin in range(0, tokens.shape[0], micro_batch_size):
             rows = tokens[begin : begin + micro_batch_size]
-            parts.append(read(model(rows, _positions(rows), None), rows))
+            parts.append(read(model(rows, _positions(rows), None), rows, begin))
         return torch.cat(parts)
     finally:
         model.train(was_training)
@@ -154,10 +155,9 @@ def _scores(
     if scorers.reward_function is not None:
         return torch.tensor(scorers.reward_function(texts, records), dtype=torch.float32)
 
-    def read(output, rows):
-        return last_real_token_scores(output.float(), real_rows.pop(0)).cpu()
+    def read(output, rows, begin):
+        return last_real_token_scores(output.float(), real[begin : begin + len(rows)].to(output.device)).cpu()
 
-    real_rows = list(real.split(settings.micro_batch_size))
     return _with_model(
         scorers.reward_model, device, scorers.offload,
         lambda model: _per_token(model, tokens.to(device), settings.micro_batch_size, read),
@@ -178,7 +178,7 @@ def collect_rollout(
     responses, generation_logps, generation_seconds = generate_responses(actor, job, mine, settings, seed * 7919 + dp_rank)
     tokens, actions, real = _rows(mine, responses, settings.seq_length, settings.pad_id)
 
-    def logps_of(output, rows):
+    def logps_of(output, rows, begin):
         return token_logps(output, shifted_labels(rows, settings.pad_id), settings.vocab_size).cpu()
 
     old_logps = _per_token(actor, tokens.to(device), settings.micro_batch_size, logps_of).float()
@@ -194,7 +194,7 @@ def collect_rollout(
     values = None
     critic = getattr(unwrap(actor), "critic", None)
     if critic is not None:
-        values = _per_token(critic, tokens.to(device), settings.micro_batch_size, lambda out, rows: out.float().squeeze(-1).cpu())
+        values = _per_token(critic, tokens.to(device), settings.micro_batch_size, lambda out, rows, begin: out.float().squeeze(-1).cpu())
     texts = _decoded(tokenizer, responses, settings.stop_ids)
     scores = _scores(tokens, real, texts, mine, scorers, settings, device)
     # Every replica's rows, so that every rank computes the same advantages.

@@ -89,7 +89,7 @@ def test_every_bad_prompt_record_is_named_at_once_with_its_file_and_line(tokeniz
     with pytest.raises(MegatronSotaError) as caught:
         read_prompt_files([path, missing], None, ours, max_prompt_tokens=limit)
     message = str(caught.value)
-    assert message.startswith("posttrain.prompt_files: ")
+    assert message.startswith("posttrain.train_files: ")
     assert f"{path}:1:" not in message
     expected = {
         2: "expected one JSON object per line, found invalid JSON",

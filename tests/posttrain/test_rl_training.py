@@ -112,6 +112,13 @@ def test_bad_inputs_are_refused_before_anything_is_written(tmp_path, rl_inputs):
     job = rl_job(rl_inputs, reward_model=None)
     with pytest.raises(MegatronSotaError, match="needs exactly one reward.*found neither"):
         posttrain(job, str(tmp_path / "e"))
+    unanswered = tmp_path / "unanswered.jsonl"
+    unanswered.write_text('{"prompt": "What is 2 + 2?", "answer": "4"}\n{"prompt": "What is 3 + 3?"}\n')
+    job = rl_job(rl_inputs, "grpo", train_files=[str(unanswered)])
+    with pytest.raises(MegatronSotaError, match=r"posttrain.train_files: expected field 'answer' in every record for "
+                                                r"the exact_match reward, found 1 record\(s\) without it: .*unanswered.jsonl:2"):
+        posttrain(job, str(tmp_path / "f"))
+    assert not any((tmp_path / run).exists() for run in "abcdef")  # refused before anything was written
 
 
 class _GroupLRs(Callback):
