@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Reinforcement learning on CPU, nothing downloaded: sums of two digits (megatron_sota/posttrain/example_rl_data.py)
 # with an exact-match reward. A byte-level BPE tokenizer with ChatML's tokens, a short SFT of a 2-layer model from
-# scratch, a reward model (right sums over wrong ones), then GRPO with the exact-match reward and PPO with the reward
-# model (which also starts the critic), each from the SFT policy; the held-out prompts (operand pairs never trained
-# on) are answered greedily every 8 steps (heldout_reward in metrics.jsonl); last, where each PPO iteration's
-# time went. Everything lands in ${RL_DIR:-.rl}/.
+# scratch, a reward model (right sums over wrong ones), then GRPO and PPO from the SFT policy, both rewarded by exact
+# match (PPO's critic starts from the reward model; posttrain.reward_model=<dir> would score with it instead); the
+# 20 held-out prompts (operand pairs never trained on) are answered greedily every 8 steps (heldout_reward in
+# metrics.jsonl); last, where each PPO iteration's time went. Everything lands in ${RL_DIR:-.rl}/ (about a minute).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${RL_DIR:-.rl}
@@ -34,7 +34,7 @@ with open(data.sft_train) as records, open(os.path.join(out, "corpus.jsonl"), "w
 PY
 echo "== 2/6 byte-level BPE tokenizer with the chat tokens"
 python tools/train_tokenizer.py --library huggingface --input "$OUT/corpus.jsonl" --model-prefix "$OUT/tokenizer" \
-  --vocab-size 400 --special-tokens "<|im_start|>" "<|im_end|>" --overwrite --quiet
+  --vocab-size 300 --special-tokens "<|im_start|>" "<|im_end|>" --overwrite --quiet
 
 COMMON=(tokenizer=huggingface "tokenizer.model=$OUT/tokenizer" model.num_layers=2 model.hidden_size=64
   model.ffn_hidden_size=128 model.num_attention_heads=4 model.num_query_groups=4
@@ -54,10 +54,11 @@ RL=("${COMMON[@]}" "posttrain.train_files=[$OUT/data/rl_prompts_train.jsonl]"
   train.micro_batch_size=4 train.global_batch_size=16 scheduler.warmup_iters=0)
 echo "== 5/6 GRPO, exact-match reward (40 steps: 10 rollout batches of 16 prompts x 4 samples)"
 python -m megatron_sota.posttrain posttrain=grpo "${RL[@]}" posttrain.reward_function=exact_match \
-  train.iters=40 optimizer.lr=5e-4 "hydra.run.dir=$OUT/grpo"
-echo "== 6/6 PPO, the reward model's score (64 steps: 8 rollout batches, 2 epochs each)"
-python -m megatron_sota.posttrain posttrain=ppo "${RL[@]}" "posttrain.reward_model=$OUT/rm/checkpoints" \
-  posttrain.ppo_epochs=2 train.iters=64 optimizer.lr=2e-4 "hydra.run.dir=$OUT/ppo"
+  train.iters=40 optimizer.lr=${RL_GRPO_LR:-2e-4} "hydra.run.dir=$OUT/grpo"
+echo "== 6/6 PPO, exact-match reward, the critic started from the reward model (64 steps: 8 batches, 2 epochs each)"
+python -m megatron_sota.posttrain posttrain=ppo "${RL[@]}" posttrain.reward_function=exact_match \
+  "posttrain.critic_model=$OUT/rm/checkpoints" posttrain.ppo_epochs=2 train.iters=64 optimizer.lr=${RL_PPO_LR:-2e-4} \
+  "hydra.run.dir=$OUT/ppo"
 
 python - "$OUT" <<'PY'
 import json, os, sys
