@@ -87,12 +87,9 @@ class RLObjective(Objective):
     # ---- before any process group
     def prepare(self, job, inputs):
         cfg, t = self.cfg, job.train
-        problems = []
         if cfg.kl_coef > 0 and not (cfg.reference_model or job.checkpoint.init_from):
-            problems.append(f"posttrain.kl_coef={cfg.kl_coef} needs a reference model: set checkpoint.init_from "
-                            "(the policy training starts from) or posttrain.reference_model")
-        if problems:
-            raise MegatronSotaError("\n".join(problems))
+            raise MegatronSotaError(f"posttrain.kl_coef={cfg.kl_coef} needs a reference model: set checkpoint.init_from "
+                                    "(the policy training starts from) or posttrain.reference_model")
         init = _checkpoint(job.checkpoint.init_from, "checkpoint.init_from")
         self.checkpoints = {
             "reward": _checkpoint(cfg.reward_model, "posttrain.reward_model"),
