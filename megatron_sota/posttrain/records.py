@@ -61,26 +61,26 @@ class PreferenceRecord:
 
 def read_sft_records(paths: Sequence[str]) -> list[SFTRecord]:
     """Every record of the SFT files `paths`, in order; a MegatronSotaError listing every problem of every file."""
-    return _read_all(paths, _sft_record)
+    return read_records(paths, _sft_record)
 
 
 def read_preference_records(paths: Sequence[str]) -> list[PreferenceRecord]:
     """Every record of the preference files `paths`, in order; a MegatronSotaError listing every problem."""
-    return _read_all(paths, _preference_record)
+    return read_records(paths, _preference_record)
 
 
-def _read_all(paths: Sequence[str], parse: Callable[[dict, str, list[str]], Any]) -> list:
+def read_records(paths: Sequence[str], parse: Callable[[dict, str, list[str]], Any]) -> list:
     if not paths:
         raise MegatronSotaError("post-training data: expected at least one JSONL file, found an empty list")
     records: list = []
     problems: list[str] = []
     for path in paths:
         count = 0
-        for where, value in _lines(path, problems):
+        for where, value in jsonl_lines(path, problems):
             count += 1
             before = len(problems)
             if not isinstance(value, dict):
-                problems.append(f"{where}: expected a JSON object, found {_show(value)}")
+                problems.append(f"{where}: expected a JSON object, found {show_value(value)}")
                 continue
             record = parse(value, where, problems)
             if len(problems) == before:
@@ -96,7 +96,7 @@ def _read_all(paths: Sequence[str], parse: Callable[[dict, str, list[str]], Any]
     return records
 
 
-def _lines(path: str, problems: list[str]):
+def jsonl_lines(path: str, problems: list[str]):
     """("path:line", parsed JSON) of every non-blank line; unreadable files and lines go to `problems`."""
     try:
         with open(path, "rb") as handle:
@@ -128,8 +128,8 @@ def _sft_record(record: dict, where: str, problems: list[str]) -> Optional[SFTRe
             return SFTRecord((), messages, messages, where)
         return None
     if "prompt" in record or "completion" in record:
-        prompt = _turns(record, "prompt", "user", where, problems)
-        completion = _turns(record, "completion", "assistant", where, problems)
+        prompt = read_turns(record, "prompt", "user", where, problems)
+        completion = read_turns(record, "completion", "assistant", where, problems)
         if prompt is None or completion is None:
             return None
         _needs_assistant(completion, "completion", where, problems)
@@ -139,7 +139,7 @@ def _sft_record(record: dict, where: str, problems: list[str]) -> Optional[SFTRe
 
 
 def _preference_record(record: dict, where: str, problems: list[str]) -> Optional[PreferenceRecord]:
-    prompt = _turns(record, "prompt", "user", where, problems)
+    prompt = read_turns(record, "prompt", "user", where, problems)
     sides = []
     for keys in (CHOSEN_KEYS, REJECTED_KEYS):
         present = [key for key in keys if key in record]
@@ -148,7 +148,7 @@ def _preference_record(record: dict, where: str, problems: list[str]) -> Optiona
             sides.append(None)
             continue
         key = present[0] if present else keys[0]
-        side = _turns(record, key, "assistant", where, problems)
+        side = read_turns(record, key, "assistant", where, problems)
         if side is not None:
             _needs_assistant(side, key, where, problems)
         sides.append(side)
@@ -156,11 +156,11 @@ def _preference_record(record: dict, where: str, problems: list[str]) -> Optiona
     if margin is not None and (
         isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin)
     ):
-        problems.append(f"{where}: field 'margin': expected a finite number, found {_show(margin)}")
+        problems.append(f"{where}: field 'margin': expected a finite number, found {show_value(margin)}")
         return None
     task = record.get("task")
     if task is not None and not isinstance(task, str):
-        problems.append(f"{where}: field 'task': expected a string, found {_show(task)}")
+        problems.append(f"{where}: field 'task': expected a string, found {show_value(task)}")
         return None
     chosen, rejected = sides
     if prompt is None or chosen is None or rejected is None:
@@ -168,13 +168,13 @@ def _preference_record(record: dict, where: str, problems: list[str]) -> Optiona
     return PreferenceRecord(prompt, chosen, rejected, None if margin is None else float(margin), where, task)
 
 
-def _turns(record: dict, key: str, role: str, where: str, problems: list[str]) -> Optional[Messages]:
+def read_turns(record: dict, key: str, role: str, where: str, problems: list[str]) -> Optional[Messages]:
     """A prompt or completion: a non-empty string (one `role` message) or a list of messages."""
     value = record.get(key)
     if isinstance(value, str):
         if not value.strip():
             problems.append(
-                f"{where}: field '{key}': expected a non-empty string or list of messages, found {_show(value)}"
+                f"{where}: field '{key}': expected a non-empty string or list of messages, found {show_value(value)}"
             )
             return None
         return ({"role": role, "content": value},)
@@ -190,24 +190,24 @@ def _messages(record: dict, key: str, where: str, problems: list[str]) -> Option
         )
         return None
     if not isinstance(value, list) or not value:
-        problems.append(f"{where}: field '{key}': expected a non-empty list of messages, found {_show(value)}")
+        problems.append(f"{where}: field '{key}': expected a non-empty list of messages, found {show_value(value)}")
         return None
     messages = []
     before = len(problems)
     for i, message in enumerate(value):
         at = f"{where}: field '{key}[{i}]'"
         if not isinstance(message, dict):
-            problems.append(f"{at}: expected a message object with 'role' and 'content', found {_show(message)}")
+            problems.append(f"{at}: expected a message object with 'role' and 'content', found {show_value(message)}")
             continue
         role, content = message.get("role"), message.get("content")
         if role not in ROLES:
-            found = "no 'role'" if "role" not in message else _show(role)
+            found = "no 'role'" if "role" not in message else show_value(role)
             problems.append(f"{at}: expected role {', '.join(ROLES)}, found {found}")
         if not isinstance(content, str):
-            found = "no 'content'" if "content" not in message else _show(content)
+            found = "no 'content'" if "content" not in message else show_value(content)
             problems.append(f"{at}: expected 'content' a string, found {found}")
         elif role == "assistant" and not content.strip():
-            problems.append(f"{at}: expected a non-empty assistant message, found {_show(content)}")
+            problems.append(f"{at}: expected a non-empty assistant message, found {show_value(content)}")
         messages.append({"role": role, "content": content})
     return tuple(messages) if len(problems) == before else None
 
@@ -222,7 +222,7 @@ def _keys(record: dict) -> str:
     return f"fields {', '.join(map(repr, record))}" if record else "no fields"
 
 
-def _show(value: Any) -> str:
+def show_value(value: Any) -> str:
     """A value as the message shows it: its JSON type and spelling, shortened."""
     kind = {
         bool: "boolean", type(None): "null", str: "string", dict: "object", list: "list", int: "integer",
@@ -231,8 +231,3 @@ def _show(value: Any) -> str:
     text = json.dumps(value, ensure_ascii=False)
     return f"{kind.get(type(value), type(value).__name__)} {text if len(text) <= 60 else text[:57] + '...'}"
 
-
-# The reading and checks above, shared with the other post-training readers (posttrain/prompt_data.py).
-read_records = _read_all
-read_turns = _turns
-show_value = _show

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import List
 
 from megatron_sota.errors import MegatronSotaError
-from megatron_sota.posttrain.records import MAX_LISTED, _lines
+from megatron_sota.posttrain.records import MAX_LISTED, jsonl_lines
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ def read_comparisons(path: str) -> List[Comparison]:
 
 def has_responses(path: str) -> bool:
     """Whether the first record of `path` holds response_a (a comparison file) rather than a bare prompt."""
-    for _, value in _lines(path, []):
+    for _, value in jsonl_lines(path, []):
         return isinstance(value, dict) and "response_a" in value
     return False
 
@@ -47,7 +47,7 @@ def has_responses(path: str) -> bool:
 def _read(path: str, fields: tuple) -> list:
     problems: List[str] = []
     found = []
-    for where, value in _lines(path, problems):
+    for where, value in jsonl_lines(path, problems):
         if not isinstance(value, dict):
             problems.append(f"{where}: expected a JSON object with {', '.join(fields)}, found {type(value).__name__}")
             continue
