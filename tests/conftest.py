@@ -1,5 +1,6 @@
-"""Shared fixtures: a real corpus (the standard library's sources), its tokenizer and shards; and a note on
-unmarked tests that are slow, so the fast tier (`pytest -m "not slow and not slurm"`) stays fast."""
+"""Shared fixtures: a real corpus (the standard library's sources), its tokenizer and shards; the modules that
+run_distributed's ranks start with (tests/rank_preload.py); and a note on unmarked tests that are slow, so the fast
+tier (`pytest -m "not slow and not slurm"`) stays fast."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 import pytest
 
 from megatron_sota.quiet import KNOWN_WARNINGS, quiet_megatron
+from tests.rank_preload import RANK_PRELOAD
 
 # The known harmless warnings are listed once, in megatron_sota/quiet.py, for the tools and the tests alike;
 # any other warning shows in the summary. Here for the conftest files' own imports of megatron-core...
@@ -21,28 +23,9 @@ def pytest_configure(config):
         config.addinivalue_line("filterwarnings", f"ignore:{message}:{category.__name__}")
 
 
-# What the ranks of run_distributed (runtime/local_ranks.py) import beyond its own preload: the tests' probe modules
-# and what they reach (the trainer, post-training, inference, evaluation, transformers). Each rank imported them
-# afresh, ~2 s of CPU per rank and ~55 multi-rank calls in the suite; the forkserver now imports them once. Imports
-# only, read no state (no module here reads the environment or the working directory at import), so a rank starts
-# as before; a module missing here is imported by the rank as before (the forkserver skips what fails to import).
-RANK_PRELOAD = (
-    "transformers",
-    "megatron_sota.training.trainer",
-    "megatron_sota.posttrain.run",
-    "megatron_sota.evaluation.runner",
-    "megatron_sota.inference.generation",
-    "megatron_sota.inference.checkpoint_model",
-    "tests.distributed.probes",
-    "tests.posttrain.layouts",
-    "tests.inference.probes",
-    "tests.inference.eval_probes",
-    "tests.conversion.probes",
-)
-
-
 @pytest.fixture(scope="session", autouse=True)
 def preloaded_ranks():
+    # The forkserver starts at the first run_distributed call, after this: every rank of the session has these.
     from megatron_sota.runtime import local_ranks
 
     with pytest.MonkeyPatch.context() as patch:
