@@ -1,5 +1,6 @@
-"""Shared fixtures: a real corpus (the standard library's sources), its tokenizer and shards; and a note on
-unmarked tests that are slow, so the fast tier (`pytest -m "not slow and not slurm"`) stays fast."""
+"""Shared fixtures: a real corpus (the standard library's sources), its tokenizer and shards; the modules that
+run_distributed's ranks start with (tests/rank_preload.py); and a note on unmarked tests that are slow, so the fast
+tier (`pytest -m "not slow and not slurm"`) stays fast."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 import pytest
 
 from megatron_sota.quiet import KNOWN_WARNINGS, quiet_megatron
+from tests.rank_preload import RANK_PRELOAD
 
 # The known harmless warnings are listed once, in megatron_sota/quiet.py, for the tools and the tests alike;
 # any other warning shows in the summary. Here for the conftest files' own imports of megatron-core...
@@ -19,6 +21,16 @@ def pytest_configure(config):
     # ...and as pytest.ini filters for every test (pytest resets the filters around each one).
     for category, message in KNOWN_WARNINGS:
         config.addinivalue_line("filterwarnings", f"ignore:{message}:{category.__name__}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def preloaded_ranks():
+    # The forkserver starts at the first run_distributed call, after this: every rank of the session has these.
+    from megatron_sota.runtime import local_ranks
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(local_ranks, "_PRELOAD", (*local_ranks._PRELOAD, *RANK_PRELOAD))
+        yield
 
 
 @dataclass(frozen=True)

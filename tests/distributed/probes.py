@@ -110,8 +110,9 @@ def layout_probe(rank: int, job: JobConfig, run_dir: str, steps: int, objective=
         return {"first_loss": first_loss, "grads": grads, "losses": losses, "params": params}
 
 
-def step_stats_probe(rank: int, job: JobConfig, run_dir: str, steps: int) -> list[dict]:
-    """Loss, gradient norm, skip flag and loss scale of each of `steps` optimizer steps."""
+def step_stats_probe(rank: int, job: JobConfig, run_dir: str, steps: int, until_update: bool = False) -> list[dict]:
+    """Loss, gradient norm, skip flag and loss scale of each of `steps` optimizer steps; with `until_update`, of
+    those up to and including the first step that is not skipped."""
     t = job.train
     with fresh_training_state(job, run_dir) as state:
         args = (state.layout.num_microbatches, t.micro_batch_size, t.seq_length, state.session.device)
@@ -126,6 +127,8 @@ def step_stats_probe(rank: int, job: JobConfig, run_dir: str, steps: int) -> lis
                     "loss_scale": float(state.optimizer.get_loss_scale().item()),
                 }
             )
+            if until_update and not result.skipped:
+                break
         return stats
 
 

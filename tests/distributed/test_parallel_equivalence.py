@@ -68,10 +68,15 @@ def test_pp2_interleaved_vpp2_matches_pp1(stdlib_shards, tmp_path, reference):
     _assert_same_tensors(run, reference, "grads", rtol=1e-4, atol=1e-7)
 
 
-def test_dp2_with_half_the_per_rank_batch_matches_dp1(stdlib_shards, tmp_path, reference):
-    run = _probe(stdlib_shards, tmp_path, 2, micro_batch_size=2)
-    _assert_same_losses(run, reference)
-    _assert_same_tensors(run, reference, "params", rtol=1e-3, atol=2e-5)
+@pytest.fixture(scope="module")
+def dp2(stdlib_shards, tmp_path_factory) -> dict:
+    """DP=2 with half the per-rank batch and the distributed optimizer (the default): one run for the two tests below."""
+    return _probe(stdlib_shards, tmp_path_factory.mktemp("dp2"), 2, micro_batch_size=2, distributed_optimizer=True)
+
+
+def test_dp2_with_half_the_per_rank_batch_matches_dp1(dp2, reference):
+    _assert_same_losses(dp2, reference)
+    _assert_same_tensors(dp2, reference, "params", rtol=1e-3, atol=2e-5)
 
 
 def test_sequence_parallel_matches_tp2_without_it(stdlib_shards, tmp_path, reference):
@@ -101,8 +106,8 @@ def test_cp2_with_the_distributed_optimizer_matches_cp1(stdlib_shards, tmp_path,
     _assert_same_tensors(run, reference, "params", rtol=1e-3, atol=2e-5)
 
 
-def test_distributed_optimizer_matches_plain_over_three_steps(stdlib_shards, tmp_path):
-    sharded = _probe(stdlib_shards, tmp_path, 2, distributed_optimizer=True)
+def test_distributed_optimizer_matches_plain_over_three_steps(stdlib_shards, tmp_path, dp2):
+    sharded = dp2
     plain = _probe(stdlib_shards, tmp_path, 2, distributed_optimizer=False)
     assert sharded["losses"] == pytest.approx(plain["losses"], abs=LOSS_TOL)
     _assert_same_tensors(sharded, plain, "params", rtol=1e-5, atol=1e-7)

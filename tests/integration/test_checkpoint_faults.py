@@ -126,16 +126,24 @@ def test_consecutive_nan_steps_stop_the_run_naming_the_last_good_checkpoint(tmp_
 
 
 @pytest.fixture(scope="module")
-def saved_run(tmp_path_factory):
+def budget_run(tmp_path_factory):
+    """A run stopped by its wall-clock budget after its first step: its own test below, and the checkpoint the
+    broken-checkpoint tests damage (one trainer start fewer than a separate clean run)."""
     run_dir = tmp_path_factory.mktemp("saved") / "run"
-    assert _train(run_dir, "train.iters=2").returncode == 0
+    return run_dir, _train(run_dir, "train.iters=50", "train.exit_duration_minutes=0.0001")
+
+
+@pytest.fixture
+def saved_run(budget_run):
+    run_dir, result = budget_run
+    assert result.returncode == PREEMPTED and _tracker(run_dir) == 1
     return run_dir
 
 
 def _broken_copy(saved_run, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(saved_run, run_dir)
-    return run_dir, run_dir / "checkpoints" / "iter_0000002"
+    return run_dir, run_dir / "checkpoints" / "iter_0000001"
 
 
 def test_checkpoint_of_another_shape_names_tensor_and_both_shapes(saved_run, tmp_path):
@@ -176,9 +184,8 @@ def test_checkpoint_without_tensor_metadata_is_not_complete(saved_run, tmp_path)
     assert result.returncode == 2 and f"{ckpt}/.metadata is missing" in result.stderr
 
 
-def test_wall_clock_budget_saves_and_exits_with_the_preempted_code(tmp_path):
-    run_dir = tmp_path / "run"
-    result = _train(run_dir, "train.iters=50", "train.exit_duration_minutes=0.0001")
+def test_wall_clock_budget_saves_and_exits_with_the_preempted_code(budget_run):
+    run_dir, result = budget_run
     assert result.returncode == PREEMPTED
     assert "time budget (train.exit_duration_minutes): checkpoint saved, exit code 75" in result.stdout
     assert _tracker(run_dir) == 1

@@ -7,6 +7,7 @@ import os
 import sys
 
 from megatron_sota.runtime.local_ranks import run_distributed
+from tests.rank_preload import RANK_PRELOAD
 
 VARIABLE = "MEGATRON_SOTA_TEST_LOCAL_RANKS"
 
@@ -35,3 +36,13 @@ def test_ranks_start_with_megatron_core_already_imported():
     # What a rank saves: importing megatron-core takes ~3 s per spawned rank (and neither this module nor
     # local_ranks.py imports it, so a spawned rank would start without it).
     assert all(s["megatron_core_imported_at_start"] for s in run_distributed(_what_the_rank_sees, 2))
+
+
+def _not_imported_at_start(rank: int, names) -> list:
+    return [name for name in names if name not in sys.modules]
+
+
+def test_ranks_start_with_the_suites_probe_modules_imported():
+    # tests/conftest.py adds them to the forkserver's preload, which skips a name that does not import (a renamed
+    # module): this names it. Neither this module nor local_ranks.py imports them, so a rank would start without.
+    assert run_distributed(_not_imported_at_start, 1, RANK_PRELOAD) == [[]]
