@@ -16,6 +16,8 @@ RANK_PRELOAD = (
     "megatron_sota.inference.checkpoint_model",
     "tests.distributed.probes",
     "tests.posttrain.layouts",
+    "tests.posttrain.rl_jobs",
+    "megatron_sota.posttrain.rl",
     "tests.inference.probes",
     "tests.inference.eval_probes",
     "tests.conversion.probes",
