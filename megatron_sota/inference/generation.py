@@ -84,12 +84,14 @@ def generate(
     seed: int = 0,
     use_cache: bool = True,
     return_logprobs: bool = False,
+    row_seeds: Optional[Sequence[int]] = None,
 ) -> Generated:
     """Continues each prompt by up to max_new_tokens (one count for all, or one per prompt).
 
     `prompts`: a [batch, len] tensor, or lists of token ids of any lengths (left padded here).
     Greedy rows do not depend on their batch; sampled rows share one seeded generator, so a
-    row's draws depend on the batch it is in (equal for equal batches and seeds).
+    row's draws depend on the batch it is in (equal for equal batches and seeds), unless `row_seeds`
+    gives each row a generator of its own (then `seed` is unused and a row samples what it would alone).
     """
     from megatron.core.inference.contexts import StaticInferenceContext
 
@@ -99,7 +101,12 @@ def generate(
     budgets = _budgets(max_new_tokens, [width - p for p in pads], model.job.model.max_position_embeddings)
     steps = max(budgets)
     pad_lengths = pads if any(pads) else None  # unpadded batches keep the mask-free causal path
-    generator = torch.Generator().manual_seed(seed)
+    if row_seeds is not None and len(row_seeds) != batch:
+        raise MegatronSotaError(f"row_seeds: expected one seed per prompt ({batch}), found {len(row_seeds)}")
+    generator = (
+        torch.Generator().manual_seed(seed) if row_seeds is None
+        else [torch.Generator().manual_seed(int(s)) for s in row_seeds]
+    )
     sequence = padded.clone()
     stops = torch.tensor(sorted(set(stop_ids)), dtype=torch.long)
     budget = torch.tensor(budgets)

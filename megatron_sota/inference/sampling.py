@@ -8,7 +8,7 @@ Filtered-out tokens get -inf and can never be drawn.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence, Union
 
 import torch
 
@@ -67,11 +67,17 @@ def filter_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
 
 
 def next_tokens(
-    logits: torch.Tensor, previous: torch.Tensor, settings: SamplingSettings, generator: Optional[torch.Generator] = None
+    logits: torch.Tensor, previous: torch.Tensor, settings: SamplingSettings,
+    generator: Union[None, torch.Generator, Sequence[torch.Generator]] = None,
 ) -> torch.Tensor:
-    """One token id per row of `logits` [batch, vocab], given the ids so far `previous` [batch, len]."""
+    """One token id per row of `logits` [batch, vocab], given the ids so far `previous` [batch, len].
+
+    `generator`: one for the whole batch, or one per row (a row's draws then do not depend on its batch)."""
     logits = apply_repetition_penalty(logits.float(), previous, settings.repetition_penalty)
     if settings.greedy:
         return logits.argmax(dim=-1)
     logits = filter_top_p(filter_top_k(logits / settings.temperature, settings.top_k), settings.top_p)
-    return torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator).squeeze(-1)
+    probs = torch.softmax(logits, dim=-1)
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return torch.cat([torch.multinomial(row, 1, generator=g) for row, g in zip(probs, generator)])

@@ -125,10 +125,13 @@ def _share(rows: int) -> slice:
 
 
 def generate_responses(
-    actor: torch.nn.Module, job, records: Sequence[PromptRecord], settings: RolloutSettings, seed: int, greedy: bool = False
+    actor: torch.nn.Module, job, records: Sequence[PromptRecord], settings: RolloutSettings, row_seeds: Sequence[int],
+    greedy: bool = False,
 ):
     """Responses of `actor` (a training chunk, DDP-wrapped or not) to `records`: (token lists, generation-pass
-    log-probs, seconds). Each prompt's budget is posttrain.max_new_tokens, capped by train.seq_length."""
+    log-probs, seconds). Each prompt's budget is posttrain.max_new_tokens, capped by train.seq_length; each row
+    samples from a generator of its own (`row_seeds`), so a row's response does not depend on the data-parallel
+    split of the batch."""
     module = unwrap(actor)
     model = InferenceModel(job=job, model=module, vocab_size=settings.vocab_size, device=next(module.parameters()).device)
     budgets = [min(settings.cfg.max_new_tokens, settings.seq_length - len(r.ids)) for r in records]
@@ -136,7 +139,10 @@ def generate_responses(
     was_training = module.training
     module.eval()
     try:
-        out = generate(model, [list(r.ids) for r in records], budgets, sampling, settings.stop_ids, seed=seed, return_logprobs=True)
+        out = generate(
+            model, [list(r.ids) for r in records], budgets, sampling, settings.stop_ids, return_logprobs=True,
+            row_seeds=row_seeds,
+        )
     finally:
         module.train(was_training)
     return out.tokens, out.logprobs, out.seconds
@@ -173,9 +179,10 @@ def collect_rollout(
     cfg = settings.cfg
     device = next(unwrap(actor).parameters()).device
     start = time.perf_counter()
-    mine = list(records[_share(len(records))])
-    dp_rank = parallel_state.get_data_parallel_rank()
-    responses, generation_logps, generation_seconds = generate_responses(actor, job, mine, settings, seed * 7919 + dp_rank)
+    share = _share(len(records))
+    mine = list(records[share])
+    seeds = [seed * 1_000_003 + row for row in range(share.start, share.stop)]
+    responses, generation_logps, generation_seconds = generate_responses(actor, job, mine, settings, seeds)
     tokens, actions, real = _rows(mine, responses, settings.seq_length, settings.pad_id)
 
     def logps_of(output, rows, begin):
@@ -247,7 +254,7 @@ def heldout_reward(
     share = _share(len(padded))
     mine = padded[share]
     device = next(unwrap(actor).parameters()).device
-    responses, _, _ = generate_responses(actor, job, mine, settings, seed=0, greedy=True)
+    responses, _, _ = generate_responses(actor, job, mine, settings, [0] * len(mine), greedy=True)
     tokens, _, real = _rows(mine, responses, settings.seq_length, settings.pad_id)
     scores = _scores(tokens, real, _decoded(tokenizer, responses, settings.stop_ids), mine, scorers, settings, device)
     scores = _gather(scores.to(device)).cpu()

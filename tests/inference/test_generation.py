@@ -175,3 +175,16 @@ def test_returned_logprobs_are_the_raw_distributions_at_the_drawn_tokens():
         expected = [raw[step, row, token].item() for step, token in enumerate(out.tokens[row])]
         assert out.logprobs[row] == pytest.approx(expected, abs=1e-6)
     assert generate(_Scripted(2, 11, 6), [[1, 2, 3], [4]], 6, settings, seed=5).logprobs is None
+
+
+def test_row_seeds_make_a_rows_samples_independent_of_its_batch():
+    from megatron_sota.inference.generation import generate
+
+    settings = SamplingSettings(temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0)
+    together = generate(_Scripted(2, 11, 6), [[1, 2, 3], [4]], 6, settings, row_seeds=[11, 12])
+    alone_model = _Scripted(2, 11, 6)
+    alone_model.table = alone_model.table[:, 1:]  # the second row's logits, as if it were alone
+    alone = generate(alone_model, [[4]], 6, settings, row_seeds=[12])
+    assert together.tokens[1] == alone.tokens[0]
+    shared = generate(_Scripted(2, 11, 6), [[1, 2, 3], [4]], 6, settings, seed=12)
+    assert shared.tokens != together.tokens  # one generator for the batch draws otherwise

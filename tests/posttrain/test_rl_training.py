@@ -71,7 +71,9 @@ def test_ppo_at_tp2_equals_one_process(tmp_path, rl_inputs):
     assert [len(t) for t in two[0]["tokens"]] == [len(t) for t in one["tokens"]]
     for ours, theirs in zip(two[0]["tokens"], one["tokens"]):
         assert torch.equal(ours, theirs)
-    assert two[0]["losses"] == pytest.approx(one["losses"], rel=1e-4, abs=1e-6)
+    # A loss near 0 (a clipped surrogate) after three Adam steps at lr 1e-3: TP's other summation order shows as
+    # ~1e-5 absolute.
+    assert two[0]["losses"] == pytest.approx(one["losses"], rel=1e-4, abs=5e-5)
     assert two[1]["losses"] == two[0]["losses"]
     for ours, theirs in zip(two[0]["rows"], one["rows"]):
         for name in ("reward_mean", "kl", "entropy", "value_loss", "explained_variance"):
@@ -80,16 +82,11 @@ def test_ppo_at_tp2_equals_one_process(tmp_path, rl_inputs):
 
 
 def test_ppo_at_dp2_gathers_the_rollout_of_one_process(tmp_path, rl_inputs):
-    """Greedy responses do not depend on how the prompts are split: two replicas generating half the batch each
-    must hold, after the gather, the rows (and whitened advantages) one process computes alone."""
-    def job_at(micro_batch_size: int):
-        job = rl_job(rl_inputs)
-        job.generation.temperature = 0.0
-        job.train.micro_batch_size = micro_batch_size
-        return job
-
-    one = run_distributed(rl_probe, 1, job_at(4), str(tmp_path / "dp1"))[0]
-    two = run_distributed(rl_probe, 2, job_at(4), str(tmp_path / "dp2"))
+    """Each row samples from a generator of its own, so its response does not depend on how the prompts are
+    split: two replicas generating half the batch each must hold, after the gather, the rows (and whitened
+    advantages) one process computes alone."""
+    one = run_distributed(rl_probe, 1, rl_job(rl_inputs), str(tmp_path / "dp1"))[0]
+    two = run_distributed(rl_probe, 2, rl_job(rl_inputs), str(tmp_path / "dp2"))
     for ours, theirs in zip(two[0]["tokens"], one["tokens"]):
         assert torch.equal(ours, theirs)
     assert two[0]["losses"] == pytest.approx(one["losses"], rel=1e-5, abs=1e-7)
