@@ -8,7 +8,7 @@ Filtered-out tokens get -inf and can never be drawn.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from typing import Sequence, Union
 
 import torch
 
