@@ -52,12 +52,12 @@ RL=("${COMMON[@]}" "posttrain.train_files=[$OUT/data/rl_prompts_train.jsonl]"
   "posttrain.valid_files=[$OUT/data/rl_prompts_valid.jsonl]" "checkpoint.init_from=$OUT/sft/checkpoints"
   posttrain.rollout_prompts=16 posttrain.samples_per_prompt=4 posttrain.max_new_tokens=8 train.eval_interval=8
   train.micro_batch_size=4 train.global_batch_size=16 scheduler.warmup_iters=0)
-echo "== 5/6 GRPO, exact-match reward (40 steps: 10 rollout batches of 16 prompts x 4 samples)"
+echo "== 5/6 GRPO, exact-match reward (48 steps: 12 rollout batches of 16 prompts x 4 samples)"
 python -m megatron_sota.posttrain posttrain=grpo "${RL[@]}" posttrain.reward_function=exact_match \
-  train.iters=40 optimizer.lr=${RL_GRPO_LR:-2e-4} "hydra.run.dir=$OUT/grpo"
+  train.iters=48 optimizer.lr=${RL_GRPO_LR:-2e-4} "hydra.run.dir=$OUT/grpo"
 echo "== 6/6 PPO, exact-match reward, the critic started from the reward model (64 steps: 8 batches, 2 epochs each)"
 python -m megatron_sota.posttrain posttrain=ppo "${RL[@]}" posttrain.reward_function=exact_match \
-  "posttrain.critic_model=$OUT/rm/checkpoints" posttrain.ppo_epochs=2 train.iters=64 optimizer.lr=${RL_PPO_LR:-2e-4} \
+  "posttrain.critic_model=$OUT/rm/checkpoints" posttrain.ppo_epochs=2 train.iters=64 optimizer.lr=${RL_PPO_LR:-1e-4} \
   "hydra.run.dir=$OUT/ppo"
 
 python - "$OUT" <<'PY'

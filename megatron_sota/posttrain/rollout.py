@@ -118,6 +118,16 @@ def _gather(local: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
+def _row_width(longest: int, seq_length: int, device: torch.device) -> int:
+    """The rows' width: the longest prompt + response of the whole batch (every data-parallel replica), rounded up
+    to a multiple of 8, at most train.seq_length. Scoring and training then skip the padding of short responses,
+    and both see the same shapes (which keeps the first update's ratio exactly 1)."""
+    width = torch.tensor([longest], dtype=torch.long, device=device)
+    if parallel_state.get_data_parallel_world_size() > 1:
+        torch.distributed.all_reduce(width, op=torch.distributed.ReduceOp.MAX, group=parallel_state.get_data_parallel_group())
+    return min(-(-int(width.item()) // 8) * 8, seq_length)
+
+
 def _share(rows: int) -> slice:
     dp, rank = parallel_state.get_data_parallel_world_size(), parallel_state.get_data_parallel_rank()
     per = rows // dp
@@ -183,7 +193,8 @@ def collect_rollout(
     mine = list(records[share])
     seeds = [seed * 1_000_003 + row for row in range(share.start, share.stop)]
     responses, generation_logps, generation_seconds = generate_responses(actor, job, mine, settings, seeds)
-    tokens, actions, real = _rows(mine, responses, settings.seq_length, settings.pad_id)
+    width = _row_width(max(len(r.ids) + len(t) for r, t in zip(mine, responses)), settings.seq_length, device)
+    tokens, actions, real = _rows(mine, responses, width, settings.pad_id)
 
     def logps_of(output, rows, begin):
         return token_logps(output, shifted_labels(rows, settings.pad_id), settings.vocab_size).cpu()

@@ -2,7 +2,8 @@
 
 It holds, orders and stores rows; it must not generate, score or compute advantages (posttrain/rollout.py does).
 
-Row layout (every array [rows, seq_length], right padded): `tokens` is the prompt then the response; position t
+Row layout (every array [rows, width], right padded; width: the batch's longest prompt + response rounded up to a
+multiple of 8, at most train.seq_length): `tokens` is the prompt then the response; position t
 predicts token t + 1, so `action_mask[t]` is true where tokens[t + 1] is a response token (the response's tokens
 are the actions; the prompt and the padding never are). Per-token arrays are aligned to positions the same way.
 """
