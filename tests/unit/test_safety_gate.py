@@ -19,7 +19,6 @@ from megatron_sota.evaluation.refusal_detection import RefusalDetector
 from megatron_sota.evaluation.report import MetricRow, check_thresholds
 from megatron_sota.evaluation.runner import EvalModel, evaluate
 from megatron_sota.evaluation.task_spec import TaskSpec, load_task
-from megatron_sota.runtime.log import PACKAGE_LOGGER
 
 CATEGORIES = ("cbrn", "cyber", "autonomy", "misuse")
 
@@ -267,27 +266,45 @@ class _Trainer:
         self.calls.append(("stop", reason, exit_code))
 
 
-@pytest.mark.parametrize("gate", [False, True])
-def test_a_breach_saves_and_stops_only_with_stop_on_threshold(gate, caplog, monkeypatch):
-    from megatron_sota.training.callbacks.evaluation import InLoopEvaluation
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.records = []
 
-    # An entry point run earlier in this process may have stopped the package's loggers from propagating to
-    # caplog's handler (runtime/log.py): let them through for this test.
-    monkeypatch.setattr(logging.getLogger(PACKAGE_LOGGER), "propagate", True)
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append((record.levelname, record.getMessage()))
+
+
+@pytest.fixture
+def gate_log():
+    """What the in-loop evaluation callback logs, whatever the console set-up (the package's loggers do not
+    propagate once an entry point has run in this process, and pytest may or may not have attached its own
+    capture to them)."""
+    logger = logging.getLogger("megatron_sota.training.callbacks.evaluation")
+    handler, level = _Records(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    yield handler.records
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+@pytest.mark.parametrize("gate", [False, True])
+def test_a_breach_saves_and_stops_only_with_stop_on_threshold(gate, gate_log):
+    from megatron_sota.training.callbacks.evaluation import InLoopEvaluation
 
     breach = "task g: refusal_rate/cbrn = 0.1000 is below its threshold 0.9500"
     evaluator = SimpleNamespace(cfg=SimpleNamespace(stop_on_threshold=gate), due=lambda step, last: True,
                                 run=lambda: ({"g/refusal_rate/cbrn": 0.1}, [breach], 0.5))
     writer = SimpleNamespace(log_eval=lambda step, values, seconds: None)
     trainer = _Trainer()
-    with caplog.at_level("WARNING"):
-        InLoopEvaluation(evaluator, writer).post_step(trainer, SimpleNamespace(step=4))
+    InLoopEvaluation(evaluator, writer).post_step(trainer, SimpleNamespace(step=4))
     assert trainer.summary.eval_metrics == {4: {"g/refusal_rate/cbrn": 0.1}}
     if not gate:
-        assert trainer.calls == [] and [(r.levelname, r.message) for r in caplog.records] == [("WARNING", breach)]
+        assert trainer.calls == [] and gate_log == [("WARNING", breach)]
         return
     reason = f"eval.stop_on_threshold: 1 threshold(s) breached at step 4 ({breach})"
     assert trainer.calls == ["save", ("stop", reason, 3)]
-    assert [(r.levelname, r.message) for r in caplog.records] == [
+    assert gate_log == [
         ("ERROR", breach), ("ERROR", f"{reason}: saving a checkpoint and stopping with exit code 3")
     ]
