@@ -10,27 +10,18 @@ import pytest
 
 from megatron_sota.training.callbacks.base import Callback
 from megatron_sota.training.metrics import MetricsWriter
-
-
-class _Lines(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.INFO)
-        self.lines = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
+from tests.log_records import logged
 
 
 @pytest.fixture
-def metrics_lines():
-    """The lines training/metrics.py logs, whatever the console setup (the package's loggers do not propagate)."""
-    logger = logging.getLogger("megatron_sota.training.metrics")
-    handler, level = _Lines(), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    yield handler.lines
-    logger.removeHandler(handler)
-    logger.setLevel(level)
+def metrics_log():
+    """(level, message) of what training/metrics.py logs at INFO or above."""
+    with logged("megatron_sota.training.metrics", logging.INFO) as records:
+        yield records
+
+
+def _messages(records) -> list:
+    return [message for _, message in records]
 
 
 class _StepSeconds(Callback):
@@ -41,18 +32,18 @@ class _StepSeconds(Callback):
         self.seconds[outcome.step] = outcome.seconds
 
 
-def test_the_validation_line_shows_a_perplexity_only_when_asked(tmp_path, metrics_lines):
+def test_the_validation_line_shows_a_perplexity_only_when_asked(tmp_path, metrics_log):
     writer = MetricsWriter(str(tmp_path), enabled=True, tensorboard=False, total_steps=2)
     writer.log_validation(1, 2.0, {"accuracy": 0.5})
     writer.log_validation(2, 2.0, {"accuracy": 0.5}, perplexity=False)
     writer.close()
-    assert metrics_lines == ["validation at step 1: loss 2.0000 | ppl 7.39 | accuracy 0.5000",
+    assert _messages(metrics_log) == ["validation at step 1: loss 2.0000 | ppl 7.39 | accuracy 0.5000",
                              "validation at step 2: loss 2.0000 | accuracy 0.5000"]
 
 
 @pytest.mark.parametrize("objective", ["rm", "dpo"])
 def test_pair_objectives_log_no_perplexity_and_count_both_rows_of_a_pair_in_tokens_per_s(
-    tmp_path, metrics_lines, objective, monkeypatch
+    tmp_path, metrics_log, objective, monkeypatch
 ):
     from megatron_sota.posttrain.run import posttrain
     from tests.posttrain import dpo_examples, pair_examples
@@ -66,7 +57,7 @@ def test_pair_objectives_log_no_perplexity_and_count_both_rows_of_a_pair_in_toke
     job.train.iters, job.train.eval_interval = 3, 3
     seconds = _StepSeconds()
     summary = posttrain(job, str(tmp_path), callbacks=[seconds])
-    (validation,) = [line for line in metrics_lines if line.startswith("validation at step 3:")]
+    (validation,) = [line for line in _messages(metrics_log) if line.startswith("validation at step 3:")]
     assert "ppl" not in validation and f"loss {summary.val_losses[0]:.4f}" in validation
 
     tokens_per_step = job.train.global_batch_size * 2 * job.train.seq_length  # a chosen and a rejected row per pair

@@ -4,7 +4,6 @@ thresholds, the task and record checks, the shipped set, and the in-loop gate's 
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import re
@@ -19,6 +18,7 @@ from megatron_sota.evaluation.refusal_detection import RefusalDetector
 from megatron_sota.evaluation.report import MetricRow, check_thresholds
 from megatron_sota.evaluation.runner import EvalModel, evaluate
 from megatron_sota.evaluation.task_spec import TaskSpec, load_task
+from tests.log_records import logged
 
 CATEGORIES = ("cbrn", "cyber", "autonomy", "misuse")
 
@@ -266,27 +266,11 @@ class _Trainer:
         self.calls.append(("stop", reason, exit_code))
 
 
-class _Records(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.records = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append((record.levelname, record.getMessage()))
-
-
 @pytest.fixture
 def gate_log():
-    """What the in-loop evaluation callback logs, whatever the console set-up (the package's loggers do not
-    propagate once an entry point has run in this process, and pytest may or may not have attached its own
-    capture to them)."""
-    logger = logging.getLogger("megatron_sota.training.callbacks.evaluation")
-    handler, level = _Records(), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    yield handler.records
-    logger.removeHandler(handler)
-    logger.setLevel(level)
+    """(level, message) of what the in-loop evaluation callback logs."""
+    with logged("megatron_sota.training.callbacks.evaluation") as records:
+        yield records
 
 
 @pytest.mark.parametrize("gate", [False, True])
