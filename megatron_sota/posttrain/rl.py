@@ -52,7 +52,8 @@ def actor_critic_class(head_seed: int):
 
     def build(*args, **kwargs) -> GPTModel:
         actor = GPTModel(*args, **kwargs)
-        actor.add_module(CRITIC, reward_model_class(head_seed)(*args, **{**kwargs, "share_embeddings_and_output_weights": False}))
+        untied = {**kwargs, "share_embeddings_and_output_weights": False}
+        actor.add_module(CRITIC, reward_model_class(head_seed)(*args, **untied))
         return actor
 
     return build
@@ -96,7 +97,8 @@ class RLObjective(Objective):
             "reference": _checkpoint(cfg.reference_model, "posttrain.reference_model") or init if cfg.kl_coef > 0 else None,
         }
         if self.uses_critic:
-            self.checkpoints["critic"] = _checkpoint(cfg.critic_model, "posttrain.critic_model") or self.checkpoints["reward"] or init
+            critic = _checkpoint(cfg.critic_model, "posttrain.critic_model")
+            self.checkpoints["critic"] = critic or self.checkpoints["reward"] or init
         self._check_checkpoints(job)
         if cfg.reward_function:
             reward_function(cfg.reward_function)  # an unknown name fails here, before anything is built
@@ -106,9 +108,10 @@ class RLObjective(Objective):
                 f"posttrain.max_new_tokens={cfg.max_new_tokens} leaves no room for a prompt in "
                 f"train.seq_length={t.seq_length}"
             )
-        self.train_records = read_prompt_files(cfg.train_files, cfg.chat_template, inputs.tokenizer, limit, key="posttrain.train_files")
+        read = partial(read_prompt_files, template_source=cfg.chat_template, tokenizer=inputs.tokenizer, max_prompt_tokens=limit)
+        self.train_records = read(cfg.train_files, key="posttrain.train_files")
         if cfg.valid_files:
-            self.valid_records = read_prompt_files(cfg.valid_files, cfg.chat_template, inputs.tokenizer, limit, key="posttrain.valid_files")
+            self.valid_records = read(cfg.valid_files, key="posttrain.valid_files")
         if cfg.reward_function:  # every record must carry what the reward reads (an answer, tests)
             check_records(cfg.reward_function, self.train_records, "posttrain.train_files")
             check_records(cfg.reward_function, self.valid_records, "posttrain.valid_files")
@@ -117,7 +120,8 @@ class RLObjective(Objective):
                 f"posttrain.rollout_prompts={cfg.rollout_prompts} exceeds the {len(self.train_records)} prompts of "
                 "posttrain.train_files"
             )
-        self.schedule = RolloutSchedule(cfg.rollout_prompts * cfg.samples_per_prompt, t.global_batch_size, cfg.ppo_epochs, t.seed)
+        rows = cfg.rollout_prompts * cfg.samples_per_prompt
+        self.schedule = RolloutSchedule(rows, t.global_batch_size, cfg.ppo_epochs, t.seed)
         iters = t.iters
         if iters == 0:
             rollouts = cfg.epochs * len(self.train_records) // cfg.rollout_prompts
@@ -150,7 +154,10 @@ class RLObjective(Objective):
         if critic:
             saved = DistCheckpointReader(critic).job_config().model
             shape = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups")
-            differ = [f"{k} {getattr(saved, k)} (actor {getattr(job.model, k)})" for k in shape if getattr(saved, k) != getattr(job.model, k)]
+            differ = [
+                f"{k} {getattr(saved, k)} (actor {getattr(job.model, k)})"
+                for k in shape if getattr(saved, k) != getattr(job.model, k)
+            ]
             if differ:
                 problems.append(f"the critic starts from {critic}, whose model differs from the actor's: {', '.join(differ)}; "
                                 "the critic is built with the actor's shape (set posttrain.critic_model)")
@@ -262,7 +269,9 @@ class RLObjective(Objective):
         places = [self.schedule.row(s) for s in samples]
         wrong = [i for i, _ in places if i != self.rollout.index]
         if wrong:
-            raise RuntimeError(f"samples {samples} belong to rollout batches {wrong}, the current one is {self.rollout.index}")
+            raise RuntimeError(
+                f"samples {samples} belong to rollout batches {wrong}, the current one is {self.rollout.index}"
+            )
         rows = self.rollout.select(torch.tensor([row for _, row in places]))
         batch = {key: value.to(device) for key, value in rows.items()}
         tokens = batch["tokens"]

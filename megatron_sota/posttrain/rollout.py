@@ -212,7 +212,9 @@ def collect_rollout(
     values = None
     critic = getattr(unwrap(actor), "critic", None)
     if critic is not None:
-        values = _per_token(critic, tokens.to(device), settings.micro_batch_size, lambda out, rows, begin: out.float().squeeze(-1).cpu())
+        values = _per_token(
+            critic, tokens.to(device), settings.micro_batch_size, lambda out, rows, begin: out.float().squeeze(-1).cpu()
+        )
     texts = _decoded(tokenizer, responses, settings.stop_ids)
     scores = _scores(tokens, real, texts, mine, scorers, settings, device)
     # Every replica's rows, so that every rank computes the same advantages.
