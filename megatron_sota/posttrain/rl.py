@@ -32,7 +32,9 @@ from megatron_sota.posttrain.ppo_loss import kl_estimate, policy_loss_terms, val
 from megatron_sota.posttrain.prompt_data import read_prompt_files
 from megatron_sota.posttrain.reward_functions import check_records, reward_function, score_responses
 from megatron_sota.posttrain.reward_head import keys_missing_from_pretrained, reward_model_class
-from megatron_sota.posttrain.rollout import RolloutSettings, Scorers, collect_rollout, heldout_reward, shifted_labels
+from megatron_sota.posttrain.rollout import (
+    RolloutSettings, Scorers, collect_rollout, heldout_reward, row_positions, shifted_labels,
+)
 from megatron_sota.posttrain.rollout_buffer import (
     Rollout, RolloutSchedule, SampleIndices, load_rollout, rollout_path, save_rollout,
 )
@@ -182,18 +184,15 @@ class RLObjective(Objective):
         reward = self.checkpoints.get("reward")
         reference = self.checkpoints.get("reference")
         offload = cfg.offload_frozen_models
+        home = torch.device("cpu") if offload else device  # offloaded models wait in CPU memory from the start
         self.scorers = Scorers(
-            reward_model=load_inference_model(reward, device, model_class=reward_model_class(0)) if reward else None,
-            reference=load_inference_model(reference, device) if reference else None,
+            reward_model=load_inference_model(reward, home, model_class=reward_model_class(0)) if reward else None,
+            reference=load_inference_model(reference, home) if reference else None,
             offload=offload,
         )
         if cfg.reward_function:
             function = reward_function(cfg.reward_function)
             self.scorers.reward_function = partial(score_responses, function)
-        if offload:
-            for model in (self.scorers.reward_model, self.scorers.reference):
-                if model is not None:
-                    model.model.to("cpu")
         if self.uses_critic and progress.iteration == 0:
             self._load_critic(state)
         if progress.iteration % self.schedule.steps_per_rollout:
@@ -275,7 +274,7 @@ class RLObjective(Objective):
         rows = self.rollout.select(torch.tensor([row for _, row in places]))
         batch = {key: value.to(device) for key, value in rows.items()}
         tokens = batch["tokens"]
-        positions = torch.arange(tokens.shape[1], device=device).unsqueeze(0).expand_as(tokens)
+        positions = row_positions(tokens)
         logits = model(tokens, positions, None)
         values = None
         if self.uses_critic:

@@ -56,7 +56,8 @@ class RolloutSettings:
     """The tokenizer's vocabulary (log-probs are taken over it only, token_logps.py)."""
 
 
-def _positions(tokens: torch.Tensor) -> torch.Tensor:
+def row_positions(tokens: torch.Tensor) -> torch.Tensor:
+    """[rows, seq] position ids 0..seq-1 of right-padded rows (prompt at position 0); the training step's too."""
     return torch.arange(tokens.shape[1], device=tokens.device).unsqueeze(0).expand_as(tokens)
 
 
@@ -71,7 +72,7 @@ def _per_token(model: torch.nn.Module, tokens: torch.Tensor, micro_batch_size: i
         parts = []
         for begin in range(0, tokens.shape[0], micro_batch_size):
             rows = tokens[begin : begin + micro_batch_size]
-            parts.append(read(model(rows, _positions(rows), None), rows, begin))
+            parts.append(read(model(rows, row_positions(rows), None), rows, begin))
         return torch.cat(parts)
     finally:
         model.train(was_training)
@@ -199,7 +200,8 @@ def collect_rollout(
     def logps_of(output, rows, begin):
         return token_logps(output, shifted_labels(rows, settings.pad_id), settings.vocab_size).cpu()
 
-    old_logps = _per_token(actor, tokens.to(device), settings.micro_batch_size, logps_of).float()
+    on_device = tokens.to(device)
+    old_logps = _per_token(actor, on_device, settings.micro_batch_size, logps_of).float()
     generated = torch.zeros_like(old_logps)
     for row, values in enumerate(generation_logps):
         generated[row, actions[row]] = torch.tensor(values, dtype=torch.float32)
@@ -207,13 +209,13 @@ def collect_rollout(
     if scorers.reference is not None:
         ref_logps = _with_model(
             scorers.reference, device, scorers.offload,
-            lambda model: _per_token(model, tokens.to(device), settings.micro_batch_size, logps_of),
+            lambda model: _per_token(model, on_device, settings.micro_batch_size, logps_of),
         ).float()
     values = None
     critic = getattr(unwrap(actor), "critic", None)
     if critic is not None:
         values = _per_token(
-            critic, tokens.to(device), settings.micro_batch_size, lambda out, rows, begin: out.float().squeeze(-1).cpu()
+            critic, on_device, settings.micro_batch_size, lambda out, rows, begin: out.float().squeeze(-1).cpu()
         )
     texts = _decoded(tokenizer, responses, settings.stop_ids)
     scores = _scores(tokens, real, texts, mine, scorers, settings, device)
