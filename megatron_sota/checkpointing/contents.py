@@ -15,6 +15,8 @@ from megatron.core import parallel_state
 from megatron.core.dist_checkpointing.mapping import ShardedObject, ShardedTensor
 from megatron.core.tensor_parallel import get_cuda_rng_tracker
 
+from megatron_sota.checkpointing import fsdp_state
+
 FORMAT = "megatron_sota/1"
 # The distributed optimizer's state is written per parameter in the model's own shape (gathered
 # over data-parallel ranks first), so it reshards across TP, PP and DP like the weights.
@@ -32,8 +34,21 @@ def model_key(index: int, count: int) -> str:
     return "model" if count == 1 else f"model{index}"
 
 
-def model_sharded_state_dict(models: List[torch.nn.Module]) -> Dict[str, Any]:
+def model_sharded_state_dict(models: List[torch.nn.Module], is_loading: bool = False) -> Dict[str, Any]:
+    """Each chunk's sharded state dict under its model key; a Megatron-FSDP chunk's in the same (whole-weight) form."""
+    if fsdp_state.is_fsdp(models):
+        return {model_key(i, len(models)): fsdp_state.model_sharded_state_dict(m, is_loading) for i, m in enumerate(models)}
     return {model_key(i, len(models)): unwrap(m).sharded_state_dict() for i, m in enumerate(models)}
+
+
+def load_model_state(models: List[torch.nn.Module], loaded: Dict[str, Any]) -> None:
+    """Puts loaded weights ({model key: the chunk's state dict}) into the chunks, whichever wrapper they are in."""
+    for index, model in enumerate(models):
+        chunk_state = loaded[model_key(index, len(models))]
+        if fsdp_state.is_fsdp(models):
+            fsdp_state.load_weights(model, chunk_state)
+        else:
+            unwrap(model).load_state_dict(chunk_state, strict=True)
 
 
 def _rng_payload() -> Dict[str, Any]:
@@ -142,13 +157,21 @@ def build_state_dict(
     is_loading: bool, include_optimizer: bool = True, include_rng: bool = True, vocab_size: Optional[int] = None,
 ) -> Dict[str, Any]:
     """The sharded state dict to save (or the template to load into)."""
-    state: Dict[str, Any] = model_sharded_state_dict(models)
-    if include_optimizer:
+    fsdp = fsdp_state.is_fsdp(models)
+    if include_optimizer and fsdp:
+        # Weights and optimizer state gathered together, in the form a DDP run writes (checkpointing/fsdp_state.py).
+        chunk_states, optimizer_state = fsdp_state.full_state_dicts(optimizer, models, is_loading)
+        state: Dict[str, Any] = {model_key(i, len(models)): s for i, s in enumerate(chunk_states)}
+        state["optimizer"] = optimizer_state
+    else:
+        state = model_sharded_state_dict(models, is_loading)
+    if include_optimizer and not fsdp:
         if is_loading:
             prime_optimizer_state(optimizer)
             state["optimizer"] = optimizer.sharded_state_dict(state, is_loading=True, metadata=OPTIMIZER_METADATA)
         else:
             state["optimizer"] = optimizer_state_to_save(optimizer, state)
+    if include_optimizer:
         state["scheduler"] = scheduler.state_dict()
     if include_rng:
         state["rng_state"] = _rng_sharded_object(None if is_loading else _rng_payload())

@@ -20,10 +20,11 @@ import torch.distributed as dist
 from megatron.core import dist_checkpointing
 from torch.distributed.checkpoint.api import CheckpointException
 
-from megatron_sota.checkpointing import paths
+from megatron_sota.checkpointing import fsdp_state, paths
 from megatron_sota.checkpointing.contents import (
     FORMAT,
     build_state_dict,
+    load_model_state,
     model_key,
     model_sharded_state_dict,
     optimizer_kind,
@@ -239,12 +240,13 @@ class CheckpointManager:
                 if load_optimizer else ""
             )
             raise MegatronSotaError(f"{checkpoint_dir}: loading failed ({type(err).__name__}: {err}){hint}") from None
-        for index, model in enumerate(state.models):
-            key = model_key(index, len(state.models))
-            unwrap(model).load_state_dict({**loaded[key], **kept.get(key, {})}, strict=True)
+        load_model_state(state.models, _with_kept(loaded, kept))
         if load_optimizer:
             try:
-                state.optimizer.load_state_dict(loaded["optimizer"])
+                if fsdp_state.is_fsdp(state.models):
+                    fsdp_state.load_optimizer(state.optimizer, state.models, loaded["optimizer"])
+                else:
+                    state.optimizer.load_state_dict(loaded["optimizer"])
             except Exception as err:
                 raise MegatronSotaError(
                     f"{checkpoint_dir}: the optimizer state does not fit this run ({type(err).__name__}: {err}); "
@@ -252,7 +254,7 @@ class CheckpointManager:
                 ) from None
             unshare_adam_steps(torch_optimizers(state.optimizer))
             state.scheduler.load_state_dict(loaded["scheduler"])
-        else:
+        elif not fsdp_state.is_fsdp(state.models):  # FSDP loads the weights into its main copies directly
             # A bf16/fp16 run's optimizer keeps fp32 main copies made from the weights it was built with; without
             # this, its first step would write those back over the weights just loaded.
             state.optimizer.reload_model_params()
@@ -290,7 +292,7 @@ def _keep_fresh(
             continue
         if stored is None:
             stored = set(dist_checkpointing.load_tensors_metadata(checkpoint_dir))
-        current = unwrap(model).state_dict()
+        current = fsdp_state.whole_weights(model) if fsdp_state.is_fsdp(models) else unwrap(model).state_dict()
         missing = [name for name in names if chunk[name].key not in stored]
         if not missing:
             continue
@@ -352,10 +354,12 @@ def load_model_weights(
         loaded = dist_checkpointing.load(template, checkpoint_dir)
     except (Exception, CheckpointException) as err:
         raise MegatronSotaError(f"{checkpoint_dir}: loading the weights failed ({type(err).__name__}: {err})") from None
-    for index, model in enumerate(models):
-        key = model_key(index, len(models))
-        unwrap(model).load_state_dict({**loaded[key], **kept.get(key, {})}, strict=True)
+    load_model_state(models, _with_kept(loaded, kept))
     return common
+
+
+def _with_kept(loaded: Dict[str, Any], kept: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+    return {**loaded, **{key: {**loaded[key], **values} for key, values in kept.items()}}
 
 
 def checkpoint_layout(parallel, dp: int) -> Dict[str, int]:

@@ -8,6 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+# Megatron-FSDP's data_parallel_sharding_strategy values (megatron-core 0.16.1), plus none for plain DDP.
+FSDP_STRATEGIES = ("none", "optim", "optim_grads", "optim_grads_params")
+
 # How the SDPA context-parallel attention exchanges K/V (megatron-core's cp_comm_type names).
 CP_COMM_TYPES = ("all_gather", "p2p")
 
@@ -29,6 +32,11 @@ class ParallelConfig:
     """Sequence parallelism (needs tp > 1)."""
     distributed_optimizer: bool = True
     """Shard optimizer state over data-parallel ranks (ZeRO-1)."""
+    fsdp: str = "none"
+    """Fully sharded data parallelism through megatron-core's Megatron-FSDP: none (DDP; with distributed_optimizer,
+    ZeRO-1), optim (optimizer states and fp32 main weights sharded, ZeRO-1), optim_grads (also gradients, ZeRO-2)
+    or optim_grads_params (also the weights, gathered one transformer layer at a time, ZeRO-3). Needs
+    distributed_optimizer=true."""
     overlap_grad_reduce: bool = False
     """Overlap data-parallel gradient reduce-scatter with the backward pass (GPU)."""
     overlap_param_gather: bool = False

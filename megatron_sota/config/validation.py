@@ -12,7 +12,7 @@ from megatron_sota.config.generation import generation_problems
 from megatron_sota.config.job import JobConfig
 from megatron_sota.config.kernels import ATTENTION_BACKENDS
 from megatron_sota.config.machine import Machine, machine_problems, probe_machine
-from megatron_sota.config.parallel import CP_COMM_TYPES
+from megatron_sota.config.parallel import CP_COMM_TYPES, FSDP_STRATEGIES
 from megatron_sota.config.posttrain import posttrain_problems
 from megatron_sota.config.ranges import Bound, above, at_least, range_problems, within
 from megatron_sota.config.run import LOG_LEVELS
@@ -168,6 +168,7 @@ def _choice_problems(cfg: JobConfig) -> list[str]:
         ("runtime.device", cfg.runtime.device, DEVICE_CHOICES),
         ("model.transformer_impl", cfg.model.transformer_impl, IMPL_CHOICES),
         ("parallel.cp_comm_type", cfg.parallel.cp_comm_type, CP_COMM_TYPES),
+        ("parallel.fsdp", cfg.parallel.fsdp, FSDP_STRATEGIES),
         ("optimizer.name", cfg.optimizer.name, ("adamw",)),
         ("checkpoint.export_hf_dtype", cfg.checkpoint.export_hf_dtype, EXPORT_DTYPE_CHOICES),
         ("kernels.attention_backend", cfg.kernels.attention_backend, ATTENTION_BACKENDS),

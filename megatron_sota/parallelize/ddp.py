@@ -14,12 +14,14 @@ from megatron.core.transformer.module import Float16Module
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megatron_sota.config.parallel import ParallelConfig
+from megatron_sota.parallelize.fsdp import wrap_in_fsdp
 
 
 def wrap_in_ddp(
     chunks: List[torch.nn.Module], config: TransformerConfig, parallel: ParallelConfig, device: torch.device
-) -> List[DistributedDataParallel]:
-    """Moves chunks to the device, adds the half-precision wrapper, and wraps each in DDP.
+) -> list:
+    """Moves chunks to the device, adds the half-precision wrapper, and wraps each in DDP (or, with
+    parallel.fsdp, in Megatron-FSDP: parallelize/fsdp.py).
 
     Also tells the schedules (through `config`) how to finish gradients and, with overlap,
     how to hold back and start the DP communication.
@@ -33,20 +35,17 @@ def wrap_in_ddp(
         # and skips the update (training/step.py), as fp16's loss scaler does for overflows.
         check_for_nan_in_grad=False,
     )
-    wrapped = []
-    for index, chunk in enumerate(chunks):
-        chunk = chunk.to(device)
-        if config.fp16 or config.bf16:
-            chunk = Float16Module(config, chunk)
-        wrapped.append(
-            DistributedDataParallel(
-                config=config,
-                ddp_config=ddp_config,
-                module=chunk,
-                # Later chunks of interleaved pipelining reduce in one bucket, as Megatron-LM does.
-                disable_bucketing=index > 0,
-            )
-        )
+    chunks = [chunk.to(device) for chunk in chunks]
+    if config.fp16 or config.bf16:
+        chunks = [Float16Module(config, chunk) for chunk in chunks]
+    if parallel.fsdp != "none":
+        wrapped = wrap_in_fsdp(chunks, config, ddp_config, parallel.fsdp, device)
+    else:
+        wrapped = [
+            # Later chunks of interleaved pipelining reduce in one bucket, as Megatron-LM does.
+            DistributedDataParallel(config=config, ddp_config=ddp_config, module=chunk, disable_bucketing=index > 0)
+            for index, chunk in enumerate(chunks)
+        ]
     # The schedules call this after the last backward: DP all-reduce, SP norm grads,
     # embedding grads between first/last stage, and 1/num_tokens scaling.
     config.finalize_model_grads_func = finalize_model_grads

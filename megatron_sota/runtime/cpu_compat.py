@@ -101,6 +101,9 @@ class _NullStream:
     def record(self, *args: Any) -> None:
         pass
 
+    def wait(self, *args: Any) -> None:
+        pass
+
     def synchronize(self) -> None:
         pass
 
@@ -136,6 +139,30 @@ def _cuda_stand_ins() -> dict[tuple[Any, str], Any]:
         (mcore_random, "_get_cuda_rng_state"): _cpu_rng_state,
         (mcore_random, "_set_cuda_rng_state"): _set_cpu_rng_state,
     }
+
+
+@contextlib.contextmanager
+def indexed_current_device() -> Iterator[None]:
+    """Inside cpu_backend, `torch.cuda.current_device()` answers the index 0 for the duration of the block.
+
+    Megatron-FSDP's constructor spells its default device `torch.device(f"cuda:{torch.cuda.current_device()}")`,
+    which the device object cpu_backend answers with cannot form; "cuda:0" can, and the TorchFunctionMode still maps
+    every tensor placed there to the CPU. Only for a constructor: custom autograd functions running outside the mode
+    need the device object. Does nothing outside cpu_backend.
+    """
+    stand_in = torch.cuda.current_device
+    if getattr(stand_in, "__module__", None) != __name__:
+        yield  # not under cpu_backend: the real CUDA function answers an index already
+        return
+    torch.cuda.current_device = _index_zero
+    try:
+        yield
+    finally:
+        torch.cuda.current_device = stand_in
+
+
+def _index_zero() -> int:
+    return 0
 
 
 @contextlib.contextmanager

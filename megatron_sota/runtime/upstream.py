@@ -96,9 +96,17 @@ CUDA_FUSED_ATTENTION = Patch(  # not a patch: calls of private ops, whose schema
         "torch.ops.aten._scaled_dot_product_efficient_attention_backward",
     ),
 )
+FSDP_WITHOUT_TE = Patch(
+    "parallelize.fsdp._te_linear_placeholder_as_a_type",
+    (("megatron-core", "0.16.1"),),
+    APPLY,  # only replaces a placeholder that is not a type; nothing is an instance of the class put there
+    "test_fsdp_adapter_without_te_has_a_te_linear_placeholder_that_is_not_a_type",
+    ("megatron.core.distributed.fsdp.mcore_fsdp_adapter.TELinear",),
+    refuse_without="parallel.tp=1 or Transformer Engine installed (Megatron-FSDP at tp > 1 checks isinstance against it)",
+)
 PATCHES = (
     FULLY_RESHARDABLE_STEP, SHARED_ADAM_STEP, CPU_BACKEND, TP_GROUP_WITHOUT_WARNING, LOADER_WORKERS_AT_EXIT,
-    CPU_FLASH_ATTENTION, CUDA_FUSED_ATTENTION,
+    CPU_FLASH_ATTENTION, CUDA_FUSED_ATTENTION, FSDP_WITHOUT_TE,
 )
 
 _warned: set[str] = set()

@@ -15,6 +15,8 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
+from megatron_sota.checkpointing import fsdp_state
+from megatron_sota.checkpointing.contents import unwrap
 from megatron_sota.checkpointing.manager import CheckpointManager, Progress, checkpoint_layout
 from megatron_sota.config.job import JobConfig
 from megatron_sota.runtime.launch_env import read_launch_env
@@ -44,10 +46,17 @@ def gather_full(models, kind: str) -> Optional[Dict[str, torch.Tensor]]:
     tp_group = parallel_state.get_tensor_model_parallel_group()
     tp_size = parallel_state.get_tensor_model_parallel_world_size()
     local: Dict[str, torch.Tensor] = {}
+    fsdp = fsdp_state.is_fsdp(models)
+    if fsdp and kind != "param":
+        raise ValueError("Megatron-FSDP keeps only each rank's share of a gradient: compare weights")
     for ddp in models:
-        gpt = ddp.module
-        for name, param in gpt.named_parameters():
-            value = (param.main_grad if kind == "grad" else param.data).detach().float().clone()
+        gpt = unwrap(ddp)
+        if fsdp:  # the weights gathered over DP ranks, with the tensor-parallel attributes of the originals
+            items = [(name, ddp.module.raw_param[name], whole) for name, whole in fsdp_state.whole_weights(ddp).items()]
+        else:
+            items = [(name, p, p.main_grad if kind == "grad" else p.data) for name, p in gpt.named_parameters()]
+        for name, param, value in items:
+            value = value.detach().float().clone()
             if getattr(param, "tensor_model_parallel", False) and tp_size > 1:
                 shards = [torch.empty_like(value) for _ in range(tp_size)]
                 dist.all_gather(shards, value, group=tp_group)
@@ -107,7 +116,8 @@ def layout_probe(rank: int, job: JobConfig, run_dir: str, steps: int, objective=
             for _ in range(steps)
         ]
         params = gather_full(state.models, "param")
-        return {"first_loss": first_loss, "grads": grads, "losses": losses, "params": params}
+        held = training_state_bytes(state.models, state.optimizer)
+        return {"first_loss": first_loss, "grads": grads, "losses": losses, "params": params, "bytes": held}
 
 
 def step_stats_probe(rank: int, job: JobConfig, run_dir: str, steps: int, until_update: bool = False) -> list[dict]:
@@ -153,3 +163,49 @@ def validation_probe(rank: int, job: JobConfig, run_dir: str, checkpoint_dir: st
 
     with fresh_training_state(job, run_dir, load_from=checkpoint_dir) as state:
         return validation_loss(state)
+
+
+def training_state_bytes(models, optimizer) -> Dict[str, int]:
+    """Bytes this rank holds for weights, gradients and optimizer (main copies, moments), counting each storage once,
+    in that order of claim: what parameter, gradient and optimizer sharding change. DDP's weights and gradient
+    buffers, Megatron-FSDP's model-weight, main-weight and main-gradient buffers, and the optimizer's state."""
+    seen: set = set()
+
+    def claim(tensors) -> int:
+        total = 0
+        for tensor in tensors:
+            if tensor is None:
+                continue
+            local = tensor.to_local() if hasattr(tensor, "to_local") else tensor
+            storage = local.untyped_storage()
+            if storage.nbytes() and storage.data_ptr() not in seen:
+                seen.add(storage.data_ptr())
+                total += storage.nbytes()
+        return total
+
+    def fsdp_buffers(attribute: str):
+        return [
+            getattr(getattr(group, attribute), "data", None)
+            for m in models if fsdp_state.is_fsdp([m])
+            for group in m.module.param_and_grad_buffer.parameter_groups if getattr(group, attribute) is not None
+        ]
+
+    inner = [o.optimizer for o in getattr(optimizer, "chained_optimizers", [optimizer])]
+    states = [t for o in inner for s in o.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
+    main = [p for o in inner for g in o.param_groups for p in g["params"]]
+    if fsdp_state.is_fsdp(models):  # the module's parameters are views of these buffers, or the optimizer's main copies
+        held = {
+            "weights": claim(fsdp_buffers("model_weight_buffer")),
+            "grads": claim(fsdp_buffers("main_grad_buffer")),
+            "optimizer": claim(main + fsdp_buffers("main_weight_buffer") + states),
+        }
+    else:
+        params = [p for m in models for p in unwrap(m).parameters()]
+        held = {
+            "weights": claim(params),
+            "grads": claim([getattr(p, "main_grad", None) for p in params]),
+            "optimizer": claim(main + states),
+        }
+    # Anything else the module's parameters still point at (Megatron-FSDP's gathered units not yet released).
+    held["other"] = claim([p for m in models for p in unwrap(m).parameters()])
+    return held
