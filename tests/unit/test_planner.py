@@ -298,9 +298,14 @@ def test_fsdp_memory_per_strategy_follows_the_closed_form_at_dp4():
         assert (state.weights, state.gradients, state.optimizer, state.gathered_weights, state.gathered_gradients) == (w, g, o, gw, gg), fsdp
         memory = estimate_rank_memory(TINY, 1920, layout, 0)
         assert (memory.weights, memory.gradients, memory.optimizer) == (w, g, o)
-        if fsdp == "optim_grads_params":  # the gathered units sit on top of the backward's peak
-            plain = estimate_rank_memory(TINY, 1920, ParallelLayout(dp=4, seq_length=64, micro_batch_size=2, dtype="fp32"), 0)
-            assert memory.phase == plain.phase and memory.transient == plain.transient + gw + gg
+
+    # The gathered units sit on top of the backward's peak: in the output layer's backward with this
+    # vocabulary, in a layer's backward with 128 tokens of vocabulary (small logits).
+    for vocab, phase in ((1920, "output-layer backward"), (128, "layer backward")):
+        plain = ParallelLayout(dp=4, seq_length=64, micro_batch_size=2, dtype="fp32")
+        zero3, none = (estimate_rank_memory(TINY, vocab, replace(plain, fsdp=f), 0) for f in ("optim_grads_params", "none"))
+        assert zero3.phase == none.phase == phase
+        assert zero3.transient == none.transient + 8 * _tiny_params(vocab)
 
 
 def _sota_layer_on_tp8() -> int:
