@@ -62,11 +62,11 @@ the backward (`model_state_bytes`, the fields gathered_*), what it allocates who
   and again in backward) it all-gathers it and prefetches the next units until the prefetch reaches
   half of suggested_communication_unit_size (megatron_fsdp.py: max(1e9, 2 x a unit's elements) when
   unset, i.e. at least 5e8 elements): 1 + ceil(max(5e8, u) / u) units of u elements, at most the
-  chunk's layers (2 for layers above 5e8 elements, 4 for sota_175b's 213M at tp=8, every layer of a
+  chunk's layers (2 for layers above 5e8 elements, 4 for sota_175b's 211M at tp=8, every layer of a
   small model). Its fp32 gradients wait for their reduce-scatter in a queue that holds up to that
   unit size: 1 + floor(max(1e9, 2u) / u) units' gradients. Parameters outside the units (embedding,
   output layer, final norm) are gathered when used and counted whole, weights and gradients.
-  The layers' figures are megatron-core's defaults, not measured here; fsdp_double_buffer would cap
+  These windows follow megatron-core's defaults and are not measured here; fsdp_double_buffer caps
   the units at two.
 
 Not counted (the planner's memory_fraction leaves room for them): the CUDA context and NCCL
