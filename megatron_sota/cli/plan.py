@@ -20,10 +20,18 @@ quiet_megatron()
 
 from megatron_sota.errors import MegatronSotaError  # noqa: E402
 from megatron_sota.planning.cluster import GPUS, build_cluster  # noqa: E402
-from megatron_sota.planning.layout import DTYPES, ParallelLayout, parse_layout  # noqa: E402
+from megatron_sota.planning.layout import DTYPES, FSDP, ParallelLayout, parse_layout  # noqa: E402
 from megatron_sota.planning.memory import OPTIMIZER_KERNELS  # noqa: E402
 from megatron_sota.config.presets import load_model_preset  # noqa: E402
-from megatron_sota.planning.report import format_plan, format_rejections, format_table, plan_json, result_json, verdict  # noqa: E402
+from megatron_sota.planning.report import (  # noqa: E402
+    format_best_per_sharding,
+    format_plan,
+    format_rejections,
+    format_table,
+    plan_json,
+    result_json,
+    verdict,
+)
 from megatron_sota.planning.search import MIN_CP_TOKENS, PlanRequest, SearchSpace, evaluate, search  # noqa: E402
 from megatron_sota.planning.step_time import Efficiency  # noqa: E402
 from megatron_sota.runtime.log import add_verbose_flag, setup_logging  # noqa: E402
@@ -38,6 +46,14 @@ def _ints(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got '{text}'") from None
 
 
+def _strategies(text: str) -> list[str]:
+    names = [x.strip() for x in text.split(",") if x.strip()]
+    unknown = [n for n in names if n not in FSDP]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated strategies among {', '.join(FSDP)}, got '{text}'")
+    return names
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="sota_175b", help="a preset of conf/model/")
@@ -50,13 +66,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
     parser.add_argument("--top", type=int, default=10)
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    parser.add_argument("--layout", default=None, help="evaluate one layout, e.g. tp=8,pp=8,vpp=1,mbs=1,recompute=full,dopt=1")
+    parser.add_argument("--layout", default=None, help="evaluate one layout, e.g. tp=8,pp=8,vpp=1,mbs=1,recompute=full,dopt=1,fsdp=none")
     parser.add_argument("--show-rejected", action="store_true", help="print a sample of rejected layouts per reason")
     space = parser.add_argument_group("search space")
     space.add_argument("--micro-batch-sizes", type=_ints, default=[1, 2, 4])
     space.add_argument("--cp", type=_ints, default=None,
                        help=f"context-parallel sizes to try (default: 1, 2, 4, ... while each rank keeps >= {MIN_CP_TOKENS} tokens)")
     space.add_argument("--max-vpp", type=int, default=16)
+    space.add_argument("--fsdp", type=_strategies, default=list(SearchSpace.fsdp),
+                       help=f"parallel.fsdp strategies to try (default: {','.join(SearchSpace.fsdp)}; optim adds Megatron-FSDP's ZeRO-1)")
     model = parser.add_argument_group("efficiency and hardware assumptions")
     model.add_argument("--matmul-efficiency", type=float, default=Efficiency.matmul)
     model.add_argument("--attention-efficiency", type=float, default=Efficiency.attention)
@@ -110,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 print(format_plan(plan, problems, args.tokens))
             return 1 if problems else 0
-        space = SearchSpace(micro_batch_sizes=args.micro_batch_sizes, cp=args.cp, max_vpp=args.max_vpp)
+        space = SearchSpace(micro_batch_sizes=args.micro_batch_sizes, cp=args.cp, max_vpp=args.max_vpp, fsdp=args.fsdp)
         result = search(request, space)
     except MegatronSotaError as err:
         log.error("%s", err)
@@ -126,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"{len(result.plans)} feasible layouts, {len(result.rejections)} rejected; top {min(args.top, len(result.plans))}:")
     print(format_table(result.plans[: args.top], args.tokens))
+    if result.plans:
+        print(format_best_per_sharding(result, args.tokens))
     if args.show_rejected:
         print(format_rejections(result.rejections))
     print(verdict(request, result, args.tokens).line())

@@ -40,6 +40,35 @@ blocks) but holds exchange buffers while a layer's attention runs backward (kv_b
 on top of the gradient flowing back along the residual stream; the layer's backward peak is then
 the larger of this and the fc2 backward.
 
+Data-parallel sharding (P parameters on the rank after the TP/PP split, N = dp*cp ranks, e bytes
+per parameter; fp32 grads as grad_reduce_in_fp32=True, Adam's 8 bytes and a 4-byte fp32 master)::
+
+    none (DDP)             P*e + P*4 + P*(8 + master)      master: 4 for bf16, 0 for fp32 params
+      + distributed opt.   P*e + P*4 + P/N*(8 + master)    megatron-core's ZeRO-1
+    fsdp=optim             P*e + P*4 + P/N*(8 + 4)         Megatron-FSDP keeps an fp32 main copy
+    fsdp=optim_grads       P*e + P/N*4 + P/N*(8 + 4)       even of fp32 params (preserve_fp32_weights)
+    fsdp=optim_grads_params  P/N*e + P/N*4 + P/N*(8 + 4)
+
+Megatron-FSDP (megatron-core 0.16.1, distributed/fsdp/src/megatron_fsdp/param_and_grad_buffer.py,
+ParamAndGradBuffer._init_each_parameter_group_buffers) shards each buffer over the dp*cp group, and
+only over a group of more than one rank: at N = 1 every strategy holds what DDP does. On top, for
+the backward (`model_state_bytes`, the fields gathered_*), what it allocates whole for a while:
+
+- optim_grads has no FSDP units (mcore_fsdp_adapter.py: units only for optim_grads_params) and,
+  with ddp_config.bucket_size unset (parallelize/ddp.py), one gradient bucket per model chunk: the
+  chunk's fp32 gradients exist whole until its backward ends and they are reduce-scattered. Its
+  saving shows outside the backward only.
+- optim_grads_params gathers per FSDP unit, one TransformerLayer. Before a unit computes (forward,
+  and again in backward) it all-gathers it and prefetches the next units until the prefetch reaches
+  half of suggested_communication_unit_size (megatron_fsdp.py: max(1e9, 2 x a unit's elements) when
+  unset, i.e. at least 5e8 elements): 1 + ceil(max(5e8, u) / u) units of u elements, at most the
+  chunk's layers (2 for layers above 5e8 elements, 4 for sota_175b's 211M at tp=8, every layer of a
+  small model). Its fp32 gradients wait for their reduce-scatter in a queue that holds up to that
+  unit size: 1 + floor(max(1e9, 2u) / u) units' gradients. Parameters outside the units (embedding,
+  output layer, final norm) are gathered when used and counted whole, weights and gradients.
+  These windows follow megatron-core's defaults and are not measured here; fsdp_double_buffer caps
+  the units at two.
+
 Not counted (the planner's memory_fraction leaves room for them): the CUDA context and NCCL
 buffers, the caching allocator's fragmentation, the distributed optimizer's bucket padding, the
 batch's token/label tensors. Transformer Engine's fused layers save less than this local spec.
@@ -50,7 +79,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from megatron_sota.config.model import ModelConfig
-from megatron_sota.model.param_count import count_params
+from megatron_sota.model.param_count import count_params, layer_params
 from megatron_sota.planning.layout import ParallelLayout
 
 GRAD_BYTES = 4
@@ -59,6 +88,10 @@ ADAM_BYTES = 8
 """exp_avg and exp_avg_sq, fp32."""
 MASTER_BYTES = 4
 """fp32 master copy of bf16 parameters (none for fp32 parameters: the optimizer steps them in place)."""
+
+FSDP_COMM_UNIT_FLOOR = 1_000_000_000
+"""Elements: Megatron-FSDP's smallest suggested_communication_unit_size when ddp_config leaves it
+unset (megatron_fsdp.py), the reduce-scatter queue's capacity; it prefetches half of it."""
 
 OPTIMIZER_KERNELS = ("fused", "foreach", "per_tensor")
 """Which Adam runs, which decides its temporaries: TE/apex FusedAdam (the NGC image) makes none;
@@ -203,6 +236,67 @@ def params_on_rank(model: ModelConfig, padded_vocab: int, layout: ParallelLayout
     return params, largest
 
 
+@dataclass(frozen=True)
+class ModelState:
+    """Parameter, gradient and optimizer bytes on one GPU under the layout's data-parallel sharding."""
+
+    weights: int
+    gradients: int
+    optimizer: int
+    """Held through the whole step: sharded over dp*cp as the strategy says (module docstring)."""
+    gathered_weights: int
+    """fsdp=optim_grads_params: weights all-gathered whole for the FSDP units in flight."""
+    gathered_gradients: int
+    """fsdp=optim_grads(_params): fp32 gradients held whole until their reduce-scatter."""
+
+    @property
+    def held(self) -> int:
+        return self.weights + self.gradients + self.optimizer
+
+    @property
+    def backward_peak(self) -> int:
+        return self.held + self.gathered_weights + self.gathered_gradients
+
+
+def fsdp_unit_elements(model: ModelConfig, layout: ParallelLayout) -> int:
+    """Elements of one FSDP unit (a TransformerLayer) on a TP rank: matrices split, norms replicated."""
+    h = model.hidden_size
+    return (layer_params(model) - 2 * h) // layout.tp + 2 * h
+
+
+def _fsdp_gathered_elements(model: ModelConfig, layout: ParallelLayout, params: int) -> tuple[int, int]:
+    """(weights, gradients) elements Megatron-FSDP holds whole during a backward (module docstring)."""
+    layers = model.num_layers // layout.pp
+    per_chunk = layers // layout.vpp  # each model chunk is its own FSDP instance
+    unit = fsdp_unit_elements(model, layout)
+    outside = params - layers * unit  # embedding, output layer, final norm: not units
+    if layout.fsdp == "optim_grads":
+        return 0, per_chunk * unit + outside
+    comm_unit = max(FSDP_COMM_UNIT_FLOOR, 2 * unit)
+    gathered = min(per_chunk, 1 + -(-(comm_unit // 2) // unit))
+    queued = min(per_chunk, 1 + comm_unit // unit)
+    return gathered * unit + outside, queued * unit + outside
+
+
+def model_state_bytes(model: ModelConfig, padded_vocab: int, layout: ParallelLayout, rank: int = 0) -> ModelState:
+    """Weights, gradients and optimizer states of pipeline rank `rank` by sharding strategy (module docstring)."""
+    e = layout.bytes_per_element
+    params = params_on_rank(model, padded_vocab, layout, rank)[0]
+    shards = layout.dp * layout.cp
+    sharded = -(-params // shards)
+    if layout.fsdp == "none":
+        master = MASTER_BYTES if e != 4 else 0
+        optimizer = (sharded if layout.distributed_optimizer else params) * (ADAM_BYTES + master)
+        return ModelState(params * e, params * GRAD_BYTES, optimizer, 0, 0)
+    weights = (sharded if layout.fsdp == "optim_grads_params" else params) * e
+    gradients = (params if layout.fsdp == "optim" else sharded) * GRAD_BYTES
+    optimizer = sharded * (ADAM_BYTES + MASTER_BYTES)  # preserve_fp32_weights: fp32 main even of fp32 params
+    if layout.fsdp == "optim" or shards == 1:
+        return ModelState(weights, gradients, optimizer, 0, 0)  # nothing distributed to gather
+    gathered_weights, gathered_grads = _fsdp_gathered_elements(model, layout, params)
+    return ModelState(weights, gradients, optimizer, gathered_weights * e, gathered_grads * GRAD_BYTES)
+
+
 def _optimizer_temporaries(kernel: str, optimizer_params: int, largest: int) -> int:
     if kernel == "fused":
         return 0
@@ -222,10 +316,9 @@ def estimate_rank_memory(
     first, last = rank == 0, rank == layout.pp - 1
 
     params, largest = params_on_rank(model, padded_vocab, layout, rank)
-    shards = layout.dp * layout.cp if layout.distributed_optimizer else 1
-    optimizer_params = -(-params // shards)
-    per_param_state = ADAM_BYTES + (MASTER_BYTES if e != 4 else 0)
-    weights, gradients, optimizer = params * e, params * GRAD_BYTES, optimizer_params * per_param_state
+    state = model_state_bytes(model, padded_vocab, layout, rank)
+    optimizer_params = -(-params // (layout.dp * layout.cp)) if layout.shards_optimizer else params
+    gathered = state.gathered_weights + state.gathered_gradients  # FSDP, during the backward
 
     # Activations of the in-flight micro-batches: each chunk's layers plus its pipeline messages.
     layers_per_chunk = model.num_layers // (layout.pp * layout.vpp)
@@ -251,10 +344,10 @@ def estimate_rank_memory(
         if e == 4:
             recomputed -= shape.hidden(model)  # its x.float() is the kept input itself
         layer_backward += recomputed
-    candidates = [("layer backward", activations, 0, layer_backward)]
+    candidates = [("layer backward", activations, 0, layer_backward + gathered)]
     if first:
         # The dense [V/t, h] embedding gradient comes once a micro-batch's layers are all freed.
-        candidates.append(("embedding backward", activations - chunk, 0, padded_vocab * h * e // t))
+        candidates.append(("embedding backward", activations - chunk, 0, padded_vocab * h * e // t + gathered))
     if last:
         logits = shape.tokens * padded_vocab // t  # full sequence per TP rank, even with SP
         cast = e if e != 4 else 0  # bf16 logits and their gradient next to the fp32 copy
@@ -262,11 +355,11 @@ def estimate_rank_memory(
         # Output-layer backward: the gradient (cast down, or the fp32 softmax reused in place),
         # the [V/t, h] weight-gradient temporary and the [s, b, h] input gradient.
         backward = (cast or 4) * logits + padded_vocab * h * e // t + shape.tokens * h * e
-        candidates.append(("output-layer backward", activations, held, max(0, backward - held)))
+        candidates.append(("output-layer backward", activations, held, max(0, backward - held) + gathered))
     step_temporaries = _optimizer_temporaries(optimizer_kernel, optimizer_params, largest)
     candidates.append(("optimizer step", 0, 0, step_temporaries))
     phase, held_activations, held_logits, extra = max(candidates, key=lambda c: c[1] + c[2] + c[3])
-    return MemoryEstimate(weights, gradients, optimizer, held_activations, held_logits, extra, rank, phase)
+    return MemoryEstimate(state.weights, state.gradients, state.optimizer, held_activations, held_logits, extra, rank, phase)
 
 
 def estimate_memory(

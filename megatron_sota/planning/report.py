@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
 from megatron_sota.model.param_count import count_params, format_count
-from megatron_sota.planning.search import Plan, PlanRequest, Rejection, SearchResult
+from megatron_sota.planning.search import Plan, PlanRequest, Rejection, SearchResult, best_per_sharding
 from megatron_sota.planning.step_time import budget_flops
 
 DAYS_PER_MONTH = 30.44
@@ -44,16 +44,25 @@ def _memory_cell(plan: Plan) -> str:
     )
 
 
-def format_table(plans: List[Plan], tokens: float) -> str:
+def format_table(plans: List[Plan], tokens: float, ranks: Optional[List[int]] = None) -> str:
+    """One row per plan; `ranks` numbers the rows (default 1, 2, ...), e.g. their place in a longer ranking."""
     header = f"{'#':>3}  {'layout':<46} {'GiB/GPU = weights grads optim activ logits transient':<53} {'step s':>7} {'MFU':>6} {'tokens/day':>10} {'days':>7}"
     lines = [header, "-" * len(header)]
-    for i, plan in enumerate(plans, 1):
+    for i, plan in zip(ranks or range(1, len(plans) + 1), plans):
         t = plan.time
         lines.append(
             f"{i:>3}  {plan.layout.short():<46} {_memory_cell(plan):<53} {t.step_s:7.2f} {t.mfu:6.1%} "
             f"{_tokens(t.tokens_per_day):>10} {t.days_for(tokens):7.1f}"
         )
     return "\n".join(lines)
+
+
+def format_best_per_sharding(result: SearchResult, tokens: float) -> str:
+    """The fastest layout of each data-parallel sharding, numbered by its place in the whole ranking."""
+    best = best_per_sharding(result.plans)
+    place = {id(plan): i for i, plan in enumerate(result.plans, 1)}
+    title = "fastest of each sharding (opt/dopt: DDP without/with distributed optimizer; zero1-3: Megatron-FSDP optim/optim_grads/optim_grads_params):"
+    return title + "\n" + format_table(best, tokens, [place[id(plan)] for plan in best])
 
 
 def format_plan(plan: Plan, problems: List[Rejection], tokens: float) -> str:
@@ -177,6 +186,7 @@ def result_json(request: PlanRequest, result: SearchResult, tokens: float, top: 
         "global_batch_size": request.global_batch_size,
         "tokens": tokens,
         "plans": [plan_json(p, tokens) for p in result.plans[:top]],
+        "best_per_sharding": {p.layout.sharding: plan_json(p, tokens) for p in best_per_sharding(result.plans)},
         "feasible": len(result.plans),
         "rejected_by_kind": dict(kinds),
         "verdict": {**dataclasses.asdict(v), "checks": v.checks(), "line": v.line()},

@@ -57,6 +57,10 @@ class SearchSpace:
     micro_batch_sizes: Sequence[int] = (1, 2, 4)
     recompute: Sequence[str] = RECOMPUTE
     distributed_optimizer: Sequence[bool] = (True, False)
+    """Under megatron-core's DDP (the fsdp "none" layouts)."""
+    fsdp: Sequence[str] = ("none", "optim_grads", "optim_grads_params")
+    """Megatron-FSDP strategies to try besides none. optim is left out by default: it holds and
+    sends what the distributed optimizer does (in bf16, to the byte)."""
 
 
 @dataclass(frozen=True)
@@ -186,6 +190,21 @@ def _shapes(request: PlanRequest, space: SearchSpace, rejected: List[Rejection])
                 yield tp, pp, cp, cluster.world_size // (tp * pp * cp)
 
 
+def _shardings(space: SearchSpace) -> List[Tuple[bool, str]]:
+    """(distributed_optimizer, fsdp) pairs: DDP with each optimizer choice, then each FSDP strategy
+    (which always shards the optimizer)."""
+    ddp = [(dopt, "none") for dopt in space.distributed_optimizer] if "none" in space.fsdp else []
+    return ddp + [(True, fsdp) for fsdp in space.fsdp if fsdp != "none"]
+
+
+def best_per_sharding(plans: Sequence[Plan]) -> List[Plan]:
+    """The fastest plan of each sharding (opt, dopt, zero1-3), in the order of `plans`."""
+    best = {}
+    for plan in plans:
+        best.setdefault(plan.layout.sharding, plan)
+    return list(best.values())
+
+
 def search(request: PlanRequest, space: SearchSpace = SearchSpace()) -> SearchResult:
     result = SearchResult()
     gbs = request.global_batch_size
@@ -202,11 +221,11 @@ def search(request: PlanRequest, space: SearchSpace = SearchSpace()) -> SearchRe
                     result.rejections.append(Rejection(f"{where} vpp={vpp}", "interleave_microbatches", f"interleaving needs micro-batches {m} divisible by pp {pp}"))
                     continue
                 for recompute in space.recompute:
-                    for dopt in space.distributed_optimizer:
+                    for dopt, fsdp in _shardings(space):
                         layout = ParallelLayout(
                             tp=tp, pp=pp, vpp=vpp, cp=cp, dp=dp, micro_batch_size=mbs, num_microbatches=m,
                             seq_length=request.seq_length, sp=tp > 1, recompute=recompute,
-                            distributed_optimizer=dopt, dtype=request.dtype,
+                            distributed_optimizer=dopt, fsdp=fsdp, dtype=request.dtype,
                         )
                         vocab = request.padded_vocab(tp)
                         memory = estimate_memory(request.model, vocab, layout, request.optimizer_kernel)

@@ -26,6 +26,17 @@ Step = (m + (pp-1)/vpp) * slowest rank's micro-batch time (1F1B with its bubble)
        overlap_param_gather on, only the last micro-batch's backward and the first one's forward can
        hide them: megatron-core starts the reduction during the last micro-batch)
      + the optimizer step (memory-bound).
+
+Megatron-FSDP (parallel.fsdp) moves DP collectives into every micro-batch (megatron_fsdp.py: with
+optim_grads and optim_grads_params the gradients are reduce-scattered after every backward, not only
+the last one's): optim communicates as the distributed optimizer; optim_grads reduce-scatters the
+fp32 gradients each micro-batch and all-gathers the parameters once a step; optim_grads_params
+all-gathers the stage's weights before each forward and again before each backward (it frees them
+after the forward; a recomputed forward keeps them for its backward) and reduce-scatters the
+gradients, every micro-batch, and gathers nothing after the optimizer step. Each micro-batch's
+collectives hide behind its own forward (1/3 of its time) and backward (2/3); what sticks out
+lengthens every micro-batch, the bubble's included. The first unit's gather, which nothing can
+hide, is not counted.
 MFU counts 6*N + 12*L*h*s per token (full attention, the GPU baseline's convention), divided by the
 step time and the dense bf16 peak of every GPU.
 """
@@ -172,6 +183,36 @@ def cp_ring_s(model: ModelConfig, layout: ParallelLayout, cluster: ClusterSpec, 
     return passes * (cp - 1) * kv_block / (cluster.link_gb_s(layout.tp * cp) * 1e9 * eff.comm)
 
 
+@dataclass(frozen=True)
+class DpCollectives:
+    """Seconds of data-parallel communication of one pipeline rank before any overlap."""
+
+    step_reduce_s: float
+    """Gradient all-reduce or reduce-scatter, once a step (after the last micro-batch's backward)."""
+    step_gather_s: float
+    """Parameter all-gather once a step (distributed optimizer, fsdp optim and optim_grads)."""
+    microbatch_forward_s: float
+    """Every micro-batch's forward: the weights' all-gather (fsdp optim_grads_params)."""
+    microbatch_backward_s: float
+    """Every micro-batch's backward: gradient reduce-scatter (fsdp optim_grads and optim_grads_params)
+    and the weights' second all-gather (optim_grads_params)."""
+
+
+def dp_collectives_s(layout: ParallelLayout, cluster: ClusterSpec, eff: Efficiency, params: int) -> DpCollectives:
+    """The fp32 gradients (grad_reduce_in_fp32) and the params_dtype weights of `params` parameters
+    over the dp*cp ranks, on the link of a group spanning tp*cp*dp GPUs (module docstring)."""
+    ranks, link = layout.dp * layout.cp, cluster.link_gb_s(layout.tp * layout.cp * layout.dp)
+    reduce_scatter = _ring_s(4 * params, ranks, link, eff, all_reduce=False)
+    gather = _ring_s(layout.bytes_per_element * params, ranks, link, eff, all_reduce=False)
+    if layout.fsdp == "optim_grads_params":
+        return DpCollectives(0.0, 0.0, gather, gather + reduce_scatter)
+    if layout.fsdp == "optim_grads":
+        return DpCollectives(0.0, gather, 0.0, reduce_scatter)
+    if layout.shards_optimizer:  # distributed optimizer, or fsdp=optim
+        return DpCollectives(reduce_scatter, gather, 0.0, 0.0)
+    return DpCollectives(_ring_s(4 * params, ranks, link, eff, all_reduce=True), 0.0, 0.0, 0.0)
+
+
 def estimate_step_time(
     model: ModelConfig, padded_vocab: int, layout: ParallelLayout, cluster: ClusterSpec, eff: Efficiency = Efficiency()
 ) -> StepTime:
@@ -179,23 +220,17 @@ def estimate_step_time(
     per_rank = [_microbatch(model, padded_vocab, layout, cluster, eff, r) for r in ranks]
     slowest = max(per_rank, key=lambda mb: mb.total)
     m = layout.num_microbatches
-    bubble_s = (layout.pp - 1) / layout.vpp * slowest.total
-
-    # DP: the grad buffer (fp32) is reduce-scattered, the bf16 params all-gathered (distributed
-    # optimizer); or the grads all-reduced. Only the last micro-batch's backward (2/3 of its time)
-    # and the first one's forward (1/3) can hide them.
     params = max(params_on_rank(model, padded_vocab, layout, r)[0] for r in ranks)
-    dp_ranks = layout.dp * layout.cp
-    link = cluster.link_gb_s(layout.tp * layout.cp * layout.dp)
-    if layout.distributed_optimizer:
-        reduce_s = _ring_s(4 * params, dp_ranks, link, eff, all_reduce=False)
-        gather_s = _ring_s(layout.bytes_per_element * params, dp_ranks, link, eff, all_reduce=False)
-    else:
-        reduce_s, gather_s = _ring_s(4 * params, dp_ranks, link, eff, all_reduce=True), 0.0
+    dp = dp_collectives_s(layout, cluster, eff, params)
     hide_backward, hide_forward = (2 / 3 * slowest.total, 1 / 3 * slowest.total) if eff.dp_overlap else (0.0, 0.0)
-    dp_s = max(0.0, reduce_s - hide_backward) + max(0.0, gather_s - hide_forward)
+    # Per micro-batch (FSDP): each hides behind its own micro-batch; what sticks out repeats m times
+    # and stretches the bubble. Per step: only the last micro-batch's backward and the first one's
+    # forward can hide them.
+    per_microbatch_s = max(0.0, dp.microbatch_forward_s - hide_forward) + max(0.0, dp.microbatch_backward_s - hide_backward)
+    bubble_s = (layout.pp - 1) / layout.vpp * (slowest.total + per_microbatch_s)
+    dp_s = m * per_microbatch_s + max(0.0, dp.step_reduce_s - hide_backward) + max(0.0, dp.step_gather_s - hide_forward)
 
-    shard = params / (dp_ranks if layout.distributed_optimizer else 1)
+    shard = params / (layout.dp * layout.cp if layout.shards_optimizer else 1)
     optimizer_s = eff.optimizer_bytes_per_param * shard / (cluster.gpu.hbm_tb_s * 1e12)
 
     step_s = m * slowest.total + bubble_s + dp_s + optimizer_s

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -12,19 +13,20 @@ import torch.distributed as dist
 from megatron_sota.errors import MegatronSotaError
 from megatron_sota.perf.memory_meter import PeakMemoryMeter
 from megatron_sota.planning.cluster import build_cluster
-from megatron_sota.planning.layout import ParallelLayout, parse_layout
+from megatron_sota.planning.layout import FSDP, ParallelLayout, parse_layout
 from megatron_sota.planning.memory import (
     cp_attention_backward_bytes,
     estimate_rank_memory,
     estimate_memory,
     inflight_chunks,
     layer_activation_bytes,
+    model_state_bytes,
     stored_layer_bytes,
 )
 from megatron_sota.config.presets import load_model_preset
-from megatron_sota.planning.report import verdict
+from megatron_sota.planning.report import format_best_per_sharding, verdict
 from megatron_sota.planning.search import PlanRequest, SearchSpace, default_cp_sizes, evaluate, search
-from megatron_sota.planning.step_time import Efficiency, cp_ring_s, estimate_step_time
+from megatron_sota.planning.step_time import Efficiency, cp_ring_s, dp_collectives_s, estimate_step_time
 from megatron_sota.runtime.launch_env import free_port
 from tests.tool_runner import run_tool
 
@@ -263,6 +265,122 @@ def test_sota_175b_long_context_stages_on_1024_h100s_are_fastest_with_cp(seq, to
     without_cp = [p for p in result.plans if p.layout.cp == 1]
     assert all(p.layout.recompute == "full" and p.time.step_s > best.time.step_s for p in without_cp)
     assert bool(without_cp) == (seq == 32768)
+
+
+# --- data-parallel sharding: Megatron-FSDP ---------------------------------------------------------
+
+TINY = load_model_preset("tiny")
+
+
+def _tiny_params(vocab: int = 1920) -> int:
+    """tiny from first principles: 4 layers of h=256, 4 heads and 2 KV groups of 64, SwiGLU f=704,
+    two RMSNorms each; untied embedding and output [V, h]; a final norm."""
+    h, f, q, kv = 256, 704, 4 * 64, 2 * 2 * 64
+    layer = h * (q + kv) + q * h + 3 * f * h + 2 * h
+    return 4 * layer + 2 * vocab * h + h
+
+
+def test_fsdp_memory_per_strategy_follows_the_closed_form_at_dp4():
+    """tiny, fp32, dp=4: each strategy shards over the 4 ranks what Megatron-FSDP's buffers shard; its
+    fp32 main copy exists even for fp32 params; optim_grads keeps its one gradient bucket whole through
+    the backward, and optim_grads_params gathers every layer of a model this small (prefetch >= 5e8 elements)."""
+    p = _tiny_params()
+    shard = -(-p // 4)
+    expected = {  # (weights, gradients, optimizer, gathered weights, gathered gradients)
+        "none": (4 * p, 4 * p, 8 * shard, 0, 0),  # distributed optimizer, no master for fp32 params
+        "optim": (4 * p, 4 * p, 12 * shard, 0, 0),
+        "optim_grads": (4 * p, 4 * shard, 12 * shard, 0, 4 * p),
+        "optim_grads_params": (4 * shard, 4 * shard, 12 * shard, 4 * p, 4 * p),
+    }
+    for fsdp, (w, g, o, gw, gg) in expected.items():
+        layout = ParallelLayout(dp=4, seq_length=64, micro_batch_size=2, dtype="fp32", fsdp=fsdp)
+        state = model_state_bytes(TINY, 1920, layout)
+        assert (state.weights, state.gradients, state.optimizer, state.gathered_weights, state.gathered_gradients) == (w, g, o, gw, gg), fsdp
+        memory = estimate_rank_memory(TINY, 1920, layout, 0)
+        assert (memory.weights, memory.gradients, memory.optimizer) == (w, g, o)
+
+    # The gathered units sit on top of the backward's peak: in the output layer's backward with this
+    # vocabulary, in a layer's backward with 128 tokens of vocabulary (small logits).
+    for vocab, phase in ((1920, "output-layer backward"), (128, "layer backward")):
+        plain = ParallelLayout(dp=4, seq_length=64, micro_batch_size=2, dtype="fp32")
+        zero3, none = (estimate_rank_memory(TINY, vocab, replace(plain, fsdp=f), 0) for f in ("optim_grads_params", "none"))
+        assert zero3.phase == none.phase == phase
+        assert zero3.transient == none.transient + 8 * _tiny_params(vocab)
+
+
+def _sota_layer_on_tp8() -> int:
+    """Elements of one sota_175b layer on a TP rank of 8: h=12288, 96 heads and 8 KV groups of 128, f=3h;
+    matrices split, its two norms replicated."""
+    h, f, q, kv = 12288, 3 * 12288, 96 * 128, 2 * 8 * 128
+    return (h * (q + kv) + q * h + 3 * f * h) // 8 + 2 * h
+
+
+def test_fsdp_gathers_a_window_of_layers_of_a_large_model():
+    """sota_175b at tp=8, bf16, one stage of 104 layers over dp=128: a unit (layer) of u elements on a TP
+    rank; the forward gathers it and prefetches until >= 5e8 more elements (4 layers in all); the
+    gradients wait for their reduce-scatter in a queue of up to max(1e9, 2u) elements (plus the one
+    being produced: 5 layers). The embedding and output layer [V/8, h] and the final norm are gathered whole."""
+    h, u = 12288, _sota_layer_on_tp8()
+    assert 4e8 > u > 5e8 / 3  # so 1 + ceil(5e8 / u) = 4 and 1 + floor(1e9 / u) = 5
+    outside = 2 * 131072 * h // 8 + h
+    layout = _layout(pp=1, dp=128, fsdp="optim_grads_params")
+    state = model_state_bytes(SOTA, 131072, layout)
+    assert state.gathered_weights == (4 * u + outside) * 2
+    assert state.gathered_gradients == (5 * u + outside) * 4
+    assert state.weights == -(-(104 * u + outside) // 128) * 2
+
+
+def test_more_sharding_holds_less_and_one_dp_rank_shards_nothing():
+    held = {f: model_state_bytes(SOTA, 131072, _layout(fsdp=f)).held for f in FSDP[1:]}
+    assert held["optim"] > held["optim_grads"] > held["optim_grads_params"]
+    assert held["optim"] == model_state_bytes(SOTA, 131072, _layout()).held  # bf16: the distributed optimizer
+    one_rank = _layout(dp=1, num_microbatches=2048)
+    none = estimate_memory(SOTA, 131072, one_rank)
+    for fsdp in FSDP[1:]:
+        assert estimate_memory(SOTA, 131072, replace(one_rank, fsdp=fsdp)) == none
+
+
+def test_layout_spec_round_trips_and_names_the_fsdp_strategy():
+    for fsdp in FSDP:
+        layout = _layout(fsdp=fsdp, cp=2, vpp=13, dtype="fp32")
+        assert parse_layout(layout.spec()) == layout
+    assert _layout(fsdp="optim_grads_params").short() == "tp8 pp8 vpp1 cp1 dp16 mbs1 sp full zero3"
+    assert parse_layout("tp=8,dopt=0").fsdp == "none"  # the spelling from before FSDP still reads
+    with pytest.raises(MegatronSotaError, match="fsdp=zero3: expected one of none, optim"):
+        parse_layout("fsdp=zero3")
+    with pytest.raises(MegatronSotaError, match="always shards the optimizer"):
+        parse_layout("fsdp=optim_grads,dopt=0")
+
+
+def test_fsdp_weights_are_gathered_every_microbatch_forward_and_backward():
+    """optim_grads_params: per micro-batch an all-gather of the stage's bf16 weights in the forward and
+    another, with the fp32 gradients' reduce-scatter, in the backward; the distributed optimizer
+    reduce-scatters and gathers once a step. Ring over dp=16 ranks spanning 128 GPUs: inter-node."""
+    cluster, eff = _request().cluster, Efficiency(dp_overlap=False)
+    params = 13 * _sota_layer_on_tp8() + 131072 * 12288 // 8 + 12288  # the last of 8 stages: output layer, final norm
+    ring = 15 / 16 / (cluster.inter_node_gb_s * 1e9 * eff.comm)
+    gather, reduce_scatter = 2 * params * ring, 4 * params * ring
+    zero3 = dp_collectives_s(_layout(fsdp="optim_grads_params"), cluster, eff, params)
+    assert (zero3.microbatch_forward_s, zero3.microbatch_backward_s) == pytest.approx((gather, gather + reduce_scatter))
+    assert zero3.step_reduce_s == zero3.step_gather_s == 0.0
+    dopt = dp_collectives_s(_layout(), cluster, eff, params)
+    assert (dopt.step_reduce_s, dopt.step_gather_s, dopt.microbatch_forward_s, dopt.microbatch_backward_s) == pytest.approx(
+        (reduce_scatter, gather, 0.0, 0.0)
+    )
+    # With nothing hidden, a step pays 128 micro-batches' gathers and reduce-scatters against one of each.
+    assert estimate_step_time(SOTA, 131072, _layout(fsdp="optim_grads_params"), cluster, eff).dp_comm_s == pytest.approx(
+        128 * (2 * gather + reduce_scatter)
+    )
+    assert estimate_step_time(SOTA, 131072, _layout(), cluster, eff).dp_comm_s == pytest.approx(gather + reduce_scatter)
+
+
+def test_search_ranks_fsdp_layouts_with_fewer_pipeline_stages(plan_1024):
+    zero3 = [p for p in plan_1024.plans if p.layout.fsdp == "optim_grads_params"]
+    assert any(p.layout.pp == 1 for p in zero3) and any(p.layout.fsdp == "optim_grads" for p in plan_1024.plans)
+    table = format_best_per_sharding(plan_1024, 15e12)
+    assert {"dopt", "zero3"} <= {line.split()[9] for line in table.splitlines()[3:]}
+    place = plan_1024.plans.index(zero3[0]) + 1
+    assert f"{place:>3}  {zero3[0].layout.short()}" in table
 
 
 # --- step time, ranking and the 175B plan -------------------------------------------------------
