@@ -59,12 +59,6 @@ def _gather(local: torch.Tensor, rows: List[int]) -> torch.Tensor:
     return torch.cat([piece[:count] for piece, count in zip(pieces, rows)])
 
 
-def _my_rows(whole: torch.Tensor, rows: List[int]) -> torch.Tensor:
-    rank = dist.get_rank(_dp_group())
-    start = sum(rows[:rank])
-    return whole[start : start + rows[rank]]
-
-
 def _wholes(locals_: List[torch.Tensor], gather: bool) -> Tuple[List[torch.Tensor], List[List[int]]]:
     """This TP rank's whole tensor of each row block (uninitialised unless `gather`), and each tensor's row counts
     per DP rank; collectives over the data-parallel group."""
@@ -115,24 +109,25 @@ def _set_parameter(root: torch.nn.Module, name: str, value: torch.nn.Parameter) 
     setattr(root.get_submodule(owner) if owner else root, leaf, value)
 
 
-def _sharded_state(chunk, locals_: List[torch.Tensor], is_loading: bool):
-    """(the GPTModel's sharded state dict over whole weights, whole tensors of `locals_`, their row counts):
-    `locals_` starts with the weights' row blocks in Megatron-FSDP's order."""
-    named = _sharded(chunk)
-    wholes, rows = _wholes(locals_, gather=not is_loading)
+def _in_model_dtype(chunk, wholes: List[torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Name -> weight, from whole tensors that start with the main copies in Megatron-FSDP's order."""
     dtypes = {name: raw.dtype for name, raw in chunk.module.raw_param.items()}
-    weights = {name: wholes[i].to(dtypes[name]) for i, (name, _) in enumerate(named)}
-    with whole_parameters(chunk, weights) as stand_ins:
+    return {name: whole.to(dtypes[name]) for (name, _), whole in zip(_sharded(chunk), wholes)}
+
+
+def _sharded_state(chunk, locals_: List[torch.Tensor], is_loading: bool):
+    """(the GPTModel's sharded state dict over whole weights, the stand-ins by name, whole tensors of `locals_`):
+    `locals_` starts with the main copies' row blocks in Megatron-FSDP's order."""
+    wholes, _ = _wholes(locals_, gather=not is_loading)
+    with whole_parameters(chunk, _in_model_dtype(chunk, wholes)) as stand_ins:
         state = _gpt(chunk).sharded_state_dict()
-    return state, stand_ins, wholes, rows
+    return state, stand_ins, wholes
 
 
 def whole_weights(chunk) -> Dict[str, torch.Tensor]:
     """Name -> this TP rank's whole weight (model dtype, from the main copies); a collective over the DP group."""
-    named = _sharded(chunk)
-    wholes, _ = _wholes(_locals(d.detach() for _, d in named), gather=True)
-    dtypes = {name: raw.dtype for name, raw in chunk.module.raw_param.items()}
-    return {name: whole.to(dtypes[name]) for (name, _), whole in zip(named, wholes)}
+    wholes, _ = _wholes(_locals(d.detach() for _, d in _sharded(chunk)), gather=True)
+    return _in_model_dtype(chunk, wholes)
 
 
 def model_sharded_state_dict(chunk, is_loading: bool) -> Dict[str, Any]:
@@ -208,7 +203,7 @@ def full_state_dicts(optimizer, chunks, is_loading: bool) -> Tuple[List[Dict[str
     models, param_state = [], {}
     for chunk in chunks:
         named = _sharded(chunk)
-        state, stand_ins, wholes, _ = _sharded_state(chunk, _optimizer_locals(inner, chunk), is_loading)
+        state, stand_ins, wholes = _sharded_state(chunk, _optimizer_locals(inner, chunk), is_loading)
         models.append(state)
         entries = {id(entry.data): entry for entry in nested_values(extract_sharded_tensors_and_factories(state)[0])}
         for i, (name, _) in enumerate(named):

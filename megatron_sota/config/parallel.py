@@ -10,6 +10,8 @@ from typing import Optional
 
 # Megatron-FSDP's data_parallel_sharding_strategy values (megatron-core 0.16.1), plus none for plain DDP.
 FSDP_STRATEGIES = ("none", "optim", "optim_grads", "optim_grads_params")
+# Why parallel.fsdp needs pp=1: what megatron-core 0.16.1's FSDP adapter does (_get_dp_tp_mesh), which fails otherwise.
+FSDP_WITHOUT_PIPELINE = "Megatron-FSDP (megatron-core 0.16.1) lays its device mesh over the whole world as dp x tp, so it runs without pipeline stages"
 
 # How the SDPA context-parallel attention exchanges K/V (megatron-core's cp_comm_type names).
 CP_COMM_TYPES = ("all_gather", "p2p")

@@ -12,8 +12,8 @@ from megatron_sota.config.generation import generation_problems
 from megatron_sota.config.job import JobConfig
 from megatron_sota.config.kernels import ATTENTION_BACKENDS
 from megatron_sota.config.machine import Machine, machine_problems, probe_machine
-from megatron_sota.config.parallel import CP_COMM_TYPES, FSDP_STRATEGIES
-from megatron_sota.config.posttrain import posttrain_problems
+from megatron_sota.config.parallel import CP_COMM_TYPES, FSDP_STRATEGIES, FSDP_WITHOUT_PIPELINE
+from megatron_sota.config.posttrain import RL_OBJECTIVES, posttrain_problems
 from megatron_sota.config.ranges import Bound, above, at_least, range_problems, within
 from megatron_sota.config.run import LOG_LEVELS
 from megatron_sota.errors import MegatronSotaError
@@ -136,6 +136,23 @@ def _layout_problems(cfg: JobConfig, world_size: int) -> list[str]:
         problems.append(
             f"model.num_layers={m.num_layers} is not divisible by parallel.pp*parallel.vpp = "
             f"{p.pp}*{p.virtual_stages} = {p.pp * p.virtual_stages}"
+        )
+    if p.fsdp != "none" and p.pp > 1:
+        problems.append(f"parallel.fsdp={p.fsdp} needs parallel.pp=1, got pp={p.pp}: {FSDP_WITHOUT_PIPELINE}")
+    if p.fsdp != "none" and cfg.posttrain is not None and cfg.posttrain.objective in RL_OBJECTIVES:
+        problems.append(
+            f"parallel.fsdp={p.fsdp} with posttrain={cfg.posttrain.objective}: rollouts generate with the training "
+            "chunk's own weights, which Megatron-FSDP keeps sharded (set parallel.fsdp=none)"
+        )
+    if p.fsdp != "none" and cfg.eval.tasks and cfg.eval.interval > 0:
+        problems.append(
+            f"parallel.fsdp={p.fsdp} with in-loop eval.tasks: not supported yet (scoring and generation are untested on "
+            "sharded weights); evaluate the saved checkpoints with tools/evaluate.py, or set eval.tasks=[]"
+        )
+    if p.fsdp != "none" and not p.distributed_optimizer:
+        problems.append(
+            f"parallel.fsdp={p.fsdp} shards the optimizer itself (megatron-core's distributed optimizer over FSDP): "
+            "set parallel.distributed_optimizer=true, or parallel.fsdp=none for a replicated optimizer"
         )
     if p.sp and p.tp < 2:
         problems.append(f"parallel.sp=true needs parallel.tp > 1, got tp={p.tp}")

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 from megatron_sota.config.model import ModelConfig
+from megatron_sota.config.parallel import FSDP_WITHOUT_PIPELINE
 from megatron_sota.model.gpt_builder import padded_vocab_size
 from megatron_sota.planning.cluster import ClusterSpec
 from megatron_sota.planning.layout import RECOMPUTE, ParallelLayout
@@ -132,6 +133,8 @@ def layout_problems(request: PlanRequest, layout: ParallelLayout) -> List[Reject
         out.append(Rejection(where, "batch_not_divisible", f"global batch {request.global_batch_size} != mbs*microbatches*dp = {layout.global_batch_size}"))
     if layout.vpp > 1 and layout.num_microbatches % layout.pp:
         out.append(Rejection(where, "interleave_microbatches", f"interleaving needs micro-batches {layout.num_microbatches} divisible by pp {layout.pp}"))
+    if layout.fsdp != "none" and layout.pp > 1:
+        out.append(Rejection(where, "fsdp_with_pipeline", f"fsdp={layout.fsdp} with pp={layout.pp}: {FSDP_WITHOUT_PIPELINE}"))
     return out
 
 
@@ -222,6 +225,8 @@ def search(request: PlanRequest, space: SearchSpace = SearchSpace()) -> SearchRe
                     continue
                 for recompute in space.recompute:
                     for dopt, fsdp in _shardings(space):
+                        if fsdp != "none" and pp > 1:
+                            continue  # FSDP_WITHOUT_PIPELINE; layout_problems says so for a layout given by hand
                         layout = ParallelLayout(
                             tp=tp, pp=pp, vpp=vpp, cp=cp, dp=dp, micro_batch_size=mbs, num_microbatches=m,
                             seq_length=request.seq_length, sp=tp > 1, recompute=recompute,

@@ -10,9 +10,9 @@ from megatron_sota.errors import MegatronSotaError
 from tests.posttrain.examples import sft_job
 
 
-def _problems(**posttrain) -> str:
+def _problems(fsdp: str = "optim_grads_params", **posttrain) -> str:
     job = sft_job(**posttrain)
-    job.parallel.pp, job.data.num_workers, job.model.num_layers = 2, 2, 2
+    job.parallel.pp, job.data.num_workers, job.model.num_layers, job.parallel.fsdp = 2, 2, 2, fsdp
     with pytest.raises(MegatronSotaError) as err:
         validate_job(job, 2, Machine(cuda=False, transformer_engine=False))
     return str(err.value)
@@ -32,9 +32,10 @@ def test_every_rl_problem_is_listed_at_once():
         "posttrain.clip_range must be in (0, 1), got 1.5",
         "posttrain.lam must be in [0, 1], got 2.0",
         "posttrain.value_clip must be > 0 or null, got 0.0",
+        "parallel.fsdp=optim_grads_params with posttrain=grpo: rollouts generate with the training chunk's own weights",
     ):
         assert expected in message, expected
-    assert "found neither" in _problems(objective="ppo")
+    assert "found neither" in _problems(fsdp="none", objective="ppo")
 
 
 def test_pretraining_and_the_other_objectives_ignore_the_rl_keys():

@@ -289,3 +289,30 @@ def test_cuda_fused_attention_ops_keep_the_schemas_we_call():
         ),
     }
     _assert_schemas(expected, upstream.CUDA_FUSED_ATTENTION)
+
+
+def test_fsdp_adapter_without_te_has_a_te_linear_placeholder_that_is_not_a_type():
+    """Megatron-FSDP's adapter asks isinstance(module, (TELinear,)) at tp > 1; without Transformer Engine megatron-core
+    0.16.1 puts a non-type there, which raises. Once upstream stops doing so, parallelize/fsdp.py's patch can go."""
+    import megatron.core.distributed.fsdp.mcore_fsdp_adapter as adapter
+    from megatron.core.extensions import transformer_engine
+
+    placeholder = transformer_engine.TELinear  # what the adapter imported, before any patch of ours
+    with pytest.raises(TypeError):
+        isinstance(torch.nn.Linear(1, 1), (placeholder,))
+    assert adapter.TELinear is placeholder or isinstance(adapter.TELinear, type)
+
+
+def test_megatron_fsdp_still_spells_its_default_device_from_the_current_device_index():
+    """runtime/cpu_compat.indexed_current_device exists because Megatron-FSDP formats torch.cuda.current_device()
+    into a "cuda:<index>" string; if upstream stops doing that, the context (and its use) can go."""
+    from megatron.core.distributed.fsdp.src.megatron_fsdp import megatron_fsdp
+
+    source = inspect.getsource(megatron_fsdp.MegatronFSDP.__init__)
+    assert 'f"cuda:{torch.cuda.current_device()}"' in source
+    with cpu_compat.cpu_backend():
+        with pytest.raises(RuntimeError):
+            torch.device(f"cuda:{torch.cuda.current_device()}")
+        with cpu_compat.indexed_current_device():
+            assert torch.device(f"cuda:{torch.cuda.current_device()}") == torch.device("cuda:0")
+        assert torch.cuda.current_device() == torch.device("cpu")
