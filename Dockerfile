@@ -23,7 +23,8 @@ RUN pip install --no-cache-dir -c /etc/pip-torch-constraint.txt \
     tqdm \
     safetensors \
     psutil \
-    pyyaml
+    pyyaml \
+    einops
 COPY setup.py README.md ./
 COPY megatron_sota ./megatron_sota
 COPY tools ./tools

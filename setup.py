@@ -46,6 +46,8 @@ setup(
         "safetensors",
         "psutil",
         "pyyaml",
+        # megatron-core's Megatron-FSDP (parallel.fsdp) lays out its device mesh with einops.
+        "einops",
     ],
     extras_require={
         # GPU only; the NGC PyTorch image ships it (and apex, which is not on PyPI).

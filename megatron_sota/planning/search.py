@@ -71,7 +71,7 @@ class Rejection:
     kind: str
     """tp_across_nodes, heads_not_divisible, groups_not_divisible, ffn_not_divisible,
     layers_not_divisible, seq_not_divisible, world_not_divisible, batch_not_divisible,
-    interleave_microbatches or memory."""
+    interleave_microbatches, fsdp_with_pipeline or memory."""
     message: str
 
 

@@ -25,7 +25,7 @@ from megatron_sota.planning.memory import (
 )
 from megatron_sota.config.presets import load_model_preset
 from megatron_sota.planning.report import format_best_per_sharding, verdict
-from megatron_sota.planning.search import PlanRequest, SearchSpace, default_cp_sizes, evaluate, search
+from megatron_sota.planning.search import PlanRequest, SearchSpace, default_cp_sizes, evaluate, layout_problems, search
 from megatron_sota.planning.step_time import Efficiency, cp_ring_s, dp_collectives_s, estimate_step_time
 from megatron_sota.runtime.launch_env import free_port
 from tests.tool_runner import run_tool
@@ -376,7 +376,13 @@ def test_fsdp_weights_are_gathered_every_microbatch_forward_and_backward():
 
 def test_search_ranks_fsdp_layouts_with_fewer_pipeline_stages(plan_1024):
     zero3 = [p for p in plan_1024.plans if p.layout.fsdp == "optim_grads_params"]
-    assert any(p.layout.pp == 1 for p in zero3) and any(p.layout.fsdp == "optim_grads" for p in plan_1024.plans)
+    fsdp = [p for p in plan_1024.plans if p.layout.fsdp != "none"]
+    # megatron-core 0.16.1 runs Megatron-FSDP without pipeline stages only (config/parallel.py FSDP_WITHOUT_PIPELINE).
+    assert zero3 and {p.layout.pp for p in fsdp} == {1}
+    staged = _layout(fsdp="optim_grads")
+    reasons = {r.kind: r.message for r in layout_problems(_request(128), staged)}
+    assert "without pipeline stages" in reasons["fsdp_with_pipeline"]
+    assert "fsdp_with_pipeline" not in {r.kind for r in layout_problems(_request(128), _layout(fsdp="none"))}
     table = format_best_per_sharding(plan_1024, 15e12)
     assert {"dopt", "zero3"} <= {line.split()[9] for line in table.splitlines()[3:]}
     place = plan_1024.plans.index(zero3[0]) + 1
