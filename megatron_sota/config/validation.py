@@ -144,11 +144,6 @@ def _layout_problems(cfg: JobConfig, world_size: int) -> list[str]:
             f"parallel.fsdp={p.fsdp} with posttrain={cfg.posttrain.objective}: rollouts generate with the training "
             "chunk's own weights, which Megatron-FSDP keeps sharded (set parallel.fsdp=none)"
         )
-    if p.fsdp != "none" and cfg.eval.tasks and cfg.eval.interval > 0:
-        problems.append(
-            f"parallel.fsdp={p.fsdp} with in-loop eval.tasks: not supported yet (scoring and generation are untested on "
-            "sharded weights); evaluate the saved checkpoints with tools/evaluate.py, or set eval.tasks=[]"
-        )
     if p.fsdp != "none" and not p.distributed_optimizer:
         problems.append(
             f"parallel.fsdp={p.fsdp} shards the optimizer itself (megatron-core's distributed optimizer over FSDP): "

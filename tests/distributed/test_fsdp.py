@@ -75,6 +75,13 @@ def test_tp2_dp2_fully_sharded_reproduces_ddp(stdlib_shards, tmp_path, runs):
     assert run["bytes"]["weights"] == pytest.approx(runs["none"]["bytes"]["weights"] / 4, rel=0.01)
 
 
+def test_cp2_dp2_fully_sharded_reproduces_ddp(stdlib_shards, tmp_path, runs):
+    # Megatron-FSDP shards over the data-parallel x context-parallel group.
+    run = _probe(stdlib_shards, tmp_path, 4, cp=2, fsdp="optim_grads_params")
+    _assert_same_training(run, runs["none"], rtol=1e-3, atol=2e-5)
+    assert run["bytes"]["weights"] == pytest.approx(runs["none"]["bytes"]["weights"] / 4, rel=0.01)
+
+
 # ------------------------------------------------------------------ checkpoints
 def _ckpt_job(shards, run_dir, **parallel):
     job = stdlib_job(shards, **parallel)
@@ -84,8 +91,10 @@ def _ckpt_job(shards, run_dir, **parallel):
     return job
 
 
-def _run(shards, run_dir, world: int, faults: str = "", **parallel) -> dict:
-    return run_distributed(pretrain_probe, world, _ckpt_job(shards, str(run_dir), **parallel), str(run_dir), faults)[0]
+def _run(shards, run_dir, world: int, faults: str = "", dtype: str = "fp32", **parallel) -> dict:
+    job = _ckpt_job(shards, str(run_dir), **parallel)
+    job.precision.dtype = dtype
+    return run_distributed(pretrain_probe, world, job, str(run_dir), faults)[0]
 
 
 @pytest.fixture(scope="module")
@@ -123,3 +132,13 @@ def test_fsdp_checkpoint_continues_in_ddp_on_one_rank_and_ddp_checkpoint_in_fsdp
         in_fsdp = _run(stdlib_shards, run_dir, 2, fsdp=strategy)
         assert in_fsdp["losses"] == pytest.approx(in_ddp["losses"], rel=1e-5), strategy
     assert ddp["losses"] == pytest.approx(straight["losses"][:STOP_AT], rel=1e-5)
+
+
+def test_bf16_fsdp_resumes_bitwise_from_its_fp32_main_copies(stdlib_shards, tmp_path):
+    """bf16 compute with fp32 main weights (megatron-core's mixed precision): the checkpoint keeps the fp32 copies,
+    so the resumed run continues exactly, not from the rounded bf16 weights."""
+    fsdp = dict(fsdp="optim_grads_params", dtype="bf16")
+    straight = _run(stdlib_shards, tmp_path / "straight", 2, **fsdp)
+    stopped = _run(stdlib_shards, tmp_path / "run", 2, f"preempt_at={STOP_AT}", **fsdp)
+    resumed = _run(stdlib_shards, tmp_path / "run", 2, **fsdp)
+    assert stopped["losses"] + resumed["losses"] == straight["losses"]

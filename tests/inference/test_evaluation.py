@@ -84,13 +84,16 @@ def test_tp2_evaluation_equals_tp1(checkpoint, task_files, tp1):
 
 
 @pytest.mark.slow
-def test_in_loop_evaluation_at_pp2_dp2_equals_evaluate_tool_on_the_saved_checkpoint(stdlib_shards, task_files, tmp_path):
-    job = stdlib_job(stdlib_shards, pp=2)
+@pytest.mark.parametrize("world, parallel", [(4, dict(pp=2)), (2, dict(fsdp="optim_grads_params"))], ids=["pp2_dp2", "fsdp_dp2"])
+def test_in_loop_evaluation_equals_evaluate_tool_on_the_saved_checkpoint(
+    stdlib_shards, task_files, tmp_path, world, parallel
+):
+    job = stdlib_job(stdlib_shards, **parallel)
     job.train.iters = 2
     passkey = write_passkey_task(str(tmp_path), "code_pk")  # generated prompts, greedy through the pipeline too
     job.eval.tasks = [task_files[name] for name in ("code_mc", "code_em", "code_ppl")] + [passkey]
     job.eval.interval = 2
-    run_distributed(pretrain_probe, 4, job, str(tmp_path))
+    run_distributed(pretrain_probe, world, job, str(tmp_path))
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     (in_loop,) = [r for r in rows if "eval" in r]
     assert in_loop["step"] == 2
@@ -106,7 +109,7 @@ def test_in_loop_evaluation_at_pp2_dp2_equals_evaluate_tool_on_the_saved_checkpo
     assert "code_mc_gate" in result.stderr and "0.99" in result.stderr
     offline = json.loads(report.read_text())
     assert offline["passed"] is False and len(offline["failures"]) == 1
-    # ...and every metric logged in the loop equals the offline one (PP=2 x DP=2 training model vs TP=1 reload).
+    # ...and every metric logged in the loop equals the offline one (the training model vs a TP=1 reload).
     values = {f"{r['task']}/{r['metric']}": r["value"] for r in offline["results"]}
     assert set(in_loop["eval"]) == {k for k in values if not k.startswith("code_mc_gate/")}
     assert sum(k.startswith("code_pk/exact_match/len") for k in in_loop["eval"]) == 6  # one per (length, depth)

@@ -64,8 +64,7 @@ def test_valid_layout_derives_dp_and_microbatches():
          "parallel.fsdp=optim_grads_params needs parallel.pp=1, got pp=2: Megatron-FSDP (megatron-core 0.16.1)"),
         (2, dict(parallel__fsdp="optim", parallel__distributed_optimizer=False),
          "parallel.fsdp=optim shards the optimizer itself"),
-        (2, dict(parallel__fsdp="optim_grads", eval__tasks=["hellaswag_mini"], eval__interval=5),
-         "parallel.fsdp=optim_grads with in-loop eval.tasks: not supported yet"),
+
         (1, dict(data__mock=False), "data.paths is empty"),
         (1, dict(data__paths=["a", "b"], data__weights=[1.0], data__mock=False),
          "data.weights has 1 entries but data.paths has 2"),
