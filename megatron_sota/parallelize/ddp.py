@@ -15,6 +15,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megatron_sota.config.parallel import ParallelConfig
 from megatron_sota.parallelize.fsdp import wrap_in_fsdp
+from megatron_sota.parallelize.torch_fsdp import wrap_in_torch_fsdp
 
 
 def wrap_in_ddp(
@@ -38,7 +39,9 @@ def wrap_in_ddp(
     chunks = [chunk.to(device) for chunk in chunks]
     if config.fp16 or config.bf16:
         chunks = [Float16Module(config, chunk) for chunk in chunks]
-    if parallel.fsdp != "none":
+    if parallel.fsdp != "none" and parallel.fsdp_impl == "torch":
+        wrapped = wrap_in_torch_fsdp(chunks, config, ddp_config, device)
+    elif parallel.fsdp != "none":
         wrapped = wrap_in_fsdp(chunks, config, ddp_config, parallel.fsdp, device)
     else:
         wrapped = [
