@@ -7,17 +7,18 @@ DTensor parameters, as Megatron-LM pairs with --use-torch-fsdp2).
 
 from __future__ import annotations
 
-import contextlib
 from typing import List
 
 import torch
-from megatron.core.distributed import DistributedDataParallelConfig
+from megatron.core.distributed import DistributedDataParallelConfig, torch_fully_sharded_data_parallel
 from megatron.core.distributed.torch_fully_sharded_data_parallel import TorchFullyShardedDataParallel
 from megatron.core.models.common.embeddings.language_model_embedding import LanguageModelEmbedding
 from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
 from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.transformer.transformer_layer import TransformerLayer
 from torch.distributed.fsdp import FSDPModule
+
+from megatron_sota.runtime.cpu_compat import cpu_device_mesh
 
 
 # megatron-core's default units less ColumnParallelLinear, which it means for the output layer (next to TE's own
@@ -53,36 +54,14 @@ def _sum_gradients(root: torch.nn.Module) -> None:
 
 
 def wrap_in_torch_fsdp(
-    chunks: List[torch.nn.Module], config: TransformerConfig, ddp_config: DistributedDataParallelConfig,
-    device: torch.device,
+    chunks: List[torch.nn.Module], config: TransformerConfig, ddp_config: DistributedDataParallelConfig
 ) -> List[TorchFSDP]:
-    """Each chunk (on `device` already) in FSDP2: every TransformerLayer, the embedding and the root module a unit
+    """Each chunk (on its device already) in FSDP2: every TransformerLayer, the embedding and the root module a unit
     whose parameters are all-gathered before its forward and backward and resharded after (reshard_after_forward)."""
     wrapped = []
     for chunk in chunks:
-        with _cpu_mesh(device.type == "cpu"):
+        with cpu_device_mesh(torch_fully_sharded_data_parallel):
             model = TorchFSDP(config=config, ddp_config=ddp_config, module=chunk, sub_modules_to_wrap=_UNITS)
         _sum_gradients(model.module)
         wrapped.append(model)
     return wrapped
-
-
-@contextlib.contextmanager
-def _cpu_mesh(cpu: bool):
-    if not cpu:
-        yield
-        return
-    import megatron.core.distributed.torch_fully_sharded_data_parallel as wrapper
-
-    real = wrapper.DeviceMesh
-
-    class _CpuMesh:
-        @staticmethod
-        def from_group(group, device_type, *args, **kwargs):
-            return real.from_group(group, "cpu", *args, **kwargs)
-
-    wrapper.DeviceMesh = _CpuMesh
-    try:
-        yield
-    finally:
-        wrapper.DeviceMesh = real

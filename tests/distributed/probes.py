@@ -110,16 +110,20 @@ def layout_probe(rank: int, job: JobConfig, run_dir: str, steps: int, objective=
         full_grads = state.layout.dp * job.parallel.cp == 1 or not job.parallel.distributed_optimizer
         full_grads = full_grads and not fsdp_state.is_fsdp(state.models)
         grads = gather_full(state.models, "grad") if full_grads else None
-        losses = [
+        results = [
             train_step(
                 state.models, state.optimizer, state.scheduler, state.train_iterators, *args, session.device,
                 forward_step=step,
-            ).loss
+            )
             for _ in range(steps)
         ]
         params = gather_full(state.models, "param")
         held = training_state_bytes(state.models, state.optimizer)
-        return {"first_loss": first_loss, "grads": grads, "losses": losses, "params": params, "bytes": held}
+        return {
+            "first_loss": first_loss, "grads": grads, "losses": [r.loss for r in results],
+            # Adam all but ignores a gradient's scale, and clipping hides it further: the norms show it.
+            "grad_norms": [r.grad_norm for r in results], "params": params, "bytes": held,
+        }
 
 
 def step_stats_probe(rank: int, job: JobConfig, run_dir: str, steps: int, until_update: bool = False) -> list[dict]:
