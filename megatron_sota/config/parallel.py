@@ -43,7 +43,8 @@ class ParallelConfig:
     distributed_optimizer=true."""
     fsdp_impl: str = "megatron"
     """Which implementation parallel.fsdp uses: megatron (megatron-core's Megatron-FSDP, every strategy) or torch
-    (PyTorch FSDP2 through megatron-core's TorchFullyShardedDataParallel: optim_grads_params only)."""
+    (PyTorch FSDP2 through megatron-core's TorchFullyShardedDataParallel: optim_grads_params only, with
+    distributed_optimizer=false, fp32, pp=1, cp=1; config/validation.py lists what it refuses)."""
     overlap_grad_reduce: bool = False
     """Overlap data-parallel gradient reduce-scatter with the backward pass (GPU)."""
     overlap_param_gather: bool = False

@@ -51,8 +51,11 @@ def test_fsdp2_reproduces_ddp_losses_and_weights_and_shards_them(stdlib_shards, 
     assert ddp["losses"][-1] < ddp["first_loss"] - 0.05  # the reference learns
     # The same reductions in another order (reduce-scatter vs all-reduce): fp32 noise only.
     _assert_same_training(run, ddp, rtol=1e-4, atol=1e-5)
-    # Each rank holds half of the weights DDP holds whole (and, with the plain optimizer, half of the Adam state).
+    # Each rank holds half of the weights and gradients DDP holds whole; the plain optimizer's Adam state is over
+    # those halves, as large as the distributed optimizer's shard of it.
     assert run["bytes"]["weights"] == pytest.approx(ddp["bytes"]["weights"] / 2, rel=0.01)
+    assert run["bytes"]["grads"] == pytest.approx(ddp["bytes"]["grads"] / 2, rel=0.01)
+    assert run["bytes"]["optimizer"] == pytest.approx(ddp["bytes"]["optimizer"], rel=0.01)
 
 
 @pytest.mark.slow
