@@ -145,11 +145,13 @@ def _torch_state_dicts(tree: Any) -> Iterator[Dict[str, Any]]:
 
 
 def optimizer_kind(optimizer) -> str:
-    """'distributed' or 'plain': megatron-core cannot convert optimizer state between the two."""
+    """'distributed' or 'plain': megatron-core cannot convert optimizer state between the two. FSDP2's (plain)
+    optimizer over DTensor shards is saved in the distributed form (checkpointing/fsdp_state.py)."""
     from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
 
     chained = getattr(optimizer, "chained_optimizers", [optimizer])
-    return "distributed" if any(isinstance(o, DistributedOptimizer) for o in chained) else "plain"
+    sharded = any(isinstance(o, DistributedOptimizer) for o in chained) or fsdp_state.steps_dtensors(optimizer)
+    return "distributed" if sharded else "plain"
 
 
 def build_state_dict(

@@ -1,12 +1,14 @@
-"""A Megatron-FSDP run's weights and optimizer state in the layout-free checkpoint format every other run writes.
+"""A Megatron-FSDP or FSDP2 run's weights and optimizer state in the layout-free checkpoint format every other run writes.
 
 Megatron-FSDP keeps each parameter (its fp32 main copy, Adam moments and, with optim_grads_params, its weights) as
 row blocks spread over the data-parallel ranks, in data-parallel rank order; megatron-core writes that state only in
 its own `fsdp_dtensor` format, which no other layout reads. Here each tensor is gathered over the data-parallel group
 into this tensor-parallel rank's whole tensor and described with the model's own ShardedTensors, exactly as the
 distributed optimizer's `fully_reshardable` format does (it gathers over data-parallel ranks too), so FSDP and DDP
-checkpoints load into each other at any TP, PP and DP. Loading cuts each rank's rows back out. It must not choose
-what to save or when (checkpointing/manager.py).
+checkpoints load into each other at any TP, PP and DP. Loading cuts each rank's rows back out. PyTorch FSDP2
+(parallel.fsdp_impl=torch) keeps the same row blocks (even Shard(0) DTensors, in rank order) as the model's own
+parameters, which megatron-core's plain optimizer steps in place: the same gathering applies, with no main copies apart
+from the weights. It must not choose what to save or when (checkpointing/manager.py).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from megatron.core import parallel_state
 from megatron.core.dist_checkpointing.mapping import ShardedTensorFactory
 from megatron.core.dist_checkpointing.utils import extract_sharded_tensors_and_factories
 from megatron.core.dist_checkpointing.dict_utils import nested_values
+from megatron.core.distributed.torch_fully_sharded_data_parallel import TorchFullyShardedDataParallel
+from torch.distributed.tensor import DTensor
 
 # The names megatron-core's fully_reshardable format gives the distributed optimizer's per-parameter state.
 _STATE_PREFIX = "optimizer.state"
@@ -28,8 +32,14 @@ _ADAM_STATES = ("exp_avg", "exp_avg_sq")
 
 
 def is_fsdp(models) -> bool:
-    """Whether the chunks are wrapped in Megatron-FSDP (parallelize/fsdp.py) rather than DDP."""
-    return any(getattr(getattr(m, "ddp_config", None), "use_megatron_fsdp", False) for m in models)
+    """Whether the chunks are wrapped in Megatron-FSDP (parallelize/fsdp.py) or FSDP2 (parallelize/torch_fsdp.py)
+    rather than DDP."""
+    return is_torch_fsdp(models) or any(getattr(getattr(m, "ddp_config", None), "use_megatron_fsdp", False) for m in models)
+
+
+def is_torch_fsdp(models) -> bool:
+    """Whether the chunks are wrapped in FSDP2 (parallel.fsdp_impl=torch)."""
+    return any(isinstance(m, TorchFullyShardedDataParallel) for m in models)
 
 
 def _dp_group():
@@ -37,8 +47,19 @@ def _dp_group():
 
 
 def _sharded(chunk) -> List[Tuple[str, torch.Tensor]]:
-    """(name in the GPTModel, the optimizer's DTensor) of each parameter, in Megatron-FSDP's order."""
+    """(name in the GPTModel, the optimizer's DTensor) of each parameter, in Megatron-FSDP's order (FSDP2: the
+    model's own DTensor parameters, which the optimizer steps)."""
+    if is_torch_fsdp([chunk]):
+        return list(_gpt(chunk).named_parameters())
     return list(chunk.module.param_and_grad_buffer.optimizer_named_parameters)
+
+
+def parameter(chunk, name: str) -> torch.nn.Parameter:
+    """The chunk's parameter `name` as the model built it (its tensor-parallel attributes on it); FSDP2's DTensor
+    parameters carry them too (megatron-core's wrapper puts them back)."""
+    if is_torch_fsdp([chunk]):
+        return _gpt(chunk).get_parameter(name)
+    return chunk.module.raw_param[name]
 
 
 def _row_counts(locals_: List[torch.Tensor]) -> List[List[int]]:
@@ -74,9 +95,9 @@ def _locals(tensors) -> List[torch.Tensor]:
 
 
 def _gpt(chunk) -> torch.nn.Module:
-    model = chunk.module.module
+    model = chunk.module
     while hasattr(model, "module"):
-        model = model.module  # Float16Module
+        model = model.module  # Megatron-FSDP's inner module, Float16Module
     return model
 
 
@@ -85,17 +106,18 @@ def whole_parameters(chunk, weights: Dict[str, torch.Tensor]) -> Iterator[Dict[s
     """Puts `weights` in the chunk's GPTModel in place of its parameters (carrying the originals' tensor-parallel
     attributes) and yields them by name, so the model's own sharded_state_dict describes them; the parameters it
     had are put back afterwards."""
-    # Megatron-FSDP puts its sharded parameters back in place whenever a state dict is taken (a state-dict pre-hook)
-    # unless they are in place already: put them there first, so that the hook leaves the stand-ins alone.
-    chunk.module.synchronize_param_gather()
+    if not is_torch_fsdp([chunk]):
+        # Megatron-FSDP puts its sharded parameters back in place whenever a state dict is taken (a state-dict
+        # pre-hook) unless they are in place already: put them there first, so that the hook leaves the stand-ins alone.
+        chunk.module.synchronize_param_gather()
     gpt = _gpt(chunk)
     before = dict(gpt.named_parameters())
-    raw = chunk.module.raw_param
     stand_ins = {}
     try:
         for name, weight in weights.items():
             stand_in = torch.nn.Parameter(weight, requires_grad=False)
-            stand_in.__dict__.update({k: v for k, v in raw[name].__dict__.items() if not k.startswith("_")})
+            attributes = parameter(chunk, name).__dict__
+            stand_in.__dict__.update({k: v for k, v in attributes.items() if not k.startswith("_")})
             _set_parameter(gpt, name, stand_in)
             stand_ins[name] = stand_in
         yield stand_ins
@@ -111,7 +133,7 @@ def _set_parameter(root: torch.nn.Module, name: str, value: torch.nn.Parameter) 
 
 def _in_model_dtype(chunk, wholes: List[torch.Tensor]) -> Dict[str, torch.Tensor]:
     """Name -> weight, from whole tensors that start with the main copies in Megatron-FSDP's order."""
-    dtypes = {name: raw.dtype for name, raw in chunk.module.raw_param.items()}
+    dtypes = {name: parameter(chunk, name).dtype for name, _ in _sharded(chunk)}
     return {name: whole.to(dtypes[name]) for (name, _), whole in zip(_sharded(chunk), wholes)}
 
 
@@ -146,7 +168,9 @@ def _write_rows(locals_: List[torch.Tensor], wholes: List[torch.Tensor], rows: L
 
 def _refresh(chunk) -> None:
     """Compute weights from the main copies and, where weights are not sharded, all-gathered: what the
-    optimizer does after a step."""
+    optimizer does after a step. FSDP2's optimizer steps the weights themselves: nothing to do."""
+    if is_torch_fsdp([chunk]):
+        return
     chunk.module.install_optimized_model_weights()
     chunk.start_param_sync(force_sync=True)
 
@@ -169,6 +193,12 @@ def _torch_optimizer(optimizer) -> torch.optim.Optimizer:
     if len(chained) != 1:
         raise NotImplementedError("parallel.fsdp supports one megatron-core optimizer over all chunks")
     return chained[0].optimizer
+
+
+def steps_dtensors(optimizer) -> bool:
+    """Whether a megatron-core optimizer steps DTensor parameters: FSDP2's shards, which fsdp_state saves."""
+    chained = getattr(optimizer, "chained_optimizers", [optimizer])
+    return any(isinstance(p, DTensor) for o in chained for g in o.optimizer.param_groups for p in g["params"])
 
 
 def _moments(inner: torch.optim.Optimizer, param) -> List[torch.Tensor]:
@@ -237,8 +267,9 @@ def load_optimizer(optimizer, chunks, loaded: Dict[str, Any]) -> None:
     index = 0
     for chunk in chunks:
         named = _sharded(chunk)
+        every = is_torch_fsdp([chunk])  # FSDP2 gives even an empty shard its (empty) gradient, so torch steps it
         for _, dtensor in named:  # state where a step would have made it, none where it would not
-            if step and dtensor.to_local().numel():
+            if step and (every or dtensor.to_local().numel()):
                 inner.state[dtensor] = {"step": torch.tensor(step), **{k: torch.zeros_like(dtensor) for k in _ADAM_STATES}}
             else:
                 inner.state.pop(dtensor, None)

@@ -12,6 +12,8 @@ from typing import Optional
 FSDP_STRATEGIES = ("none", "optim", "optim_grads", "optim_grads_params")
 # Why parallel.fsdp needs pp=1: what megatron-core 0.16.1's FSDP adapter does (_get_dp_tp_mesh), which fails otherwise.
 FSDP_WITHOUT_PIPELINE = "Megatron-FSDP (megatron-core 0.16.1) lays its device mesh over the whole world as dp x tp, so it runs without pipeline stages"
+# parallel.fsdp_impl: megatron-core's Megatron-FSDP, or PyTorch FSDP2 through megatron-core's TorchFullyShardedDataParallel.
+FSDP_IMPLS = ("megatron", "torch")
 
 # How the SDPA context-parallel attention exchanges K/V (megatron-core's cp_comm_type names).
 CP_COMM_TYPES = ("all_gather", "p2p")
@@ -39,6 +41,10 @@ class ParallelConfig:
     ZeRO-1), optim (optimizer states and fp32 main weights sharded, ZeRO-1), optim_grads (also gradients, ZeRO-2)
     or optim_grads_params (also the weights, gathered one transformer layer at a time, ZeRO-3). Needs
     distributed_optimizer=true."""
+    fsdp_impl: str = "megatron"
+    """Which implementation parallel.fsdp uses: megatron (megatron-core's Megatron-FSDP, every strategy) or torch
+    (PyTorch FSDP2 through megatron-core's TorchFullyShardedDataParallel: optim_grads_params only, with
+    distributed_optimizer=false, fp32, pp=1, cp=1; config/validation.py lists what it refuses)."""
     overlap_grad_reduce: bool = False
     """Overlap data-parallel gradient reduce-scatter with the backward pass (GPU)."""
     overlap_param_gather: bool = False

@@ -11,8 +11,8 @@ from typing import Optional, Sequence
 from megatron_sota.config.generation import generation_problems
 from megatron_sota.config.job import JobConfig
 from megatron_sota.config.kernels import ATTENTION_BACKENDS
-from megatron_sota.config.machine import Machine, machine_problems, probe_machine
-from megatron_sota.config.parallel import CP_COMM_TYPES, FSDP_STRATEGIES, FSDP_WITHOUT_PIPELINE
+from megatron_sota.config.machine import Machine, machine_choices, machine_problems, probe_machine
+from megatron_sota.config.parallel import CP_COMM_TYPES, FSDP_IMPLS, FSDP_STRATEGIES, FSDP_WITHOUT_PIPELINE
 from megatron_sota.config.posttrain import RL_OBJECTIVES, posttrain_problems
 from megatron_sota.config.ranges import Bound, above, at_least, range_problems, within
 from megatron_sota.config.run import LOG_LEVELS
@@ -137,14 +137,14 @@ def _layout_problems(cfg: JobConfig, world_size: int) -> list[str]:
             f"model.num_layers={m.num_layers} is not divisible by parallel.pp*parallel.vpp = "
             f"{p.pp}*{p.virtual_stages} = {p.pp * p.virtual_stages}"
         )
-    if p.fsdp != "none" and p.pp > 1:
+    if p.fsdp != "none" and p.fsdp_impl == "megatron" and p.pp > 1:
         problems.append(f"parallel.fsdp={p.fsdp} needs parallel.pp=1, got pp={p.pp}: {FSDP_WITHOUT_PIPELINE}")
     if p.fsdp != "none" and cfg.posttrain is not None and cfg.posttrain.objective in RL_OBJECTIVES:
         problems.append(
             f"parallel.fsdp={p.fsdp} with posttrain={cfg.posttrain.objective}: rollouts generate with the training "
             "chunk's own weights, which Megatron-FSDP keeps sharded (set parallel.fsdp=none)"
         )
-    if p.fsdp != "none" and not p.distributed_optimizer:
+    if p.fsdp != "none" and p.fsdp_impl == "megatron" and not p.distributed_optimizer:
         problems.append(
             f"parallel.fsdp={p.fsdp} shards the optimizer itself (megatron-core's distributed optimizer over FSDP): "
             "set parallel.distributed_optimizer=true, or parallel.fsdp=none for a replicated optimizer"
@@ -172,6 +172,57 @@ def _layout_problems(cfg: JobConfig, world_size: int) -> list[str]:
     return problems
 
 
+def _torch_fsdp_problems(cfg: JobConfig, dtype: str) -> list[str]:
+    """What parallel.fsdp_impl=torch (FSDP2 through megatron-core's TorchFullyShardedDataParallel) cannot do here;
+    `dtype` is the one the machine resolves precision.dtype to. Megatron-LM's own refusals (arguments.py,
+    --use-torch-fsdp2) are those of pp, the distributed optimizer, fp16 and tied embeddings."""
+    p = cfg.parallel
+    if p.fsdp_impl != "torch":
+        return []
+    key = "parallel.fsdp_impl=torch"
+    problems = []
+    if p.fsdp != "optim_grads_params":
+        problems.append(
+            f"{key} needs parallel.fsdp=optim_grads_params, got '{p.fsdp}': FSDP2 always shards weights, gradients "
+            "and optimizer state together (for optim or optim_grads use parallel.fsdp_impl=megatron)"
+        )
+    if p.distributed_optimizer:
+        problems.append(
+            f"{key} needs parallel.distributed_optimizer=false: FSDP2 shards the optimizer state through its DTensor "
+            "parameters already, and megatron-core's distributed optimizer needs DDP's gradient buffers, which FSDP2 "
+            "has none of (Megatron-LM refuses the pair too)"
+        )
+    if p.pp > 1:
+        problems.append(
+            f"{key} needs parallel.pp=1, got pp={p.pp}: megatron-core's FSDP2 wrapper is not supported with "
+            "pipeline parallelism (Megatron-LM refuses it too)"
+        )
+    if p.cp > 1:
+        problems.append(f"{key} with parallel.cp={p.cp}: not supported yet (untested; set parallel.cp=1)")
+    if dtype != "fp32":
+        problems.append(
+            f"{key} with precision.dtype={cfg.precision.dtype} (here {dtype}): only fp32 is supported yet; fp16 is "
+            "refused by Megatron-LM, and for bf16 the checkpoints would hold the bf16 weights rather than the "
+            "optimizer's fp32 main copies, so a resume would not be exact (use parallel.fsdp_impl=megatron)"
+        )
+    if not cfg.model.untie_embeddings_and_output_weights:
+        problems.append(
+            f"{key} needs model.untie_embeddings_and_output_weights=true: a weight shared by the embedding and the "
+            "output layer would sit in two FSDP2 units (Megatron-LM refuses it too)"
+        )
+    if cfg.eval.tasks and cfg.eval.interval > 0:
+        problems.append(
+            f"{key} with in-loop eval.tasks: not tested on FSDP2's sharded units yet (use parallel.fsdp_impl=megatron, "
+            "or evaluate the saved checkpoints with tools/evaluate.py)"
+        )
+    if p.overlap_grad_reduce or p.overlap_param_gather:
+        problems.append(
+            f"{key} with parallel.overlap_grad_reduce/overlap_param_gather: these set DDP's and the distributed "
+            "optimizer's overlap; FSDP2 overlaps its own all-gathers and reduce-scatters (set both to false)"
+        )
+    return problems
+
+
 def _choice_problems(cfg: JobConfig) -> list[str]:
     checks = (
         ("train.recompute", cfg.train.recompute, RECOMPUTE_CHOICES),
@@ -181,6 +232,7 @@ def _choice_problems(cfg: JobConfig) -> list[str]:
         ("model.transformer_impl", cfg.model.transformer_impl, IMPL_CHOICES),
         ("parallel.cp_comm_type", cfg.parallel.cp_comm_type, CP_COMM_TYPES),
         ("parallel.fsdp", cfg.parallel.fsdp, FSDP_STRATEGIES),
+        ("parallel.fsdp_impl", cfg.parallel.fsdp_impl, FSDP_IMPLS),
         ("optimizer.name", cfg.optimizer.name, ("adamw",)),
         ("checkpoint.export_hf_dtype", cfg.checkpoint.export_hf_dtype, EXPORT_DTYPE_CHOICES),
         ("kernels.attention_backend", cfg.kernels.attention_backend, ATTENTION_BACKENDS),
@@ -295,6 +347,7 @@ def validate_job(
         cfg.posttrain, cfg.parallel.cp, cfg.model.untie_embeddings_and_output_weights, cfg.parallel.pp,
         cfg.parallel.sp, cfg.data.num_workers,
     )
+    problems += _torch_fsdp_problems(cfg, machine_choices(cfg, machine).dtype)
     problems += list(more_problems)
     if problems:
         raise MegatronSotaError("invalid configuration:\n  - " + "\n  - ".join(problems))

@@ -15,13 +15,14 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megatron_sota.config.parallel import ParallelConfig
 from megatron_sota.parallelize.fsdp import wrap_in_fsdp
+from megatron_sota.parallelize.torch_fsdp import wrap_in_torch_fsdp
 
 
 def wrap_in_ddp(
     chunks: List[torch.nn.Module], config: TransformerConfig, parallel: ParallelConfig, device: torch.device
 ) -> list:
     """Moves chunks to the device, adds the half-precision wrapper, and wraps each in DDP (or, with
-    parallel.fsdp, in Megatron-FSDP: parallelize/fsdp.py).
+    parallel.fsdp, in Megatron-FSDP: parallelize/fsdp.py; with parallel.fsdp_impl=torch, in FSDP2: torch_fsdp.py).
 
     Also tells the schedules (through `config`) how to finish gradients and, with overlap,
     how to hold back and start the DP communication.
@@ -38,7 +39,9 @@ def wrap_in_ddp(
     chunks = [chunk.to(device) for chunk in chunks]
     if config.fp16 or config.bf16:
         chunks = [Float16Module(config, chunk) for chunk in chunks]
-    if parallel.fsdp != "none":
+    if parallel.fsdp != "none" and parallel.fsdp_impl == "torch":
+        wrapped = wrap_in_torch_fsdp(chunks, config, ddp_config)
+    elif parallel.fsdp != "none":
         wrapped = wrap_in_fsdp(chunks, config, ddp_config, parallel.fsdp, device)
     else:
         wrapped = [

@@ -166,6 +166,30 @@ def _index_zero() -> int:
 
 
 @contextlib.contextmanager
+def cpu_device_mesh(owner: Any) -> Iterator[None]:
+    """For the duration of the block, `owner.DeviceMesh.from_group` (a module's imported DeviceMesh) builds CPU meshes.
+
+    megatron-core's FSDP2 wrapper asks for a "cuda" mesh, and FSDP2 places its shards and collectives on the mesh's
+    device type; a CPU run's must be "cpu". Only for a constructor; does nothing outside cpu_backend.
+    """
+    real = owner.DeviceMesh
+    if getattr(torch.cuda.current_device, "__module__", None) != __name__:
+        yield  # not under cpu_backend
+        return
+
+    class _CpuMesh:
+        @staticmethod
+        def from_group(group, device_type, *args, **kwargs):
+            return real.from_group(group, "cpu", *args, **kwargs)
+
+    owner.DeviceMesh = _CpuMesh
+    try:
+        yield
+    finally:
+        owner.DeviceMesh = real
+
+
+@contextlib.contextmanager
 def cpu_backend() -> Iterator[None]:
     """Makes megatron-core's CUDA assumptions hold on the CPU for the duration of the block.
 

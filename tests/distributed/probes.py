@@ -52,7 +52,7 @@ def gather_full(models, kind: str) -> Optional[Dict[str, torch.Tensor]]:
     for ddp in models:
         gpt = unwrap(ddp)
         if fsdp:  # the weights gathered over DP ranks, with the tensor-parallel attributes of the originals
-            items = [(name, ddp.module.raw_param[name], whole) for name, whole in fsdp_state.whole_weights(ddp).items()]
+            items = [(name, fsdp_state.parameter(ddp, name), whole) for name, whole in fsdp_state.whole_weights(ddp).items()]
         else:
             items = [(name, p, p.main_grad if kind == "grad" else p.data) for name, p in gpt.named_parameters()]
         for name, param, value in items:
@@ -106,18 +106,24 @@ def layout_probe(rank: int, job: JobConfig, run_dir: str, steps: int, objective=
         first_loss, _ = forward_backward(state.models, state.train_iterators, *args, False, session.device, step)
         # With data (or context) parallelism the distributed optimizer leaves each rank only its shard
         # of the reduced gradient; full gradients are compared for dp=cp=1 layouts or without it.
+        # FSDP keeps only shards of it in either case.
         full_grads = state.layout.dp * job.parallel.cp == 1 or not job.parallel.distributed_optimizer
+        full_grads = full_grads and not fsdp_state.is_fsdp(state.models)
         grads = gather_full(state.models, "grad") if full_grads else None
-        losses = [
+        results = [
             train_step(
                 state.models, state.optimizer, state.scheduler, state.train_iterators, *args, session.device,
                 forward_step=step,
-            ).loss
+            )
             for _ in range(steps)
         ]
         params = gather_full(state.models, "param")
         held = training_state_bytes(state.models, state.optimizer)
-        return {"first_loss": first_loss, "grads": grads, "losses": losses, "params": params, "bytes": held}
+        return {
+            "first_loss": first_loss, "grads": grads, "losses": [r.loss for r in results],
+            # Adam all but ignores a gradient's scale, and clipping hides it further: the norms show it.
+            "grad_norms": [r.grad_norm for r in results], "params": params, "bytes": held,
+        }
 
 
 def step_stats_probe(rank: int, job: JobConfig, run_dir: str, steps: int, until_update: bool = False) -> list[dict]:
@@ -193,7 +199,8 @@ def training_state_bytes(models, optimizer) -> Dict[str, int]:
     inner = [o.optimizer for o in getattr(optimizer, "chained_optimizers", [optimizer])]
     states = [t for o in inner for s in o.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
     main = [p for o in inner for g in o.param_groups for p in g["params"]]
-    if fsdp_state.is_fsdp(models):  # the module's parameters are views of these buffers, or the optimizer's main copies
+    if fsdp_state.is_fsdp(models) and not fsdp_state.is_torch_fsdp(models):
+        # the module's parameters are views of these buffers, or the optimizer's main copies
         held = {
             "weights": claim(fsdp_buffers("model_weight_buffer")),
             "grads": claim(fsdp_buffers("main_grad_buffer")),
@@ -203,7 +210,7 @@ def training_state_bytes(models, optimizer) -> Dict[str, int]:
         params = [p for m in models for p in unwrap(m).parameters()]
         held = {
             "weights": claim(params),
-            "grads": claim([getattr(p, "main_grad", None) for p in params]),
+            "grads": claim([getattr(p, "main_grad", p.grad) for p in params]),  # FSDP2: grad, a DTensor shard
             "optimizer": claim(main + states),
         }
     # Anything else the module's parameters still point at (Megatron-FSDP's gathered units not yet released).
