@@ -19,6 +19,7 @@ from megatron.core.transformer.transformer_layer import TransformerLayer
 from torch.distributed.fsdp import FSDPModule
 
 from megatron_sota.runtime.cpu_compat import cpu_device_mesh
+from megatron_sota.runtime.upstream import TORCH_FSDP_DDP_HOOKS, applies
 
 
 # megatron-core's default units less ColumnParallelLinear, which it means for the output layer (next to TE's own
@@ -58,10 +59,11 @@ def wrap_in_torch_fsdp(
 ) -> List[TorchFSDP]:
     """Each chunk (on its device already) in FSDP2: every TransformerLayer, the embedding and the root module a unit
     whose parameters are all-gathered before its forward and backward and resharded after (reshard_after_forward)."""
+    wrapper = TorchFSDP if applies(TORCH_FSDP_DDP_HOOKS) else TorchFullyShardedDataParallel
     wrapped = []
     for chunk in chunks:
         with cpu_device_mesh(torch_fully_sharded_data_parallel):
-            model = TorchFSDP(config=config, ddp_config=ddp_config, module=chunk, sub_modules_to_wrap=_UNITS)
+            model = wrapper(config=config, ddp_config=ddp_config, module=chunk, sub_modules_to_wrap=_UNITS)
         _sum_gradients(model.module)
         wrapped.append(model)
     return wrapped

@@ -104,9 +104,17 @@ FSDP_WITHOUT_TE = Patch(
     ("megatron.core.distributed.fsdp.mcore_fsdp_adapter.TELinear",),
     refuse_without="parallel.tp=1 or Transformer Engine installed (Megatron-FSDP at tp > 1 checks isinstance against it)",
 )
+TORCH_FSDP_DDP_HOOKS = Patch(  # a subclass, not a patch: it fills two hooks megatron-core's FSDP2 wrapper leaves out
+    "parallelize.torch_fsdp.TorchFSDP",
+    (("megatron-core", "0.16.1"),),
+    APPLY,  # finish_grad_sync only accepts the argument upstream passes; scale_gradients does what DDP's does
+    "test_fsdp2_wrapper_still_lacks_the_ddp_hooks_finalize_model_grads_calls",
+    ("megatron.core.distributed.data_parallel_base._BaseDataParallel.finish_grad_sync",
+     "megatron.core.distributed.data_parallel_base._BaseDataParallel.scale_gradients"),
+)
 PATCHES = (
     FULLY_RESHARDABLE_STEP, SHARED_ADAM_STEP, CPU_BACKEND, TP_GROUP_WITHOUT_WARNING, LOADER_WORKERS_AT_EXIT,
-    CPU_FLASH_ATTENTION, CUDA_FUSED_ATTENTION, FSDP_WITHOUT_TE,
+    CPU_FLASH_ATTENTION, CUDA_FUSED_ATTENTION, FSDP_WITHOUT_TE, TORCH_FSDP_DDP_HOOKS,
 )
 
 _warned: set[str] = set()

@@ -316,3 +316,26 @@ def test_megatron_fsdp_still_spells_its_default_device_from_the_current_device_i
         with cpu_compat.indexed_current_device():
             assert torch.device(f"cuda:{torch.cuda.current_device()}") == torch.device("cuda:0")
         assert torch.cuda.current_device() == torch.device("cpu")
+
+
+def test_fsdp2_wrapper_still_lacks_the_ddp_hooks_finalize_model_grads_calls():
+    """parallelize/torch_fsdp.TorchFSDP adds finish_grad_sync(force_all_reduce) and a real scale_gradients to
+    megatron-core's FSDP2 wrapper, because finalize_model_grads calls both and the wrapper's base class accepts no
+    argument and scales nothing. Once upstream has them, the subclass can go."""
+    from megatron.core.distributed import finalize_model_grads as finalize
+    from megatron.core.distributed.data_parallel_base import _BaseDataParallel
+    from megatron.core.distributed.torch_fully_sharded_data_parallel import TorchFullyShardedDataParallel
+
+    assert TorchFullyShardedDataParallel.finish_grad_sync is _BaseDataParallel.finish_grad_sync
+    assert "force_all_reduce" not in inspect.signature(_BaseDataParallel.finish_grad_sync).parameters
+    assert "finish_grad_sync(force_all_reduce=" in inspect.getsource(finalize)
+    assert TorchFullyShardedDataParallel.scale_gradients is _BaseDataParallel.scale_gradients
+    body = inspect.getsource(_BaseDataParallel.scale_gradients).split('"""')[-1]
+    assert body.strip() == "pass"
+
+
+def test_fsdp2_wrapper_still_asks_for_a_cuda_device_mesh():
+    """runtime/cpu_compat.cpu_device_mesh exists because megatron-core's FSDP2 wrapper builds its mesh as "cuda"."""
+    from megatron.core.distributed import torch_fully_sharded_data_parallel as wrapper
+
+    assert 'DeviceMesh.from_group(self.process_group, "cuda")' in inspect.getsource(wrapper.TorchFullyShardedDataParallel)
