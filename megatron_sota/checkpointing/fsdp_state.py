@@ -51,7 +51,16 @@ def _sharded(chunk) -> List[Tuple[str, torch.Tensor]]:
     model's own DTensor parameters, which the optimizer steps)."""
     if is_torch_fsdp([chunk]):
         return list(_gpt(chunk).named_parameters())
-    return list(chunk.module.param_and_grad_buffer.optimizer_named_parameters)
+    prefix = _wrapper_prefix(chunk)  # Megatron-FSDP names them from its own module: a Float16Module in bf16/fp16
+    return [(name[len(prefix):], d) for name, d in chunk.module.param_and_grad_buffer.optimizer_named_parameters]
+
+
+def _wrapper_prefix(chunk) -> str:
+    """"module." for each wrapper between Megatron-FSDP's module and the GPTModel (Float16Module), else ""."""
+    prefix, model = "", chunk.module.module
+    while hasattr(model, "module"):
+        prefix, model = prefix + "module.", model.module
+    return prefix
 
 
 def parameter(chunk, name: str) -> torch.nn.Parameter:
@@ -59,7 +68,7 @@ def parameter(chunk, name: str) -> torch.nn.Parameter:
     parameters carry them too (megatron-core's wrapper puts them back)."""
     if is_torch_fsdp([chunk]):
         return _gpt(chunk).get_parameter(name)
-    return chunk.module.raw_param[name]
+    return chunk.module.raw_param[_wrapper_prefix(chunk) + name]
 
 
 def _row_counts(locals_: List[torch.Tensor]) -> List[List[int]]:

@@ -210,11 +210,6 @@ def _torch_fsdp_problems(cfg: JobConfig, dtype: str) -> list[str]:
             f"{key} needs model.untie_embeddings_and_output_weights=true: a weight shared by the embedding and the "
             "output layer would sit in two FSDP2 units (Megatron-LM refuses it too)"
         )
-    if cfg.eval.tasks and cfg.eval.interval > 0:
-        problems.append(
-            f"{key} with in-loop eval.tasks: not tested on FSDP2's sharded units yet (use parallel.fsdp_impl=megatron, "
-            "or evaluate the saved checkpoints with tools/evaluate.py)"
-        )
     if p.overlap_grad_reduce or p.overlap_param_gather:
         problems.append(
             f"{key} with parallel.overlap_grad_reduce/overlap_param_gather: these set DDP's and the distributed "

@@ -75,10 +75,14 @@ def loglikelihoods(scorer: PipelineScorer, requests: Sequence[Tuple[List[int], L
     return out
 
 
-def over_data_parallel(items: Sequence, compute: Callable[[Sequence], torch.Tensor], columns: int, device: torch.device) -> torch.Tensor:
-    """Each data-parallel replica computes rows for its share of `items`; every rank gets all rows."""
+def over_data_parallel(items: Sequence, compute: Callable[[Sequence], torch.Tensor], columns: int, scorer) -> torch.Tensor:
+    """Each data-parallel replica computes rows for its share of `items`; every rank gets all rows. Where the
+    scorer's forward is itself a collective over the replicas (fully sharded weights), each computes them all."""
     from megatron.core import parallel_state
 
+    if not scorer.split_over_data_parallel:
+        return compute(items).to(torch.float64)
+    device = scorer.device
     dp = parallel_state.get_data_parallel_world_size()
     rank = parallel_state.get_data_parallel_rank()
     mine = list(range(rank, len(items), dp))
@@ -108,7 +112,7 @@ def multiple_choice(spec: TaskSpec, model: EvalModel, limit: Optional[int], prog
         for text in continuations:
             requests.append(encode_pair(model.tokenizer, context, text))
             owners.append(index)
-    scores = over_data_parallel(requests, lambda share: loglikelihoods(model.scorer, share, progress), 1, model.scorer.device)[:, 0]
+    scores = over_data_parallel(requests, lambda share: loglikelihoods(model.scorer, share, progress), 1, model.scorer)[:, 0]
     per_item: List[List[float]] = [[] for _ in range(n)]
     for owner, value in zip(owners, scores.tolist()):
         per_item[owner].append(value)
@@ -135,7 +139,7 @@ def greedy_scores(spec: TaskSpec, model: EvalModel, prompts: Sequence[List[int]]
             progress(len(share))
         return torch.tensor([[float(score(i, _cut_at_stop(model.tokenizer, ids, spec.stop)))] for i, ids in zip(share, new)])
 
-    return over_data_parallel(list(range(len(prompts))), scored, 1, model.scorer.device)[:, 0].tolist()
+    return over_data_parallel(list(range(len(prompts))), scored, 1, model.scorer)[:, 0].tolist()
 
 
 def greedy_exact_match(spec: TaskSpec, model: EvalModel, prompts: Sequence[List[int]], answers: Sequence[str], progress: Progress) -> List[float]:
@@ -222,7 +226,7 @@ def perplexity(spec: TaskSpec, model: EvalModel, limit: Optional[int], progress:
         for pair in rolling_windows(tokens, model.tokenizer.eod, model.scorer.max_length):
             requests.append(pair)
             owners.append(index)
-    scores = over_data_parallel(requests, lambda share: loglikelihoods(model.scorer, share, progress), 1, model.scorer.device)[:, 0]
+    scores = over_data_parallel(requests, lambda share: loglikelihoods(model.scorer, share, progress), 1, model.scorer)[:, 0]
     sums = [0.0] * len(documents)
     for owner, value in zip(owners, scores.tolist()):
         sums[owner] += value

@@ -15,6 +15,7 @@ from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 import torch
 from megatron.core import parallel_state, tensor_parallel
 
+from megatron_sota.checkpointing.fsdp_state import is_fsdp
 from megatron_sota.parallelize.pipeline import run_schedule
 
 
@@ -78,6 +79,9 @@ class PipelineScorer:
         self.vocab_size = vocab_size
         self.micro_batch_size = micro_batch_size
         self.device = device
+        # Sharded weights are gathered inside each forward, a collective over the data-parallel ranks: they must all
+        # run the same forwards, so none takes a share of the items (evaluation/runner.over_data_parallel).
+        self.split_over_data_parallel = not is_fsdp(models)
         tp = parallel_state.get_tensor_model_parallel_world_size()
         # Sequence parallelism splits the sequence over TP ranks, and FP8 GEMMs want each rank's
         # rows in multiples of 8-16: padded lengths are multiples of 16 * tp (right padding is free).

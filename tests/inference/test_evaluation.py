@@ -84,7 +84,15 @@ def test_tp2_evaluation_equals_tp1(checkpoint, task_files, tp1):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("world, parallel", [(4, dict(pp=2)), (2, dict(fsdp="optim_grads_params"))], ids=["pp2_dp2", "fsdp_dp2"])
+@pytest.mark.parametrize(
+    "world, parallel",
+    [
+        (4, dict(pp=2)),
+        (2, dict(fsdp="optim_grads_params")),
+        (2, dict(fsdp="optim_grads_params", fsdp_impl="torch", distributed_optimizer=False)),
+    ],
+    ids=["pp2_dp2", "fsdp_dp2", "fsdp2_dp2"],
+)
 def test_in_loop_evaluation_equals_evaluate_tool_on_the_saved_checkpoint(
     stdlib_shards, task_files, tmp_path, world, parallel
 ):
