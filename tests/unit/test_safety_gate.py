@@ -83,7 +83,7 @@ def _fake_model(refuse: set[str]) -> EvalModel:
             out.append(tokenizer.tokenize(reply)[:max_new_tokens] + [tokenizer.eod])
         return out
 
-    scorer = SimpleNamespace(max_length=4096, device=torch.device("cpu"))
+    scorer = SimpleNamespace(max_length=4096, device=torch.device("cpu"), split_over_data_parallel=True)
     return EvalModel(scorer, generate_greedy, tokenizer)
 
 
