@@ -39,8 +39,8 @@ class ParallelConfig:
     fsdp: str = "none"
     """Fully sharded data parallelism through megatron-core's Megatron-FSDP: none (DDP; with distributed_optimizer,
     ZeRO-1), optim (optimizer states and fp32 main weights sharded, ZeRO-1), optim_grads (also gradients, ZeRO-2)
-    or optim_grads_params (also the weights, gathered one transformer layer at a time, ZeRO-3). Needs
-    distributed_optimizer=true."""
+    or optim_grads_params (also the weights, gathered one transformer layer at a time, ZeRO-3). With
+    fsdp_impl=megatron it needs distributed_optimizer=true and pp=1."""
     fsdp_impl: str = "megatron"
     """Which implementation parallel.fsdp uses: megatron (megatron-core's Megatron-FSDP, every strategy) or torch
     (PyTorch FSDP2 through megatron-core's TorchFullyShardedDataParallel: optim_grads_params only, with

@@ -33,8 +33,9 @@ def wrap_in_fsdp(
     chunks: List[torch.nn.Module], config: TransformerConfig, ddp_config: DistributedDataParallelConfig,
     strategy: str, device: torch.device,
 ) -> List[FullyShardedDataParallel]:
-    """Each chunk (on `device` already) in Megatron-FSDP with `strategy` (parallel.fsdp) as its sharding strategy; with optim_grads_params, one
-    TransformerLayer is the unit whose weights are gathered before its forward and backward (megatron-core's default)."""
+    """Each chunk (on `device` already) in Megatron-FSDP with `strategy` (parallel.fsdp) as its sharding strategy;
+    with optim_grads_params, one TransformerLayer is the unit whose weights are gathered before its forward and
+    backward (megatron-core's default)."""
     _te_linear_placeholder_as_a_type()
     ddp_config.use_megatron_fsdp = True
     ddp_config.data_parallel_sharding_strategy = strategy
