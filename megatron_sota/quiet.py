@@ -43,6 +43,10 @@ KNOWN_WARNINGS: tuple[tuple[type[Warning], str], ...] = (
     (DeprecationWarning, r"MLP requires ffn_hidden_size, but it was not provided"),
     # megatron-core tensor_parallel/layers.py calling itself without a tp_group ("Warning: tp_group...").
     (DeprecationWarning, r"Warning. tp_group is None, using default tp group"),
+    # megatron-core Megatron-FSDP (param_and_grad_buffer.py, the all-gather pipeline's reset): before a checkpoint's
+    # whole weights are built (checkpointing/fsdp_state.py), the gathers a forward prefetched are waited for and
+    # released; the warning announces that wait.
+    (UserWarning, r"There are still pending all-gather tasks, process them"),
     # numpy 2, when megatron-core's IndexedDatasetBuilder.add_document (datasets/indexed_dataset.py)
     # converts a torch tensor whose __array__ takes no copy keyword (preprocessing, merging shards).
     (DeprecationWarning, r"__array__ implementation doesn't accept a copy keyword"),
@@ -53,6 +57,8 @@ KNOWN_LOG_RECORDS: tuple[tuple[str, str], ...] = (
     # megatron-core datasets/blended_dataset.py, once per split, when the blend data/mix.py gives it has
     # one prefix (the quickstart's): a remark on efficiency, not a problem.
     ("megatron.core.datasets.blended_dataset", r"Building a BlendedDataset for a single MegatronDataset"),
+    # megatron-core megatron_fsdp.py, on CPU runs (parallel.fsdp): its device is the CPU, never "cuda:<index>".
+    ("megatron.core.distributed.fsdp.src.megatron_fsdp.megatron_fsdp", r"\[Rank \d+\] Megatron-FSDP is using device cpu instead of"),
 )
 
 

@@ -8,8 +8,6 @@ FSDP optimizer from the chunks' DDP config).
 
 from __future__ import annotations
 
-import contextlib
-import logging
 from typing import List
 
 import torch
@@ -19,15 +17,6 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megatron_sota.runtime.cpu_compat import indexed_current_device
 from megatron_sota.runtime.upstream import FSDP_WITHOUT_TE, applies
-
-# Megatron-FSDP warns when its device is not "cuda:<current device>", which a CPU run's never is.
-_FSDP_LOGGER = "megatron.core.distributed.fsdp.src.megatron_fsdp.megatron_fsdp"
-
-
-class _DropDeviceWarning(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "instead of the current device" not in record.getMessage()
-
 
 def wrap_in_fsdp(
     chunks: List[torch.nn.Module], config: TransformerConfig, ddp_config: DistributedDataParallelConfig,
@@ -41,7 +30,8 @@ def wrap_in_fsdp(
     ddp_config.data_parallel_sharding_strategy = strategy
     wrapped = []
     for chunk in chunks:
-        with _building_on(device.type == "cpu"):
+        # Its constructor spells a device from torch.cuda.current_device(); on CPU runs that answers an index then.
+        with indexed_current_device():
             wrapped.append(FullyShardedDataParallel(config=config, ddp_config=ddp_config, module=chunk, device=device))
     return wrapped
 
@@ -60,18 +50,3 @@ def _te_linear_placeholder_as_a_type() -> None:
 
     if not isinstance(adapter.TELinear, type):
         adapter.TELinear = _NoTELinear
-
-
-@contextlib.contextmanager
-def _building_on(cpu: bool):
-    if not cpu:
-        yield
-        return
-    fsdp_logger = logging.getLogger(_FSDP_LOGGER)
-    quiet = _DropDeviceWarning()
-    fsdp_logger.addFilter(quiet)
-    try:
-        with indexed_current_device():
-            yield
-    finally:
-        fsdp_logger.removeFilter(quiet)

@@ -25,6 +25,7 @@ def test_known_warnings_are_hidden_by_name():
     assert not _shown(FutureWarning, "`load_state_dict` is deprecated and will be removed in future versions.")
     assert not _shown(UserWarning, "Transformer Engine and Apex are not installed. Falling back to Torch optimizers.")
     assert not _shown(DeprecationWarning, "Warning: tp_group is None, using default tp group.")
+    assert not _shown(UserWarning, "There are still pending all-gather tasks, process them. Bucket status: {}.")
 
 
 @pytest.mark.parametrize("category", [DeprecationWarning, FutureWarning, UserWarning])
@@ -57,8 +58,12 @@ def test_megatron_known_record_is_hidden_but_its_other_warnings_and_errors_show(
     blend_log.warning("Building a BlendedDataset for a single MegatronDataset")
     blend_log.warning("a warning megatron-core did not give before")
     logging.getLogger("megatron.core.datasets.gpt_dataset").error("cannot open the index")
+    fsdp_log = logging.getLogger(KNOWN_LOG_RECORDS[1][0])
+    fsdp_log.warning("[Rank 1] Megatron-FSDP is using device cpu instead of the current device cuda:0, which may ...")
+    fsdp_log.warning("[Rank 1] Megatron-FSDP is using device cuda:1 instead of the current device cuda:0, which may ...")
     err = megatron_console.readouterr().err
-    assert "single MegatronDataset" not in err
+    assert "single MegatronDataset" not in err and "device cpu instead" not in err
+    assert "device cuda:1 instead" in err  # a GPU run's mismatch is a real one
     assert f"warning [{name}]: a warning megatron-core did not give before" in err
     assert "error [megatron.core.datasets.gpt_dataset]: cannot open the index" in err
 
