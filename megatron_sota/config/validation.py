@@ -144,6 +144,11 @@ def _layout_problems(cfg: JobConfig, world_size: int) -> list[str]:
             f"parallel.fsdp={p.fsdp} with posttrain={cfg.posttrain.objective}: rollouts generate with the training "
             "chunk's own weights, which Megatron-FSDP keeps sharded (set parallel.fsdp=none)"
         )
+    if p.fsdp != "none" and cfg.posttrain is not None and cfg.posttrain.objective == "rm":
+        problems.append(
+            f"parallel.fsdp={p.fsdp} with posttrain=rm: a reward model trained fully sharded departs from the DDP run "
+            "by 1% at its third step (tests/posttrain/test_reward_parallel.py), not understood yet (set parallel.fsdp=none)"
+        )
     if p.fsdp != "none" and p.fsdp_impl == "megatron" and not p.distributed_optimizer:
         problems.append(
             f"parallel.fsdp={p.fsdp} shards the optimizer itself (megatron-core's distributed optimizer over FSDP): "

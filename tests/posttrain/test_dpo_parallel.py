@@ -33,8 +33,9 @@ def reference_gradients(tmp_path_factory) -> dict:
 
 # Several steps at DP=2: each rank's share of the data across steps and the metrics' reduction over DP; the
 # first step's gradients are compared at every layout below.
-def test_dpo_at_dp2_reproduces_one_process_over_several_steps(tmp_path, reference):
-    run = run_distributed(posttrain_probe, 2, _job(**LAYOUTS[-1]), str(tmp_path), use_fake_pairs)[0]
+@pytest.mark.parametrize("fsdp", ["none", "optim_grads_params"])  # and fully sharded (parallel.fsdp)
+def test_dpo_at_dp2_reproduces_one_process_over_several_steps(tmp_path, reference, fsdp):
+    run = run_distributed(posttrain_probe, 2, _job(**LAYOUTS[-1], fsdp=fsdp), str(tmp_path), use_fake_pairs)[0]
     assert len(reference["losses"]) == 3 and len(reference["val_losses"]) == 1
     assert run["losses"] == pytest.approx(reference["losses"], rel=1e-5)
     assert run["val_losses"] == pytest.approx(reference["val_losses"], rel=1e-5)
