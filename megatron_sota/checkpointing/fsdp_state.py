@@ -29,6 +29,7 @@ from torch.distributed.tensor import DTensor
 # The names megatron-core's fully_reshardable format gives the distributed optimizer's per-parameter state.
 _STATE_PREFIX = "optimizer.state"
 _ADAM_STATES = ("exp_avg", "exp_avg_sq")
+_STATE_KEYS = ("param", *_ADAM_STATES)
 
 
 def is_fsdp(models) -> bool:
@@ -218,7 +219,8 @@ def _moments(inner: torch.optim.Optimizer, param) -> List[torch.Tensor]:
 
 
 def _optimizer_locals(inner, chunk) -> List[torch.Tensor]:
-    """Row blocks of the weights' main copies, then of each Adam moment (all parameters per moment)."""
+    """Row blocks of the weights' main copies, then of each Adam moment: all parameters per state key, in
+    _STATE_KEYS order, so that tensors[i::n] are parameter i's."""
     named = _sharded(chunk)
     moments = [_moments(inner, dtensor) for _, dtensor in named]
     return _locals([d.detach() for _, d in named] + [m[k] for k in range(len(_ADAM_STATES)) for m in moments])
@@ -247,9 +249,8 @@ def full_state_dicts(optimizer, chunks, is_loading: bool) -> Tuple[List[Dict[str
         entries = {id(entry.data): entry for entry in nested_values(extract_sharded_tensors_and_factories(state)[0])}
         for i, (name, _) in enumerate(named):
             base = entries[id(stand_ins[name])]
-            tensors = [wholes[i]] + [wholes[(k + 1) * len(named) + i] for k in range(len(_ADAM_STATES))]
             param_state[len(param_state)] = {
-                key: _like(base, key, tensor) for key, tensor in zip(("param", *_ADAM_STATES), tensors)
+                key: _like(base, key, tensor) for key, tensor in zip(_STATE_KEYS, wholes[i :: len(named)])
             }
     if len(steps) > 1:
         raise RuntimeError(f"parameters of one optimizer at different steps: {sorted(steps)}")
@@ -283,13 +284,8 @@ def load_optimizer(optimizer, chunks, loaded: Dict[str, Any]) -> None:
             else:
                 inner.state.pop(dtensor, None)
         locals_ = _optimizer_locals(inner, chunk)
-        wholes = [None] * len(locals_)
-        for i in range(len(named)):
-            entry = loaded["param_state"][index]
-            index += 1
-            wholes[i] = entry["param"]
-            for k, key in enumerate(_ADAM_STATES):
-                wholes[(k + 1) * len(named) + i] = entry[key]
+        wholes = [loaded["param_state"][index + i][key] for key in _STATE_KEYS for i in range(len(named))]
+        index += len(named)
         _, rows = _wholes(locals_, gather=False)
         _write_rows(locals_, wholes, rows)
         _refresh(chunk)

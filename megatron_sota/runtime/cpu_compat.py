@@ -141,6 +141,11 @@ def _cuda_stand_ins() -> dict[tuple[Any, str], Any]:
     }
 
 
+def _under_cpu_backend() -> bool:
+    """Whether cpu_backend's stand-ins are in place (its current_device is one of this module's)."""
+    return getattr(torch.cuda.current_device, "__module__", None) == __name__
+
+
 @contextlib.contextmanager
 def indexed_current_device() -> Iterator[None]:
     """Inside cpu_backend, `torch.cuda.current_device()` answers the index 0 for the duration of the block.
@@ -151,8 +156,8 @@ def indexed_current_device() -> Iterator[None]:
     need the device object. Does nothing outside cpu_backend.
     """
     stand_in = torch.cuda.current_device
-    if getattr(stand_in, "__module__", None) != __name__:
-        yield  # not under cpu_backend: the real CUDA function answers an index already
+    if not _under_cpu_backend():
+        yield  # the real CUDA function answers an index already
         return
     torch.cuda.current_device = _index_zero
     try:
@@ -173,8 +178,8 @@ def cpu_device_mesh(owner: Any) -> Iterator[None]:
     device type; a CPU run's must be "cpu". Only for a constructor; does nothing outside cpu_backend.
     """
     real = owner.DeviceMesh
-    if getattr(torch.cuda.current_device, "__module__", None) != __name__:
-        yield  # not under cpu_backend
+    if not _under_cpu_backend():
+        yield
         return
 
     class _CpuMesh:
