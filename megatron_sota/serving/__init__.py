@@ -1,0 +1,1 @@
+"""Serving a checkpoint: an OpenAI-compatible model server, the gateway in front of it, and their Prometheus metrics."""
