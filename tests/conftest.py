@@ -1,5 +1,5 @@
-"""Shared fixtures: a real corpus (the standard library's sources), its tokenizer and shards; the modules that
-run_distributed's ranks start with (tests/rank_preload.py); and a note on unmarked tests that are slow, so the fast
+"""Shared fixtures: a real corpus (the standard library's sources), its tokenizer and shards, a model trained on it and
+its Hugging Face export; the modules that run_distributed's ranks start with (tests/rank_preload.py); and a note on unmarked tests that are slow, so the fast
 tier (`pytest -m "not slow and not slurm"`) stays fast."""
 
 from __future__ import annotations
@@ -64,6 +64,30 @@ def stdlib_shards(tmp_path_factory) -> StdlibShards:
         )
     )
     return StdlibShards(os.path.join(root, "stdlib_text_document"), os.path.join(root, "tok.model"), 1900)
+
+
+@pytest.fixture(scope="session")
+def checkpoint(stdlib_shards, tmp_path_factory) -> str:
+    """tiny trained 20 steps on the stdlib corpus (a trained model: no near-ties between the top tokens)."""
+    from megatron_sota.runtime.local_ranks import run_distributed
+    from tests.distributed.jobs import stdlib_job
+    from tests.distributed.probes import pretrain_probe
+
+    run_dir = str(tmp_path_factory.mktemp("gen"))
+    job = stdlib_job(stdlib_shards)
+    job.train.iters = 20
+    run_distributed(pretrain_probe, 1, job, run_dir)
+    return os.path.join(run_dir, "checkpoints")
+
+
+@pytest.fixture(scope="session")
+def hf_export(checkpoint, tmp_path_factory) -> str:
+    """`checkpoint` exported in fp32 to a Hugging Face Llama directory (weights, config, tokenizer)."""
+    from megatron_sota.conversion.cli import main as convert
+
+    out = str(tmp_path_factory.mktemp("hf_export") / "tiny")
+    assert convert(["export", "--load", checkpoint, "--save", out, "--dtype", "fp32"]) == 0
+    return out
 
 
 @pytest.fixture(scope="session")

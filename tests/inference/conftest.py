@@ -1,26 +1,13 @@
-"""Shared fixtures of the generation tests: one trained checkpoint, two prompts of equal length, three of different lengths."""
+"""Shared fixtures of the generation tests: two prompts of equal length, three of different lengths (the trained
+checkpoint is tests/conftest.py's)."""
 
 from __future__ import annotations
 
-import os
 from typing import List
 
 import pytest
 import torch
 
-from megatron_sota.runtime.local_ranks import run_distributed
-from tests.distributed.probes import pretrain_probe
-from tests.distributed.jobs import stdlib_job
-
-
-@pytest.fixture(scope="session")
-def checkpoint(stdlib_shards, tmp_path_factory) -> str:
-    """tiny trained 20 steps on the stdlib corpus (a trained model: no near-ties between the top tokens)."""
-    run_dir = str(tmp_path_factory.mktemp("gen"))
-    job = stdlib_job(stdlib_shards)
-    job.train.iters = 20
-    run_distributed(pretrain_probe, 1, job, run_dir)
-    return os.path.join(run_dir, "checkpoints")
 
 
 @pytest.fixture(scope="session")
