@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -26,13 +26,17 @@ from megatron_sota.inference.sampling import SamplingSettings, next_tokens
 Prompts = Union[torch.Tensor, Sequence[Sequence[int]]]
 """[batch, len] token ids (rows of equal length), or one list of token ids per prompt (any lengths)."""
 
+StepHook = Callable[[torch.Tensor, torch.Tensor], Optional[Sequence[int]]]
+"""(chosen [batch] token ids of this step, running [batch] bool: rows not finished before it) -> rows to end now
+(reason 'stop_string', the chosen token kept), or None. Called once per step, before the stop-id and budget checks."""
+
 
 @dataclass
 class Generated:
     tokens: List[List[int]]
     """New token ids per prompt (in input order), the stop token included when one ended the row."""
     stop_reasons: List[str] = field(default_factory=list)
-    """'stop_id' or 'length' per prompt."""
+    """'stop_id', 'length', or 'stop_string' (ended by `on_step`) per prompt."""
     seconds: float = 0.0
     """Wall time of the whole batch."""
     logprobs: Optional[List[List[float]]] = None
@@ -85,6 +89,7 @@ def generate(
     use_cache: bool = True,
     return_logprobs: bool = False,
     row_seeds: Optional[Sequence[int]] = None,
+    on_step: Optional[StepHook] = None,
 ) -> Generated:
     """Continues each prompt by up to max_new_tokens (one count for all, or one per prompt).
 
@@ -92,6 +97,7 @@ def generate(
     Greedy rows do not depend on their batch; sampled rows share one seeded generator, so a
     row's draws depend on the batch it is in (equal for equal batches and seeds), unless `row_seeds`
     gives each row a generator of its own (then `seed` is unused and a row samples what it would alone).
+    `on_step` sees each step's tokens as they are chosen (streaming) and may end rows (stop strings, cancellation).
     """
     from megatron.core.inference.contexts import StaticInferenceContext
 
@@ -112,6 +118,7 @@ def generate(
     budget = torch.tensor(budgets)
     finished = budget == 0
     reasons: List[Optional[str]] = [None] * batch
+    lengths = list(budgets)  # new tokens each row keeps: its budget, or where it ended
     # Rows end at `width` together; the cache may outgrow the context when short rows have larger
     # budgets, but every row's own positions (all RoPE and learned embeddings see) stay inside it.
     cache = StaticInferenceContext(batch, width + steps) if use_cache else None
@@ -125,27 +132,19 @@ def generate(
         if cache is not None and cache.sequence_len_offset == width:
             cache.enable_decode_mode()
         sequence = torch.cat([sequence, chosen[:, None]], dim=1)
+        ended = on_step(chosen, ~finished) if on_step is not None else None
+        for row in ended or ():
+            if not finished[row]:
+                finished[row], reasons[row], lengths[row] = True, "stop_string", step + 1
         for row in torch.nonzero(~finished & torch.isin(chosen, stops)).flatten().tolist():
-            finished[row], reasons[row] = True, "stop_id"
+            finished[row], reasons[row], lengths[row] = True, "stop_id", step + 1
         finished |= budget == step + 1
         if bool(finished.all()):
             break
         step_input = chosen[:, None]
-    tokens = _new_tokens(sequence[:, width:], budgets, reasons, stop_ids)
+    tokens = [sequence[row, width : width + length].tolist() for row, length in enumerate(lengths)]
     logprobs = None
     if return_logprobs:
         table = torch.cat(chosen_logprobs, dim=1)
         logprobs = [table[row, : len(ids)].tolist() for row, ids in enumerate(tokens)]
     return Generated(tokens, [r or "length" for r in reasons], time.perf_counter() - start, logprobs)
-
-
-def _new_tokens(new: torch.Tensor, budgets: List[int], reasons: List[Optional[str]], stop_ids: Sequence[int]) -> List[List[int]]:
-    """Each row's tokens up to its stop token (included) or its budget; the batch ran on for other rows."""
-    stops = set(stop_ids)
-    tokens = []
-    for row, limit in enumerate(budgets):
-        ids = new[row, :limit].tolist()
-        if reasons[row] == "stop_id":
-            ids = ids[: next(i for i, t in enumerate(ids) if t in stops) + 1]
-        tokens.append(ids)
-    return tokens

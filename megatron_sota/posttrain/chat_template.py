@@ -97,7 +97,7 @@ def _environment() -> ImmutableSandboxedEnvironment:
 class ChatTemplate:
     """A Jinja chat template with the special-token names it is rendered with, and its end-of-turn text."""
 
-    def __init__(self, text: str, origin: str, tokenizer: DatasetTokenizer) -> None:
+    def __init__(self, text: str, origin: str, tokenizer: DatasetTokenizer, end_of_turn_token: bool = True) -> None:
         self.text = text
         """The template source, as written into an export's tokenizer_config.json."""
         self.origin = origin
@@ -112,15 +112,16 @@ class ChatTemplate:
         names = {key[: -len("_id")]: value for key, value in special_token_ids(tokenizer).items()}
         self.special_tokens = {key: tokenizer.inv_vocab[i] for key, i in names.items() if i is not None}
         """bos_token / eos_token / pad_token names the template sees (those the HF export names)."""
-        self.end_of_turn = self._probe_end_of_turn(tokenizer)
-        """The text the template writes after an assistant message's content (its end-of-turn token)."""
+        self.end_of_turn = self._probe_end_of_turn(tokenizer if end_of_turn_token else None)
+        """The text the template writes after an assistant message's content (its end-of-turn token; with
+        end_of_turn_token=False, as for serving a model never post-trained, it may be several tokens)."""
 
     @classmethod
-    def load(cls, source: Optional[str], tokenizer: DatasetTokenizer) -> "ChatTemplate":
+    def load(cls, source: Optional[str], tokenizer: DatasetTokenizer, end_of_turn_token: bool = True) -> "ChatTemplate":
         """The shipped default (None), a .jinja file, a tokenizer_config.json's `chat_template`, or a tokenizer
         directory's template (its chat_template.jinja, else its tokenizer_config.json's)."""
         origin = f"{DEFAULT_TEMPLATE} (the shipped default)" if source is None else source
-        return cls(template_text(source), origin, tokenizer)
+        return cls(template_text(source), origin, tokenizer, end_of_turn_token)
 
     def render(self, messages: Messages, add_generation_prompt: bool = False, where: str = "") -> str:
         try:
@@ -134,7 +135,7 @@ class ChatTemplate:
                 f"found an error: {err}"
             ) from None
 
-    def _probe_end_of_turn(self, tokenizer: DatasetTokenizer) -> str:
+    def _probe_end_of_turn(self, tokenizer: Optional[DatasetTokenizer]) -> str:
         user = ({"role": "user", "content": "question"},)
         prompt = self.render(user, add_generation_prompt=True)
         full = self.render(user + ({"role": "assistant", "content": _PROBE},))
@@ -145,6 +146,8 @@ class ChatTemplate:
                 f"with the generation prompt followed by the assistant's content, found {full!r} after {prompt!r}"
             )
         end = turn[turn.index(_PROBE) + len(_PROBE):].rstrip()
+        if tokenizer is None:
+            return end
         ids = tokenizer.tokenize(end)
         if len(ids) != 1:
             raise MegatronSotaError(

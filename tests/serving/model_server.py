@@ -1,0 +1,50 @@
+"""Starts `megatron-sota-serve` on a checkpoint as a child process on 127.0.0.1 and stops it by pid (a test helper)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from typing import Iterator
+
+import httpx
+
+from megatron_sota.runtime.launch_env import free_port
+
+START_TIMEOUT_S = 180.0
+
+
+@contextlib.contextmanager
+def model_server(checkpoint: str, name: str, *flags: str) -> Iterator[str]:
+    """The server's base URL (http://127.0.0.1:<port>) while it runs; its stderr is in the error if it fails to start."""
+    port = free_port()
+    log = open(os.path.join(os.path.dirname(checkpoint), f"server_{port}.log"), "w+")
+    command = [sys.executable, "-m", "megatron_sota.serving.cli", "--load", checkpoint, "--port", str(port),
+               "--served-model-name", name, *flags]
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            if process.poll() is not None:
+                log.seek(0)
+                raise RuntimeError(f"the server exited with {process.returncode}:\n{log.read()}")
+            try:
+                if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the server did not answer /health within {START_TIMEOUT_S:.0f} s")
+            time.sleep(0.25)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()

@@ -1,0 +1,116 @@
+"""The model server end to end through the real `openai` client: greedy text equals tools/generate.py's, streams add
+up to the whole response, chat renders through the template, concurrent requests are batched without changing them."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from tests.serving.conftest import SERVED_NAME
+
+openai = pytest.importorskip("openai")
+
+pytestmark = pytest.mark.slow
+
+GENERATE = os.path.join(os.path.dirname(__file__), "..", "..", "tools", "generate.py")
+PROMPT = "def parse(self, text):\n    return"
+
+
+def _client(url: str):
+    return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def _streamed(client, **request) -> tuple[list[str], str]:
+    """(the text deltas of a streamed completion, its finish reason)."""
+    deltas, reason = [], None
+    for chunk in client.completions.create(model=SERVED_NAME, stream=True, **request):
+        for choice in chunk.choices:
+            if choice.text:
+                deltas.append(choice.text)
+            reason = choice.finish_reason or reason
+    return deltas, reason
+
+
+def test_greedy_completion_is_the_text_tools_generate_prints(server_url, checkpoint):
+    served = _client(server_url).completions.create(model=SERVED_NAME, prompt=PROMPT, max_tokens=24, temperature=0)
+    tool = subprocess.run(
+        [sys.executable, GENERATE, "--load", checkpoint, "--prompt", PROMPT, "--max-new-tokens", "24", "--temperature", "0"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert tool.returncode == 0, tool.stderr
+    text = served.choices[0].text
+    assert text and tool.stdout == text + "\n"  # the tool prints the completion and a newline
+    assert served.usage.prompt_tokens > 0 and served.usage.completion_tokens > 0
+
+
+def test_stream_adds_up_to_the_response_with_a_stop_string_split_across_chunks(server_url):
+    client = _client(server_url)
+    request = dict(prompt=PROMPT, max_tokens=24, temperature=0)
+    deltas, reason = _streamed(client, **request)
+    whole = client.completions.create(model=SERVED_NAME, **request).choices[0]
+    assert "".join(deltas) == whole.text and reason == whole.finish_reason
+    # A stop string made of the end of one chunk and the start of the next: the server cannot see it in either.
+    middle = next(i for i in range(len(deltas) // 2, len(deltas) - 1) if len(deltas[i]) >= 2 and deltas[i + 1])
+    stop = deltas[middle][-2:] + deltas[middle + 1][:2]
+    expected = whole.text[: whole.text.index(stop)]
+    stopped, reason = _streamed(client, stop=[stop], **request)
+    assert "".join(stopped) == expected and reason == "stop"
+    assert client.completions.create(model=SERVED_NAME, stop=[stop], **request).choices[0].text == expected
+
+
+def test_stream_ends_with_usage_then_done(server_url):
+    body = {"model": SERVED_NAME, "prompt": PROMPT, "max_tokens": 5, "temperature": 0, "stream": True,
+            "stream_options": {"include_usage": True}}
+    with httpx.stream("POST", f"{server_url}/v1/completions", json=body, timeout=120) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = [line[len("data: "):] for line in response.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    usage = json.loads(events[-2])
+    assert usage["choices"] == [] and usage["usage"]["completion_tokens"] == 5
+    assert all(json.loads(e)["choices"][0]["finish_reason"] is None for e in events[:-3])
+    assert json.loads(events[-3])["choices"][0]["finish_reason"] == "length"
+
+
+def test_chat_is_the_completion_of_the_rendered_template(server_url, checkpoint):
+    from megatron_sota.posttrain.chat_template import ChatTemplate
+    from tests.serving.served_tokenizer import checkpoint_tokenizer
+
+    messages = [{"role": "system", "content": "You write Python."}, {"role": "user", "content": "Parse a file."}]
+    client = _client(server_url)
+    chat = client.chat.completions.create(model=SERVED_NAME, messages=messages, max_tokens=16, temperature=0)
+    # The tiny model was never post-trained: the shipped ChatML template, its end of turn matched as text.
+    template = ChatTemplate.load(None, checkpoint_tokenizer(checkpoint), end_of_turn_token=False)
+    rendered = template.render(messages, add_generation_prompt=True)
+    assert rendered.endswith("<|im_start|>assistant\n")
+    plain = client.completions.create(model=SERVED_NAME, prompt=rendered, max_tokens=16, temperature=0,
+                                      stop=[template.end_of_turn])
+    assert chat.choices[0].message.role == "assistant"
+    assert chat.choices[0].message.content == plain.choices[0].text
+    assert chat.usage.prompt_tokens == plain.usage.prompt_tokens
+
+
+def test_concurrent_requests_share_batches_and_get_what_they_get_alone(server_url):
+    client = _client(server_url)
+    prompts = [PROMPT, "import os\n", "class Foo:\n    def __init__(self, name):\n        self.", "for i in range(", "x = [", "# "]
+    requests = [dict(prompt=p, max_tokens=12, temperature=0) for p in prompts]
+    requests += [dict(prompt=p, max_tokens=12, temperature=0.9, seed=7 + i) for i, p in enumerate(prompts[:3])]
+    alone = [client.completions.create(model=SERVED_NAME, **r).choices[0].text for r in requests]
+    before = _batch_rows(server_url)
+    with concurrent.futures.ThreadPoolExecutor(len(requests)) as pool:
+        together = list(pool.map(lambda r: client.completions.create(model=SERVED_NAME, **r).choices[0].text, requests))
+    assert together == alone
+    batches, rows = (after - first for after, first in zip(_batch_rows(server_url), before))
+    assert rows == len(requests) and batches < rows  # some requests shared a generate() call
+
+
+def _batch_rows(url: str) -> tuple[float, float]:
+    """(micro-batches run, rows in them) from the server's batch-size histogram."""
+    lines = httpx.get(f"{url}/metrics").text.splitlines()
+    value = {line.split(" ")[0]: float(line.split(" ")[1]) for line in lines if line.startswith("megatron_sota_batch_size_")}
+    return value["megatron_sota_batch_size_count"], value["megatron_sota_batch_size_sum"]
