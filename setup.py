@@ -96,6 +96,11 @@ setup(
             "megatron-sota-compare-runs=megatron_sota.cli.compare_runs:main",
             "megatron-sota-cai=megatron_sota.cli.cai:main",
             "megatron-sota-rl-timing=megatron_sota.cli.rl_timing:main",
+            "megatron-sota-serve=megatron_sota.serving.cli:main",
+            "megatron-sota-gateway=megatron_sota.serving.gateway.cli:main",
+            "megatron-sota-serving-benchmark=megatron_sota.cli.serving_benchmark:main",
+            "megatron-sota-quantize=megatron_sota.cli.quantize:main",
+            "megatron-sota-export-onnx=megatron_sota.cli.export_onnx:main",
         ]
     },
 )

@@ -33,6 +33,11 @@ USER_TOOLS = {
     "compare_runs": "megatron-sota-compare-runs",
     "cai": "megatron-sota-cai",
     "rl_timing": "megatron-sota-rl-timing",
+    "serve": "megatron-sota-serve",
+    "gateway": "megatron-sota-gateway",
+    "serving_benchmark": "megatron-sota-serving-benchmark",
+    "quantize": "megatron-sota-quantize",
+    "export_onnx": "megatron-sota-export-onnx",
 }
 
 
