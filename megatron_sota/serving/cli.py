@@ -1,7 +1,7 @@
 """Command line of the model server: `megatron-sota-serve --load <checkpoint> [--port 8000]` (tools/serve.py).
 
-Loads the checkpoint once (one process, TP=1), starts the generation thread and serves the OpenAI API on uvicorn
-until interrupted. It wires the pieces together; what they do is in engine.py, app.py and chat.py.
+Loads the checkpoint once (one process at TP=1, or one rank per TP shard under torchrun: rank 0 serves HTTP, the others
+follow its batches), starts the generation thread and serves the OpenAI API on uvicorn until interrupted. It wires the pieces together; what they do is in engine.py, app.py and chat.py.
 """
 
 from __future__ import annotations
@@ -47,25 +47,25 @@ def run(args: argparse.Namespace) -> None:
     import uvicorn
 
     from megatron_sota.inference.generate_cli import _defaults
-    from megatron_sota.inference.text_model import inference_session, load_text_model
     from megatron_sota.checkpointing.paths import resolve_checkpoint_dir
+    from megatron_sota.inference.text_model import inference_session, load_text_model
     from megatron_sota.serving.app import ServedModel, build_app
     from megatron_sota.serving.chat import served_template
-    from megatron_sota.serving.engine import Engine
+    from megatron_sota.serving.engine import Engine, follow, rank_share
     from megatron_sota.serving.metrics import ServerMetrics
 
     with inference_session() as (env, session):
-        if env.world_size > 1:
-            raise MegatronSotaError(
-                f"the server runs on one process (TP=1); found WORLD_SIZE={env.world_size}: start it without torchrun"
-            )
         model, tokenizer = load_text_model(args.load, session)
         chat = served_template(model.job, tokenizer)
         stop_ids = [tokenizer.eod]
         if not chat.stop:  # a post-trained model ends its turns with one token
             stop_ids += tokenizer.tokenize(chat.template.end_of_turn)
+        share = rank_share if env.world_size > 1 else None
+        if env.rank != 0:
+            follow(model, stop_ids, share)  # the other TP ranks run what rank 0's engine runs
+            return
         metrics = ServerMetrics()
-        engine = Engine(model, tokenizer, stop_ids, args.max_batch, args.max_queue, args.batch_wait_ms / 1000, metrics)
+        engine = Engine(model, tokenizer, stop_ids, args.max_batch, args.max_queue, args.batch_wait_ms / 1000, metrics, share)
         served = ServedModel(
             name=args.served_model_name or args.load, root=os.path.abspath(resolve_checkpoint_dir(args.load, "--load")),
             tokenizer=tokenizer, context=model.job.model.max_position_embeddings, defaults=_defaults(), chat=chat,
@@ -73,8 +73,8 @@ def run(args: argparse.Namespace) -> None:
         app = build_app(served, engine, metrics)
         engine.start()
         try:
-            log.info("serving %r from %s on http://%s:%d (batches of up to %d, queue of %d)", served.name, served.root,
-                     args.host, args.port, args.max_batch, args.max_queue)
+            log.info("serving %r from %s on http://%s:%d (TP=%d, batches of up to %d, queue of %d)", served.name,
+                     served.root, args.host, args.port, env.world_size, args.max_batch, args.max_queue)
             uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning")).run()
         finally:
             engine.stop()

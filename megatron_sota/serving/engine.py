@@ -7,6 +7,11 @@ Batching: the thread takes the oldest waiting job, then up to `max_batch - 1` mo
 temperature, top-k, top-p and repetition penalty), waiting at most `batch_wait_s` for them to arrive. Every row has its
 own seed and budget, so a completion is what it would be alone (greedy ones exactly; sampled ones draw from their own
 generator). Beam search runs one job at a time.
+
+Under tensor parallelism rank 0 runs the engine and the other ranks `follow` it: rank 0 shares each batch's inputs
+and, at every step, the rows its stop strings and departed clients ended, so every rank runs the same forwards and
+ends the same rows (`share` broadcasts rank 0's value; an idle engine shares an empty batch every KEEPALIVE_S so the
+other ranks' waiting collective never times out).
 """
 
 from __future__ import annotations
@@ -23,6 +28,12 @@ from megatron_sota.inference.sampling import SamplingSettings
 from megatron_sota.serving.text_stream import TextStream
 
 log = logging.getLogger(__name__)
+
+KEEPALIVE_S = 60.0
+"""An idle engine's empty batches, for the other TP ranks (the session's collectives time out after 10 minutes)."""
+
+Share = Callable[..., object]
+"""share(value) on rank 0, share() elsewhere: rank 0's value on every rank (torch.distributed.broadcast_object_list)."""
 
 
 @dataclass(frozen=True)
@@ -72,13 +83,24 @@ class Job:
         return ("sampled", s.temperature, s.top_k, s.top_p, s.repetition_penalty)
 
 
+@dataclass(frozen=True)
+class BatchInputs:
+    """What every rank needs to run one batch: the same on all of them."""
+
+    prompts: List[List[int]]
+    budgets: List[int]
+    settings: SamplingSettings
+    seeds: List[int]
+    num_beams: int = 1
+
+
 class QueueFull(MegatronSotaError):
     """The bounded queue holds max_queue jobs: the caller answers 503 with Retry-After."""
 
 
 class Engine:
     def __init__(self, model, tokenizer, stop_ids: Sequence[int], max_batch: int = 8, max_queue: int = 64,
-                 batch_wait_s: float = 0.005, metrics=None) -> None:
+                 batch_wait_s: float = 0.005, metrics=None, share: Optional[Share] = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.stop_ids = sorted(set(int(i) for i in stop_ids))
@@ -86,6 +108,7 @@ class Engine:
         self.max_queue = max_queue
         self.batch_wait_s = batch_wait_s
         self.metrics = metrics
+        self.share = share
         self._waiting: Deque[Job] = collections.deque()
         self._ready = threading.Condition()
         self._running = False
@@ -128,7 +151,13 @@ class Engine:
         while True:
             batch = self._next_batch()
             if batch is None:
+                if self.share is not None:
+                    self.share(None)  # the other ranks leave follow()
                 return
+            if not batch:
+                if self.share is not None:
+                    self.share(BatchInputs([], [], SamplingSettings(), []))
+                continue
             if self.metrics is not None:
                 self.metrics.running(len(batch))
                 self.metrics.batch(len(batch))
@@ -138,6 +167,8 @@ class Engine:
                 log.exception("generation failed for a batch of %d", len(batch))
                 for job in batch:
                     job.emit(Failure(f"generation failed: {type(err).__name__}: {err}"))
+                if self.share is not None:
+                    raise  # the other ranks may be inside the batch: stop serving (/health turns 503)
             finally:
                 if self.metrics is not None:
                     self.metrics.running(0)
@@ -145,10 +176,12 @@ class Engine:
     def _next_batch(self) -> Optional[List[Job]]:
         with self._ready:
             while True:
-                while self._running and not self._waiting:
-                    self._ready.wait()
+                if self._running and not self._waiting:
+                    self._ready.wait(KEEPALIVE_S)
                 if not self._running:
                     return None
+                if not self._waiting:
+                    return []
                 first = self._waiting.popleft()
                 if not first.cancelled:
                     break
@@ -175,11 +208,13 @@ class Engine:
             self.metrics.queue_depth(len(self._waiting))
 
     def _run(self, batch: List[Job]) -> None:
-        if batch[0].num_beams > 1:
-            self._run_beams(batch[0])
+        inputs = BatchInputs([job.prompt_ids for job in batch], [job.max_tokens for job in batch], batch[0].settings,
+                             [job.seed for job in batch], batch[0].num_beams)
+        if self.share is not None:
+            self.share(inputs)
+        if inputs.num_beams > 1:
+            self._run_beams(batch[0], inputs)
             return
-        from megatron_sota.inference.generation import generate
-
         streams = [TextStream(self.tokenizer, job.stop) for job in batch]
         started = [False] * len(batch)
         stops = set(self.stop_ids)
@@ -202,12 +237,9 @@ class Engine:
                     job.emit(Delta(delta))
                 if streams[row].stopped:
                     ended.append(row)
-            return ended
+            return ended if self.share is None else self.share(ended)
 
-        result = generate(
-            self.model, [job.prompt_ids for job in batch], [job.max_tokens for job in batch], batch[0].settings,
-            stop_ids=self.stop_ids, row_seeds=[job.seed for job in batch], on_step=on_step,
-        )
+        result = run_batch(self.model, inputs, self.stop_ids, on_step)
         for row, job in enumerate(batch):
             rest = streams[row].finish()
             if rest:
@@ -215,10 +247,8 @@ class Engine:
             reason = "length" if result.stop_reasons[row] == "length" and not streams[row].stopped else "stop"
             job.emit(Outcome(streams[row].text, reason, len(job.prompt_ids), len(result.tokens[row])))
 
-    def _run_beams(self, job: Job) -> None:
-        from megatron_sota.inference.beam_search import beam_search
-
-        result = beam_search(self.model, job.prompt_ids, job.num_beams, job.max_tokens, stop_ids=self.stop_ids)
+    def _run_beams(self, job: Job, inputs: BatchInputs) -> None:
+        result = run_batch(self.model, inputs, self.stop_ids)
         tokens = result.sequences[0]
         stream = TextStream(self.tokenizer, job.stop)
         for token in tokens:
@@ -231,3 +261,35 @@ class Engine:
             job.emit(Delta(stream.text))
         reason = "length" if result.stop_reasons[0] == "length" and not stream.stopped else "stop"
         job.emit(Outcome(stream.text, reason, len(job.prompt_ids), len(tokens)))
+
+
+def run_batch(model, inputs: BatchInputs, stop_ids: Sequence[int], on_step=None):
+    """One batch on this rank: generate()'s Generated, or beam search's result for a beam job."""
+    if inputs.num_beams > 1:
+        from megatron_sota.inference.beam_search import beam_search
+
+        return beam_search(model, inputs.prompts[0], inputs.num_beams, inputs.budgets[0], stop_ids=stop_ids)
+    from megatron_sota.inference.generation import generate
+
+    return generate(model, inputs.prompts, inputs.budgets, inputs.settings, stop_ids=stop_ids, row_seeds=inputs.seeds,
+                    on_step=on_step)
+
+
+def follow(model, stop_ids: Sequence[int], share: Share) -> None:
+    """A tensor-parallel rank other than 0: runs every batch rank 0's engine runs, ending the rows it ends, until rank 0
+    shares None (its engine stopped)."""
+    while True:
+        inputs = share()
+        if inputs is None:
+            return
+        if inputs.prompts:  # an empty batch keeps the collective alive
+            run_batch(model, inputs, stop_ids, on_step=lambda chosen, running: share())
+
+
+def rank_share(value=None):
+    """Rank 0's `value` on every rank of the (tensor-parallel) world."""
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -17,11 +17,15 @@ START_TIMEOUT_S = 180.0
 
 
 @contextlib.contextmanager
-def model_server(checkpoint: str, name: str, *flags: str) -> Iterator[str]:
-    """The server's base URL (http://127.0.0.1:<port>) while it runs; its stderr is in the error if it fails to start."""
+def model_server(checkpoint: str, name: str, *flags: str, tp: int = 1) -> Iterator[str]:
+    """The server's base URL (http://127.0.0.1:<port>) while it runs (`tp` > 1: under torchrun, one rank per shard);
+    its output is in the error if it fails to start."""
     port = free_port()
     log = open(os.path.join(os.path.dirname(checkpoint), f"server_{port}.log"), "w+")
-    command = [sys.executable, "-m", "megatron_sota.serving.cli", "--load", checkpoint, "--port", str(port),
+    launcher = [sys.executable]
+    if tp > 1:
+        launcher += ["-m", "torch.distributed.run", "--nproc-per-node", str(tp), "--master-port", str(free_port())]
+    command = [*launcher, "-m", "megatron_sota.serving.cli", "--load", checkpoint, "--port", str(port),
                "--served-model-name", name, *flags]
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from tests.serving.conftest import SERVED_NAME
+from tests.serving.model_server import model_server
 
 openai = pytest.importorskip("openai")
 
@@ -114,3 +115,21 @@ def _batch_rows(url: str) -> tuple[float, float]:
     lines = httpx.get(f"{url}/metrics").text.splitlines()
     value = {line.split(" ")[0]: float(line.split(" ")[1]) for line in lines if line.startswith("megatron_sota_batch_size_")}
     return value["megatron_sota_batch_size_count"], value["megatron_sota_batch_size_sum"]
+
+
+def test_tensor_parallel_server_answers_what_one_process_answers(server_url, checkpoint):
+    """TP=2 under torchrun: rank 0 serves and shares each batch and each step's ended rows with rank 1. A batch where
+    one row ends early on a stop string (seen only by rank 0) and the others run on shows that both ranks end it."""
+    requests = [dict(prompt=PROMPT, max_tokens=16, temperature=0), dict(prompt="import os\n", max_tokens=16, temperature=0)]
+    one = _client(server_url)
+    alone = [one.completions.create(model=SERVED_NAME, **r).choices[0].text for r in requests]
+    stop = alone[0][2:5]
+    requests.append(dict(prompt=PROMPT, max_tokens=16, temperature=0, stop=[stop]))
+    requests.append(dict(prompt=["x = [", "for i in range("], max_tokens=8, temperature=0.8, seed=11))
+    expected = [one.completions.create(model=SERVED_NAME, **r) for r in requests]
+    with model_server(checkpoint, SERVED_NAME, tp=2) as url:
+        two = _client(url)
+        with concurrent.futures.ThreadPoolExecutor(len(requests)) as pool:
+            answers = list(pool.map(lambda r: two.completions.create(model=SERVED_NAME, **r), requests))
+    assert [[c.text for c in a.choices] for a in answers] == [[c.text for c in e.choices] for e in expected]
+    assert answers[2].choices[0].text == alone[0][:alone[0].index(stop)]
