@@ -8,6 +8,7 @@ Usage: megatron-sota-serving-benchmark --url http://127.0.0.1:8000 --requests 20
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -64,9 +65,9 @@ def table(reports: list[dict]) -> str:
     header = f"{'concurrency':>11} {'requests':>8} {'errors':>6} {'p50 s':>8} {'p99 s':>8} {'TTFT p50 s':>10} {'tokens/s':>9} {'requests/s':>10}"
     lines = [header]
     for r in reports:
-        ttft = "-" if r["ttft_p50_s"] is None else f"{r['ttft_p50_s']:.3f}"
+        p50, p99, ttft = ("-" if r[key] is None else f"{r[key]:.3f}" for key in ("latency_p50_s", "latency_p99_s", "ttft_p50_s"))
         lines.append(
-            f"{r['concurrency']:>11} {r['requests']:>8} {r['error_count']:>6} {r['latency_p50_s']:>8.3f} {r['latency_p99_s']:>8.3f} "
+            f"{r['concurrency']:>11} {r['requests']:>8} {r['error_count']:>6} {p50:>8} {p99:>8} "
             f"{ttft:>10} {r['tokens_per_second']:>9.1f} {r['requests_per_second']:>10.2f}"
         )
     for r in reports:
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             stream=args.stream, chat=args.chat, temperature=args.temperature, api_key=args.api_key, timeout=args.timeout,
         )
         if args.warmup:
-            run_load_test(LoadSettings(**{**vars(settings), "requests": args.warmup}))
+            run_load_test(dataclasses.replace(settings, requests=args.warmup))
         log.info("%d requests at concurrency %d against %s", args.requests, concurrency, args.url)
         reports.append(run_load_test(settings))
     print(table(reports))

@@ -10,7 +10,7 @@ import asyncio
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import httpx
 
@@ -56,7 +56,6 @@ class LoadSettings:
     temperature: float | None = None  # None: the server's default
     api_key: str | None = None
     timeout: float = 120.0
-    extra: dict = field(default_factory=dict)  # more body fields, e.g. {"seed": 1}
 
 
 def api_base(url: str) -> str:
@@ -66,7 +65,7 @@ def api_base(url: str) -> str:
 
 def request_body(settings: LoadSettings, index: int) -> dict:
     prompt = settings.prompts[index % len(settings.prompts)]
-    body: dict = {"model": settings.model, "max_tokens": settings.max_tokens, **settings.extra}
+    body: dict = {"model": settings.model, "max_tokens": settings.max_tokens}
     if settings.chat:
         body["messages"] = [{"role": "user", "content": prompt}]
     else:
@@ -137,10 +136,12 @@ def summarize(settings: LoadSettings, results: list[RequestResult], wall_seconds
     """The report: latency and TTFT percentiles over successful requests, tokens/s and requests/s over wall time."""
     ok = [r for r in results if 200 <= r.status < 300]
     errors: dict[str, int] = {}
+    examples: dict[str, str | None] = {}
     for r in results:
         if r not in ok:
             key = str(r.status) if r.status else "no_response"
             errors[key] = errors.get(key, 0) + 1
+            examples.setdefault(key, r.error)
     latencies = [r.seconds for r in ok]
     first_tokens = [r.first_token_seconds for r in ok if r.first_token_seconds is not None]
     tokens = sum(r.completion_tokens or 0 for r in ok)
@@ -151,10 +152,11 @@ def summarize(settings: LoadSettings, results: list[RequestResult], wall_seconds
         "succeeded": len(ok),
         "error_count": len(results) - len(ok),
         "errors_by_status": errors,
-        "error_examples": {key: next(r.error for r in results if (str(r.status) if r.status else "no_response") == key) for key in errors},
-        "latency_p50_s": percentile(latencies, 50),
-        "latency_p99_s": percentile(latencies, 99),
-        "ttft_p50_s": percentile(first_tokens, 50) if settings.stream else None,
+        "error_examples": examples,  # the first answer's body (300 characters) for each status
+        # None, not NaN, where no request succeeded (or none streamed): NaN is not JSON
+        "latency_p50_s": percentile(latencies, 50) if latencies else None,
+        "latency_p99_s": percentile(latencies, 99) if latencies else None,
+        "ttft_p50_s": percentile(first_tokens, 50) if first_tokens else None,
         "completion_tokens": tokens,
         "requests_without_usage": sum(r.completion_tokens is None for r in ok),
         "tokens_per_second": tokens / wall_seconds,

@@ -70,15 +70,18 @@ def test_one_at_a_time_and_batched_runs_follow_each_other_and_chat_counts_usage(
     assert four["wall_seconds"] < 0.6 * one["wall_seconds"]
 
 
-def test_a_server_that_does_not_answer_is_counted_and_fails_the_command(capsys):
+def test_a_server_that_does_not_answer_is_counted_and_fails_the_command(tmp_path, capsys):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # bound, never listening: connections are refused
         code, out, _ = run_tool("serving_benchmark", [
             "--url", f"http://127.0.0.1:{port}", "--model", "m", "--requests", "3", "--concurrency", "2",
+            "--report", str(tmp_path / "report.json"),
         ], capsys)
     assert code == 2
     assert "{'no_response': 3}" in out
+    (run,) = json.loads((tmp_path / "report.json").read_text(), parse_constant=pytest.fail)["runs"]  # strict JSON: no NaN
+    assert run["latency_p50_s"] is None and run["error_examples"]["no_response"].startswith("ConnectError")
 
 
 def test_prompt_file_problems_are_listed_together(tmp_path):
