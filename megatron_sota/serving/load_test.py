@@ -138,7 +138,7 @@ def summarize(settings: LoadSettings, results: list[RequestResult], wall_seconds
     errors: dict[str, int] = {}
     examples: dict[str, str | None] = {}
     for r in results:
-        if r not in ok:
+        if not 200 <= r.status < 300:
             key = str(r.status) if r.status else "no_response"
             errors[key] = errors.get(key, 0) + 1
             examples.setdefault(key, r.error)
