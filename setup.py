@@ -4,7 +4,7 @@
 from setuptools import find_packages, setup
 
 # The model server and gateway (megatron_sota/serving/): FastAPI on uvicorn, Prometheus metrics, Redis token buckets.
-SERVE = ["fastapi>=0.115", "uvicorn>=0.30", "prometheus-client>=0.20", "redis>=5"]
+SERVE = ["fastapi>=0.115", "uvicorn>=0.30", "prometheus-client>=0.20", "redis>=5", "httpx"]
 # Deployment exports of an HF export: int8 with torchao, ONNX with onnxruntime as the check.
 QUANTIZE = ["torchao>=0.18", "transformers>=4.51"]
 ONNX = ["onnx>=1.17", "onnxscript>=0.3", "onnxruntime>=1.20"]

@@ -6,7 +6,6 @@ promtool is Debian's `prometheus` package; without it these tests skip, unless M
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -17,20 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from megatron_sota.serving.metrics import MONITORING_DIR, ServerMetrics
 
-REQUIRE_ENV = "MEGATRON_SOTA_REQUIRE_PROMTOOL"
 RULES = MONITORING_DIR / "alert_rules.yml"
 RULES_TEST = MONITORING_DIR / "alert_rules_test.yml"
-
-
-@pytest.fixture(scope="module")
-def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        message = "promtool not found (apt-get install prometheus)"
-        if os.environ.get(REQUIRE_ENV) == "1":
-            pytest.fail(f"{message}; {REQUIRE_ENV}=1 requires it")
-        pytest.skip(message)
-    return path
 
 
 def run(command: list[str], stdin: bytes | None = None) -> subprocess.CompletedProcess:

@@ -133,3 +133,21 @@ def test_tensor_parallel_server_answers_what_one_process_answers(server_url, che
             answers = list(pool.map(lambda r: two.completions.create(model=SERVED_NAME, **r), requests))
     assert [[c.text for c in a.choices] for a in answers] == [[c.text for c in e.choices] for e in expected]
     assert answers[2].choices[0].text == alone[0][:alone[0].index(stop)]
+
+
+def test_a_streamed_load_is_served_without_errors_and_counted_in_metrics_promtool_accepts(server_url, promtool):
+    from megatron_sota.serving.load_test import LoadSettings, run_load_test
+
+    def generated() -> float:
+        text = httpx.get(f"{server_url}/metrics").text
+        return float(next(line.split(" ")[1] for line in text.splitlines() if line.startswith("megatron_sota_generation_tokens_total ")))
+
+    before = generated()
+    report = run_load_test(LoadSettings(url=server_url, model=SERVED_NAME, prompts=[PROMPT, "import os\n", "x = ["],
+                                        requests=12, concurrency=4, max_tokens=6, stream=True, temperature=0.0))
+    assert report["succeeded"] == 12 and report["error_count"] == 0 and report["requests_without_usage"] == 0
+    assert report["ttft_p50_s"] <= report["latency_p50_s"] <= report["latency_p99_s"]
+    assert report["completion_tokens"] == generated() - before > 0
+    exposition = httpx.get(f"{server_url}/metrics").content
+    checked = subprocess.run([promtool, "check", "metrics"], input=exposition, capture_output=True, timeout=60)
+    assert checked.returncode == 0 and not checked.stdout.strip(), checked.stdout + checked.stderr
