@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import os
 
+from megatron_sota.atomic_files import write_json
 from megatron_sota.errors import MegatronSotaError
 from megatron_sota.runtime.log import add_verbose_flag, setup_logging
 
@@ -22,28 +22,10 @@ DEFAULT_PROMPT = "The history of the printing press"
 
 
 def read_prompts(path: str) -> list[str]:
-    """The prompts of a JSONL file of {"prompt": ...} objects (tools/generate.py's --prompt-file format)."""
-    if not os.path.exists(path):
-        raise MegatronSotaError(f"--prompt-file {path} does not exist")
-    prompts, problems = [], []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                problems.append(f"{path}:{number}: expected a JSON object, found invalid JSON ({err.msg})")
-                continue
-            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
-                problems.append(f"{path}:{number}: expected an object with a string \"prompt\", found {line.strip()[:80]}")
-                continue
-            prompts.append(row["prompt"])
-    if not prompts and not problems:
-        problems.append(f"{path}: expected at least one {{\"prompt\": ...}} line, found none")
-    if problems:
-        raise MegatronSotaError("\n".join(problems))
-    return prompts
+    """The prompts of a JSONL file of {"prompt": ...} objects (tools/generate.py's --prompt-file, read by its reader)."""
+    from megatron_sota.inference.prompts import read_prompt_file
+
+    return [prompt.text for prompt in read_prompt_file(path)]
 
 
 def served_model(url: str, api_key: str | None) -> str:
@@ -123,8 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"percentiles: {reports[0]['percentile_method']}; latency and TTFT over successful requests; "
           "tokens/s = completion tokens (from usage) / wall seconds")
     if args.report:
-        with open(args.report, "w") as handle:
-            json.dump({"runs": reports}, handle, indent=1)
+        write_json(args.report, {"runs": reports}, indent=1)
         log.info("report written to %s", args.report)
     return 0 if all(r["succeeded"] for r in reports) else 2
 

@@ -19,8 +19,8 @@ class Prompt:
 
 
 def read_prompt_file(path: str) -> List[Prompt]:
-    """One JSON object per line with a non-empty string "prompt" (and optionally "id")."""
-    prompts = []
+    """One JSON object per line with a non-empty string "prompt" (and optionally "id"); every bad line is named at once."""
+    prompts, problems = [], []
     try:
         handle = open(path, encoding="utf-8")
     except OSError as err:
@@ -32,12 +32,16 @@ def read_prompt_file(path: str) -> List[Prompt]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as err:
-                raise MegatronSotaError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+                problems.append(f"{path}:{number}: not valid JSON ({err.msg})")
+                continue
             text = record.get("prompt") if isinstance(record, dict) else None
             if not isinstance(text, str) or not text:
                 found = "no 'prompt' field" if not isinstance(record, dict) or "prompt" not in record else f"{text!r}"
-                raise MegatronSotaError(f"{path}:{number}: field 'prompt': expected a non-empty string, found {found}")
+                problems.append(f"{path}:{number}: field 'prompt': expected a non-empty string, found {found}")
+                continue
             prompts.append(Prompt(record.get("id", number), text))
+    if problems:
+        raise MegatronSotaError("\n".join(problems))
     if not prompts:
         raise MegatronSotaError(f"{path}: no prompts (expected JSON lines with a 'prompt' field)")
     return prompts
