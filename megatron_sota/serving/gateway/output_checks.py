@@ -50,10 +50,10 @@ class OutputChecker:
         if cuts:
             text = text[: min(cuts)]
             problems.append("stop_string_in_output")
+        text, redactions = redact(text)  # before the length cut, which could leave half an address unrecognised
         if len(text) > self.max_chars:
             text = text[: self.max_chars]
             problems.append("too_long")
-        text, redactions = redact(text)
         return OutputVerdict(text, redactions, problems=problems)
 
 
