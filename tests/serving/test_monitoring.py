@@ -43,6 +43,10 @@ MUTATIONS = {
     "error threshold 0.001": ("ratio_rate5m > 0.01\n", "ratio_rate5m > 0.001\n"),
     "429s counted as errors": ('code=~"5.."', 'code=~"5..|429"'),
     "no for: clause": ("for: 5m", "for: 0m"),
+    "gateway error threshold 0.05": ("upstream_errors:ratio_rate5m > 0.01", "upstream_errors:ratio_rate5m > 0.05"),
+    "gateway error threshold >=": ("upstream_errors:ratio_rate5m > 0.01", "upstream_errors:ratio_rate5m >= 0.01"),
+    "gateway rate limits counted as errors": ('decision="upstream_error"', 'decision=~"upstream_error|rate_limited"'),
+    "gateway p99 threshold 4 s": ("gateway_request_duration_seconds:p99_rate5m > 2", "gateway_request_duration_seconds:p99_rate5m > 4"),
     "latency quantile 0.95": ("histogram_quantile(0.99, sum by (job, route, le)", "histogram_quantile(0.95, sum by (job, route, le)"),
 }
 
