@@ -104,7 +104,10 @@ def check_inputs(hf_dir: str, save_dir: str, overwrite: bool) -> dict[str, Any]:
 
 
 def load_llama(hf_dir: str) -> torch.nn.Module:
-    """The export as transformers loads it, fp32 on CPU with eager attention (the reference verification uses too)."""
+    """The export as transformers loads it, in fp32 whatever its dtype (the graph is fp32), on CPU.
+
+    Eager attention: plain matmul/softmax/mask ops that the exporter translates one by one (the verification's
+    reference keeps transformers' default attention, so the two paths differ)."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32, attn_implementation="eager")
@@ -186,7 +189,6 @@ def export_onnx(hf_dir: str, save_dir: str, opset: int = DEFAULT_OPSET, overwrit
                 dynamic_shapes=_dynamic_shapes(io),
                 opset_version=opset,
                 dynamo=True,
-                external_data=False,
             )
         _save(program.model_proto, staging)
         log.info("copying the tokenizer files")
