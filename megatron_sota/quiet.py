@@ -50,15 +50,23 @@ KNOWN_WARNINGS: tuple[tuple[type[Warning], str], ...] = (
     # numpy 2, when megatron-core's IndexedDatasetBuilder.add_document (datasets/indexed_dataset.py)
     # converts a torch tensor whose __array__ takes no copy keyword (preprocessing, merging shards).
     (DeprecationWarning, r"__array__ implementation doesn't accept a copy keyword"),
+    # torch.onnx's exporter (_internal/exporter/_dynamic_shapes.py) for each input axis whose torch.export.Dim already
+    # named another input's axis: conversion/onnx_export.py shares one Dim (batch, seq, past) across inputs on purpose.
+    (UserWarning, r"# The axis name. \w+ will not be used, since it shares the same shape constraints"),
+    # torch's own utils/_pytree.py, reached from torch.onnx.export's decompositions (conversion/onnx_export.py).
+    (FutureWarning, r"`isinstance\(treespec, LeafSpec\)` is deprecated"),
 )
 
-# (logger, message) of megatron-core's log records below ERROR that are known and harmless.
+# (logger, message) of megatron-core's (and torch.onnx's) log records below ERROR that are known and harmless.
 KNOWN_LOG_RECORDS: tuple[tuple[str, str], ...] = (
     # megatron-core datasets/blended_dataset.py, once per split, when the blend data/mix.py gives it has
     # one prefix (the quickstart's): a remark on efficiency, not a problem.
     ("megatron.core.datasets.blended_dataset", r"Building a BlendedDataset for a single MegatronDataset"),
     # megatron-core megatron_fsdp.py, on CPU runs (parallel.fsdp): its device is the CPU, never "cuda:<index>".
     ("megatron.core.distributed.fsdp.src.megatron_fsdp.megatron_fsdp", r"\[Rank \d+\] Megatron-FSDP is using device cpu instead of"),
+    # torch.onnx's exporter registry, once per torchvision operator it could translate (ONNX export without
+    # torchvision, which no model here uses).
+    ("torch.onnx._internal.exporter._registration", r"torchvision is not installed\. Skipping torchvision::"),
 )
 
 
