@@ -52,13 +52,19 @@ KNOWN_WARNINGS: tuple[tuple[type[Warning], str], ...] = (
     (DeprecationWarning, r"__array__ implementation doesn't accept a copy keyword"),
 )
 
-# (logger, message) of megatron-core's log records below ERROR that are known and harmless.
+# (logger, message) of megatron-core's (and torch's, torchao's) log records below ERROR that are known and harmless.
 KNOWN_LOG_RECORDS: tuple[tuple[str, str], ...] = (
     # megatron-core datasets/blended_dataset.py, once per split, when the blend data/mix.py gives it has
     # one prefix (the quickstart's): a remark on efficiency, not a problem.
     ("megatron.core.datasets.blended_dataset", r"Building a BlendedDataset for a single MegatronDataset"),
     # megatron-core megatron_fsdp.py, on CPU runs (parallel.fsdp): its device is the CPU, never "cuda:<index>".
     ("megatron.core.distributed.fsdp.src.megatron_fsdp.megatron_fsdp", r"\[Rank \d+\] Megatron-FSDP is using device cpu instead of"),
+    # torchao __init__.py, at import (conversion/int8.py): its wheel's MXFP8 kernels are built for CPython 3.10 and
+    # its CUTLASS ones need an SM90 GPU; the int8 configs used here need neither.
+    ("torchao", r"Failed to load \S*_C_(mxfp8|cutlass_90a)\S*: Could not load this library"),
+    # torch utils/_pytree.py, when torchao utils.py registers its own enums (KernelPreference, ScaleCalculationMode)
+    # at import: a deprecation addressed to torchao.
+    ("torch.utils._pytree", r"<enum '(KernelPreference|ScaleCalculationMode)'> is an Enum subclass and is now natively supported"),
 )
 
 
