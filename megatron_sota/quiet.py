@@ -57,7 +57,8 @@ KNOWN_WARNINGS: tuple[tuple[type[Warning], str], ...] = (
     (FutureWarning, r"`isinstance\(treespec, LeafSpec\)` is deprecated"),
 )
 
-# (logger, message) of megatron-core's (and torch.onnx's) log records below ERROR that are known and harmless.
+# (logger, message) of megatron-core's (and torch's, torch.onnx's, torchao's) log records below ERROR that are known
+# and harmless.
 KNOWN_LOG_RECORDS: tuple[tuple[str, str], ...] = (
     # megatron-core datasets/blended_dataset.py, once per split, when the blend data/mix.py gives it has
     # one prefix (the quickstart's): a remark on efficiency, not a problem.
@@ -67,6 +68,12 @@ KNOWN_LOG_RECORDS: tuple[tuple[str, str], ...] = (
     # torch.onnx's exporter registry, once per torchvision operator it could translate (ONNX export without
     # torchvision, which no model here uses).
     ("torch.onnx._internal.exporter._registration", r"torchvision is not installed\. Skipping torchvision::"),
+    # torchao __init__.py, at import (conversion/int8.py): its wheel's MXFP8 kernels are built for CPython 3.10 and
+    # its CUTLASS ones need an SM90 GPU; the int8 configs used here need neither.
+    ("torchao", r"Failed to load \S*_C_(mxfp8|cutlass_90a)\S*: Could not load this library"),
+    # torch utils/_pytree.py, when torchao utils.py registers its own enums (KernelPreference, ScaleCalculationMode)
+    # at import: a deprecation addressed to torchao.
+    ("torch.utils._pytree", r"<enum '(KernelPreference|ScaleCalculationMode)'> is an Enum subclass and is now natively supported"),
 )
 
 
