@@ -1,4 +1,4 @@
-"""Starts `megatron-sota-serve` on a checkpoint as a child process on 127.0.0.1 and stops it by pid (a test helper)."""
+"""Starts `megatron-sota-serve` on a checkpoint as a child process on 127.0.0.1 and stops it by pid (test helpers)."""
 
 from __future__ import annotations
 
@@ -45,10 +45,15 @@ def model_server(checkpoint: str, name: str, *flags: str, tp: int = 1) -> Iterat
             time.sleep(0.25)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, 30)
         log.close()
+
+
+def stop_process(process: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM, then SIGKILL if it is still there after `timeout` seconds; reaped either way."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

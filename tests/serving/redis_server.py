@@ -14,6 +14,7 @@ import time
 import pytest
 
 from megatron_sota.runtime.launch_env import free_port
+from tests.serving.model_server import stop_process
 
 
 @contextlib.contextmanager
@@ -47,9 +48,4 @@ def running_redis(directory):
         client.close()
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, 10)
