@@ -1,0 +1,96 @@
+"""Beam search equals transformers' beam search on the Hugging Face export of the same checkpoint (tokens and
+sequence scores); the KV-cache path, whose rows are reordered as beams are reselected, equals recomputation;
+one beam is greedy decoding."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from megatron_sota.errors import MegatronSotaError
+from megatron_sota.inference.beam_search import beam_search
+from megatron_sota.runtime.local_ranks import run_distributed
+from tests.inference.beam_probes import BeamRequest, GreedyRequest, beam_probe
+
+NEWLINE, INDENT = 14, 262
+"""The SentencePiece ids of "\\n" and of eight spaces: the tiny model's most frequent tokens, so stop ids that
+end hypotheses at different lengths while other beams run on to the budget."""
+
+TEXTS = ("def parse(self, text):\n    return self.parser.parse(text)\n", "import os\nimport sys\n\nclass Foo:\n",
+         "    if x is None:\n        raise ValueError(")
+
+
+@pytest.fixture(scope="module")
+def cases(checkpoint, hf_export):
+    """(requests, our results): beam requests [0-4] are compared with transformers; [5] is [1] recomputed, [6] one
+    beam and [7] greedy generation of the same prompt."""
+    import transformers
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(hf_export)
+    a, b, c = (tokenizer.encode(text)[:n] for text, n in zip(TEXTS, (8, 5, 9)))
+    requests = [
+        BeamRequest(a, 2, 10, [NEWLINE], num_return_sequences=2),
+        BeamRequest(b, 4, 10, [INDENT], length_penalty=2.0, num_return_sequences=4),
+        BeamRequest(c, 4, 11, [NEWLINE], length_penalty=-0.5, early_stopping="never", num_return_sequences=3),
+        BeamRequest(a, 3, 8, [NEWLINE, INDENT], early_stopping=True, num_return_sequences=3),
+        BeamRequest(c, 4, 10, [INDENT], num_return_sequences=4),
+    ]
+    requests.append(BeamRequest(**{**requests[1].__dict__, "use_cache": False}))
+    requests += [BeamRequest(c, 1, 12, [NEWLINE], length_penalty=2.0, early_stopping="never"), GreedyRequest(c, 12, [NEWLINE])]
+    return requests, run_distributed(beam_probe, 1, checkpoint, requests)[0]
+
+
+def _transformers_beams(model, r: BeamRequest) -> tuple:
+    """(new tokens per returned hypothesis, each cut after its stop id, sequence scores) of transformers' beam search;
+    repetition penalty and the sampling settings of the export's generation_config.json switched off."""
+    out = model.generate(
+        torch.tensor([list(r.prompt)]), num_beams=r.num_beams, do_sample=False, max_new_tokens=r.max_new_tokens,
+        length_penalty=r.length_penalty, early_stopping=r.early_stopping, num_return_sequences=r.num_return_sequences,
+        eos_token_id=list(r.stop_ids), repetition_penalty=1.0, top_k=None, top_p=None, temperature=None,
+        return_dict_in_generate=True, output_scores=True,
+    )
+    rows = out.sequences[:, len(r.prompt):].tolist()  # shorter hypotheses are padded: cut at their stop id
+    cut = [next((i + 1 for i, t in enumerate(row) if t in r.stop_ids), len(row)) for row in rows]
+    return [row[:n] for row, n in zip(rows, cut)], out.sequences_scores.tolist()
+
+
+def test_beam_search_equals_transformers_beam_search_on_the_export(hf_export, cases):
+    import transformers
+
+    requests, ours = cases
+    model = transformers.AutoModelForCausalLM.from_pretrained(hf_export, dtype=torch.float32).eval()
+    for number, (request, result) in enumerate(zip(requests[:5], ours[:5])):
+        sequences, scores = _transformers_beams(model, request)
+        assert result["sequences"] == sequences, number
+        assert len(result["scores"]) == request.num_return_sequences
+        assert max(abs(a - b) for a, b in zip(result["scores"], scores)) <= 1e-4, number
+        assert result["stop_reasons"] == ["stop_id" if s[-1] in request.stop_ids else "length" for s in sequences]
+    # Kept hypotheses ended by a stop id compete with those that ran to the budget, and hypotheses of different
+    # lengths with each other (their order is the length-normalised one).
+    assert set(ours[1]["stop_reasons"]) == {"stop_id", "length"}
+    assert len({len(s) for s in ours[4]["sequences"]}) > 1
+
+
+def test_cached_beam_search_equals_recomputed(cases):
+    requests, ours = cases
+    cached, recomputed = ours[1], ours[5]
+    assert cached["sequences"] == recomputed["sequences"] and cached["stop_reasons"] == recomputed["stop_reasons"]
+    assert max(abs(a - b) for a, b in zip(cached["scores"], recomputed["scores"])) <= 1e-5
+    # Four distinct hypotheses of ten tokens: beams were reselected on the way (a stale cache row changes them).
+    assert len({tuple(s) for s in cached["sequences"]}) == 4 and {len(s) for s in cached["sequences"]} == {10}
+
+
+def test_one_beam_is_greedy_generation(cases):
+    requests, ours = cases
+    one_beam, greedy = ours[6], ours[7]
+    assert one_beam["sequences"] == greedy["sequences"] and one_beam["stop_reasons"] == greedy["stop_reasons"]
+
+
+def test_bad_arguments_are_named_at_once():
+    model = SimpleNamespace(job=SimpleNamespace(model=SimpleNamespace(max_position_embeddings=16)))
+    with pytest.raises(MegatronSotaError) as err:
+        beam_search(model, [1] * 10, 0, 7, early_stopping="sometimes", num_return_sequences=2)
+    for expected in ("num_beams: expected >= 1, found 0", "10 tokens + max_new_tokens=7 exceed", "early_stopping", "num_return_sequences"):
+        assert expected in str(err.value)
