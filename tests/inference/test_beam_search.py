@@ -1,9 +1,13 @@
 """Beam search equals transformers' beam search on the Hugging Face export of the same checkpoint (tokens and
 sequence scores); the KV-cache path, whose rows are reordered as beams are reselected, equals recomputation;
-one beam is greedy decoding."""
+one beam is greedy decoding; tools/generate.py --num-beams prints the best hypothesis."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -94,3 +98,47 @@ def test_bad_arguments_are_named_at_once():
         beam_search(model, [1] * 10, 0, 7, early_stopping="sometimes", num_return_sequences=2)
     for expected in ("num_beams: expected >= 1, found 0", "10 tokens + max_new_tokens=7 exceed", "early_stopping", "num_return_sequences"):
         assert expected in str(err.value)
+
+
+@pytest.mark.slow
+def test_generate_cli_num_beams_prints_transformers_best_hypothesis(checkpoint, hf_export, stdlib_shards, tmp_path):
+    import transformers
+
+    from megatron_sota.data.tokenizer import build_tokenizer
+
+    text, out = "class Foo:\n    def __init__(self, name):\n        self.", tmp_path / "out.jsonl"
+    tool = os.path.join(os.path.dirname(__file__), "..", "..", "tools", "generate.py")
+    flags = ["--num-beams", "3", "--stop-id", str(NEWLINE), "--max-new-tokens", "8", "--output", str(out)]
+    result = subprocess.run([sys.executable, tool, "--load", checkpoint, "--prompt", text, *flags], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    (record,) = [json.loads(line) for line in out.read_text().splitlines()]
+    tokenizer = build_tokenizer("SentencePieceTokenizer", stdlib_shards.tokenizer_model)
+    model = transformers.AutoModelForCausalLM.from_pretrained(hf_export, dtype=torch.float32).eval()
+    request = BeamRequest(tokenizer.tokenize(text), 3, 8, [tokenizer.eod, NEWLINE])
+    (best,), _ = _transformers_beams(model, request)
+    assert record["completion_tokens"] == len(best) and record["stop_reason"] == ("stop_id" if best[-1] == NEWLINE else "length")
+    assert record["completion"] == tokenizer.detokenize(best[:-1] if best[-1] == NEWLINE else best)
+
+
+def test_generate_cli_refuses_num_beams_below_one(capsys):
+    from megatron_sota.inference.generate_cli import parse_args
+
+    with pytest.raises(SystemExit) as exit_code:
+        parse_args(["--load", "ckpt", "--prompt", "x", "--num-beams", "0"])
+    assert exit_code.value.code == 2 and "--num-beams must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_export_writes_num_beams_only_when_the_run_asks_for_beam_search():
+    import transformers
+
+    from megatron_sota.config.job import JobConfig
+    from megatron_sota.conversion.export import _generation_config
+
+    job = JobConfig()
+    sampled = _generation_config(job, {"eos_token_id": 2})
+    assert "num_beams" not in sampled and sampled["do_sample"] is True  # exports of other runs are unchanged
+    job.generation.num_beams = 4
+    beams = _generation_config(job, {"eos_token_id": 2})
+    assert {**beams, "num_beams": None, "do_sample": True} == {**sampled, "num_beams": None}
+    loaded = transformers.GenerationConfig(**beams)  # what generate() reads from generation_config.json
+    assert (loaded.num_beams, loaded.do_sample) == (4, False)
