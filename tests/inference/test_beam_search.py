@@ -28,18 +28,20 @@ TEXTS = ("def parse(self, text):\n    return self.parser.parse(text)\n", "import
 
 @pytest.fixture(scope="module")
 def cases(checkpoint, hf_export):
-    """(requests, our results): beam requests [0-4] are compared with transformers; [5] is [1] recomputed, [6] one
-    beam and [7] greedy generation of the same prompt."""
+    """(requests, our results): beam requests [0-5] are compared with transformers; [6] is [1] recomputed, [7] one
+    beam and [8] greedy generation of the same prompt."""
     import transformers
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(hf_export)
     a, b, c = (tokenizer.encode(text)[:n] for text, n in zip(TEXTS, (8, 5, 9)))
     requests = [
-        BeamRequest(a, 2, 10, [NEWLINE], num_return_sequences=2),
+        BeamRequest(a, 2, 10, [NEWLINE], length_penalty=2.0, early_stopping="never", num_return_sequences=2),
         BeamRequest(b, 4, 10, [INDENT], length_penalty=2.0, num_return_sequences=4),
         BeamRequest(c, 4, 11, [NEWLINE], length_penalty=-0.5, early_stopping="never", num_return_sequences=3),
-        BeamRequest(a, 3, 8, [NEWLINE, INDENT], early_stopping=True, num_return_sequences=3),
+        BeamRequest(a, 3, 10, [INDENT], length_penalty=2.0, early_stopping=True, num_return_sequences=3),
         BeamRequest(c, 4, 10, [INDENT], num_return_sequences=4),
+        # Two stop ids: 3 * 4 candidates, stop ids among the spares (which must not become hypotheses).
+        BeamRequest(b, 4, 10, [NEWLINE, INDENT], length_penalty=0.0, num_return_sequences=4),
     ]
     requests.append(BeamRequest(**{**requests[1].__dict__, "use_cache": False}))
     requests += [BeamRequest(c, 1, 12, [NEWLINE], length_penalty=2.0, early_stopping="never"), GreedyRequest(c, 12, [NEWLINE])]
@@ -65,7 +67,7 @@ def test_beam_search_equals_transformers_beam_search_on_the_export(hf_export, ca
 
     requests, ours = cases
     model = transformers.AutoModelForCausalLM.from_pretrained(hf_export, dtype=torch.float32).eval()
-    for number, (request, result) in enumerate(zip(requests[:5], ours[:5])):
+    for number, (request, result) in enumerate(zip(requests[:6], ours[:6])):
         sequences, scores = _transformers_beams(model, request)
         assert result["sequences"] == sequences, number
         assert len(result["scores"]) == request.num_return_sequences
@@ -79,7 +81,7 @@ def test_beam_search_equals_transformers_beam_search_on_the_export(hf_export, ca
 
 def test_cached_beam_search_equals_recomputed(cases):
     requests, ours = cases
-    cached, recomputed = ours[1], ours[5]
+    cached, recomputed = ours[1], ours[6]
     assert cached["sequences"] == recomputed["sequences"] and cached["stop_reasons"] == recomputed["stop_reasons"]
     assert max(abs(a - b) for a, b in zip(cached["scores"], recomputed["scores"])) <= 1e-5
     # Four distinct hypotheses of ten tokens: beams were reselected on the way (a stale cache row changes them).
@@ -88,7 +90,7 @@ def test_cached_beam_search_equals_recomputed(cases):
 
 def test_one_beam_is_greedy_generation(cases):
     requests, ours = cases
-    one_beam, greedy = ours[6], ours[7]
+    one_beam, greedy = ours[7], ours[8]
     assert one_beam["sequences"] == greedy["sequences"] and one_beam["stop_reasons"] == greedy["stop_reasons"]
 
 
