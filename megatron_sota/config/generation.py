@@ -24,6 +24,8 @@ class GenerationConfig:
     """Divides positive (multiplies negative) logits of tokens already present; 1.0 disables."""
     max_new_tokens: int = 8192
     """Upper bound on generated tokens; also capped by the model's context."""
+    num_beams: int = 1
+    """Beam search with this many beams when > 1 (deterministic: the sampling settings above are not used)."""
 
 
 # A negative temperature would favour the least likely tokens; a top_p above 1 or a budget below 1 means nothing.
@@ -33,10 +35,14 @@ SAMPLING_RANGES: dict[str, Bound] = {
     "top_k": at_least(0),
     "repetition_penalty": above(0),
     "max_new_tokens": at_least(1),
+    "num_beams": at_least(1),
 }
 
 
 def generation_problems(settings: Any, name: Callable[[str], str] = lambda field: f"generation.{field}") -> list[str]:
     """The out-of-range fields of `settings` (a GenerationConfig, parsed flags, a request: anything with
-    the fields of SAMPLING_RANGES), each reported under `name(field)`: a config key or a flag."""
-    return range_problems((name(field), getattr(settings, field), bound) for field, bound in SAMPLING_RANGES.items())
+    the fields of SAMPLING_RANGES), each reported under `name(field)`: a config key or a flag. A source without
+    one of the fields (a command line with no --num-beams) is not checked for it."""
+    return range_problems(
+        (name(field), getattr(settings, field), bound) for field, bound in SAMPLING_RANGES.items() if hasattr(settings, field)
+    )

@@ -191,13 +191,15 @@ def _write_tokenizer(job: JobConfig, override: Optional[str], out_dir: str) -> L
 def _generation_config(job: JobConfig, hf_config: dict) -> dict:
     g = job.generation
     return {
-        "do_sample": g.temperature > 0,
+        "do_sample": g.temperature > 0 and g.num_beams == 1,  # our beam search never samples
         "temperature": g.temperature,
         "top_p": g.top_p,
         "top_k": g.top_k,
         "repetition_penalty": g.repetition_penalty,
         "max_new_tokens": min(g.max_new_tokens, job.model.max_position_embeddings),
         **{key: hf_config.get(key) for key in ("bos_token_id", "eos_token_id", "pad_token_id")},
+        # Only beam search is written: the exports of every run that does not ask for it stay as they were.
+        **({"num_beams": g.num_beams} if g.num_beams > 1 else {}),
     }
 
 

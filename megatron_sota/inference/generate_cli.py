@@ -3,8 +3,8 @@
 Runs on one process (TP=1) or under torchrun with one rank per TP shard; rank 0 prints the completions
 (the product, on stdout; messages go to stderr). Prompts
 of a --prompt-file are generated --batch-size at a time, left padded to the batch's longest
-(output in input order); --prompt and --interactive generate one prompt at a time. Sampling
-defaults come from conf/generation/default.yaml.
+(output in input order); --prompt and --interactive generate one prompt at a time, and so does
+--num-beams > 1 (beam search). Sampling defaults come from conf/generation/default.yaml.
 """
 
 from __future__ import annotations
@@ -55,6 +55,11 @@ def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
     parser.add_argument("--top-k", type=int, default=d.top_k)
     parser.add_argument("--repetition-penalty", type=float, default=d.repetition_penalty)
     parser.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="capped by the model's context")
+    parser.add_argument(
+        "--num-beams", type=int, default=d.num_beams,
+        help=f"> 1: beam search, one prompt at a time, the best hypothesis printed; --temperature, --top-p, --top-k, "
+        f"--repetition-penalty and --seed are then unused (default {d.num_beams})",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable); the completion ends before it")
     parser.add_argument("--stop-id", type=int, action="append", default=[], help="extra stop token id (end-of-document always stops)")
@@ -141,11 +146,24 @@ def _complete_batch(model, tokenizer, prompts: Sequence[Prompt], args, settings)
     fitted = [prompt_ids(tokenizer, prompt, context - 1, args.overflow) for prompt in prompts]  # room for a new token
     budgets = [min(args.max_new_tokens, context - len(ids)) for ids, _ in fitted]
     stop_ids = [tokenizer.eod, *args.stop_id]
+    if args.num_beams > 1:
+        return [
+            _record(prompt, ids, dropped, *_best_beam(model, ids, args.num_beams, budget, stop_ids), tokenizer, args)
+            for prompt, (ids, dropped), budget in zip(prompts, fitted, budgets)
+        ]
     result = generate(model, [ids for ids, _ in fitted], budgets, settings, stop_ids=stop_ids, seed=args.seed)
     return [
         _record(prompt, ids, dropped, new, reason, result.seconds, tokenizer, args)
         for prompt, (ids, dropped), new, reason in zip(prompts, fitted, result.tokens, result.stop_reasons)
     ]
+
+
+def _best_beam(model, ids: List[int], num_beams: int, budget: int, stop_ids: List[int]) -> Tuple[List[int], str, float]:
+    """(new tokens, stop reason, seconds) of the best hypothesis of a beam search of one prompt."""
+    from megatron_sota.inference.beam_search import beam_search
+
+    result = beam_search(model, ids, num_beams, budget, stop_ids)
+    return result.sequences[0], result.stop_reasons[0], result.seconds
 
 
 def _record(prompt: Prompt, ids: List[int], dropped: int, new: List[int], reason: str, seconds: float, tokenizer, args) -> dict:
