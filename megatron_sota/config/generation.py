@@ -6,8 +6,9 @@ flags (and any request schema), so a setting accepted in one place is accepted i
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from megatron_sota.config.ranges import Bound, above, at_least, range_problems, within
 
@@ -46,3 +47,17 @@ def generation_problems(settings: Any, name: Callable[[str], str] = lambda field
     return range_problems(
         (name(field), getattr(settings, field), bound) for field, bound in SAMPLING_RANGES.items() if hasattr(settings, field)
     )
+
+
+def read_generation_defaults(path: Optional[str] = None) -> GenerationConfig:
+    """The sampling defaults of the tools and the server: GenerationConfig's, overlaid with `path` (default: the
+    shipped conf/generation/default.yaml) when it exists. Range problems are the caller's to report."""
+    from omegaconf import OmegaConf
+
+    from megatron_sota.config.files import conf_dir
+
+    path = conf_dir("generation", "default.yaml") if path is None else path
+    base = OmegaConf.structured(GenerationConfig)
+    if os.path.exists(path):
+        base = OmegaConf.merge(base, OmegaConf.load(path))
+    return OmegaConf.to_object(base)

@@ -13,9 +13,8 @@ import argparse
 import contextlib
 import json
 import logging
-import os
 import sys
-from typing import Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 from megatron_sota.quiet import quiet_megatron
 
@@ -23,7 +22,7 @@ quiet_megatron()
 
 from megatron_sota.config.files import conf_dir  # noqa: E402
 from megatron_sota.errors import MegatronSotaError  # noqa: E402
-from megatron_sota.inference.prompts import OVERFLOW_POLICIES, Prompt, fit_to_context, read_prompt_file  # noqa: E402
+from megatron_sota.inference.prompts import OVERFLOW_POLICIES, Prompt, prompt_ids, read_prompt_file  # noqa: E402
 from megatron_sota.runtime.log import add_verbose_flag, setup_logging  # noqa: E402
 
 DEFAULTS_FILE = conf_dir("generation", "default.yaml")
@@ -31,14 +30,9 @@ log = logging.getLogger("megatron_sota.inference.generate_cli")  # not __name__:
 
 
 def _defaults():
-    from omegaconf import OmegaConf
+    from megatron_sota.config.generation import read_generation_defaults
 
-    from megatron_sota.config.generation import GenerationConfig
-
-    base = OmegaConf.structured(GenerationConfig)
-    if os.path.exists(DEFAULTS_FILE):
-        base = OmegaConf.merge(base, OmegaConf.load(DEFAULTS_FILE))
-    return OmegaConf.to_object(base)
+    return read_generation_defaults(DEFAULTS_FILE)
 
 
 def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
@@ -107,35 +101,6 @@ def _batches(args: argparse.Namespace) -> Iterable[List[Prompt]]:
         for number, line in enumerate(sys.stdin, start=1):
             if line.strip():
                 yield [Prompt(number, line.rstrip("\n"))]
-
-
-def _special_ids(tokenizer) -> Set[int]:
-    """The tokenizer's end-of-document, bos, eos and pad ids (those it defines)."""
-    ids = set()
-    for name in ("eod", "eos", "bos", "pad"):
-        try:
-            ids.add(int(getattr(tokenizer, name)))
-        except (AttributeError, NotImplementedError, MegatronSotaError):
-            continue  # the tokenizer has no such token
-    return ids
-
-
-def prompt_ids(tokenizer, prompt: Prompt, limit: int, overflow: str) -> Tuple[List[int], int]:
-    """(token ids fitted into `limit`, tokens dropped). A prompt of special tokens only (e.g. a
-    tokenizer that reads "<|endoftext|>" as end-of-document) has no text to continue: refused."""
-    ids = tokenizer.tokenize(prompt.text)
-    if not ids:
-        raise MegatronSotaError(f"prompt {prompt.id}: expected text that tokenizes to at least one token, found none")
-    special = _special_ids(tokenizer)
-    if all(i in special for i in ids):
-        raise MegatronSotaError(
-            f"prompt {prompt.id}: expected text to continue, found only special tokens {ids[:8]} "
-            f"(end-of-document/bos/eos/pad ids {sorted(special)})"
-        )
-    try:
-        return fit_to_context(ids, limit, overflow)
-    except MegatronSotaError as err:
-        raise MegatronSotaError(f"prompt {prompt.id}: {err}") from None
 
 
 def _complete_batch(model, tokenizer, prompts: Sequence[Prompt], args, settings) -> List[dict]:

@@ -1,10 +1,10 @@
-"""Prompts for generation: reading a JSONL prompt file, and fitting a prompt into the model's context."""
+"""Prompts for generation: reading a JSONL prompt file, tokenizing a prompt and fitting it into the model's context."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import List, Sequence, Tuple
+from typing import List, Sequence, Set, Tuple
 
 from megatron_sota.errors import MegatronSotaError
 
@@ -58,3 +58,32 @@ def fit_to_context(ids: Sequence[int], limit: int, policy: str) -> Tuple[List[in
     if policy == "error":
         raise MegatronSotaError(f"the prompt has {len(ids)} tokens, more than the {limit} that fit in the model's context")
     return (ids[dropped:] if policy == "keep_end" else ids[:limit]), dropped
+
+
+def _special_ids(tokenizer) -> Set[int]:
+    """The tokenizer's end-of-document, bos, eos and pad ids (those it defines)."""
+    ids = set()
+    for name in ("eod", "eos", "bos", "pad"):
+        try:
+            ids.add(int(getattr(tokenizer, name)))
+        except (AttributeError, NotImplementedError, MegatronSotaError):
+            continue  # the tokenizer has no such token
+    return ids
+
+
+def prompt_ids(tokenizer, prompt: Prompt, limit: int, overflow: str) -> Tuple[List[int], int]:
+    """(token ids fitted into `limit`, tokens dropped). A prompt of special tokens only (e.g. a
+    tokenizer that reads "<|endoftext|>" as end-of-document) has no text to continue: refused."""
+    ids = tokenizer.tokenize(prompt.text)
+    if not ids:
+        raise MegatronSotaError(f"prompt {prompt.id}: expected text that tokenizes to at least one token, found none")
+    special = _special_ids(tokenizer)
+    if all(i in special for i in ids):
+        raise MegatronSotaError(
+            f"prompt {prompt.id}: expected text to continue, found only special tokens {ids[:8]} "
+            f"(end-of-document/bos/eos/pad ids {sorted(special)})"
+        )
+    try:
+        return fit_to_context(ids, limit, overflow)
+    except MegatronSotaError as err:
+        raise MegatronSotaError(f"prompt {prompt.id}: {err}") from None

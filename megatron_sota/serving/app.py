@@ -203,8 +203,7 @@ def _jobs(body: api.SamplingFields, served: ServedModel, engine: Engine, loop) -
 
 def _prompt_ids(body: api.SamplingFields, served: ServedModel) -> Tuple[List[List[int]], Sequence[str]]:
     """Token ids per completion and the stop strings (the request's, and a chat template's end-of-turn text)."""
-    from megatron_sota.inference.generate_cli import prompt_ids
-    from megatron_sota.inference.prompts import Prompt
+    from megatron_sota.inference.prompts import Prompt, prompt_ids
 
     stop = body.stop_strings()
     if isinstance(body, api.ChatCompletionRequest):

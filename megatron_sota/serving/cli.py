@@ -46,7 +46,7 @@ def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> None:
     import uvicorn
 
-    from megatron_sota.inference.generate_cli import _defaults
+    from megatron_sota.config.generation import generation_problems, read_generation_defaults
     from megatron_sota.checkpointing.paths import resolve_checkpoint_dir
     from megatron_sota.inference.text_model import inference_session, load_text_model
     from megatron_sota.serving.app import ServedModel, build_app
@@ -54,6 +54,10 @@ def run(args: argparse.Namespace) -> None:
     from megatron_sota.serving.engine import Engine, follow, rank_share
     from megatron_sota.serving.metrics import ServerMetrics
 
+    defaults = read_generation_defaults()
+    problems = generation_problems(defaults)
+    if problems:
+        raise MegatronSotaError("the shipped conf/generation/default.yaml: " + "; ".join(problems))
     with inference_session() as (env, session):
         model, tokenizer = load_text_model(args.load, session)
         chat = served_template(model.job, tokenizer)
@@ -68,7 +72,7 @@ def run(args: argparse.Namespace) -> None:
         engine = Engine(model, tokenizer, stop_ids, args.max_batch, args.max_queue, args.batch_wait_ms / 1000, metrics, share)
         served = ServedModel(
             name=args.served_model_name or args.load, root=os.path.abspath(resolve_checkpoint_dir(args.load, "--load")),
-            tokenizer=tokenizer, context=model.job.model.max_position_embeddings, defaults=_defaults(), chat=chat,
+            tokenizer=tokenizer, context=model.job.model.max_position_embeddings, defaults=defaults, chat=chat,
         )
         app = build_app(served, engine, metrics)
         engine.start()

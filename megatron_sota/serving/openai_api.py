@@ -125,12 +125,10 @@ def sampling_problems(request: SamplingFields, resolved, max_tokens: Optional[in
     fields = SimpleNamespace(
         temperature=resolved.temperature, top_p=resolved.top_p, top_k=resolved.top_k,
         repetition_penalty=resolved.repetition_penalty, max_new_tokens=1 if max_tokens is None else max_tokens,
+        num_beams=request.num_beams,
     )
     names = {"max_new_tokens": "max_tokens"}
-    problems = generation_problems(fields, name=lambda field: names.get(field, field))
-    if request.num_beams < 1:
-        problems.append(f"num_beams: expected >= 1, found {request.num_beams}")
-    return problems
+    return generation_problems(fields, name=lambda field: names.get(field, field))
 
 
 # -- responses --------------------------------------------------------------------------------------------------

@@ -68,7 +68,7 @@ class _SpecialTokenizer:
 
 def test_prompts_without_text_tokens_are_refused_by_id():
     from megatron_sota.errors import MegatronSotaError
-    from megatron_sota.inference.generate_cli import prompt_ids
+    from megatron_sota.inference.prompts import prompt_ids
     from megatron_sota.inference.prompts import Prompt
 
     with pytest.raises(MegatronSotaError, match=r"prompt q7: expected text to continue, found only special tokens \[0, 0\]"):

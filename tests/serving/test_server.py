@@ -151,3 +151,29 @@ def test_a_streamed_load_is_served_without_errors_and_counted_in_metrics_promtoo
     exposition = httpx.get(f"{server_url}/metrics").content
     checked = subprocess.run([promtool, "check", "metrics"], input=exposition, capture_output=True, timeout=60)
     assert checked.returncode == 0 and not checked.stdout.strip(), checked.stdout + checked.stderr
+
+
+def test_num_beams_is_transformers_beam_search_on_the_export(server_url, checkpoint, hf_export):
+    """On a prompt where 3 beams find another continuation than greedy decoding (so the beams matter)."""
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    from tests.serving.served_tokenizer import checkpoint_tokenizer
+
+    tokenizer = checkpoint_tokenizer(checkpoint)
+    model = transformers.AutoModelForCausalLM.from_pretrained(hf_export, dtype=torch.float32).eval()
+
+    def decode(ids, beams):
+        out = model.generate(torch.tensor([ids]), num_beams=beams, do_sample=False, max_new_tokens=12,
+                             eos_token_id=tokenizer.eod, pad_token_id=tokenizer.eod, repetition_penalty=1.0,
+                             temperature=None, top_p=None, top_k=None)[0, len(ids):].tolist()
+        return tokenizer.detokenize(out[: out.index(tokenizer.eod)] if tokenizer.eod in out else out)
+
+    candidates = [PROMPT, "import os\n", "class Foo:\n    def __init__(self, name):\n        self.", "for i in range(",
+                  "x = [", "# ", "def main():\n    ", "return self."]
+    prompt, expected = next(((p, decode(tokenizer.tokenize(p), 3)) for p in candidates
+                             if decode(tokenizer.tokenize(p), 3) != decode(tokenizer.tokenize(p), 1)), (None, None))
+    assert prompt is not None, "no candidate prompt where beam search differs from greedy decoding"
+    served = _client(server_url).completions.create(model=SERVED_NAME, prompt=prompt, max_tokens=12,
+                                                    extra_body={"num_beams": 3})
+    assert served.choices[0].text == expected
