@@ -10,9 +10,7 @@ import shutil
 
 import pytest
 
-from tests.serving.model_server import model_server
-
-SERVED_NAME = "tiny"
+from tests.serving.model_server import SERVED_NAME, model_server
 
 
 @pytest.fixture(scope="session")

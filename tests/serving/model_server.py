@@ -14,6 +14,8 @@ import httpx
 from megatron_sota.runtime.launch_env import free_port
 
 START_TIMEOUT_S = 180.0
+SERVED_NAME = "tiny"
+"""The `model` the session's server answers to (tests/serving/conftest.py)."""
 
 
 @contextlib.contextmanager

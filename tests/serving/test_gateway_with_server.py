@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from megatron_sota.serving.gateway.app import CACHE_HEADER, GatewaySettings, build_gateway_app
-from tests.serving.conftest import SERVED_NAME
+from tests.serving.model_server import SERVED_NAME
 from tests.serving.redis_server import running_redis
 
 openai = pytest.importorskip("openai")

@@ -12,8 +12,7 @@ import sys
 import httpx
 import pytest
 
-from tests.serving.conftest import SERVED_NAME
-from tests.serving.model_server import model_server
+from tests.serving.model_server import SERVED_NAME, model_server
 
 openai = pytest.importorskip("openai")
 
