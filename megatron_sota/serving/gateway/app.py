@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from megatron_sota.serving.gateway.metrics import GatewayMetrics
+from megatron_sota.serving.openai_api import error_body
 from megatron_sota.serving.gateway.output_checks import OutputChecker, check_response
 from megatron_sota.serving.gateway.rate_limit import MemoryTokenBuckets, RedisTokenBuckets, retry_after_header
 from megatron_sota.serving.gateway.response_cache import MemoryCacheStore, RedisCacheStore, ResponseCache
@@ -55,7 +56,7 @@ class GatewaySettings:
 
 
 def openai_error(status: int, message: str, error_type: str, code: str, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": error_type, "param": None, "code": code}}, status, headers=headers)
+    return JSONResponse(error_body(message, error_type, code), status, headers=headers)
 
 
 def _unauthorized() -> JSONResponse:
