@@ -154,3 +154,22 @@ def _scaling_factor(config: Dict[str, Any], path: str) -> Optional[float]:
             f"with {expected} and any factor, or no scaling"
         )
     return float(scaling["factor"])
+
+
+def llama_export_problems(hf_dir: str) -> tuple[dict[str, Any], list[str]]:
+    """The config.json of `hf_dir` and every reason it is not a Hugging Face Llama export with weights."""
+    try:
+        config = read_hf_config(hf_dir)  # names config.json when missing or not JSON
+    except MegatronSotaError as err:
+        return {}, [str(err)]
+    path = os.path.join(hf_dir, "config.json")
+    problems = []
+    if config.get("model_type") != "llama":
+        problems.append(f"{path}: model_type: expected 'llama', found {config.get('model_type')!r}")
+    architectures = config.get("architectures") or []
+    if "LlamaForCausalLM" not in architectures:
+        problems.append(f"{path}: architectures: expected ['LlamaForCausalLM'], found {architectures!r}")
+    names = sorted(os.listdir(hf_dir))
+    if not any(n.endswith(".safetensors") for n in names):
+        problems.append(f"{hf_dir}: expected safetensors weights (model.safetensors or shards), found {names}")
+    return config, problems

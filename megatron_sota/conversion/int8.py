@@ -6,7 +6,6 @@ vLLM; it must not evaluate the result (cli/quantize.py measures it) nor change t
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ from typing import Dict, List
 
 import torch
 
+from megatron_sota.conversion.hf_config import llama_export_problems
 from megatron_sota.conversion.staged_output import staged_directory
 from megatron_sota.conversion.tokenizer_export import OUTPUT_FILES
 from megatron_sota.errors import MegatronSotaError
@@ -47,31 +47,13 @@ def quant_config(scheme: str):
 
 def check_hf_export(directory: str, flag: str = "--hf") -> dict:
     """config.json of a Hugging Face Llama export that is not quantised yet; every problem is reported at once."""
-    if not os.path.isdir(directory):
-        raise MegatronSotaError(f"{flag} {directory}: expected a Hugging Face export directory, found no such directory")
+    config, problems = llama_export_problems(directory)
     config_path = os.path.join(directory, "config.json")
-    if not os.path.isfile(config_path):
-        found = ", ".join(sorted(os.listdir(directory))[:10]) or "an empty directory"
-        raise MegatronSotaError(f"{flag} {config_path}: expected the config.json of a Hugging Face Llama export, found no such file ({found})")
-    try:
-        with open(config_path, encoding="utf-8") as f:
-            config = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise MegatronSotaError(f"{flag} {config_path}: expected a JSON object, found {err}") from err
-    if not isinstance(config, dict):
-        raise MegatronSotaError(f"{flag} {config_path}: expected a JSON object, found {type(config).__name__}")
-    problems = []
-    if config.get("model_type") != "llama":
-        problems.append(f"{config_path}: model_type: expected 'llama', found {config.get('model_type')!r}")
-    if "LlamaForCausalLM" not in (config.get("architectures") or []):
-        problems.append(f"{config_path}: architectures: expected ['LlamaForCausalLM'], found {config.get('architectures')!r}")
     quantization = config.get("quantization_config")
     if quantization is not None:
         method = quantization.get("quant_method") if isinstance(quantization, dict) else quantization
         problems.append(f"{config_path}: quantization_config: expected none (an unquantised export), found quant_method {method!r}")
-    if not any(name.endswith(".safetensors") for name in os.listdir(directory)):
-        problems.append(f"{directory}: expected safetensors weights (model.safetensors or shards), found none")
-    if not os.path.isfile(os.path.join(directory, "tokenizer.json")):
+    if config and not os.path.isfile(os.path.join(directory, "tokenizer.json")):
         problems.append(f"{directory}: expected tokenizer.json (megatron-sota-convert export writes it), found none")
     if problems:
         raise MegatronSotaError(f"{flag} {directory}: not a Hugging Face Llama export to quantise:\n  " + "\n  ".join(problems))

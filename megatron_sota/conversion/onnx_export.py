@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from megatron_sota.conversion.hf_config import read_hf_config
+from megatron_sota.conversion.hf_config import llama_export_problems
 from megatron_sota.conversion.staged_output import check_target, staged_directory
 from megatron_sota.conversion.tokenizer_export import OUTPUT_FILES as TOKENIZER_FILES
 from megatron_sota.errors import MegatronSotaError
@@ -69,25 +69,6 @@ def read_onnx_io(onnx_dir: str) -> OnnxIO:
         raise MegatronSotaError(f"{path} is missing: expected a directory written by megatron-sota-export-onnx")
     with open(path) as handle:
         return OnnxIO(**json.load(handle))
-
-
-def llama_export_problems(hf_dir: str) -> tuple[dict[str, Any], list[str]]:
-    """The config.json of `hf_dir` and every reason it is not a Hugging Face Llama export with weights."""
-    try:
-        config = read_hf_config(hf_dir)  # names config.json when missing or not JSON
-    except MegatronSotaError as err:
-        return {}, [str(err)]
-    path = os.path.join(hf_dir, "config.json")
-    problems = []
-    if config.get("model_type") != "llama":
-        problems.append(f"{path}: model_type={config.get('model_type')!r}, expected 'llama'")
-    architectures = config.get("architectures") or []
-    if "LlamaForCausalLM" not in architectures:
-        problems.append(f"{path}: architectures={architectures!r}, expected ['LlamaForCausalLM'] (a reward model has no logits to cache)")
-    names = sorted(os.listdir(hf_dir))
-    if not any(n.endswith(".safetensors") for n in names):
-        problems.append(f"{hf_dir}: no *.safetensors weights, found {names}")
-    return config, problems
 
 
 def check_inputs(hf_dir: str, save_dir: str, overwrite: bool) -> dict[str, Any]:
