@@ -61,7 +61,9 @@ def test_stream_adds_up_to_the_response_with_a_stop_string_split_across_chunks(s
     expected = whole.text[: whole.text.index(stop)]
     stopped, reason = _streamed(client, stop=[stop], **request)
     assert "".join(stopped) == expected and reason == "stop"
-    assert client.completions.create(model=SERVED_NAME, stop=[stop], **request).choices[0].text == expected
+    stopped_whole = client.completions.create(model=SERVED_NAME, stop=[stop], **request)
+    assert stopped_whole.choices[0].text == expected
+    assert stopped_whole.usage.completion_tokens < request["max_tokens"]  # the row ended there, not at its budget
 
 
 def test_stream_ends_with_usage_then_done(server_url):
