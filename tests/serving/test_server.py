@@ -56,7 +56,7 @@ def test_stream_adds_up_to_the_response_with_a_stop_string_split_across_chunks(s
     whole = client.completions.create(model=SERVED_NAME, **request).choices[0]
     assert "".join(deltas) == whole.text and reason == whole.finish_reason
     # A stop string made of the end of one chunk and the start of the next: the server cannot see it in either.
-    middle = next(i for i in range(len(deltas) // 2, len(deltas) - 1) if len(deltas[i]) >= 2 and deltas[i + 1])
+    middle = next(i for i in range(len(deltas) // 2, len(deltas) - 2) if len(deltas[i]) >= 2 and deltas[i + 1])
     stop = deltas[middle][-2:] + deltas[middle + 1][:2]
     expected = whole.text[: whole.text.index(stop)]
     stopped, reason = _streamed(client, stop=[stop], **request)
