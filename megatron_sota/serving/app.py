@@ -20,6 +20,7 @@ from typing import AsyncIterator, List, Optional, Sequence, Tuple, Type, Union
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from megatron_sota.config.generation import GenerationConfig
 from megatron_sota.errors import MegatronSotaError
@@ -57,6 +58,13 @@ class RequestError(Exception):
 def build_app(served: ServedModel, engine: Engine, metrics) -> FastAPI:
     app = FastAPI(title="megatron_sota server", docs_url=None, redoc_url=None)
     served.created = served.created or int(time.time())
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, err: StarletteHTTPException) -> Response:
+        """FastAPI's own errors (an unknown route, a wrong method) in OpenAI's shape too."""
+        kind = "invalid_request_error" if err.status_code < 500 else "server_error"
+        return JSONResponse(api.error_body(f"{request.method} {request.url.path}: {err.detail}", kind),
+                            status_code=err.status_code, headers=getattr(err, "headers", None))
 
     @app.get("/health")
     async def health() -> Response:

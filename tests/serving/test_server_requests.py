@@ -85,3 +85,13 @@ def test_health_says_when_the_generation_thread_is_not_running(app):
             return await http.get("/health")
 
     assert asyncio.run(get()).status_code == 503
+
+
+def test_unknown_routes_and_methods_answer_in_openai_shape(app):
+    async def call():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://server") as http:
+            return await http.get("/v1/engines"), await http.get("/v1/completions")
+
+    missing, wrong_method = asyncio.run(call())
+    assert missing.status_code == 404 and "/v1/engines" in missing.json()["error"]["message"]
+    assert wrong_method.status_code == 405 and wrong_method.json()["error"]["type"] == "invalid_request_error"
