@@ -54,4 +54,9 @@ def assert_same_gradients(run: dict, reference: dict) -> None:
     assert run["first_loss"] == pytest.approx(reference["first_loss"], rel=1e-5)
     assert set(run["grads"]) == set(reference["grads"])
     assert all(g.abs().max() > 0 for g in reference["grads"].values())
-    torch.testing.assert_close(run["grads"], reference["grads"], rtol=1e-4, atol=1e-7)
+    # atol relative to each gradient's largest entry: float32 sums in another order (1 thread per rank against 2, and
+    # another heap layout, hence other SIMD alignment) move entries near zero by a few 1e-6 of that (2.5e-7 of 0.063
+    # for the embedding, seen once in a full suite run); a lost or doubled token's contribution is orders larger.
+    for name, expected in reference["grads"].items():
+        scale = expected.abs().max().item()
+        torch.testing.assert_close(run["grads"][name], expected, rtol=1e-4, atol=2e-5 * scale, msg=lambda m: f"{name}: {m}")
