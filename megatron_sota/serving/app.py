@@ -94,7 +94,7 @@ def build_app(served: ServedModel, engine: Engine, metrics) -> FastAPI:
         start = time.perf_counter()
         try:
             body = await _parse(request, schema)
-            jobs, events = _jobs(body, served, engine, asyncio.get_running_loop())
+            jobs, events = _jobs(body, served, asyncio.get_running_loop())
             try:
                 engine.submit(jobs)
             except QueueFull as err:
@@ -182,7 +182,7 @@ def _settings(body: api.SamplingFields, defaults: GenerationConfig) -> SamplingS
     )
 
 
-def _jobs(body: api.SamplingFields, served: ServedModel, engine: Engine, loop) -> Tuple[List[Job], asyncio.Queue]:
+def _jobs(body: api.SamplingFields, served: ServedModel, loop) -> Tuple[List[Job], asyncio.Queue]:
     """The request's completions as engine jobs whose events land on one asyncio queue as (index, event)."""
     if body.model != served.name:
         raise RequestError(404, f"model {body.model!r} is not served here; this server serves {served.name!r}",
