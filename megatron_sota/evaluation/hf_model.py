@@ -11,7 +11,7 @@ from typing import Callable, List, Optional, Sequence
 import torch
 
 from megatron_sota.evaluation.runner import EvalModel
-from megatron_sota.evaluation.scoring import ScoredSequence
+from megatron_sota.evaluation.scoring import ScoredSequence, score_in_batches
 
 GREEDY_BATCH = 8
 """Prompts generated together (left-padded to the longest)."""
@@ -30,18 +30,7 @@ class HFScorer:
 
     def score(self, sequences: Sequence[Sequence[int]], progress: Optional[Callable[[int], None]] = None) -> List[ScoredSequence]:
         """As PipelineScorer.score: each sequence has 2 to max_length + 1 tokens, the last only a target."""
-        for seq in sequences:
-            if not 2 <= len(seq) <= self.max_length + 1:
-                raise ValueError(f"a scored sequence has {len(seq)} tokens; expected 2..{self.max_length + 1}")
-        results: List[ScoredSequence] = [None] * len(sequences)  # type: ignore[list-item]
-        order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))  # similar lengths share a batch
-        for begin in range(0, len(order), self.micro_batch_size):
-            chunk = order[begin : begin + self.micro_batch_size]
-            for i, item in zip(chunk, self._score_batch([sequences[i] for i in chunk])):
-                results[i] = item
-            if progress is not None:
-                progress(len(chunk))
-        return results
+        return score_in_batches(sequences, self.max_length, self.micro_batch_size, self._score_batch, progress)
 
     @torch.no_grad()
     def _score_batch(self, sequences: List[Sequence[int]]) -> List[ScoredSequence]:

@@ -67,6 +67,27 @@ def _stack_outputs(collected: List[dict]) -> torch.Tensor:
     ])
 
 
+def score_in_batches(
+    sequences: Sequence[Sequence[int]], max_length: int, per_call: int,
+    score_call: Callable[[List[Sequence[int]]], List[ScoredSequence]], progress: Optional[Callable[[int], None]] = None,
+) -> List[ScoredSequence]:
+    """A scorer's `score`: checks each sequence has 2 to max_length + 1 tokens, runs `score_call` on `per_call` of them at
+    a time (longest first, so similar lengths share a batch) and returns the results in input order; `progress` is
+    called with the number finished after each call."""
+    for seq in sequences:
+        if not 2 <= len(seq) <= max_length + 1:
+            raise ValueError(f"a scored sequence has {len(seq)} tokens; expected 2..{max_length + 1}")
+    results: List[ScoredSequence] = [None] * len(sequences)  # type: ignore[list-item]
+    order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
+    for begin in range(0, len(order), per_call):
+        chunk = order[begin : begin + per_call]
+        for i, item in zip(chunk, score_call([sequences[i] for i in chunk])):
+            results[i] = item
+        if progress is not None:
+            progress(len(chunk))
+    return results
+
+
 class PipelineScorer:
     """Runs batches of right-padded sequences through the model chunks of this rank.
 
@@ -94,20 +115,7 @@ class PipelineScorer:
 
         `progress` is called with the number of sequences finished after each schedule run.
         """
-        for seq in sequences:
-            if not 2 <= len(seq) <= self.max_length + 1:
-                raise ValueError(f"a scored sequence has {len(seq)} tokens; expected 2..{self.max_length + 1}")
-        results: List[ScoredSequence] = [None] * len(sequences)  # type: ignore[list-item]
-        order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))  # similar lengths share a batch
-        per_call = self.micro_batch_size * max(self._pp, 1)
-        for begin in range(0, len(order), per_call):
-            chunk = order[begin : begin + per_call]
-            scored = self._score_call([sequences[i] for i in chunk])
-            for i, item in zip(chunk, scored):
-                results[i] = item
-            if progress is not None:
-                progress(len(chunk))
-        return results
+        return score_in_batches(sequences, self.max_length, self.micro_batch_size * max(self._pp, 1), self._score_call, progress)
 
     @torch.no_grad()
     def _score_call(self, sequences: List[Sequence[int]]) -> List[ScoredSequence]:
