@@ -9,10 +9,9 @@ import importlib
 
 from tests.logger_state import loggers_kept
 
-# The three commands that live beside their subsystem; every other tool is megatron_sota/cli/<name>.py.
+# The two commands that live beside their subsystem; every other tool is megatron_sota/cli/<name>.py.
 MODULES = {
     "convert_checkpoint": "megatron_sota.conversion.cli",
-    "evaluate": "megatron_sota.evaluation.cli",
     "generate": "megatron_sota.inference.generate_cli",
 }
 

@@ -6,14 +6,14 @@
   torchrun --nproc-per-node 2 tools/evaluate.py --load <checkpoint> --task arithmetic_mc     # TP=2
 
 Exit code 3 when a task is below one of its thresholds. The command line lives in
-megatron_sota/evaluation/cli.py.
+megatron_sota/cli/evaluate.py.
 """
 
 from __future__ import annotations
 
 import sys
 
-from megatron_sota.evaluation.cli import main
+from megatron_sota.cli.evaluate import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -49,6 +49,9 @@ class TaskSettings:
     stop: Any = ("\n\n",)
     """exact_match: generation is cut at the first of these non-empty strings (a task file may give one
     string or a list; an empty list: only max_new_tokens)."""
+    chat: bool = False
+    """Generated-answer tasks (exact_match, refusal, code): the prompt is rendered as a conversation with the model's
+    chat template (few-shot examples as earlier user/assistant turns), and the model answers as the assistant."""
     limit: Optional[int] = field(default=None, metadata={"min": 1})
     """Score only the first `limit` records (few-shot examples are still drawn from all of them)."""
     thresholds: Any = field(default_factory=dict)

@@ -6,19 +6,19 @@ Both score through PipelineScorer. Greedy generation differs: the inference mode
 
 from __future__ import annotations
 
-from typing import Callable, List
+from typing import Callable, List, Optional
 
 import torch
 
-from megatron_sota.evaluation.runner import EvalModel
+from megatron_sota.evaluation.runner import ChatFormat, EvalModel
 from megatron_sota.evaluation.scoring import PipelineScorer
 
 GREEDY_BATCH = 8
 """Prompts generated together by the KV-cached path (left-padded to the longest)."""
 
 
-def from_inference_model(model, tokenizer, micro_batch_size: int) -> EvalModel:
-    """`model`: a megatron_sota.inference InferenceModel (any TP, PP=1)."""
+def from_inference_model(model, tokenizer, micro_batch_size: int, chat: Optional[ChatFormat] = None) -> EvalModel:
+    """`model`: a megatron_sota.inference InferenceModel (any TP, PP=1); `chat`: for tasks with `chat: true`."""
     from megatron_sota.inference.generation import generate
     from megatron_sota.inference.sampling import SamplingSettings
 
@@ -33,7 +33,7 @@ def from_inference_model(model, tokenizer, micro_batch_size: int) -> EvalModel:
             out.extend(generate(model, batch, max_new_tokens, greedy, stop_ids=[tokenizer.eod]).tokens)
         return out
 
-    return EvalModel(scorer, generate_greedy, tokenizer)
+    return EvalModel(scorer, generate_greedy, tokenizer, chat)
 
 
 def from_training_models(models: list, tokenizer, micro_batch_size: int, max_length: int, device: torch.device) -> EvalModel:

@@ -1,9 +1,11 @@
 """Metrics and their standard errors, computed as lm-evaluation-harness does so numbers are comparable.
 
 - acc: 1 when the choice with the highest summed log-likelihood is the gold one.
-- acc_norm: the same after dividing each choice's log-likelihood by its continuation's UTF-8 byte
-  length (lm-eval divides by characters; bytes make it independent of the script), which removes
-  the bias of summed log-likelihoods towards short choices. Ties go to the first choice (numpy.argmax).
+- acc_norm: the same after dividing each choice's log-likelihood by the choice's length in characters,
+  without the delimiter that joins it to the context (lm-eval's `acc_norm`: len(choice), not
+  len(" " + choice)), which removes the bias of summed log-likelihoods towards short choices.
+- acc_bytes: the same with the choice's UTF-8 byte length (lm-eval's `acc_bytes`), which does not
+  depend on how many bytes a script spends per character. Ties go to the first choice (numpy.argmax).
 - exact_match: mean of 0/1 per item (see answer_extraction).
 - perplexity = exp(-sum(ll) / sum(tokens)) and bits_per_byte = -sum(ll) / (sum(bytes) * ln 2), pooled
   over all documents (token-weighted, like lm-eval's weighted_perplexity), not a mean of per-document values.
@@ -32,26 +34,29 @@ def mean_stderr(values: Sequence[float]) -> tuple[float, float | None]:
 
 def multiple_choice_scores(
     loglikelihoods: Sequence[Sequence[float]],
-    choice_bytes: Sequence[Sequence[int]],
+    choices: Sequence[Sequence[str]],
     gold: Sequence[int],
 ) -> dict[str, list[float]]:
-    """Per item 1.0/0.0 under "acc" and "acc_norm"; inputs are per item, per choice (same shapes)."""
-    if not len(loglikelihoods) == len(choice_bytes) == len(gold):
-        raise ValueError(
-            f"{len(loglikelihoods)} log-likelihood lists, {len(choice_bytes)} byte-length lists, {len(gold)} gold indices"
-        )
-    acc, acc_norm = [], []
-    for i, (lls, lengths, answer) in enumerate(zip(loglikelihoods, choice_bytes, gold)):
-        if len(lls) != len(lengths) or not lls:
-            raise ValueError(f"item {i}: {len(lls)} log-likelihoods but {len(lengths)} byte lengths")
+    """Per item 1.0/0.0 under "acc", "acc_norm" and "acc_bytes"; inputs are per item, per choice (same shapes).
+
+    `choices` are the texts the lengths are taken of: each continuation without its leading delimiter.
+    """
+    if not len(loglikelihoods) == len(choices) == len(gold):
+        raise ValueError(f"{len(loglikelihoods)} log-likelihood lists, {len(choices)} choice lists, {len(gold)} gold indices")
+    outcomes: dict[str, list[float]] = {"acc": [], "acc_norm": [], "acc_bytes": []}
+    for i, (lls, texts, answer) in enumerate(zip(loglikelihoods, choices, gold)):
+        if len(lls) != len(texts) or not lls:
+            raise ValueError(f"item {i}: {len(lls)} log-likelihoods but {len(texts)} choices")
         if not 0 <= answer < len(lls):
             raise ValueError(f"item {i}: gold index {answer} outside 0..{len(lls) - 1}")
-        if min(lengths) < 1:
-            raise ValueError(f"item {i}: a continuation of {min(lengths)} bytes (acc_norm divides by it)")
+        if not all(texts):
+            raise ValueError(f"item {i}: an empty choice (acc_norm divides by its length)")
         scores = numpy.asarray(lls, dtype=numpy.float64)
-        acc.append(1.0 if int(numpy.argmax(scores)) == answer else 0.0)
-        acc_norm.append(1.0 if int(numpy.argmax(scores / numpy.asarray(lengths, dtype=numpy.float64))) == answer else 0.0)
-    return {"acc": acc, "acc_norm": acc_norm}
+        characters = numpy.asarray([len(t) for t in texts], dtype=numpy.float64)
+        size = numpy.asarray([len(t.encode("utf-8")) for t in texts], dtype=numpy.float64)
+        for metric, values in (("acc", scores), ("acc_norm", scores / characters), ("acc_bytes", scores / size)):
+            outcomes[metric].append(1.0 if int(numpy.argmax(values)) == answer else 0.0)
+    return outcomes
 
 
 def ratio_stderr(numerators: Sequence[float], denominators: Sequence[float]) -> float | None:

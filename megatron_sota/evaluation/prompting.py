@@ -65,6 +65,14 @@ def multiple_choice_continuations(spec: TaskSpec, item: MultipleChoiceItem) -> l
     ]
 
 
+def without_delimiter(spec: TaskSpec, continuation: str) -> str:
+    """The choice a continuation writes, without the delimiter that joins it to the context: the whitespace the
+    choice_template starts with (" " in " {choice}"), as lm-eval's target_delimiter is not part of its choices."""
+    template = spec.choice_template
+    delimiter = template[: len(template) - len(template.lstrip())]
+    return continuation[len(delimiter):] if continuation.startswith(delimiter) else continuation
+
+
 def exact_match_prompt(spec: TaskSpec, items: Sequence[ExactMatchItem], index: int) -> str:
     """Few-shot examples written with their answers (target_template), then the item's question."""
 

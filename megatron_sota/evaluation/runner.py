@@ -18,7 +18,9 @@ from megatron_sota.evaluation.answer_extraction import exact_match
 from megatron_sota.evaluation.metrics import mean_stderr, multiple_choice_scores, perplexity_metrics
 from megatron_sota.evaluation.passkey import check_lengths_fit, passkey_samples, read_filler
 from megatron_sota.evaluation.passkey_report import passkey_rows
-from megatron_sota.evaluation.prompting import check_prompts, exact_match_prompt, multiple_choice_context, multiple_choice_continuations
+from megatron_sota.evaluation.prompting import (
+    check_prompts, exact_match_prompt, multiple_choice_context, multiple_choice_continuations, without_delimiter,
+)
 from megatron_sota.evaluation.refusal import limited, read_refusal, refusal_prompt, refusal_rows
 from megatron_sota.evaluation.refusal_detection import DEFAULT_REFUSAL_PHRASES, RefusalDetector
 from megatron_sota.evaluation.report import MetricRow
@@ -32,12 +34,24 @@ GreedyGenerator = Callable[[List[List[int]], int, Callable[[List[int]], bool]], 
 Progress = Optional[Callable[[int], None]]
 
 
+@dataclass(frozen=True)
+class ChatFormat:
+    """How a chat-formatted task's conversation becomes the prompt text (`chat: true` in a task file)."""
+
+    render: Callable[[List[dict]], str]
+    """Messages -> the prompt text, ending with the assistant's generation prompt."""
+    stop: Tuple[str, ...] = ()
+    """The end-of-turn text, when the tokenizer has no single token that ends a turn (a model never post-trained)."""
+
+
 @dataclass
 class EvalModel:
     scorer: PipelineScorer
     generate_greedy: GreedyGenerator
     tokenizer: object
     """megatron_sota's tokenizer: tokenize, detokenize, eod."""
+    chat: Optional[ChatFormat] = None
+    """The chat template, for tasks with `chat: true`."""
 
 
 def encode_pair(tokenizer, context: str, continuation: str) -> Tuple[List[int], List[int]]:
@@ -104,11 +118,11 @@ def _limited(items: list, spec: TaskSpec, limit: Optional[int]) -> int:
 def multiple_choice(spec: TaskSpec, model: EvalModel, limit: Optional[int], progress: Progress) -> List[MetricRow]:
     items = read_multiple_choice(spec.path)
     n = _limited(items, spec, limit)
-    requests, owners, choice_bytes = [], [], []
+    requests, owners, choices = [], [], []
     for index in range(n):
         context = multiple_choice_context(spec, items, index)
         continuations = multiple_choice_continuations(spec, items[index])
-        choice_bytes.append([len(c.encode("utf-8")) for c in continuations])
+        choices.append([without_delimiter(spec, c) for c in continuations])
         for text in continuations:
             requests.append(encode_pair(model.tokenizer, context, text))
             owners.append(index)
@@ -116,7 +130,7 @@ def multiple_choice(spec: TaskSpec, model: EvalModel, limit: Optional[int], prog
     per_item: List[List[float]] = [[] for _ in range(n)]
     for owner, value in zip(owners, scores.tolist()):
         per_item[owner].append(value)
-    outcomes = multiple_choice_scores(per_item, choice_bytes, [items[i].answer for i in range(n)])
+    outcomes = multiple_choice_scores(per_item, choices, [items[i].answer for i in range(n)])
     return [MetricRow(spec.name, metric, *mean_stderr(values), n) for metric, values in outcomes.items()]
 
 

@@ -9,6 +9,7 @@ Every mistake in a YAML file is reported at once, each with the file, line and k
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 import os
@@ -26,7 +27,7 @@ TASK_TYPES = ("multiple_choice", "exact_match", "perplexity", "passkey", "refusa
 LOWER_IS_BETTER = ("perplexity", "bits_per_byte", "over_refusal_rate")
 """Metrics (and their "<metric>/<category>" rows) whose plain-number threshold is a maximum; every other one is a minimum."""
 TASK_METRICS: dict[str, tuple[str, ...]] = {
-    "multiple_choice": ("acc", "acc_norm"),
+    "multiple_choice": ("acc", "acc_norm", "acc_bytes"),
     "exact_match": ("exact_match",),
     "perplexity": ("perplexity", "bits_per_byte"),
     "passkey": ("exact_match",),
@@ -42,6 +43,8 @@ REFUSAL_KEYS = ("categories", "refusal_phrases")
 """Keys only a refusal task reads."""
 NOT_FOR_REFUSAL = ("num_fewshot", "fewshot_seed", "choice_template", "target_template", "fewshot_separator")
 """Keys a refusal task would ignore: each prompt is asked alone (zero-shot) and answered freely."""
+CHAT_TYPES = ("exact_match", "refusal")
+"""The task types whose answers are generated, so that a chat template can frame them (`chat: true`)."""
 ONLY_FOR = {"passkey": PASSKEY_KEYS, "refusal": REFUSAL_KEYS}
 """Type -> the keys only it reads (an error in any other type's task file)."""
 THRESHOLDS_EXPECTED = "a mapping of metric name to number (a bound, see LOWER_IS_BETTER) or to {min: number, max: number} (either or both)"
@@ -76,6 +79,11 @@ class TaskSpec(TaskSettings):
     def is_megatron_prefix(self) -> bool:
         """True when `path` is a tokenized .bin/.idx prefix (perplexity on token ids, no text)."""
         return not self.path.endswith(".jsonl") and _is_prefix(self.path)
+
+
+def with_chat(spec: TaskSpec) -> TaskSpec:
+    """`spec` chat-formatted when its answers are generated (tools/evaluate.py --chat); other types unchanged."""
+    return dataclasses.replace(spec, chat=True) if spec.type in CHAT_TYPES else spec
 
 
 def registered_tasks(registry_dir: str = REGISTRY_DIR) -> list[str]:
@@ -242,6 +250,8 @@ def _spec_problems(spec: TaskSpec, at: Callable[[str], str]) -> list[tuple[str, 
                 f"{at(key)}: the question template must not show the answer: expected no field among "
                 f"{', '.join(ANSWER_FIELDS)}, found {{{leaked[0]}}}"
             ))
+    if spec.chat and spec.type not in CHAT_TYPES:
+        problems.append(("chat", f"{at('chat')}: chat formats tasks whose answers are generated ({', '.join(CHAT_TYPES)}): expected false for type {spec.type}, found true"))
     reported = TASK_METRICS[spec.type]
     if spec.type == "refusal":
         problems.extend(_refusal_problems(spec, at))

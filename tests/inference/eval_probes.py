@@ -94,7 +94,7 @@ def eval_probe(rank: int, checkpoint: str, task_files: Dict[str, str]) -> dict:
             context = multiple_choice_context(mc, items, index)
             item_pairs = [encode_pair(tokenizer, context, text) for text in multiple_choice_continuations(mc, item)]
             pairs.extend(item_pairs)
-            direct.append([(_direct_loglikelihood(model, *pair), len(text.encode())) for pair, text in zip(item_pairs, multiple_choice_continuations(mc, item))])
+            direct.append([(_direct_loglikelihood(model, *pair), choice) for pair, choice in zip(item_pairs, item.choices)])
         scored = loglikelihoods(eval_model.scorer, pairs)[:, 0].tolist()
         docs = [[tokenizer.eod] + tokenizer.tokenize(t) for t in DOCUMENTS]
         direct_ppl = [(_direct_loglikelihood(model, d[:1], d[1:]), len(d) - 1) for d in docs]

@@ -147,7 +147,7 @@ def test_logging_level_is_checked_with_the_other_config_values():
 
 # The modules a user runs; only they may print, and only a command's product to stdout.
 ENTRY_POINTS = (
-    "cli/", "train.py", "conversion/cli.py", "evaluation/cli.py", "inference/generate_cli.py", "serving/cli.py",
+    "cli/", "train.py", "conversion/cli.py", "inference/generate_cli.py", "serving/cli.py",
     "serving/gateway/cli.py",
 )
 

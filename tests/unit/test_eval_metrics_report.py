@@ -36,23 +36,40 @@ def test_mean_stderr_is_sample_std_over_sqrt_n():
 
 def test_multiple_choice_scores_by_hand():
     scores = multiple_choice_scores(
-        loglikelihoods=[[-2.0, -3.0], [-1.0, -1.0, -5.0], [-4.0, -1.0], [-6.0, -4.5]],
-        choice_bytes=[[2, 6], [1, 1, 1], [4, 4], [4, 3]],
-        gold=[1, 0, 0, 0],
+        loglikelihoods=[[-2.0, -3.0], [-1.0, -1.0, -5.0], [-4.0, -1.0], [-6.0, -4.5], [-4.0, -3.0]],
+        choices=[["ab", "abcdef"], ["a", "b", "c"], ["abcd", "efgh"], ["abcd", "abc"], ["日本", "abc"]],
+        gold=[1, 0, 0, 0, 0],
     )
-    # item 0: acc picks choice 0 (-2 > -3); per byte -1.0 vs -0.5 picks choice 1, the gold one
+    # item 0: acc picks choice 0 (-2 > -3); per character -1.0 vs -0.5 picks choice 1, the gold one
     # item 1: a tie goes to the first choice, as numpy.argmax does
-    # item 2: both pick choice 1; item 3: per byte -1.5 vs -1.5 ties, so acc_norm also picks the first
-    assert scores == {"acc": [0.0, 1.0, 0.0, 0.0], "acc_norm": [1.0, 1.0, 0.0, 1.0]}
+    # item 2: all pick choice 1; item 3: per character -1.5 vs -1.5 ties, so acc_norm also picks the first
+    # item 4: per character -2.0 vs -1.0 picks "abc"; per byte -4/6 vs -1.0 picks "日本" (3 bytes a character)
+    assert scores == {
+        "acc": [0.0, 1.0, 0.0, 0.0, 0.0],
+        "acc_norm": [1.0, 1.0, 0.0, 1.0, 0.0],
+        "acc_bytes": [1.0, 1.0, 0.0, 1.0, 1.0],
+    }
 
 
 def test_multiple_choice_scores_reject_mismatched_inputs():
-    with pytest.raises(ValueError, match="log-likelihoods but 1 byte lengths"):
-        multiple_choice_scores([[-1.0, -2.0]], [[1]], [0])
+    with pytest.raises(ValueError, match="log-likelihoods but 1 choices"):
+        multiple_choice_scores([[-1.0, -2.0]], [["a"]], [0])
     with pytest.raises(ValueError, match="gold index 2"):
-        multiple_choice_scores([[-1.0, -2.0]], [[1, 1]], [2])
-    with pytest.raises(ValueError, match="0 bytes"):
-        multiple_choice_scores([[-1.0, -2.0]], [[0, 1]], [0])
+        multiple_choice_scores([[-1.0, -2.0]], [["a", "b"]], [2])
+    with pytest.raises(ValueError, match="an empty choice"):
+        multiple_choice_scores([[-1.0, -2.0]], [["", "b"]], [0])
+
+
+def test_the_length_norm_leaves_out_the_delimiter_as_lm_eval_does():
+    from megatron_sota.evaluation.prompting import without_delimiter
+    from megatron_sota.evaluation.task_spec import TaskSpec
+
+    spec = TaskSpec("t", "multiple_choice", "/x.jsonl")
+    assert without_delimiter(spec, " Paris") == "Paris"
+    assert without_delimiter(spec, "  two spaces") == " two spaces"  # only the template's own delimiter goes
+    newline = TaskSpec("t", "multiple_choice", "/x.jsonl", choice_template="\n{letter}")
+    assert without_delimiter(newline, "\nB") == "B"
+    assert without_delimiter(TaskSpec("t", "multiple_choice", "/x.jsonl", choice_template="{choice}"), " x") == " x"
 
 
 def test_perplexity_metrics_by_hand():

@@ -12,7 +12,7 @@ import datetime
 import logging
 import sys
 import time
-from typing import List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from megatron_sota.quiet import quiet_megatron
 
@@ -20,10 +20,10 @@ quiet_megatron()
 
 from megatron_sota.errors import MegatronSotaError  # noqa: E402
 from megatron_sota.evaluation.report import BELOW_THRESHOLD_EXIT_CODE  # noqa: E402
-from megatron_sota.evaluation.task_spec import TASK_TYPES, load_task, registered_tasks  # noqa: E402
+from megatron_sota.evaluation.task_spec import TASK_TYPES, load_task, registered_tasks, with_chat  # noqa: E402
 from megatron_sota.runtime.log import add_verbose_flag, setup_logging  # noqa: E402
 
-log = logging.getLogger("megatron_sota.evaluation.cli")  # not __name__: that is "__main__" under -m
+log = logging.getLogger("megatron_sota.cli.evaluate")  # not __name__: that is "__main__" under -m
 
 
 def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
@@ -37,6 +37,8 @@ def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
     parser.add_argument("--num-fewshot", type=int, help="few-shot examples per prompt (overrides the registry's; ignored by perplexity, passkey and refusal tasks)")
     parser.add_argument("--limit", type=int, help="score at most this many records per task")
     parser.add_argument("--micro-batch-size", type=int, default=8, help="sequences per forward pass while scoring")
+    parser.add_argument("--chat", action="store_true", help="chat-format every generated-answer task (as a task's `chat: true` does) "
+                        "with the checkpoint's post-training template, else the shipped ChatML one")
     parser.add_argument("--output", help="JSON report (and <report>.<task>.png per passkey task); also printed as a table")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_verbose_flag(parser)
@@ -61,42 +63,63 @@ def _progress_bar(enabled: bool, name: str):
 
 def _load(name: str, args: argparse.Namespace):
     spec = load_task(name, args.task_type)
-    if args.num_fewshot is None or spec.type in ("perplexity", "passkey", "refusal"):  # few-shot means nothing to these
-        return spec
-    return load_task(name, args.task_type, args.num_fewshot)
+    if args.num_fewshot is not None and spec.type not in ("perplexity", "passkey", "refusal"):  # few-shot means nothing to these
+        spec = load_task(name, args.task_type, args.num_fewshot)
+    return with_chat(spec) if args.chat else spec
 
 
-def run(args: argparse.Namespace) -> int:
+def load_tasks(names: List[str], args: argparse.Namespace) -> list:
+    """The specs of `names`, each task's data read and its prompts built once: a malformed task fails before a model loads."""
+    from megatron_sota.evaluation.runner import check_task_data
+
+    specs = [_load(name, args) for name in names]
+    for spec in specs:
+        check_task_data(spec)
+    return specs
+
+
+def evaluate_tasks(model, specs: list, args: argparse.Namespace, rank: int) -> Tuple[list, Dict[str, float]]:
+    """(metric rows, seconds per task) of `specs` on an InferenceModel, with progress bars on rank 0."""
     from megatron_sota.data.tokenizer import build_configured_tokenizer
     from megatron_sota.evaluation.eval_models import from_inference_model
     from megatron_sota.evaluation.passkey import check_lengths_fit
+    from megatron_sota.evaluation.runner import evaluate
+    from megatron_sota.evaluation.runner import ChatFormat
+    from megatron_sota.serving.chat import served_template
+
+    for spec in specs:  # every passkey length checked before the first task runs
+        if spec.type == "passkey":
+            check_lengths_fit(spec, model.job.model.max_position_embeddings)
+    tokenizer = build_configured_tokenizer(model.job.tokenizer, model.job.model.vocab_size)
+    chat = None
+    if any(spec.chat for spec in specs):
+        served = served_template(model.job, tokenizer)
+        chat = ChatFormat(served.prompt, tuple(served.stop))
+    eval_model = from_inference_model(model, tokenizer, args.micro_batch_size, chat)
+    rows, seconds = [], {}
+    for spec in specs:
+        start = time.perf_counter()
+        bar, progress = _progress_bar(rank == 0 and not args.no_progress, spec.name)
+        try:
+            rows.extend(evaluate(spec, eval_model, args.limit, progress))
+        finally:
+            if bar is not None:
+                bar.close()
+        seconds[spec.name] = round(time.perf_counter() - start, 3)
+    return rows, seconds
+
+
+def run(args: argparse.Namespace) -> int:
     from megatron_sota.evaluation.report import check_thresholds, write_report
-    from megatron_sota.evaluation.runner import check_task_data, evaluate
     from megatron_sota.inference.checkpoint_model import inference_parallel, load_inference_model
     from megatron_sota.runtime.launch_env import read_launch_env
     from megatron_sota.runtime.session import distributed_session
 
-    specs = [_load(name, args) for name in args.task]
-    for spec in specs:  # a malformed task fails before the model is loaded
-        check_task_data(spec)
+    specs = load_tasks(args.task, args)
     env = read_launch_env()
     with distributed_session(inference_parallel(env.world_size), "auto", env=env) as session:
         model = load_inference_model(args.load, session.device, "fp32" if session.is_cpu else None)
-        for spec in specs:  # every passkey length checked before the first task runs
-            if spec.type == "passkey":
-                check_lengths_fit(spec, model.job.model.max_position_embeddings)
-        tokenizer = build_configured_tokenizer(model.job.tokenizer, model.job.model.vocab_size)
-        eval_model = from_inference_model(model, tokenizer, args.micro_batch_size)
-        rows, seconds = [], {}
-        for spec in specs:
-            start = time.perf_counter()
-            bar, progress = _progress_bar(env.rank == 0 and not args.no_progress, spec.name)
-            try:
-                rows.extend(evaluate(spec, eval_model, args.limit, progress))
-            finally:
-                if bar is not None:
-                    bar.close()
-            seconds[spec.name] = round(time.perf_counter() - start, 3)
+        rows, seconds = evaluate_tasks(model, specs, args, env.rank)
     failures = check_thresholds(rows, {spec.name: spec for spec in specs})
     if env.rank != 0:
         return BELOW_THRESHOLD_EXIT_CODE if failures else 0
