@@ -35,6 +35,10 @@ class TaskSettings:
     mapping name (for messages).
     """
 
+    format: Optional[str] = None
+    """The records' schema: null for this project's own per type (see conf/eval/tasks/README.md), or a benchmark's
+    published one: mmlu (multiple_choice), gpqa (multiple_choice, exact_match), aime (exact_match), humaneval (code,
+    also MBPP converted to that form)."""
     num_fewshot: int = field(default=0, metadata={"min": 0})
     fewshot_seed: int = 1234
     template: str = "Question: {question}\nAnswer:"
@@ -44,11 +48,21 @@ class TaskSettings:
     target_template: str = " {answer}"
     """exact_match: how a few-shot example's answer follows its template."""
     fewshot_separator: str = "\n\n"
+    preamble: str = ""
+    """Written once before the few-shot examples (str.format with the item's fields), as lm-eval's `description`:
+    "The following are multiple choice questions (with answers) about {subject_name}.\n\n" for MMLU."""
     max_new_tokens: int = field(default=256, metadata={"min": 1})
-    """exact_match: generation budget per record."""
+    """exact_match, code: generation budget per record."""
     stop: Any = ("\n\n",)
     """exact_match: generation is cut at the first of these non-empty strings (a task file may give one
     string or a list; an empty list: only max_new_tokens)."""
+    num_samples: int = field(default=1, metadata={"min": 1})
+    """exact_match, code: answers generated per record (n of pass@k); above 1 needs temperature > 0."""
+    pass_at: List[int] = field(default_factory=lambda: [1], metadata={"min": 1})
+    """exact_match, code: the k of each pass@k reported (each at most num_samples), by the unbiased estimator."""
+    temperature: float = field(default=0.0, metadata={"min": 0.0})
+    """exact_match, code: 0 generates greedily; above 0 samples (with top_p), seeded by `seed` per record and sample."""
+    top_p: float = field(default=1.0, metadata={"min": 0.0, "max": 1.0})
     chat: bool = False
     """Generated-answer tasks (exact_match, refusal, code): the prompt is rendered as a conversation with the model's
     chat template (few-shot examples as earlier user/assistant turns), and the model answers as the assistant."""
@@ -65,7 +79,8 @@ class TaskSettings:
     samples: int = field(default=4, metadata={"min": 1})
     """passkey: samples per (length, depth) cell, each with its own key and filler offset."""
     seed: int = 1234
-    """passkey: seeds the keys and filler offsets, per cell and sample."""
+    """passkey: seeds the keys and filler offsets, per cell and sample; exact_match, code: seeds each sample's draws;
+    gpqa: seeds each record's order of choices."""
     filler: Optional[str] = None
     """passkey: a UTF-8 text file (relative to the task file) repeated as the haystack; null: a built-in text."""
     categories: List[str] = field(default_factory=lambda: ["cbrn", "cyber", "autonomy", "misuse"])
@@ -79,7 +94,7 @@ class TaskFile(TaskSettings):
     """One task file; its name (without .yaml) is the task's name."""
 
     type: str = MISSING
-    """multiple_choice, exact_match, perplexity, passkey or refusal."""
+    """multiple_choice, exact_match, perplexity, passkey, refusal or code."""
     file: Optional[str] = None
     """The records: a .jsonl file, or for perplexity a Megatron .bin/.idx prefix; relative to the task file.
     Required by every type but passkey, whose samples are generated."""

@@ -66,6 +66,23 @@ def exact_match(prediction_text: str, gold: str | int) -> bool:
     return _fold(boxes[-1] if boxes else prediction_text) == _fold(str(gold))
 
 
+_ANSWER_LETTER = re.compile(r"(?i:answer)\s*(?:is|:)?\s*[:\s]*\(?\*{0,2}([A-Z])\*{0,2}\)?(?![A-Za-z])")
+_PARENTHESISED_LETTER = re.compile(r"\(([A-Z])\)")
+
+
+def extract_choice_letter(text: str, num_choices: int) -> str | None:
+    """The letter a chain-of-thought answer ends on: the last "answer is (B)" / "Answer: B", else the last "(B)",
+    else a reply that is only a letter ("B", "B."); among the first `num_choices` letters; None if none."""
+    letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[:num_choices]
+    for pattern in (_ANSWER_LETTER, _PARENTHESISED_LETTER):
+        found = [m.group(1) for m in pattern.finditer(text)]
+        found = [letter for letter in found if letter in letters]
+        if found:
+            return found[-1]
+    bare = text.strip().rstrip(".").strip()
+    return bare if len(bare) == 1 and bare in letters else None
+
+
 def _boxed_contents(text: str) -> list[str]:
     """Contents of every complete \\boxed{...} (balanced braces) or \\boxed X, in order of appearance."""
     found: list[tuple[int, str]] = []

@@ -1,7 +1,7 @@
 """The two ways to get an EvalModel: a checkpoint loaded for inference, or the model being trained.
 
-Both score through PipelineScorer. Greedy generation differs: the inference model has a KV cache
-(PP=1); the training model recomputes each step through its pipeline schedule (any PP).
+Both score through PipelineScorer. Generation differs: the inference model has a KV cache (PP=1) and samples;
+the training model recomputes each step through its pipeline schedule (any PP), greedily only.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from megatron_sota.evaluation.runner import ChatFormat, EvalModel
 from megatron_sota.evaluation.scoring import PipelineScorer
 
 GREEDY_BATCH = 8
-"""Prompts generated together by the KV-cached path (left-padded to the longest)."""
+"""Prompts generated together by the KV-cached path (left-padded to the longest), greedy or sampled."""
 
 
 def from_inference_model(model, tokenizer, micro_batch_size: int, chat: Optional[ChatFormat] = None) -> EvalModel:
@@ -33,7 +33,16 @@ def from_inference_model(model, tokenizer, micro_batch_size: int, chat: Optional
             out.extend(generate(model, batch, max_new_tokens, greedy, stop_ids=[tokenizer.eod]).tokens)
         return out
 
-    return EvalModel(scorer, generate_greedy, tokenizer, chat)
+    def generate_sampled(prompts: List[List[int]], max_new_tokens: int, temperature: float, top_p: float, seeds: List[int]) -> List[List[int]]:
+        # row_seeds: each row draws from its own generator, so an answer does not depend on its batch (runner.sample_seed)
+        settings = SamplingSettings(temperature=temperature, top_k=0, top_p=top_p, repetition_penalty=1.0)
+        out: List[List[int]] = []
+        for begin in range(0, len(prompts), GREEDY_BATCH):
+            batch, row_seeds = prompts[begin : begin + GREEDY_BATCH], seeds[begin : begin + GREEDY_BATCH]
+            out.extend(generate(model, batch, max_new_tokens, settings, stop_ids=[tokenizer.eod], row_seeds=row_seeds).tokens)
+        return out
+
+    return EvalModel(scorer, generate_greedy, tokenizer, chat, generate_sampled)
 
 
 def from_training_models(models: list, tokenizer, micro_batch_size: int, max_length: int, device: torch.device) -> EvalModel:

@@ -53,7 +53,7 @@ class HFScorer:
 
 def from_hf_model(model, tokenizer, micro_batch_size: int) -> EvalModel:
     """`model`: a transformers causal LM (e.g. AutoModelForCausalLM.from_pretrained(export)); `tokenizer`:
-    megatron_sota's (hf_tokenizer(export)). Generation is greedy with transformers' KV cache."""
+    megatron_sota's (hf_tokenizer(export)). Generation uses transformers' KV cache, greedy or sampled."""
     model.eval()
     scorer = HFScorer(model, micro_batch_size)
 
@@ -61,14 +61,26 @@ def from_hf_model(model, tokenizer, micro_batch_size: int) -> EvalModel:
         # `finished` (stop strings) is applied by the caller to the text; generation stops at end-of-document.
         out: List[List[int]] = []
         for begin in range(0, len(prompts), GREEDY_BATCH):
-            out.extend(_greedy_batch(model, prompts[begin : begin + GREEDY_BATCH], max_new_tokens, tokenizer.eod, scorer.device))
+            out.extend(_generate_batch(model, prompts[begin : begin + GREEDY_BATCH], max_new_tokens, tokenizer.eod, scorer.device, GREEDY))
         return out
 
-    return EvalModel(scorer, generate_greedy, tokenizer)
+    def generate_sampled(prompts: List[List[int]], max_new_tokens: int, temperature: float, top_p: float, seeds: List[int]) -> List[List[int]]:
+        # One prompt at a time, each under its own seed, so that an answer does not depend on its batch.
+        out: List[List[int]] = []
+        for prompt, seed in zip(prompts, seeds):
+            torch.manual_seed(seed)
+            sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
+            out.extend(_generate_batch(model, [prompt], max_new_tokens, tokenizer.eod, scorer.device, sampling))
+        return out
+
+    return EvalModel(scorer, generate_greedy, tokenizer, generate_sampled=generate_sampled)
+
+
+GREEDY = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
 
 
 @torch.no_grad()
-def _greedy_batch(model, prompts: List[List[int]], max_new_tokens: int, eod: int, device: torch.device) -> List[List[int]]:
+def _generate_batch(model, prompts: List[List[int]], max_new_tokens: int, eod: int, device: torch.device, sampling: dict) -> List[List[int]]:
     longest = max(len(p) for p in prompts)
     tokens = torch.full((len(prompts), longest), eod, dtype=torch.long)
     mask = torch.zeros(len(prompts), longest, dtype=torch.long)
@@ -76,8 +88,8 @@ def _greedy_batch(model, prompts: List[List[int]], max_new_tokens: int, eod: int
         tokens[row, longest - len(prompt) :] = torch.as_tensor(prompt, dtype=torch.long)
         mask[row, longest - len(prompt) :] = 1
     output = model.generate(
-        input_ids=tokens.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens, do_sample=False,
-        num_beams=1, eos_token_id=eod, pad_token_id=eod, temperature=None, top_p=None, top_k=None,
+        input_ids=tokens.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
+        num_beams=1, eos_token_id=eod, pad_token_id=eod, **sampling,
     )
     new = []
     for row in output[:, longest:].tolist():

@@ -7,6 +7,9 @@
 - acc_bytes: the same with the choice's UTF-8 byte length (lm-eval's `acc_bytes`), which does not
   depend on how many bytes a script spends per character. Ties go to the first choice (numpy.argmax).
 - exact_match: mean of 0/1 per item (see answer_extraction).
+- pass@k: from n sampled answers of which c are right, the unbiased estimator of the chance that at least one
+  of k drawn without replacement is right, 1 - C(n - c, k) / C(n, k) (Chen et al. 2021, "Evaluating Large
+  Language Models Trained on Code", the HumanEval paper), averaged over items.
 - perplexity = exp(-sum(ll) / sum(tokens)) and bits_per_byte = -sum(ll) / (sum(bytes) * ln 2), pooled
   over all documents (token-weighted, like lm-eval's weighted_perplexity), not a mean of per-document values.
 Standard errors: for means, sample std (ddof=1) / sqrt(n), lm-eval's mean_stderr. For the pooled
@@ -57,6 +60,18 @@ def multiple_choice_scores(
         for metric, values in (("acc", scores), ("acc_norm", scores / characters), ("acc_bytes", scores / size)):
             outcomes[metric].append(1.0 if int(numpy.argmax(values)) == answer else 0.0)
     return outcomes
+
+
+def pass_at_k(n: int, correct: int, k: int) -> float:
+    """1 - C(n - c, k) / C(n, k), as the product prod_{i = n - c + 1}^{n} (1 - k / i) (no huge binomials)."""
+    if not 0 <= correct <= n or not 1 <= k <= n:
+        raise ValueError(f"pass@{k} of {correct} right out of {n}: expected 0 <= c <= n and 1 <= k <= n")
+    if n - correct < k:  # every draw of k holds a right answer
+        return 1.0
+    miss = 1.0
+    for i in range(n - correct + 1, n + 1):
+        miss *= 1.0 - k / i
+    return 1.0 - miss
 
 
 def ratio_stderr(numerators: Sequence[float], denominators: Sequence[float]) -> float | None:

@@ -12,8 +12,10 @@ Template fields are the record's own fields plus:
   choices_lettered  multiple_choice: "A. first\\nB. second\\n..." (MMLU-style listings)
   choice, letter    choice_template only: the choice being written and its letter
 `template` may not name answer, answer_index, answer_letter, choice or letter (checked at load).
-Few-shot examples come from the same file, never the item itself, chosen by a seeded draw so a
-run is reproducible whatever PYTHONHASHSEED is.
+Few-shot examples come from the same file (for MMLU, the same subject), never the item itself, chosen by a
+seeded draw so a run is reproducible whatever PYTHONHASHSEED is. A `preamble` is written once before them.
+A chat-formatted task (`chat: true`) gives the same parts as messages: the preamble as the system message, each
+example as a user turn (its template) and an assistant turn (its answer), then the item as the last user turn.
 """
 
 from __future__ import annotations
@@ -83,10 +85,21 @@ def exact_match_prompt(spec: TaskSpec, items: Sequence[ExactMatchItem], index: i
 
 
 def _with_fewshot(spec: TaskSpec, items: Sequence[Any], index: int, fields_of: Callable[[Any], dict[str, Any]], solved: Callable[[Any], str]) -> str:
-    """The drawn examples as template + their answer, then the item's template, joined by the separator."""
-    parts = [_render(spec, "template", items[j].line, fields_of(items[j])) + solved(items[j]) for j in _fewshot(spec, len(items), index)]
+    """The preamble, the drawn examples as template + their answer, then the item's template, joined by the separator."""
+    parts = [_render(spec, "template", items[j].line, fields_of(items[j])) + solved(items[j]) for j in _fewshot(spec, items, index)]
     parts.append(_render(spec, "template", items[index].line, fields_of(items[index])))
-    return spec.fewshot_separator.join(parts)
+    return _render(spec, "preamble", items[index].line, fields_of(items[index])) + spec.fewshot_separator.join(parts)
+
+
+def exact_match_messages(spec: TaskSpec, items: Sequence[ExactMatchItem], index: int) -> list[dict[str, str]]:
+    """exact_match_prompt as a conversation: [system preamble], (user example, assistant answer)..., user question."""
+    preamble = _render(spec, "preamble", items[index].line, _em_fields(items[index]))
+    messages = [{"role": "system", "content": preamble.strip()}] if preamble.strip() else []
+    for j in _fewshot(spec, items, index):
+        messages.append({"role": "user", "content": _render(spec, "template", items[j].line, _em_fields(items[j]))})
+        messages.append({"role": "assistant", "content": _render(spec, "target_template", items[j].line, _em_fields(items[j])).strip()})
+    messages.append({"role": "user", "content": _render(spec, "template", items[index].line, _em_fields(items[index]))})
+    return messages
 
 
 def record_prompt(spec: TaskSpec, line: int, fields: dict[str, Any]) -> str:
@@ -104,13 +117,21 @@ def check_prompts(spec: TaskSpec, items: Sequence[MultipleChoiceItem] | Sequence
             multiple_choice_continuations(spec, items[index])  # type: ignore[arg-type]
         elif spec.type == "exact_match":
             exact_match_prompt(spec, items, index)  # type: ignore[arg-type]
+            if spec.chat:
+                exact_match_messages(spec, items, index)  # type: ignore[arg-type]
 
 
-def _fewshot(spec: TaskSpec, num_items: int, index: int) -> list[int]:
+def _fewshot(spec: TaskSpec, items: Sequence[Any], index: int) -> list[int]:
+    """The item's examples: drawn from the whole file, or for MMLU from the records of the item's subject."""
+    pool = list(range(len(items)))
+    if spec.format == "mmlu":
+        subject = items[index].fields.get("subject")
+        pool = [j for j in pool if items[j].fields.get("subject") == subject]
     try:
-        return fewshot_indices(num_items, index, spec.num_fewshot, spec.fewshot_seed)
+        return [pool[j] for j in fewshot_indices(len(pool), pool.index(index), spec.num_fewshot, spec.fewshot_seed)]
     except MegatronSotaError as err:
-        raise MegatronSotaError(f"task {spec.name} ({spec.path}): {err}") from None
+        among = f" (subject {items[index].fields.get('subject')!r})" if spec.format == "mmlu" else ""
+        raise MegatronSotaError(f"task {spec.name} ({spec.path}){among}: {err}") from None
 
 
 def _mc_fields(item: MultipleChoiceItem) -> dict[str, Any]:
@@ -120,7 +141,7 @@ def _mc_fields(item: MultipleChoiceItem) -> dict[str, Any]:
         answer=item.choices[item.answer],
         answer_index=item.answer,
         answer_letter=_letter(item.answer),
-        choices_lettered="\n".join(f"{_letter(i)}. {c}" for i, c in enumerate(item.choices)),
+        choices_lettered=lettered(item.choices),
     )
     return fields
 
@@ -133,6 +154,11 @@ def _em_fields(item: ExactMatchItem) -> dict[str, Any]:
     return {**item.fields, "question": item.question, "answer": item.answer}
 
 
+def lettered(choices: Sequence[str]) -> str:
+    """"A. first\nB. second\n...": the choices as MMLU-style prompts list them."""
+    return "\n".join(f"{_letter(i)}. {c}" for i, c in enumerate(choices))
+
+
 def _letter(i: int) -> str:
     return LETTERS[i] if i < len(LETTERS) else str(i)
 
@@ -140,7 +166,7 @@ def _letter(i: int) -> str:
 def _render(spec: TaskSpec, key: str, line: int, fields: dict[str, Any]) -> str:
     """getattr(spec, key).format(**fields), or an error naming the task, the record's line and the field."""
     template = getattr(spec, key)
-    if key == "template":  # the question never sees the answer, even in a TaskSpec built without load_task
+    if key in ("template", "preamble"):  # the question never sees the answer, even in a TaskSpec built without load_task
         fields = {k: v for k, v in fields.items() if k not in ANSWER_FIELDS}
     try:
         return template.format_map(fields)

@@ -7,29 +7,43 @@ data-parallel replicas; every rank returns the same metrics.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
+import random
+from collections import defaultdict
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from megatron_sota.errors import MegatronSotaError
-from megatron_sota.evaluation.answer_extraction import exact_match
-from megatron_sota.evaluation.metrics import mean_stderr, multiple_choice_scores, perplexity_metrics
+from megatron_sota.evaluation.answer_extraction import exact_match, extract_choice_letter
+from megatron_sota.evaluation.metrics import mean_stderr, multiple_choice_scores, pass_at_k, perplexity_metrics
 from megatron_sota.evaluation.passkey import check_lengths_fit, passkey_samples, read_filler
 from megatron_sota.evaluation.passkey_report import passkey_rows
 from megatron_sota.evaluation.prompting import (
-    check_prompts, exact_match_prompt, multiple_choice_context, multiple_choice_continuations, without_delimiter,
+    check_prompts, exact_match_messages, exact_match_prompt, multiple_choice_context, multiple_choice_continuations,
+    without_delimiter,
 )
 from megatron_sota.evaluation.refusal import limited, read_refusal, refusal_prompt, refusal_rows
 from megatron_sota.evaluation.refusal_detection import DEFAULT_REFUSAL_PHRASES, RefusalDetector
 from megatron_sota.evaluation.report import MetricRow
 from megatron_sota.evaluation.scoring import PipelineScorer
-from megatron_sota.evaluation.task_files import read_exact_match, read_multiple_choice, read_text_documents
+from megatron_sota.evaluation.task_data import choice_count, read_task_items
+from megatron_sota.evaluation.task_files import read_text_documents
 from megatron_sota.evaluation.task_spec import TaskSpec
+
+log = logging.getLogger(__name__)
 
 GreedyGenerator = Callable[[List[List[int]], int, Callable[[List[int]], bool]], List[List[int]]]
 """(prompts, max_new_tokens, finished) -> greedy new tokens per prompt; a row may stop once finished(its new tokens)."""
+
+SampledGenerator = Callable[[List[List[int]], int, float, float, List[int]], List[List[int]]]
+"""(prompts, max_new_tokens, temperature, top_p, one seed per prompt) -> sampled new tokens per prompt, each row's draws
+depending only on its seed (not on its batch), up to and with end-of-document."""
+BatchScore = Callable[[List[Tuple[int, str]]], List[float]]
+"""[(record index, generated text)] -> one score per answer (a batch, so that code can run its tests in parallel)."""
 
 Progress = Optional[Callable[[int], None]]
 
@@ -52,6 +66,8 @@ class EvalModel:
     """megatron_sota's tokenizer: tokenize, detokenize, eod."""
     chat: Optional[ChatFormat] = None
     """The chat template, for tasks with `chat: true`."""
+    generate_sampled: Optional[SampledGenerator] = None
+    """For tasks with temperature > 0; None where the model cannot sample (the model being trained)."""
 
 
 def encode_pair(tokenizer, context: str, continuation: str) -> Tuple[List[int], List[int]]:
@@ -116,7 +132,7 @@ def _limited(items: list, spec: TaskSpec, limit: Optional[int]) -> int:
 
 
 def multiple_choice(spec: TaskSpec, model: EvalModel, limit: Optional[int], progress: Progress) -> List[MetricRow]:
-    items = read_multiple_choice(spec.path)
+    items = read_task_items(spec)
     n = _limited(items, spec, limit)
     requests, owners, choices = [], [], []
     for index in range(n):
@@ -131,7 +147,22 @@ def multiple_choice(spec: TaskSpec, model: EvalModel, limit: Optional[int], prog
     for owner, value in zip(owners, scores.tolist()):
         per_item[owner].append(value)
     outcomes = multiple_choice_scores(per_item, choices, [items[i].answer for i in range(n)])
-    return [MetricRow(spec.name, metric, *mean_stderr(values), n) for metric, values in outcomes.items()]
+    rows = [MetricRow(spec.name, metric, *mean_stderr(values), n) for metric, values in outcomes.items()]
+    if spec.format == "mmlu":
+        rows.extend(subject_rows(spec.name, [items[i].fields["subject"] for i in range(n)], outcomes["acc"]))
+    return rows
+
+
+def subject_rows(task: str, subjects: Sequence[str], acc: Sequence[float]) -> List[MetricRow]:
+    """MMLU's report: acc per subject ("acc/<subject>") and their unweighted mean ("acc_macro"; "acc" is the micro
+    average over questions). The macro stderr treats each subject's mean as independent: sqrt(sum se^2) / subjects."""
+    groups: Dict[str, List[float]] = defaultdict(list)
+    for subject, value in zip(subjects, acc):
+        groups[subject].append(value)
+    rows = [MetricRow(task, f"acc/{subject}", *mean_stderr(values), len(values)) for subject, values in sorted(groups.items())]
+    errors = [row.stderr for row in rows]
+    macro_se = None if None in errors else math.sqrt(sum(e * e for e in errors)) / len(rows)
+    return [MetricRow(task, "acc_macro", sum(row.value for row in rows) / len(rows), macro_se, len(acc)), *rows]
 
 
 def _prompt_room(spec: TaskSpec, model: EvalModel) -> int:
@@ -142,18 +173,49 @@ def _prompt_room(spec: TaskSpec, model: EvalModel) -> int:
     return room
 
 
-def greedy_scores(spec: TaskSpec, model: EvalModel, prompts: Sequence[List[int]], score: Callable[[int, str], float], progress: Progress) -> List[float]:
-    """score(i, text) per prompt i, `text` its greedy continuation cut at the task's stop strings (DP-sharded)."""
-    def finished(ids: List[int]) -> bool:
-        return model.tokenizer.eod in ids or any(s and s in model.tokenizer.detokenize(ids) for s in spec.stop)
+def generated_scores(
+    spec: TaskSpec, model: EvalModel, prompts: Sequence[List[int]], score: BatchScore, progress: Progress,
+    stops: Optional[Sequence[str]] = None,
+) -> List[List[float]]:
+    """[record][sample]: the task's num_samples answers to each prompt (greedy at temperature 0, else sampled, each
+    sample seeded by the task's seed, the record and the sample), cut at the stop strings (the task's, or `stops`) and
+    scored; the (record, sample) pairs are split over data-parallel replicas."""
+    stops = tuple(spec.stop if stops is None else stops) + (model.chat.stop if spec.chat and model.chat is not None else ())
+    n = spec.num_samples
+    if spec.temperature > 0 and model.generate_sampled is None:
+        raise MegatronSotaError(f"task {spec.name}: temperature {spec.temperature} samples answers, which this model cannot do "
+                                f"(in-loop evaluation decodes greedily): run it with tools/evaluate.py on a checkpoint")
 
-    def scored(share: Sequence[int]) -> torch.Tensor:
-        new = model.generate_greedy([prompts[i] for i in share], spec.max_new_tokens, finished)
+    def finished(ids: List[int]) -> bool:
+        return model.tokenizer.eod in ids or any(s and s in model.tokenizer.detokenize(ids) for s in stops)
+
+    def scored(share: Sequence[Tuple[int, int]]) -> torch.Tensor:
+        batch = [prompts[i] for i, _ in share]
+        if spec.temperature == 0:
+            new = model.generate_greedy(batch, spec.max_new_tokens, finished)
+        else:
+            seeds = [sample_seed(spec.seed, i, j) for i, j in share]
+            new = model.generate_sampled(batch, spec.max_new_tokens, spec.temperature, spec.top_p, seeds)
+        values = score([(i, _cut_at_stop(model.tokenizer, ids, stops)) for (i, _), ids in zip(share, new)])
         if progress is not None:
             progress(len(share))
-        return torch.tensor([[float(score(i, _cut_at_stop(model.tokenizer, ids, spec.stop)))] for i, ids in zip(share, new)])
+        return torch.tensor([[float(v)] for v in values])
 
-    return over_data_parallel(list(range(len(prompts))), scored, 1, model.scorer)[:, 0].tolist()
+    pairs = [(i, j) for i in range(len(prompts)) for j in range(n)]
+    flat = over_data_parallel(pairs, scored, 1, model.scorer)[:, 0].tolist()
+    return [flat[i * n : (i + 1) * n] for i in range(len(prompts))]
+
+
+def sample_seed(seed: int, record: int, sample: int) -> int:
+    """The seed of one sampled answer: the same for the same (task seed, record, sample) whatever the batch or rank."""
+    return random.Random(f"{seed}:{record}:{sample}").getrandbits(62)
+
+
+def greedy_scores(spec: TaskSpec, model: EvalModel, prompts: Sequence[List[int]], score: Callable[[int, str], float], progress: Progress) -> List[float]:
+    """score(i, text) per prompt i, `text` its greedy continuation cut at the task's stop strings (DP-sharded)."""
+    greedy = spec if spec.num_samples == 1 and spec.temperature == 0 else dataclasses.replace(spec, num_samples=1, temperature=0.0)
+    rows = generated_scores(greedy, model, prompts, lambda answers: [score(i, text) for i, text in answers], progress)
+    return [row[0] for row in rows]
 
 
 def greedy_exact_match(spec: TaskSpec, model: EvalModel, prompts: Sequence[List[int]], answers: Sequence[str], progress: Progress) -> List[float]:
@@ -161,23 +223,79 @@ def greedy_exact_match(spec: TaskSpec, model: EvalModel, prompts: Sequence[List[
     return greedy_scores(spec, model, prompts, lambda i, text: exact_match(text, answers[i]), progress)
 
 
+def sampled_rows(spec: TaskSpec, outcomes: List[List[float]], metric: Optional[str]) -> List[MetricRow]:
+    """`metric` (the mean of every answer's 0/1, per record, then over records; None: not reported), then pass@k for
+    each k of the task: the unbiased estimator on each record's n answers, averaged over records."""
+    rows = [MetricRow(spec.name, metric, *mean_stderr([sum(o) / len(o) for o in outcomes]), len(outcomes))] if metric else []
+    for k in spec.pass_at:
+        per_record = [pass_at_k(len(o), int(sum(o)), k) for o in outcomes]
+        rows.append(MetricRow(spec.name, f"pass@{k}", *mean_stderr(per_record), len(outcomes)))
+    return rows
+
+
+def chat_prompt(spec: TaskSpec, model: EvalModel, messages: List[dict]) -> str:
+    if model.chat is None:
+        raise MegatronSotaError(f"task {spec.name}: chat: true, but this model was given no chat template")
+    return model.chat.render(messages)
+
+
 def refusal_task(spec: TaskSpec, model: EvalModel, limit: Optional[int], progress: Progress) -> List[MetricRow]:
     """Greedy responses to harmful and benign prompts, each judged a refusal or not (refusal.py, refusal_detection.py)."""
     items = limited(read_refusal(spec.path, spec.categories), min([b for b in (spec.limit, limit) if b is not None], default=None))
     detector = RefusalDetector(spec.refusal_phrases or DEFAULT_REFUSAL_PHRASES)
     room = _prompt_room(spec, model)
-    prompts = [model.tokenizer.tokenize(refusal_prompt(spec, item))[-room:] for item in items]
+    texts = [refusal_prompt(spec, item) for item in items]
+    if spec.chat:
+        texts = [chat_prompt(spec, model, [{"role": "user", "content": text}]) for text in texts]
+    prompts = [model.tokenizer.tokenize(text)[-room:] for text in texts]
     refused = greedy_scores(spec, model, prompts, lambda i, text: float(detector.is_refusal(text)), progress)
     return refusal_rows(spec.name, spec.categories, items, refused)
 
 
 def exact_match_task(spec: TaskSpec, model: EvalModel, limit: Optional[int], progress: Progress) -> List[MetricRow]:
-    items = read_exact_match(spec.path)
+    """Generated answers scored by their final integer (answer_extraction), or by the letter they pick (GPQA)."""
+    items = read_task_items(spec)
     n = _limited(items, spec, limit)
     room = _prompt_room(spec, model)
-    prompts = [model.tokenizer.tokenize(exact_match_prompt(spec, items, i))[-room:] for i in range(n)]
-    values = greedy_exact_match(spec, model, prompts, [item.answer for item in items[:n]], progress)
-    return [MetricRow(spec.name, "exact_match", *mean_stderr(values), n)]
+    texts = [chat_prompt(spec, model, exact_match_messages(spec, items, i)) if spec.chat else exact_match_prompt(spec, items, i) for i in range(n)]
+    prompts = [model.tokenizer.tokenize(text)[-room:] for text in texts]
+
+    def correct(i: int, text: str) -> float:
+        if spec.format == "gpqa":
+            return float(extract_choice_letter(text, choice_count(items[i])) == items[i].answer)
+        return float(exact_match(text, items[i].answer))
+
+    outcomes = generated_scores(spec, model, prompts, lambda answers: [correct(i, text) for i, text in answers], progress)
+    if spec.num_samples == 1:
+        return [MetricRow(spec.name, "exact_match", *mean_stderr([o[0] for o in outcomes]), n)]
+    return sampled_rows(spec, outcomes, "exact_match")
+
+
+def code_task(spec: TaskSpec, model: EvalModel, limit: Optional[int], progress: Progress) -> List[MetricRow]:
+    """HumanEval/MBPP: each problem's prompt completed num_samples times, each completion run against the problem's
+    tests in the sandbox (code_execution.py); pass@k over the samples."""
+    from megatron_sota.evaluation.code_execution import CHAT_INSTRUCTION, answer_code, completion_program, run_samples, stop_sequences
+    from megatron_sota.evaluation.sandbox import SandboxLimits, sandbox_layers
+
+    problems = read_task_items(spec)
+    n = _limited(problems, spec, limit)
+    room = _prompt_room(spec, model)
+    log.info("task %s: completions run in a sandbox with %s", spec.name, ", ".join(k for k, on in sandbox_layers().items() if on) or "no isolation layer")
+    texts = [
+        chat_prompt(spec, model, [{"role": "user", "content": CHAT_INSTRUCTION.format(prompt=p.prompt)}]) if spec.chat else p.prompt
+        for p in problems[:n]
+    ]
+    prompts = [model.tokenizer.tokenize(text)[-room:] for text in texts]
+
+    def passed(answers: List[Tuple[int, str]]) -> List[float]:
+        programs = [
+            completion_program(problems[i].prompt, answer_code(text, spec.chat), problems[i].test, problems[i].entry_point)
+            for i, text in answers
+        ]
+        return [float(result.passed) for result in run_samples(programs, SandboxLimits())]
+
+    outcomes = generated_scores(spec, model, prompts, passed, progress, stops=() if spec.chat else stop_sequences())
+    return sampled_rows(spec, outcomes, None)
 
 
 def passkey_task(spec: TaskSpec, model: EvalModel, limit: Optional[int], progress: Progress) -> List[MetricRow]:
@@ -249,9 +367,6 @@ def perplexity(spec: TaskSpec, model: EvalModel, limit: Optional[int], progress:
     return [MetricRow(spec.name, metric, value, stderr, len(documents)) for metric, (value, stderr) in metrics.items()]
 
 
-READERS = {"multiple_choice": read_multiple_choice, "exact_match": read_exact_match, "perplexity": read_text_documents}
-
-
 def check_task_data(spec: TaskSpec) -> None:
     """Reads a task's JSONL and builds its prompts once, so that a malformed record or template fails before any model is loaded."""
     if spec.type == "passkey":
@@ -259,13 +374,19 @@ def check_task_data(spec: TaskSpec) -> None:
     elif spec.type == "refusal":
         for item in read_refusal(spec.path, spec.categories):
             refusal_prompt(spec, item)
-    elif spec.path.endswith(".jsonl"):
-        records = READERS[spec.type](spec.path)
-        if spec.type != "perplexity":
-            check_prompts(spec, records)
+    elif spec.type == "perplexity":
+        if spec.path.endswith(".jsonl"):
+            read_text_documents(spec.path)
+    elif spec.type == "code":
+        read_task_items(spec)
+    else:
+        check_prompts(spec, read_task_items(spec))
 
 
-RUNNERS = {"multiple_choice": multiple_choice, "exact_match": exact_match_task, "perplexity": perplexity, "passkey": passkey_task, "refusal": refusal_task}
+RUNNERS = {
+    "multiple_choice": multiple_choice, "exact_match": exact_match_task, "perplexity": perplexity, "passkey": passkey_task,
+    "refusal": refusal_task, "code": code_task,
+}
 
 
 def evaluate(spec: TaskSpec, model: EvalModel, limit: Optional[int] = None, progress: Progress = None) -> List[MetricRow]:

@@ -23,7 +23,7 @@ from megatron_sota.data.shard_checks import check_index_file
 from megatron_sota.errors import MegatronSotaError
 from megatron_sota.evaluation.task_file import read_task_file
 
-TASK_TYPES = ("multiple_choice", "exact_match", "perplexity", "passkey", "refusal")
+TASK_TYPES = ("multiple_choice", "exact_match", "perplexity", "passkey", "refusal", "code")
 LOWER_IS_BETTER = ("perplexity", "bits_per_byte", "over_refusal_rate")
 """Metrics (and their "<metric>/<category>" rows) whose plain-number threshold is a maximum; every other one is a minimum."""
 TASK_METRICS: dict[str, tuple[str, ...]] = {
@@ -32,21 +32,40 @@ TASK_METRICS: dict[str, tuple[str, ...]] = {
     "perplexity": ("perplexity", "bits_per_byte"),
     "passkey": ("exact_match",),
     "refusal": ("refusal_rate", "over_refusal_rate"),
+    "code": (),
 }
-"""The metrics each task type reports (and so the only ones a threshold may name); passkey adds one per cell,
-refusal one "<metric>/<category>" per category of the task."""
-PASSKEY_KEYS = ("lengths", "depths", "samples", "seed", "filler")
+"""The metrics each task type always reports; `reported_metrics` adds those of its settings (pass@k, per subject...)."""
+FORMATS: dict[str, tuple[str, ...]] = {
+    "mmlu": ("multiple_choice",),
+    "gpqa": ("multiple_choice", "exact_match"),
+    "aime": ("exact_match",),
+    "humaneval": ("code",),
+}
+"""A benchmark's published record format -> the task types that read it (evaluation/benchmark_files.py)."""
+PASSKEY_KEYS = ("lengths", "depths", "samples", "filler")
 """Keys only a passkey task reads."""
-NOT_FOR_PASSKEY = ("file", "num_fewshot", "fewshot_seed", "template", "choice_template", "target_template", "fewshot_separator")
+NOT_FOR_PASSKEY = ("file", "format", "num_fewshot", "fewshot_seed", "template", "choice_template", "target_template", "fewshot_separator", "preamble")
 """Keys a passkey task would ignore: its prompts are generated, not read or templated."""
 REFUSAL_KEYS = ("categories", "refusal_phrases")
 """Keys only a refusal task reads."""
-NOT_FOR_REFUSAL = ("num_fewshot", "fewshot_seed", "choice_template", "target_template", "fewshot_separator")
+NOT_FOR_REFUSAL = ("format", "num_fewshot", "fewshot_seed", "choice_template", "target_template", "fewshot_separator", "preamble")
 """Keys a refusal task would ignore: each prompt is asked alone (zero-shot) and answered freely."""
-CHAT_TYPES = ("exact_match", "refusal")
+NOT_FOR_CODE = ("num_fewshot", "fewshot_seed", "template", "choice_template", "target_template", "fewshot_separator", "preamble", "stop")
+"""Keys a code task would ignore: its prompt is the problem's own (a function to complete), cut where a new top-level
+statement starts (code_execution.py)."""
+SAMPLING_KEYS = ("num_samples", "pass_at", "temperature", "top_p")
+"""Keys only the tasks that generate answers to score (exact_match, code) read."""
+NOT_FOR = {"passkey": NOT_FOR_PASSKEY, "refusal": NOT_FOR_REFUSAL, "code": NOT_FOR_CODE}
+"""Type -> the keys it would ignore (an error in its task file)."""
+READ_BY: dict[str, tuple[str, ...]] = {
+    **{key: ("passkey",) for key in PASSKEY_KEYS},
+    **{key: ("refusal",) for key in REFUSAL_KEYS},
+    **{key: ("exact_match", "code") for key in SAMPLING_KEYS},
+    "seed": ("passkey", "exact_match", "code", "multiple_choice"),
+}
+"""Key -> the only types that read it (an error in any other type's task file)."""
+CHAT_TYPES = ("exact_match", "refusal", "code")
 """The task types whose answers are generated, so that a chat template can frame them (`chat: true`)."""
-ONLY_FOR = {"passkey": PASSKEY_KEYS, "refusal": REFUSAL_KEYS}
-"""Type -> the keys only it reads (an error in any other type's task file)."""
 THRESHOLDS_EXPECTED = "a mapping of metric name to number (a bound, see LOWER_IS_BETTER) or to {min: number, max: number} (either or both)"
 REGISTRY_DIR = conf_dir("eval", "tasks")
 ANSWER_FIELDS = ("answer", "answer_index", "answer_letter", "choice", "letter")
@@ -70,8 +89,10 @@ class TaskSpec(TaskSettings):
             raise MegatronSotaError(f"task {self.name}: type: expected one of {', '.join(TASK_TYPES)}, found {self.type!r}")
         if isinstance(self.stop, str):
             object.__setattr__(self, "stop", (self.stop,))
-        for key in ("stop", "lengths", "depths", "categories"):
+        for key in ("stop", "lengths", "depths", "categories", "pass_at"):
             object.__setattr__(self, key, tuple(getattr(self, key)))
+        if self.type == "code" and self.format is None:  # problems have one form, HumanEval's
+            object.__setattr__(self, "format", "humaneval")
         if self.refusal_phrases is not None:
             object.__setattr__(self, "refusal_phrases", tuple(self.refusal_phrases))
 
@@ -79,6 +100,24 @@ class TaskSpec(TaskSettings):
     def is_megatron_prefix(self) -> bool:
         """True when `path` is a tokenized .bin/.idx prefix (perplexity on token ids, no text)."""
         return not self.path.endswith(".jsonl") and _is_prefix(self.path)
+
+
+_IGNORED_BY = {
+    "passkey": "a passkey task generates its prompts",
+    "refusal": "a refusal task asks each prompt alone",
+    "code": "a code task prompts with each problem's own prompt",
+}
+
+
+def reported_metrics(spec: TaskSpec) -> tuple[str, ...]:
+    """The metrics `spec` reports (thresholds may name these): its type's, pass@k of its sampling settings; per-category
+    and per-subject rows ("<metric>/<name>") are checked against the data when it is read."""
+    metrics = TASK_METRICS[spec.type]
+    if spec.type == "code" or (spec.type == "exact_match" and spec.num_samples > 1):  # greedy exact_match is pass@1
+        metrics = (*metrics, *(f"pass@{k}" for k in spec.pass_at))
+    if spec.format == "mmlu":
+        metrics = (*metrics, "acc_macro")
+    return metrics
 
 
 def with_chat(spec: TaskSpec) -> TaskSpec:
@@ -158,13 +197,11 @@ def _load_yaml(yaml_file: str, name: str, task_type: str | None, num_fewshot: in
         problems["type"] = f"{where('type')}: expected one of {', '.join(TASK_TYPES)}, found {declared_type!r}"
     final_type = task_type or declared_type
     for key in [k for k in values if k not in problems]:  # a key the task's type never reads would be ignored silently
-        if final_type == "passkey" and key in NOT_FOR_PASSKEY:
-            problems[key] = f"{where(key)}: a passkey task generates its prompts: expected no '{key}', found {data[key]!r}"
-        elif final_type == "refusal" and key in NOT_FOR_REFUSAL:
-            problems[key] = f"{where(key)}: a refusal task asks each prompt alone: expected no '{key}', found {data[key]!r}"
-        owner = next((t for t, keys in ONLY_FOR.items() if key in keys), None)
-        if owner is not None and final_type in TASK_TYPES and final_type != owner:
-            problems[key] = f"{where(key)}: only {owner} tasks read it: expected no '{key}' for type {final_type}, found {data[key]!r}"
+        if key in NOT_FOR.get(final_type, ()):
+            problems[key] = f"{where(key)}: {_IGNORED_BY[final_type]}: expected no '{key}', found {data[key]!r}"
+        readers = READ_BY.get(key)
+        if readers is not None and final_type in TASK_TYPES and final_type not in readers:
+            problems[key] = f"{where(key)}: only {', '.join(readers)} tasks read it: expected no '{key}' for type {final_type}, found {data[key]!r}"
     if final_type != "passkey" and values.get("file") is None and "file" not in problems:
         problems["file"] = f"{where('file')}: expected it (required for type {final_type or 'multiple_choice, exact_match or perplexity'}), found nothing"
     path = _resolve_file(values["file"], yaml_file, where, problems) if values.get("file") is not None and "file" not in problems else None
@@ -238,26 +275,28 @@ def _spec_problems(spec: TaskSpec, at: Callable[[str], str]) -> list[tuple[str, 
         problems.append(("num_fewshot",
             f"{at('num_fewshot')}: perplexity scores whole documents without few-shot examples: expected 0, found {spec.num_fewshot}"
         ))
-    for key in ("template", "choice_template", "target_template"):
+    for key in ("template", "choice_template", "target_template", "preamble"):
         try:
             names = _template_fields(getattr(spec, key), at(key))
         except MegatronSotaError as err:
             problems.append((key, str(err)))
             continue
-        leaked = sorted(names & set(ANSWER_FIELDS)) if key == "template" else []
+        leaked = sorted(names & set(ANSWER_FIELDS)) if key in ("template", "preamble") else []
         if leaked:
             problems.append((key,
                 f"{at(key)}: the question template must not show the answer: expected no field among "
                 f"{', '.join(ANSWER_FIELDS)}, found {{{leaked[0]}}}"
             ))
+    problems.extend(_format_problems(spec, at))
+    problems.extend(_sampling_problems(spec, at))
     if spec.chat and spec.type not in CHAT_TYPES:
         problems.append(("chat", f"{at('chat')}: chat formats tasks whose answers are generated ({', '.join(CHAT_TYPES)}): expected false for type {spec.type}, found true"))
-    reported = TASK_METRICS[spec.type]
+    reported = reported_metrics(spec)
     if spec.type == "refusal":
         problems.extend(_refusal_problems(spec, at))
         reported = (*reported, *(f"{m}/{c}" for m in reported for c in spec.categories))
     for metric in spec.thresholds:
-        if metric not in reported:
+        if metric not in reported and not (spec.format == "mmlu" and metric.startswith("acc/")):
             problems.append(("thresholds",
                 f"{at('thresholds')}: metric {metric!r}: expected one that {spec.type} tasks report "
                 f"({', '.join(reported)}), found {metric!r}"
@@ -294,6 +333,35 @@ def _typed_thresholds(thresholds: object) -> dict[str, float | dict[str, float]]
 
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _format_problems(spec: TaskSpec, at: Callable[[str], str]) -> list[tuple[str, str]]:
+    """A benchmark format fits its task types and a JSONL file; a code task reads only the HumanEval form."""
+    if spec.format is None:
+        return []
+    if spec.format not in FORMATS:
+        hint = difflib.get_close_matches(spec.format, list(FORMATS), n=1)
+        return [("format", f"{at('format')}: expected one of {', '.join(FORMATS)} or null, found {spec.format!r}" + (f" (did you mean {hint[0]!r}?)" if hint else ""))]
+    if spec.type not in FORMATS[spec.format]:
+        return [("format", f"{at('format')}: {spec.format} records make {', '.join(FORMATS[spec.format])} tasks: expected one of those types, found type {spec.type}")]
+    if spec.path and not spec.path.endswith(".jsonl"):
+        return [("file", f"{at('file')}: {spec.format} records are read from JSONL: expected a .jsonl file, found {spec.path}")]
+    return []
+
+
+def _sampling_problems(spec: TaskSpec, at: Callable[[str], str]) -> list[tuple[str, str]]:
+    """pass@k needs k <= num_samples, each k once; several samples of a greedy decoder would all be the same answer."""
+    if spec.type not in ("exact_match", "code"):
+        return []
+    problems = []
+    ks = list(spec.pass_at)
+    if not ks or len(set(ks)) != len(ks) or max(ks) > spec.num_samples:
+        problems.append(("pass_at", f"{at('pass_at')}: expected distinct values from 1 to num_samples ({spec.num_samples}), found {ks}"))
+    if spec.num_samples > 1 and spec.temperature == 0:
+        problems.append(("temperature", f"{at('temperature')}: {spec.num_samples} samples of greedy decoding are one answer repeated: expected temperature > 0 with num_samples > 1, found 0"))
+    if spec.top_p <= 0:
+        problems.append(("top_p", f"{at('top_p')}: expected a number in (0, 1], found {spec.top_p}"))
+    return problems
 
 
 def _refusal_problems(spec: TaskSpec, at: Callable[[str], str]) -> list[tuple[str, str]]:

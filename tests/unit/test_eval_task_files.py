@@ -161,7 +161,7 @@ def test_command_line_overrides_the_registry():
     assert load_task("arithmetic_mc", task_type="multiple_choice", num_fewshot=5).num_fewshot == 5
     with pytest.raises(MegatronSotaError, match="perplexity scores whole documents"):
         load_task("python_docs_ppl", num_fewshot=2)
-    with pytest.raises(MegatronSotaError, match="task type: expected one of multiple_choice, exact_match, perplexity, passkey, refusal, found 'mc'"):
+    with pytest.raises(MegatronSotaError, match="task type: expected one of multiple_choice, exact_match, perplexity, passkey, refusal, code, found 'mc'"):
         load_task("arithmetic_mc", task_type="mc")
 
 
@@ -201,7 +201,7 @@ def test_yaml_file_is_relative_to_the_yaml_and_keys_are_typed(tmp_path):
         ("type: multiple_choice\nfile: data/t.jsonl\nnum_fewshot: true\n", r"t\.yaml:3: key 'num_fewshot': expected an integer >= 0, found True"),
         ("type: multiple_choice\nfile: t.yaml\n", r"t\.yaml:2: key 'file': expected a \.jsonl file or a \.bin/\.idx prefix, found 't\.yaml'"),
         ("type: multiple_choice\nfile: data/missing.jsonl\n", r"t\.yaml:2: key 'file': expected an existing JSONL file .*missing\.jsonl"),
-        ("type: ranking\nfile: data/t.jsonl\n", r"t\.yaml:1: key 'type': expected one of multiple_choice, exact_match, perplexity, passkey, refusal, found 'ranking'"),
+        ("type: ranking\nfile: data/t.jsonl\n", r"t\.yaml:1: key 'type': expected one of multiple_choice, exact_match, perplexity, passkey, refusal, code, found 'ranking'"),
         ("file: data/t.jsonl\n", r"t\.yaml: key 'type': expected it \(required\)"),
         ("type: exact_match\nfile: data/t.jsonl\nthresholds: {acc: 0.5}\n", r"t\.yaml:3: key 'thresholds': metric 'acc': .*\(exact_match\)"),
         ("type: exact_match\nfile: data/t.jsonl\nthresholds: {exact_match: high}\n", r"t\.yaml:3: key 'thresholds': expected a mapping of metric name to number"),
