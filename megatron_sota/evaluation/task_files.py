@@ -41,14 +41,7 @@ def read_multiple_choice(path: str) -> list[MultipleChoiceItem]:
     items = []
     for line, record in _records(path):
         question = _string(path, line, record, "question")
-        choices = record.get("choices")
-        if not isinstance(choices, list) or not choices:
-            raise _field_error(path, line, record, "choices", "a non-empty list of strings")
-        for i, choice in enumerate(choices):
-            if not isinstance(choice, str) or not choice:
-                raise MegatronSotaError(
-                    f"{path}:{line}: field 'choices': expected a non-empty string at index {i}, found {choice!r}"
-                )
+        choices = _string_list(path, line, record, "choices", 1, "a non-empty list of strings")
         answer = record.get("answer")
         if not _is_int(answer) or not 0 <= answer < len(choices):
             raise _field_error(
@@ -110,6 +103,17 @@ def _string(path: str, line: int, record: dict[str, Any], key: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise _field_error(path, line, record, key, "a non-empty string")
     return value
+
+
+def _string_list(path: str, line: int, record: dict[str, Any], key: str, minimum: int, expected: str) -> list[str]:
+    """record[key] as a list of at least `minimum` non-empty strings (`expected` describes that in the error)."""
+    values = record.get(key)
+    if not isinstance(values, list) or len(values) < minimum:
+        raise _field_error(path, line, record, key, expected)
+    for i, value in enumerate(values):
+        if not isinstance(value, str) or not value:
+            raise MegatronSotaError(f"{path}:{line}: field '{key}': expected a non-empty string at index {i}, found {value!r}")
+    return values
 
 
 def _field_error(path: str, line: int, record: dict[str, Any], key: str, expected: str) -> MegatronSotaError:
