@@ -1,5 +1,6 @@
 """Checks in-loop evaluation's tasks before any process group: each resolves, its data reads, its prompts build,
-a passkey task's lengths fit the model's positions, and a gate (eval.stop_on_threshold) has thresholds to check.
+a passkey task's lengths fit the model's positions, no task needs sampling or a chat template (the loop decodes greedily,
+without one), and a gate (eval.stop_on_threshold) has thresholds to check.
 
 The trainer folds these problems into the config's one error message; it must not load a model.
 """
@@ -30,6 +31,10 @@ def task_problems(cfg: JobConfig) -> list[str]:
         except MegatronSotaError as err:
             problems.append(f"eval.tasks: {err}")
             continue
+        if spec.temperature > 0:
+            problems.append(f"eval.tasks: task {name} samples its answers (temperature {spec.temperature}), which in-loop evaluation cannot do (it decodes greedily): run it with tools/evaluate.py")
+        if spec.chat:
+            problems.append(f"eval.tasks: task {name} is chat-formatted (chat: true), which in-loop evaluation does not do: run it with tools/evaluate.py")
         gated = gated or bool(spec.thresholds)
         if not text_tokenizer and not (spec.type == "perplexity" and not spec.path.endswith(".jsonl")):
             problems.append(f"eval.tasks: task {name} ({spec.type}) reads text, but the run has no text tokenizer (tokenizer.type={cfg.tokenizer.type})")

@@ -233,6 +233,7 @@ def test_context_parallelism_needs_no_transformer_engine():
     [
         (["no_such_task"], "eval.tasks: task 'no_such_task'"),
         (["arithmetic_mc"], "task arithmetic_mc (multiple_choice) reads text, but the run has no text tokenizer"),
+        (["aime_sample"], "task aime_sample samples its answers (temperature 0.6), which in-loop evaluation cannot do"),
     ],
 )
 def test_eval_task_files_are_checked_by_evaluation(tasks, expected):
