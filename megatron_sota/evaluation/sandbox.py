@@ -3,6 +3,7 @@ It must never raise or hang on what the program does: every call returns a resul
 
 import functools
 import json
+import logging
 import os
 import select
 import shutil
@@ -13,6 +14,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 
+logger = logging.getLogger(__name__)
 _CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_child.py")
 _GRACE_SECONDS = 5.0  # for the launcher to start and the killed tree to be reaped
 _TAIL_BYTES = 2000
@@ -174,7 +176,10 @@ def run_sandboxed(program: str, limits: SandboxLimits = SandboxLimits(), *, skip
         return SandboxResult("error", None, time.monotonic() - start, "", f"sandbox could not run: {err!r}")
     finally:
         if root is not None:
-            _remove(root)
+            try:
+                _remove(root)
+            except OSError as err:  # a leftover directory must not end the evaluation
+                logger.warning("could not remove the sandbox directory %s: %s", root, err)
 
 
 @functools.lru_cache(maxsize=1)

@@ -82,7 +82,7 @@ class _PathBeneathAttr(ctypes.Structure):
     _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
 
 
-def landlock_abi() -> int:
+def _landlock_abi() -> int:
     result = _libc.syscall(_LANDLOCK_CREATE_RULESET, None, ctypes.c_size_t(0), _LANDLOCK_CREATE_RULESET_VERSION)
     return max(0, int(result))
 
@@ -90,7 +90,7 @@ def landlock_abi() -> int:
 def _landlock(work_dir: str, fs: bool, net: bool) -> None:
     """Restrict this process and its descendants: file-system changes only beneath `work_dir` (and writes to
     /dev/null) when `fs`; no TCP bind or connect when `net`."""
-    abi = landlock_abi()
+    abi = _landlock_abi()
     writes = _FS_WRITES_V1 | (_FS_REFER if abi >= 2 else 0) | (_FS_TRUNCATE if abi >= 3 else 0)
     attr = _RulesetAttr(writes if fs else 0, (_NET_BIND_TCP | _NET_CONNECT_TCP) if net else 0)
     size = ctypes.sizeof(_RulesetAttr) if net else ctypes.sizeof(ctypes.c_uint64)
@@ -164,7 +164,7 @@ def _run_program(config: dict, layers: dict, errors: dict) -> None:
         layers["drop_privileges"] = False
     _try(layers, errors, "rlimits", skip, lambda: _set_rlimits(config["limits"]))
     _try(layers, errors, "no_new_privs", skip, lambda: _prctl(_PR_SET_NO_NEW_PRIVS, 1))
-    abi = landlock_abi()
+    abi = _landlock_abi()
     fs_ok = abi >= 1 and "landlock_fs" not in skip
     net_ok = abi >= 4 and "landlock_net" not in skip
     if fs_ok or net_ok:
