@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 
 logger = logging.getLogger(__name__)
 _CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_child.py")
+_NOBODY = 65534  # the uid and gid a sample runs as when the harness is root
 _GRACE_SECONDS = 5.0  # for the launcher to start and the killed tree to be reaped
 _TAIL_BYTES = 2000
 # Every layer the child can apply; sandbox_layers() says which of them this machine provides.
@@ -131,11 +132,12 @@ def _run(program: str, limits: SandboxLimits, skip: frozenset, require: tuple, r
     if os.geteuid() == 0 and "drop_privileges" not in skip:
         # the program runs as "nobody": give it its directory (the harness, root, removes it afterwards)
         for path in (work_dir, program_path):
-            os.chown(path, 65534, 65534)
+            os.chown(path, _NOBODY, _NOBODY)
     output_path = os.path.join(root, "output")  # outside work_dir: the program cannot replace it, only write to it
     report_read, report_write = os.pipe()
     config = {"work_dir": work_dir, "program": program_path, "limits": asdict(limits), "skip": sorted(skip),
-              "require": list(require), "report_fd": report_write}
+              "require": list(require), "report_fd": report_write, "uid": _NOBODY}
+    process = None
     try:
         with open(output_path, "wb") as output:
             process = subprocess.Popen(
@@ -155,6 +157,9 @@ def _run(program: str, limits: SandboxLimits, skip: frozenset, require: tuple, r
         os.close(report_read)
         if report_write >= 0:
             os.close(report_write)
+        if process is not None and process.returncode is None:  # we failed half-way: take the sample down with us
+            _kill_group(process.pid)
+            process.wait()
     outcome, detail = _outcome(timed_out, report, returncode)
     layers = dict(report.get("layers", {}), process_group=True)
     return SandboxResult(outcome, returncode, time.monotonic() - start, _tail(output_path), detail, layers)

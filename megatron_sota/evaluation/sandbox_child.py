@@ -26,7 +26,6 @@ _FS_WRITE_FILE = 1 << 1
 _FS_WRITES_V1 = _FS_WRITE_FILE | sum(1 << bit for bit in range(4, 13))  # remove/make dir, file, char, sock, fifo...
 _FS_REFER, _FS_TRUNCATE = 1 << 13, 1 << 14  # ABI 2, ABI 3
 _NET_BIND_TCP, _NET_CONNECT_TCP = 1 << 0, 1 << 1  # ABI 4
-_SANDBOX_UID = _SANDBOX_GID = 65534  # "nobody"
 _SETUP_FAILED = 125
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -49,13 +48,13 @@ def _prctl(option: int, arg: int, arg3: int = 0) -> None:
     _check(_libc.prctl(ctypes.c_int(option), *args), "prctl")
 
 
-def _drop_privileges() -> None:
-    """Become "nobody" (so that RLIMIT_NPROC applies and root's write access goes), keeping only the capability to
-    read and traverse directories: the interpreter may live under a home directory that "nobody" cannot enter."""
+def _drop_privileges(uid: int) -> None:
+    """Become `uid` ("nobody": RLIMIT_NPROC then applies and root's write access goes), keeping only the capability
+    to read and traverse directories: the interpreter may live under a home directory that "nobody" cannot enter."""
     _prctl(_PR_SET_KEEPCAPS, 1)
     os.setgroups([])
-    os.setresgid(_SANDBOX_GID, _SANDBOX_GID, _SANDBOX_GID)
-    os.setresuid(_SANDBOX_UID, _SANDBOX_UID, _SANDBOX_UID)
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
     header = (ctypes.c_uint32 * 2)(_CAPABILITY_VERSION_3, 0)
     keep = 1 << _CAP_DAC_READ_SEARCH
     data = (ctypes.c_uint32 * 6)(keep, keep, keep, 0, 0, 0)  # effective, permitted, inheritable (x2 words)
@@ -159,7 +158,7 @@ def _run_program(config: dict, layers: dict, errors: dict) -> None:
     """In the process that becomes the program: drop privileges, apply limits and Landlock, report, exec."""
     skip = set(config["skip"])
     if os.geteuid() == 0:
-        _try(layers, errors, "drop_privileges", skip, _drop_privileges)
+        _try(layers, errors, "drop_privileges", skip, lambda: _drop_privileges(config["uid"]))
     else:
         layers["drop_privileges"] = False
     _try(layers, errors, "rlimits", skip, lambda: _set_rlimits(config["limits"]))
