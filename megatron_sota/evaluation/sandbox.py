@@ -35,7 +35,8 @@ class SandboxLimits:
 
 @dataclass(frozen=True)
 class SandboxResult:
-    outcome: str  # "passed" (exit 0), "failed" (non-zero exit or killed by a limit), "timeout" (wall), "error" (sandbox)
+    # "passed" (exit 0), "failed" (non-zero exit or killed by a limit), "timeout" (wall clock), "error" (sandbox)
+    outcome: str
     returncode: int | None
     seconds: float
     output_tail: str

@@ -9,8 +9,8 @@ PROMPT = 'def running_max(values):\n    """The largest value seen so far at each
 TEST = ("def check(candidate):\n    assert candidate([1, 3, 2, 5]) == [1, 3, 3, 5]\n"
         "    assert candidate([]) == []\n")
 ENTRY_POINT = "running_max"
-CORRECT = ("    best, out = None, []\n    for value in values:\n        best = value if best is None else max(best, value)\n"
-           "        out.append(best)\n    return out\n")
+CORRECT = ("    best, out = None, []\n    for value in values:\n"
+           "        best = value if best is None else max(best, value)\n        out.append(best)\n    return out\n")
 INCORRECT = "    return sorted(values)\n"
 LIMITS = SandboxLimits(cpu_seconds=2, wall_seconds=5)
 
