@@ -2,6 +2,7 @@
 many of them in the sandbox concurrently. It does not read problem files or compute pass@k (task_files, metrics)."""
 
 import logging
+import re
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
@@ -18,6 +19,21 @@ def trim_completion(text: str) -> str:
     """`text` up to (not including) the earliest stop sequence; unchanged when none occurs."""
     cut = min((index for index in (text.find(stop) for stop in STOP_SEQUENCES) if index >= 0), default=len(text))
     return text[:cut]
+
+
+CHAT_INSTRUCTION = "Complete the following Python function. Reply with the whole function in a ```python code block.\n\n```python\n{prompt}```"
+"""The user turn of a chat-formatted code task (`chat: true`); {prompt} is the problem's prompt."""
+_CODE_BLOCK = re.compile(r"```[ \t]*(?:python|py)?[ \t]*\n(.*?)(?:```|$)", re.DOTALL)
+
+
+def answer_code(text: str, chat: bool) -> str:
+    """The code a generated answer adds after the problem's prompt: a completion as it is (generation was cut at
+    STOP_SEQUENCES), or (chat) the first fenced code block of the reply, else the reply, on a new line: a whole
+    function redefines the prompt's, an indented body continues it."""
+    if not chat:
+        return text
+    block = _CODE_BLOCK.search(text)
+    return "\n" + (block.group(1) if block else text)
 
 
 def completion_program(prompt: str, completion: str, test: str, entry_point: str) -> str:

@@ -8,7 +8,6 @@ data-parallel replicas; every rank returns the same metrics.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 import random
 from collections import defaultdict
@@ -34,7 +33,6 @@ from megatron_sota.evaluation.task_data import choice_count, read_task_items
 from megatron_sota.evaluation.task_files import read_text_documents
 from megatron_sota.evaluation.task_spec import TaskSpec
 
-log = logging.getLogger(__name__)
 
 GreedyGenerator = Callable[[List[List[int]], int, Callable[[List[int]], bool]], List[List[int]]]
 """(prompts, max_new_tokens, finished) -> greedy new tokens per prompt; a row may stop once finished(its new tokens)."""
@@ -274,13 +272,11 @@ def exact_match_task(spec: TaskSpec, model: EvalModel, limit: Optional[int], pro
 def code_task(spec: TaskSpec, model: EvalModel, limit: Optional[int], progress: Progress) -> List[MetricRow]:
     """HumanEval/MBPP: each problem's prompt completed num_samples times, each completion run against the problem's
     tests in the sandbox (code_execution.py); pass@k over the samples."""
-    from megatron_sota.evaluation.code_execution import CHAT_INSTRUCTION, answer_code, completion_program, run_samples, stop_sequences
-    from megatron_sota.evaluation.sandbox import SandboxLimits, sandbox_layers
+    from megatron_sota.evaluation.code_execution import CHAT_INSTRUCTION, STOP_SEQUENCES, answer_code, completion_program, run_samples
 
     problems = read_task_items(spec)
     n = _limited(problems, spec, limit)
     room = _prompt_room(spec, model)
-    log.info("task %s: completions run in a sandbox with %s", spec.name, ", ".join(k for k, on in sandbox_layers().items() if on) or "no isolation layer")
     texts = [
         chat_prompt(spec, model, [{"role": "user", "content": CHAT_INSTRUCTION.format(prompt=p.prompt)}]) if spec.chat else p.prompt
         for p in problems[:n]
@@ -292,9 +288,9 @@ def code_task(spec: TaskSpec, model: EvalModel, limit: Optional[int], progress: 
             completion_program(problems[i].prompt, answer_code(text, spec.chat), problems[i].test, problems[i].entry_point)
             for i, text in answers
         ]
-        return [float(result.passed) for result in run_samples(programs, SandboxLimits())]
+        return [float(result.passed) for result in run_samples(programs)]
 
-    outcomes = generated_scores(spec, model, prompts, passed, progress, stops=() if spec.chat else stop_sequences())
+    outcomes = generated_scores(spec, model, prompts, passed, progress, stops=() if spec.chat else STOP_SEQUENCES)
     return sampled_rows(spec, outcomes, None)
 
 

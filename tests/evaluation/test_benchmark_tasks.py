@@ -182,3 +182,55 @@ def test_chat_formatted_prompts_put_examples_in_turns_and_stop_at_the_end_of_tur
     assert first.startswith("<system>Add.</system><user>Question: ") and first.endswith("?\nAnswer:</user><assistant>")
     assert first.count("<user>") == 3 and first.count("<assistant>") == 3  # two solved examples, then the question
     assert "</user><assistant>" in first and "</assistant><user>" in first
+
+
+PROBLEMS = [
+    {"task_id": "T/0", "prompt": "def add(a, b):\n    \"\"\"a + b\"\"\"\n", "entry_point": "add",
+     "test": "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-1, 1) == 0\n"},
+    {"task_id": "T/1", "prompt": "def double(xs):\n    \"\"\"Each element twice.\"\"\"\n", "entry_point": "double",
+     "test": "def check(candidate):\n    assert candidate([1, 2]) == [2, 4]\n    assert candidate([]) == []\n"},
+]
+RIGHT = {"add": "    return a + b\n", "double": "    return [2 * x for x in xs]\n"}
+WRONG = {"add": "    return a - b\n", "double": "    return xs + xs\n"}
+
+
+def _code_task(tmp_path, extra: str = "") -> str:
+    data = tmp_path / "problems.jsonl"
+    data.write_text("".join(json.dumps(p) + "\n" for p in PROBLEMS))
+    task = tmp_path / "code.yaml"
+    task.write_text(f"type: code\nfile: {data}\nmax_new_tokens: 200\n" + extra)
+    return str(task)
+
+
+def test_code_pass_at_k_runs_each_completion_against_its_tests_in_the_sandbox(tmp_path, monkeypatch):
+    """add is always solved; double only by samples whose seed is even. Each completion runs on into another
+    top-level def that would break the program if it were not cut off."""
+    single_replica(monkeypatch)
+
+    def answer(prompt: str, seed) -> str:
+        name = "add" if prompt.startswith("def add") else "double"
+        body = RIGHT[name] if name == "add" or seed % 2 == 0 else WRONG[name]
+        return body + "\ndef broken(:\n"
+
+    spec = load_task(_code_task(tmp_path, "num_samples: 3\npass_at: [1, 2]\ntemperature: 0.8\n"))
+    rows = _rows(evaluate(spec, scripted_model(answer)))
+    right = [3, sum(sample_seed(spec.seed, 1, j) % 2 == 0 for j in range(3))]
+    assert 0 < right[1] < 3
+    for k in (1, 2):
+        expected = sum(1 - math.comb(3 - c, k) / math.comb(3, k) for c in right) / 2
+        assert rows[f"pass@{k}"].value == pytest.approx(expected)
+    assert set(rows) == {"pass@1", "pass@2"}
+
+
+def test_chat_formatted_code_answers_are_read_from_their_code_block(tmp_path, monkeypatch):
+    single_replica(monkeypatch)
+
+    def answer(prompt: str, seed) -> str:
+        name = "add" if "def add" in prompt else "double"
+        assert prompt.startswith("<user>Complete the following Python function.") and prompt.endswith("<assistant>")
+        solution = {"add": "def add(a, b):\n    return a + b\n", "double": "def double(xs):\n    return xs\n"}[name]
+        return f"Here it is:\n```python\n{solution}```\nThis adds them."
+
+    chat = ChatFormat(lambda messages: f"<user>{messages[-1]['content']}</user><assistant>")
+    rows = _rows(evaluate(load_task(_code_task(tmp_path, "chat: true\n")), scripted_model(answer, chat=chat)))
+    assert rows["pass@1"].value == 0.5  # add is right, double returns its input
