@@ -17,7 +17,7 @@ DIFF = "diff --git a/m.py b/m.py\n--- a/m.py\n+++ b/m.py\n@@ -1 +1 @@\n-x = 1\n+
 SECOND = "diff --git a/n.py b/n.py\n--- a/n.py\n+++ b/n.py\n@@ -1 +1 @@\n-y\n+z\n"
 
 
-@pytest.mark.parametrize("reply,patch", [
+PATCH_SHAPES = [
     (f"Here is the fix:\n```diff\n{DIFF}```\nThat should do it.", DIFF),
     (f"```patch\n{DIFF}```", DIFF),
     (f"```diff\n{DIFF}```\nand\n```diff\n{SECOND}```\n", DIFF + SECOND),  # one block per file
@@ -30,7 +30,12 @@ SECOND = "diff --git a/n.py b/n.py\n--- a/n.py\n+++ b/n.py\n@@ -1 +1 @@\n-y\n+z\
     ("I could not find the bug.", ""),
     ("```diff\n\n```", ""),
     ("", ""),
-])
+]
+SHAPE_NAMES = ["fenced-diff", "fenced-patch", "two-blocks", "python-block-skipped", "unclosed-fence", "unclosed-mid-line",
+               "bare-diff-git", "bare-in-plain-fence", "bare-minus-a", "no-patch", "empty-block", "empty-reply"]
+
+
+@pytest.mark.parametrize("reply,patch", PATCH_SHAPES, ids=SHAPE_NAMES)
 def test_extract_patch(reply, patch):
     assert extract_patch(reply) == patch
 
