@@ -39,6 +39,7 @@ def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
     parser.add_argument("--micro-batch-size", type=int, default=8, help="sequences per forward pass while scoring")
     parser.add_argument("--chat", action="store_true", help="chat-format every generated-answer task (as a task's `chat: true` does) "
                         "with the checkpoint's post-training template, else the shipped ChatML one")
+    parser.add_argument("--chat-template", help="the chat template of chat-formatted tasks: a .jinja file or a tokenizer directory")
     parser.add_argument("--output", help="JSON report (and <report>.<task>.png per passkey task); also printed as a table")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_verbose_flag(parser)
@@ -93,7 +94,7 @@ def evaluate_tasks(model, specs: list, args: argparse.Namespace, rank: int) -> T
     tokenizer = build_configured_tokenizer(model.job.tokenizer, model.job.model.vocab_size)
     chat = None
     if any(spec.chat for spec in specs):
-        served = served_template(model.job, tokenizer)
+        served = served_template(model.job, tokenizer, args.chat_template)
         chat = ChatFormat(served.prompt, tuple(served.stop))
     eval_model = from_inference_model(model, tokenizer, args.micro_batch_size, chat)
     rows, seconds = [], {}
@@ -111,13 +112,11 @@ def evaluate_tasks(model, specs: list, args: argparse.Namespace, rank: int) -> T
 
 def run(args: argparse.Namespace) -> int:
     from megatron_sota.evaluation.report import check_thresholds, write_report
-    from megatron_sota.inference.checkpoint_model import inference_parallel, load_inference_model
-    from megatron_sota.runtime.launch_env import read_launch_env
-    from megatron_sota.runtime.session import distributed_session
+    from megatron_sota.inference.checkpoint_model import load_inference_model
+    from megatron_sota.inference.text_model import inference_session
 
     specs = load_tasks(args.task, args)
-    env = read_launch_env()
-    with distributed_session(inference_parallel(env.world_size), "auto", env=env) as session:
+    with inference_session() as (env, session):
         model = load_inference_model(args.load, session.device, "fp32" if session.is_cpu else None)
         rows, seconds = evaluate_tasks(model, specs, args, env.rank)
     failures = check_thresholds(rows, {spec.name: spec for spec in specs})

@@ -55,29 +55,18 @@ def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
 
 
 def _chat(model, tokenizer, args: argparse.Namespace) -> dict:
-    """PatchWriter's render, stop_ids and stop_text for --chat.
+    """PatchWriter's render, stop_ids and stop_text for --chat: the server's template (serving/chat.served_template),
+    whose end of turn is a token, or for a checkpoint never post-trained, text."""
+    from megatron_sota.serving.chat import served_template
 
-    A checkpoint never post-trained has no end-of-turn token: the shipped template then still renders, and its
-    end-of-turn text ends a reply as text (as the server does).
-    """
-    from megatron_sota.posttrain.cai.respond import chat_template_of
-    from megatron_sota.posttrain.chat_template import ChatTemplate
-
-    try:
-        template = chat_template_of(model, tokenizer, args.chat_template, args.load)
-        stop_ids, stop_text = tokenizer.tokenize(template.end_of_turn), None
-    except MegatronSotaError as err:
-        recorded = model.job.posttrain is not None and model.job.posttrain.chat_template_text
-        if args.chat_template or recorded:
-            raise
-        log.info("--chat: %s; the end of a turn is matched as text instead", err)
-        template = ChatTemplate.load(None, tokenizer, end_of_turn_token=False)
-        stop_ids, stop_text = [], template.end_of_turn
+    served = served_template(model.job, tokenizer, args.chat_template)
 
     def render(prompt: str) -> str:
-        return template.render([{"role": "user", "content": prompt}], add_generation_prompt=True, where="--chat")
+        return served.prompt([{"role": "user", "content": prompt}])
 
-    return {"render": render, "stop_ids": stop_ids, "stop_text": stop_text}
+    if served.stop:
+        return {"render": render, "stop_ids": [], "stop_text": served.stop[0]}
+    return {"render": render, "stop_ids": tokenizer.tokenize(served.template.end_of_turn), "stop_text": None}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 from megatron_sota.errors import MegatronSotaError
 from megatron_sota.posttrain.chat_template import ChatTemplate
@@ -25,13 +25,16 @@ class ServedTemplate:
         return self.template.render(messages, add_generation_prompt=True, where="messages")
 
 
-def served_template(job, tokenizer) -> ServedTemplate:
-    """The run's recorded template (`posttrain.chat_template_text`, written by post-training), else the shipped one.
+def served_template(job, tokenizer, source: Optional[str] = None) -> ServedTemplate:
+    """`source` when given (ChatTemplate.load: a .jinja file or a tokenizer directory); else the run's recorded template
+    (`posttrain.chat_template_text`, written by post-training), else the shipped one.
 
     A model post-trained with a template has its end-of-turn token, which the engine stops at. A pretrained model
-    usually lacks it (its tokenizer spells `<|im_end|>` in pieces): the template still renders, and its end-of-turn
-    text becomes a stop string.
+    usually lacks it (its tokenizer spells `<|im_end|>` in pieces): the shipped template still renders, and its
+    end-of-turn text becomes a stop string. Also the chat template of evaluation's and SWE-bench's `--chat`.
     """
+    if source is not None:
+        return ServedTemplate(ChatTemplate.load(source, tokenizer), ())
     posttrain = getattr(job, "posttrain", None)
     text = getattr(posttrain, "chat_template_text", None)
     origin = "the run's post-training template (posttrain.chat_template_text)" if text else None
