@@ -92,6 +92,7 @@ def _verdict(check: Check | None) -> str:
 def history_figure(history: Sequence[IterationResult], checks: Sequence[Check]):
     """A matplotlib Figure (no pyplot state): one panel per gated metric, its value ± stderr at each iteration, its bounds dashed."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     columns = min(3, len(checks)) or 1
     rows_count = -(-len(checks) // columns) or 1
@@ -108,6 +109,7 @@ def history_figure(history: Sequence[IterationResult], checks: Sequence[Check]):
                 axes.axhline(bound, color="tab:red", linestyle="--", label=f"threshold ({name} {bound:g})")
         axes.set_title(f"{check.task}: {check.metric}", fontsize=9)
         axes.set_xlabel("iteration")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.legend(fontsize=7)
     return figure
 
