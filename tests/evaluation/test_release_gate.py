@@ -118,7 +118,9 @@ def test_a_passing_gate_exits_0_and_a_second_run_evaluates_only_new_checkpoints(
     # Thresholds are not part of what is kept: a stricter gate is judged on the kept rows, with no model loaded.
     write_gate(tmp_path / "gate.yaml", {"acc": 0.99})
     code, _, err = run_tool("release_gate", argv, capsys)
-    assert code == 3 and "acc" in err and len(loaded) == 2
+    assert code == 3 and "task arithmetic_mc: acc = " in err and len(loaded) == 2
+    third = json.loads((out_dir / "release_gate.json").read_text())
+    assert [(h["iteration"], h["cached"]) for h in third["history"]] == [(10, True), (20, True)]  # the plot keeps iteration 10
 
 
 def test_kept_results_are_keyed_by_what_the_rows_depend_on_and_not_by_thresholds(tmp_path):
@@ -156,3 +158,17 @@ def test_the_plot_draws_each_gated_metric_across_iterations_with_its_threshold(t
         assert list(series.get_xdata()) == [10, 20, 40]
         assert list(series.get_ydata()) == [[0.25, 0.375, 0.5], [0.5, 0.625, 0.75]][column - 1]
         assert [line.get_ydata()[0] for line in thresholds] == bounds
+
+
+def test_iterations_select_the_latest_every_or_the_named_saved_checkpoints(run_dir):
+    from megatron_sota.checkpointing.paths import iter_dir
+    from megatron_sota.cli.release_gate import select_checkpoints
+    from megatron_sota.errors import MegatronSotaError
+
+    ten, twenty = iter_dir(run_dir, 10), iter_dir(run_dir, 20)
+    assert select_checkpoints(run_dir, "latest") == (run_dir, [(20, twenty)])
+    assert select_checkpoints(run_dir, "all") == (run_dir, [(10, ten), (20, twenty)])
+    assert select_checkpoints(run_dir, "20,10") == (run_dir, [(10, ten), (20, twenty)])
+    assert select_checkpoints(ten, "latest") == (run_dir, [(10, ten)])
+    with pytest.raises(MegatronSotaError, match=r"found no iteration 30 \(saved: 10, 20\)"):
+        select_checkpoints(run_dir, "10,30")
