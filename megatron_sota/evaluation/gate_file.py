@@ -14,6 +14,7 @@ import yaml
 
 from megatron_sota.errors import MegatronSotaError
 from megatron_sota.evaluation.runner import check_task_data
+from megatron_sota.evaluation.task_file import load_yaml
 from megatron_sota.evaluation.task_spec import (
     REGISTRY_DIR, TASK_TYPES, THRESHOLDS_EXPECTED, TaskSpec, _spec_problems, _typed_thresholds, load_task,
 )
@@ -179,17 +180,7 @@ def _task_argument(name: str, gate_dir: str, registry_dir: str) -> str:
 
 def _load(path: str) -> tuple[dict, yaml.MappingNode]:
     """(the YAML mapping, its node for line numbers); a file that is not a YAML mapping raises at once."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except OSError as err:
-        raise MegatronSotaError(f"{path}: {err.strerror}") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else path
-        raise MegatronSotaError(f"{where}: not valid YAML ({getattr(err, 'problem', None) or err})") from None
+    data, root = load_yaml(path)
     if not isinstance(data, dict):
         raise MegatronSotaError(f"{path}: expected a mapping with 'tasks' (and 'description', 'safety'), found {type(data).__name__}")
     return data, root
