@@ -105,8 +105,8 @@ def expected_value(key: str) -> str:
     return words + (" or null" if optional else "")
 
 
-def _read_mapping(yaml_file: str) -> tuple[dict, dict[str, int], dict[str, str]]:
-    """(the YAML mapping, key -> line, key -> problem for keys given twice); unreadable YAML raises."""
+def load_yaml(yaml_file: str) -> tuple[object, yaml.Node]:
+    """(the file's YAML value, its node tree for line numbers); an unreadable file or invalid YAML raises, naming the line."""
     try:
         with open(yaml_file, encoding="utf-8") as handle:
             text = handle.read()
@@ -118,6 +118,12 @@ def _read_mapping(yaml_file: str) -> tuple[dict, dict[str, int], dict[str, str]]
         mark = getattr(err, "problem_mark", None)
         where = f"{yaml_file}:{mark.line + 1}" if mark is not None else yaml_file
         raise MegatronSotaError(f"{where}: not valid YAML ({getattr(err, 'problem', None) or err})") from None
+    return data, root
+
+
+def _read_mapping(yaml_file: str) -> tuple[dict, dict[str, int], dict[str, str]]:
+    """(the YAML mapping, key -> line, key -> problem for keys given twice); unreadable YAML raises."""
+    data, root = load_yaml(yaml_file)
     if not isinstance(data, dict):
         raise MegatronSotaError(f"{yaml_file}: expected a mapping of task keys, found {type(data).__name__}")
     lines: dict[str, int] = {}
