@@ -92,6 +92,7 @@ setup(
             "megatron-sota-generate=megatron_sota.inference.generate_cli:main",
             "megatron-sota-evaluate=megatron_sota.cli.evaluate:main",
             "megatron-sota-swebench-predictions=megatron_sota.cli.swebench_predictions:main",
+            "megatron-sota-release-gate=megatron_sota.cli.release_gate:main",
             "megatron-sota-plan=megatron_sota.cli.plan:main",
             "megatron-sota-benchmark=megatron_sota.cli.benchmark:main",
             "megatron-sota-compare-runs=megatron_sota.cli.compare_runs:main",

@@ -79,8 +79,11 @@ def load_tasks(names: List[str], args: argparse.Namespace) -> list:
     return specs
 
 
-def evaluate_tasks(model, specs: list, args: argparse.Namespace, rank: int) -> Tuple[list, Dict[str, float]]:
-    """(metric rows, seconds per task) of `specs` on an InferenceModel, with progress bars on rank 0."""
+def evaluate_tasks(
+    model, specs: list, *, micro_batch_size: int, limit: Optional[int], progress: bool, chat_template: Optional[str] = None,
+) -> Tuple[list, Dict[str, float]]:
+    """(metric rows, seconds per task) of `specs` on an InferenceModel, with progress bars when `progress` (rank 0);
+    `chat_template`: the template of chat-formatted tasks (default: the checkpoint's, else the shipped one)."""
     from megatron_sota.data.tokenizer import build_configured_tokenizer
     from megatron_sota.evaluation.eval_models import from_inference_model
     from megatron_sota.evaluation.passkey import check_lengths_fit
@@ -94,15 +97,15 @@ def evaluate_tasks(model, specs: list, args: argparse.Namespace, rank: int) -> T
     tokenizer = build_configured_tokenizer(model.job.tokenizer, model.job.model.vocab_size)
     chat = None
     if any(spec.chat for spec in specs):
-        served = served_template(model.job, tokenizer, args.chat_template)
+        served = served_template(model.job, tokenizer, chat_template)
         chat = ChatFormat(served.prompt, tuple(served.stop))
-    eval_model = from_inference_model(model, tokenizer, args.micro_batch_size, chat)
+    eval_model = from_inference_model(model, tokenizer, micro_batch_size, chat)
     rows, seconds = [], {}
     for spec in specs:
         start = time.perf_counter()
-        bar, progress = _progress_bar(rank == 0 and not args.no_progress, spec.name)
+        bar, update = _progress_bar(progress, spec.name)
         try:
-            rows.extend(evaluate(spec, eval_model, args.limit, progress))
+            rows.extend(evaluate(spec, eval_model, limit, update))
         finally:
             if bar is not None:
                 bar.close()
@@ -118,7 +121,10 @@ def run(args: argparse.Namespace) -> int:
     specs = load_tasks(args.task, args)
     with inference_session() as (env, session):
         model = load_inference_model(args.load, session.device, "fp32" if session.is_cpu else None)
-        rows, seconds = evaluate_tasks(model, specs, args, env.rank)
+        rows, seconds = evaluate_tasks(
+            model, specs, micro_batch_size=args.micro_batch_size, limit=args.limit,
+            progress=env.rank == 0 and not args.no_progress, chat_template=args.chat_template,
+        )
     failures = check_thresholds(rows, {spec.name: spec for spec in specs})
     if env.rank != 0:
         return BELOW_THRESHOLD_EXIT_CODE if failures else 0

@@ -98,12 +98,14 @@ def run(args: argparse.Namespace) -> int:
         if results[iteration] is not None:
             log.info("iteration %s: results kept from an earlier run (%s)", iteration, cache.directory)
     if todo:
-        evaluation_args = argparse.Namespace(limit=args.limit, micro_batch_size=args.micro_batch_size, no_progress=args.no_progress)
         with distributed_session(inference_parallel(env.world_size), "auto", env=env) as session:
             for iteration, checkpoint in todo:
                 log.info("iteration %s: evaluating %s on %d task(s)", iteration, checkpoint, len(specs))
                 model = load_inference_model(checkpoint, session.device, "fp32" if session.is_cpu else None)
-                rows, seconds = evaluate_tasks(model, specs, evaluation_args, env.rank)
+                rows, seconds = evaluate_tasks(
+                    model, specs, micro_batch_size=args.micro_batch_size, limit=args.limit,
+                    progress=env.rank == 0 and not args.no_progress,
+                )
                 del model
                 results[iteration] = IterationResult(iteration, os.path.abspath(checkpoint), tuple(rows), seconds, cached=False)
                 if env.rank == 0:

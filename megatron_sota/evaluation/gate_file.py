@@ -16,7 +16,7 @@ from megatron_sota.errors import MegatronSotaError
 from megatron_sota.evaluation.runner import check_task_data
 from megatron_sota.evaluation.task_file import load_yaml
 from megatron_sota.evaluation.task_spec import (
-    REGISTRY_DIR, TASK_TYPES, THRESHOLDS_EXPECTED, TaskSpec, _spec_problems, _typed_thresholds, load_task,
+    REGISTRY_DIR, TASK_TYPES, THRESHOLDS_EXPECTED, TaskSpec, spec_problems, typed_thresholds, load_task,
 )
 
 SAFETY_TASK = "safety_refusal"
@@ -138,7 +138,7 @@ def _read_entry(
     thresholds = None
     if "thresholds" in entry:
         try:
-            thresholds = _typed_thresholds(entry["thresholds"])
+            thresholds = typed_thresholds(entry["thresholds"])
         except ValueError as err:
             problem("thresholds", f"expected {THRESHOLDS_EXPECTED}, found {entry['thresholds']!r}{err}")
     if len(problems) > count:
@@ -159,7 +159,7 @@ def _read_entry(
     spec = dataclasses.replace(spec, **overrides)
     # The task file passed these checks as written; what fails now is the gate's overrides (a threshold on a
     # metric the type does not report, chat on a scored type), so each is reported at the gate's line.
-    for key, message in _spec_problems(spec, where):
+    for key, message in spec_problems(spec, where):
         problems.append((lines.get(key, start), message))
     if not spec.thresholds:
         problem("thresholds", f"expected at least one threshold (here or in {spec.source or 'the task'}): a gate that checks nothing cannot fail, found none")

@@ -217,7 +217,7 @@ def _load_yaml(yaml_file: str, name: str, task_type: str | None, num_fewshot: in
             problems["stop"] = f"{where('stop')}: expected a non-empty string or a list of them, found {data['stop']!r}"
     if "thresholds" in values:
         try:
-            values["thresholds"] = _typed_thresholds(values["thresholds"])
+            values["thresholds"] = typed_thresholds(values["thresholds"])
         except ValueError as err:
             problems["thresholds"] = f"{where('thresholds')}: expected {THRESHOLDS_EXPECTED}, found {data['thresholds']!r}{err}"
 
@@ -227,7 +227,7 @@ def _load_yaml(yaml_file: str, name: str, task_type: str | None, num_fewshot: in
         if num_fewshot is not None:
             settings["num_fewshot"] = num_fewshot
         spec = TaskSpec(name=name, type=final_type, path=path or "", source=yaml_file, **settings)
-        for key, message in _spec_problems(spec, where):
+        for key, message in spec_problems(spec, where):
             problems.setdefault(key, message)
     if problems:
         raise MegatronSotaError("\n".join(problems[k] for k in sorted(problems, key=task_file.line)))
@@ -252,14 +252,14 @@ def _resolve_file(file_value: str, yaml_file: str, where: Callable[[str], str], 
 
 
 def _check_spec(spec: TaskSpec, origin: str) -> TaskSpec:
-    """A task given as a path on the command line: the checks of _spec_problems, all reported at once."""
-    problems = _spec_problems(spec, lambda key: f"task {spec.name} ({origin}): {key}")
+    """A task given as a path on the command line: the checks of spec_problems, all reported at once."""
+    problems = spec_problems(spec, lambda key: f"task {spec.name} ({origin}): {key}")
     if problems:
         raise MegatronSotaError("\n".join(message for _, message in problems))
     return spec
 
 
-def _spec_problems(spec: TaskSpec, at: Callable[[str], str]) -> list[tuple[str, str]]:
+def spec_problems(spec: TaskSpec, at: Callable[[str], str]) -> list[tuple[str, str]]:
     """(key, message) for what needs the final type (after a command-line override): data format, templates, thresholds."""
     problems = []
     if spec.type == "passkey":
@@ -312,7 +312,7 @@ def threshold_bounds(metric: str, bound: object) -> tuple[float | None, float | 
     return (None, float(bound)) if metric.split("/", 1)[0] in LOWER_IS_BETTER else (float(bound), None)
 
 
-def _typed_thresholds(thresholds: object) -> dict[str, float | dict[str, float]]:
+def typed_thresholds(thresholds: object) -> dict[str, float | dict[str, float]]:
     """metric -> float, or -> {"min"?: float, "max"?: float}; ValueError (" (why)", or "") for anything else."""
     if not isinstance(thresholds, dict) or not all(isinstance(k, str) for k in thresholds):
         raise ValueError("")

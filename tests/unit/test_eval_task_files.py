@@ -136,6 +136,9 @@ def test_text_documents_need_text(tmp_path):
 
 
 def test_shipped_registry_loads_and_reads():
+    from megatron_sota.evaluation.runner import check_task_data
+    from megatron_sota.evaluation.task_data import read_task_items
+
     names = registered_tasks()
     assert {"arithmetic_mc", "arithmetic_em", "python_docs_ppl", "arithmetic_mc_gate"} <= set(names)
     readers = {"multiple_choice": read_multiple_choice, "exact_match": read_exact_match, "perplexity": read_text_documents}
@@ -147,6 +150,10 @@ def test_shipped_registry_loads_and_reads():
         if spec.type == "refusal":  # its own reader and set sizes: tests/unit/test_safety_gate.py
             continue
         assert spec.name == name and os.path.isabs(spec.path)
+        if spec.format is not None:  # a benchmark format's small sample (tests/evaluation/test_benchmark_files.py)
+            check_task_data(spec)
+            assert 6 <= len(read_task_items(spec)) <= 30
+            continue
         records = readers[spec.type](spec.path)
         assert 30 <= len(records) <= 60
     em = load_task("arithmetic_em")

@@ -28,6 +28,8 @@ USER_TOOLS = {
     "convert_checkpoint": "megatron-sota-convert",
     "generate": "megatron-sota-generate",
     "evaluate": "megatron-sota-evaluate",
+    "swebench_predictions": "megatron-sota-swebench-predictions",
+    "release_gate": "megatron-sota-release-gate",
     "plan": "megatron-sota-plan",
     "benchmark": "megatron-sota-benchmark",
     "compare_runs": "megatron-sota-compare-runs",
