@@ -21,7 +21,7 @@ from megatron_sota.quiet import quiet_megatron
 quiet_megatron()  # before torchao and megatron-core are imported
 
 from megatron_sota.errors import MegatronSotaError  # noqa: E402
-from megatron_sota.runtime.log import add_verbose_flag, setup_logging  # noqa: E402
+from megatron_sota.runtime.log import add_verbose_flag, command_main  # noqa: E402
 
 log = logging.getLogger("megatron_sota.cli.quantize")  # not __name__: that is "__main__" under -m
 
@@ -144,13 +144,7 @@ def _table(report: dict) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = parse_args(argv)
-    setup_logging("DEBUG" if args.verbose else "INFO", info_stream="stderr")
-    try:
-        return run(args)
-    except MegatronSotaError as err:
-        log.error("%s", err)
-        return 1
+    return command_main(argv, parse_args, run, log)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,10 @@ import argparse
 import logging
 import os
 import sys
+from typing import Callable, List, Optional
 
 from megatron_sota.config.run import LOG_LEVELS
+from megatron_sota.errors import MegatronSotaError
 
 PACKAGE_LOGGER = "megatron_sota"
 # megatron-core logs every import, dataset and bucket decision at INFO: its records are shown from
@@ -113,3 +115,15 @@ def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--verbose", action="store_true", help="also debug lines and the libraries' own logs (megatron-core's INFO lines)"
     )
+
+
+def command_main(argv: Optional[List[str]], parse_args: Callable, run: Callable, log: logging.Logger) -> int:
+    """The main() of a command whose product goes to stdout: messages on stderr (--verbose: debug too), a user error
+    logged as one line with exit code 1, else run(args)'s exit code."""
+    args = parse_args(argv)
+    setup_logging("DEBUG" if args.verbose else "INFO", info_stream="stderr")
+    try:
+        return run(args)
+    except MegatronSotaError as err:
+        log.error("%s", err)
+        return 1
