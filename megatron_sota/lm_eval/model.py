@@ -38,6 +38,9 @@ def _session_device(device: Optional[str]) -> str:
     kind = str(device).split(":")[0]
     if kind not in ("cpu", "cuda", "auto"):
         raise MegatronSotaError(f"model 'megatron_sota': device: expected cpu, cuda or cuda:N, found {device!r}")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise MegatronSotaError(f"model 'megatron_sota': device: lm-eval asks for {device!r} (its --device defaults to cuda:0) "
+                                "but torch sees no CUDA device: pass --device cpu")
     return kind
 
 

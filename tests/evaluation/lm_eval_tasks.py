@@ -31,11 +31,14 @@ def write_tasks(directory: str, until: Optional[list] = None) -> str:
 
 
 def loglikelihoods(results: dict, task: str) -> list:
-    """Per document, per request: (log-likelihood, is_greedy) for loglikelihood tasks, the sum for rolling ones."""
-    out = []
-    for sample in sorted(results["samples"][task], key=lambda s: s["doc_id"]):
-        out.append([tuple(r[0]) if isinstance(r[0], (list, tuple)) else r[0] for r in sample["resps"]])
-    return out
+    """Per document, per request: (log-likelihood, is_greedy) for loglikelihood tasks, the sum for rolling ones.
+    `results`: simple_evaluate's, or {"samples": {task: the lines of lm-eval's samples file}} (which writes strings)."""
+    def value(response):
+        if isinstance(response, (list, tuple)):
+            return float(response[0]), response[1] in (True, "True")
+        return float(response)
+
+    return [[value(r[0]) for r in sample["resps"]] for sample in sorted(results["samples"][task], key=lambda s: s["doc_id"])]
 
 
 def our_task_yaml(directory: str) -> str:

@@ -120,7 +120,7 @@ def test_tp2_under_torchrun_matches_the_hf_backend(hf, checkpoint, offline, tmp_
 
     out = tmp_path / "results"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
-               "-m", "megatron_sota.lm_eval", "--model", "megatron_sota", "--model_args", f"load={checkpoint},device=cpu",
+               "-m", "megatron_sota.lm_eval", "--model", "megatron_sota", "--model_args", f"load={checkpoint}", "--device", "cpu",
                "--tasks", MC, "--include_path", offline, "--batch_size", "8", "--output_path", str(out), "--log_samples"]
     env = {**os.environ, **OFFLINE, "PYTHONPATH": os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p)}
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
