@@ -4,11 +4,13 @@ lm-eval's CLI finds only its own models; this registers ours, then runs lm-eval'
 Under `torchrun --nproc-per-node N` each rank is one TP shard; only LOCAL_RANK 0 prints and writes results.
 """
 
+import importlib
+
 from megatron_sota.quiet import quiet_megatron
 
 quiet_megatron()
+importlib.import_module("megatron_sota.lm_eval.model")  # registers "megatron_sota" with lm-eval (its decorator)
 
-import megatron_sota.lm_eval  # noqa: E402,F401  (registers the model)
 from lm_eval.__main__ import cli_evaluate  # noqa: E402
 
 if __name__ == "__main__":

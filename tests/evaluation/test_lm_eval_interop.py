@@ -19,6 +19,8 @@ from tests.tool_runner import run_tool
 STOP = ["  \n"]
 """The generation task's stop string here: the tiny model writes indented blank lines, so a row ends on it."""
 MAX_GEN_TOKS = 16
+PROBES = ("\n", "\n#")
+"""Continuations scored after each generation prompt, for is_greedy."""
 """The generation task's max_gen_toks (examples/lm_eval/megatron_sota_gen_sample.yaml)."""
 
 
@@ -43,8 +45,15 @@ def ours(checkpoint, offline) -> dict:
     """lm-eval's Python API on our model, by its registered name (TP=1)."""
     import megatron_sota.lm_eval
 
+    from lm_eval.api.instance import Instance
+
     try:
-        return _evaluate("megatron_sota", f"load={checkpoint}", [MC, GEN, PPL], offline)
+        results = _evaluate("megatron_sota", f"load={checkpoint}", [MC, GEN, PPL], offline)
+        # The task's items have no greedy continuation; a newline after a line of code often is one.
+        probes = [(s["doc"]["prompt"], cont) for s in results["samples"][GEN] for cont in PROBES]
+        model = megatron_sota.lm_eval.MegatronSotaLM._open
+        results["probes"] = list(zip(probes, model.loglikelihood([Instance("loglikelihood", {}, p, i) for i, p in enumerate(probes)])))
+        return results
     finally:
         megatron_sota.lm_eval.close()  # later tests of this process start their own distributed sessions
 
@@ -99,6 +108,25 @@ def test_generate_until_is_transformers_greedy_cut_at_the_stop_string(ours, hf_e
         stopped += cut >= 0
         assert sample["resps"][0][0] == (text[:cut] if cut >= 0 else text), sample["doc"]["prompt"]
     assert stopped, "no row ended at the stop string: the check would not see it ignored"
+
+
+def test_is_greedy_is_transformers_argmax(ours, hf_export):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(hf_export)
+    model = AutoModelForCausalLM.from_pretrained(hf_export, dtype=torch.float32)
+    flags = []
+    for (context, continuation), (_, is_greedy) in ours["probes"]:
+        stripped = context.rstrip()  # lm-eval's split: the context's trailing whitespace joins the continuation
+        context_ids = tokenizer(stripped).input_ids
+        whole = tokenizer(stripped + context[len(stripped):] + continuation).input_ids
+        with torch.no_grad():
+            logits = model(torch.tensor([whole[:-1]])).logits[0]
+        expected = logits[len(context_ids) - 1:].argmax(-1).tolist() == whole[len(context_ids):]
+        assert is_greedy == expected, (context, continuation)
+        flags.append(is_greedy)
+    assert True in flags and False in flags, "the probes must hold greedy and non-greedy continuations"
 
 
 def test_our_multiple_choice_metrics_are_lm_evals(hf, checkpoint, offline, tmp_path, capsys):
