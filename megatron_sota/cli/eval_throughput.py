@@ -79,12 +79,16 @@ def measure(name: str, model_args: str, args: argparse.Namespace) -> dict:
     }
 
 
+def _number(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def table(rows: List[dict]) -> str:
     head = f"{'backend':<14}{'load s':>9}{'eval s':>9}{'model s':>9}{'requests':>10}{'req/s':>9}{'model req/s':>13}"
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(f"{r['backend']:<14}{r['load_s']:>9.2f}{r['eval_s']:>9.2f}{r['model_s']:>9.2f}{sum(r['requests'].values()):>10}"
-                     f"{r['requests_per_s']:>9.2f}{r['model_requests_per_s']:>13.2f}")
+                     f"{_number(r['requests_per_s']):>9}{_number(r['model_requests_per_s']):>13}")
     for r in rows:
         for task, values in r["metrics"].items():
             lines.append(f"{r['backend']} {task}: " + ", ".join(f"{k}={v:.4f}" for k, v in values.items() if isinstance(v, float)))
