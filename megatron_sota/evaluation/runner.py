@@ -71,10 +71,10 @@ class EvalModel:
 def encode_pair(tokenizer, context: str, continuation: str) -> Tuple[List[int], List[int]]:
     """Token ids of (context, continuation) as lm-evaluation-harness splits them.
 
-    The context's trailing spaces move to the continuation and the pair is encoded whole, so the
-    continuation's tokens are the ones the model would see after that context.
+    The context's trailing whitespace (spaces, newlines) moves to the continuation and the pair is encoded whole,
+    so the continuation's tokens are the ones the model would see after that context.
     """
-    spaces = len(context) - len(context.rstrip(" "))
+    spaces = len(context) - len(context.rstrip())
     if spaces:
         context, continuation = context[:-spaces], context[-spaces:] + continuation
     whole = tokenizer.tokenize(context + continuation)
@@ -86,21 +86,30 @@ def encode_pair(tokenizer, context: str, continuation: str) -> Tuple[List[int], 
     return context_ids, whole[len(context_ids):]
 
 
-def loglikelihoods(scorer: PipelineScorer, requests: Sequence[Tuple[List[int], List[int]]], progress: Progress = None) -> torch.Tensor:
-    """[n, 1]: the sum of each continuation's log-probs given its context."""
+def score_pairs(
+    scorer: PipelineScorer, requests: Sequence[Tuple[List[int], List[int]]], progress: Progress = None,
+    max_length: Optional[int] = None,
+) -> List[Tuple[float, bool]]:
+    """(sum of the continuation's log-probs given its context, whether greedy decoding writes the continuation) per
+    request; the context is cut from the left to fit max_length (default: the scorer's), as lm-eval cuts it."""
     sequences, spans = [], []
-    limit = scorer.max_length + 1
+    limit = (scorer.max_length if max_length is None else max_length) + 1
     for context, continuation in requests:
         if not continuation:
             raise MegatronSotaError("a continuation tokenizes to no tokens")
-        sequence = (list(context) + list(continuation))[-limit:]  # the context is cut from the left, as lm-eval does
+        sequence = (list(context) + list(continuation))[-limit:]
         sequences.append(sequence)
         spans.append(min(len(continuation), len(sequence) - 1))
     scored = scorer.score(sequences, progress)
-    out = torch.zeros(len(requests), 1, dtype=torch.float64)
-    for row, (span, item) in enumerate(zip(spans, scored)):
-        out[row, 0] = item.logprobs[-span:].sum()
-    return out
+    return [
+        (float(item.logprobs[-span:].sum()), item.greedy[-span:].tolist() == sequence[-span:])
+        for sequence, span, item in zip(sequences, spans, scored)
+    ]
+
+
+def loglikelihoods(scorer: PipelineScorer, requests: Sequence[Tuple[List[int], List[int]]], progress: Progress = None) -> torch.Tensor:
+    """[n, 1]: the sum of each continuation's log-probs given its context."""
+    return torch.tensor([[total] for total, _ in score_pairs(scorer, requests, progress)], dtype=torch.float64).reshape(len(requests), 1)
 
 
 def over_data_parallel(items: Sequence, compute: Callable[[Sequence], torch.Tensor], columns: int, scorer) -> torch.Tensor:

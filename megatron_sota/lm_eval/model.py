@@ -55,12 +55,6 @@ def _micro_batch_size(micro_batch_size, batch_size) -> int:
     return micro_batch_size
 
 
-def lm_eval_split(context: str, continuation: str) -> Tuple[str, str]:
-    """lm-eval's split of a request: the context's trailing whitespace (spaces and newlines) moves to the continuation."""
-    stripped = context.rstrip()
-    return stripped, context[len(stripped):] + continuation
-
-
 @register_model("megatron_sota")
 class MegatronSotaLM(LM):
     """`--model megatron_sota --model_args load=<checkpoint>[,micro_batch_size=8][,max_length=N][,max_gen_toks=256]
@@ -112,6 +106,9 @@ class MegatronSotaLM(LM):
         self.tensor_parallel = env.world_size
         self._show_progress = env.local_rank == 0
         self._device = session.device
+        self._served = None
+        self._chat_stop: List[str] = []
+        """End-of-turn text that ends a generation once prompts are chat-formatted (apply_chat_template)."""
 
     # ---- lifetime ----
 
@@ -136,6 +133,30 @@ class MegatronSotaLM(LM):
         if stack is not None:
             stack.__exit__(*(exc or (None, None, None)))
 
+    # ---- chat (lm-eval's --apply_chat_template) ----
+
+    @property
+    def tokenizer_name(self) -> str:
+        """Fingerprints lm-eval's request caches of chat-formatted prompts."""
+        return f"megatron_sota:{self.checkpoint}"
+
+    def chat_template(self, chat_template=False) -> str:
+        return self._served_template().template.text
+
+    def apply_chat_template(self, chat_history: List[Dict[str, str]], add_generation_prompt: bool = True) -> str:
+        """The conversation rendered with the checkpoint's template (the server's: its post-training template, else the
+        shipped ChatML one, whose end-of-turn text then also ends generations)."""
+        served = self._served_template()
+        self._chat_stop = list(served.stop)
+        return served.template.render(chat_history, add_generation_prompt=add_generation_prompt, where="lm-eval's chat history")
+
+    def _served_template(self):
+        from megatron_sota.serving.chat import served_template
+
+        if self._served is None:
+            self._served = served_template(self.model.job, self.tokenizer)
+        return self._served
+
     def get_model_info(self) -> dict:
         """Recorded in lm-eval's results['config']."""
         return {"checkpoint": self.checkpoint, "tensor_parallel": self.tensor_parallel, "micro_batch_size": self.micro_batch_size, "max_length": self.max_length}
@@ -145,26 +166,17 @@ class MegatronSotaLM(LM):
     def _encode(self, context: str, continuation: str) -> Pair:
         from megatron_sota.evaluation.runner import encode_pair
 
-        pair = encode_pair(self.tokenizer, *lm_eval_split(context, continuation))
+        pair = encode_pair(self.tokenizer, context, continuation)  # lm-eval's split: trailing whitespace moves over
         if not pair[1]:
             raise MegatronSotaError(f"a continuation tokenizes to no tokens: context {context[-40:]!r}, continuation {continuation!r}")
         return pair
 
     def _score_pairs(self, pairs: Sequence[Pair], desc: str) -> List[Tuple[float, bool]]:
-        """(sum of the continuation's log-probs, whether greedy decoding gives the continuation) per (context, continuation),
-        the context cut from the left to fit max_length as lm-eval's hf model cuts it."""
-        sequences, spans = [], []
-        for context, continuation in pairs:
-            sequence = (list(context) + list(continuation))[-(self.max_length + 1):]
-            sequences.append(sequence)
-            spans.append(min(len(continuation), len(sequence) - 1))
-        with tqdm(total=len(sequences), desc=desc, disable=not self._show_progress) as bar:
-            scored = self.scorer.score(sequences, bar.update)
-        out = []
-        for sequence, span, item in zip(sequences, spans, scored):
-            greedy = item.greedy[-span:].tolist() == sequence[-span:]
-            out.append((float(item.logprobs[-span:].sum()), greedy))
-        return out
+        """(sum of the continuation's log-probs, whether greedy decoding gives the continuation) per (context, continuation)."""
+        from megatron_sota.evaluation.runner import score_pairs
+
+        with tqdm(total=len(pairs), desc=desc, disable=not self._show_progress) as bar:
+            return score_pairs(self.scorer, pairs, bar.update, self.max_length)
 
     def loglikelihood(self, requests) -> List[Tuple[float, bool]]:
         results = self._score_pairs([self._encode(*r.args) for r in requests], "megatron_sota loglikelihood")
@@ -217,7 +229,7 @@ class MegatronSotaLM(LM):
         from megatron_sota.inference.sampling import SamplingSettings
 
         kwargs = normalize_gen_kwargs(dict(gen_kwargs), self.max_gen_toks)
-        until = handle_stop_sequences(kwargs.pop("until", None), eos=None)  # the end-of-document id stops a row
+        until = handle_stop_sequences(kwargs.pop("until", None), eos=None) + self._chat_stop  # end-of-document stops a row
         budget = int(kwargs.pop("max_gen_toks"))
         sample = bool(kwargs.pop("do_sample", False))
         temperature = float(kwargs.pop("temperature", 0.0) or 0.0)

@@ -164,3 +164,51 @@ def test_tp2_under_torchrun_matches_the_hf_backend(hf, checkpoint, offline, tmp_
         samples = [json.loads(line) for line in handle]
     _assert_same_scores(loglikelihoods({"samples": {MC: samples}}, MC), loglikelihoods(hf, MC))
     assert result.stdout.count("|acc_norm") == 1, "only rank 0 prints the table"
+
+
+def test_chat_formatted_requests_use_the_checkpoints_template(checkpoint, offline):
+    """lm-eval's --apply_chat_template: the prompt is the shipped ChatML conversation (the tiny model was never
+    post-trained), and its end-of-turn text, which this tokenizer spells in pieces, joins every request's stop strings."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    import megatron_sota.lm_eval
+
+    try:
+        results = lm_eval.simple_evaluate(model="megatron_sota", model_args=f"load={checkpoint}", tasks=[GEN], log_samples=True,
+                                          apply_chat_template=True, task_manager=TaskManager(include_path=offline))
+        _, until, _ = megatron_sota.lm_eval.MegatronSotaLM._open._generation_settings({"until": ["stop"]})
+    finally:
+        megatron_sota.lm_eval.close()
+    assert until == ["stop", "<|im_end|>"]
+    for sample in results["samples"][GEN]:
+        (prompt, _), = sample["arguments"]
+        assert prompt.startswith("<|im_start|>user\n") and prompt.endswith("<|im_end|>\n<|im_start|>assistant\n"), prompt
+
+
+def test_context_continuation_split_is_lm_evals(hf_export):
+    """runner.encode_pair against lm-eval's own TemplateLM._encode_pair with the same tokenizer: trailing spaces,
+    newlines and tabs of the context move to the continuation."""
+    from lm_eval.api.model import TemplateLM
+
+    from megatron_sota.data.hf_tokenizer import HuggingFaceTokenizer
+    from megatron_sota.evaluation.runner import encode_pair
+
+    tokenizer = HuggingFaceTokenizer(hf_export)
+
+    class Reference(TemplateLM):
+        backend = "causal"
+        eot_token_id = tokenizer.eod
+
+        def tok_encode(self, string, **kwargs):
+            return tokenizer.tokenize(string)
+
+        def _loglikelihood_tokens(self, requests, **kwargs):
+            raise NotImplementedError
+
+        loglikelihood_rolling = generate_until = _loglikelihood_tokens
+
+    reference = Reference()
+    for context, continuation in [("Question: 2 + 2?\nAnswer:", " 4"), ("def f():\n", "    return 1"),
+                                  ("x = [1, 2]\n\t", "y"), ("import os  ", "sys"), ("if a:\n    \n", "pass")]:
+        assert encode_pair(tokenizer, context, continuation) == reference._encode_pair(context, continuation), (context, continuation)
