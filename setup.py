@@ -8,6 +8,8 @@ SERVE = ["fastapi>=0.115", "uvicorn>=0.30", "prometheus-client>=0.20", "redis>=5
 # Deployment exports of an HF export: int8 with torchao, ONNX with onnxruntime as the check.
 QUANTIZE = ["torchao>=0.18", "transformers>=4.51"]
 ONNX = ["onnx>=1.17", "onnxscript>=0.3", "onnxruntime>=1.20"]
+# lm-evaluation-harness: its model "megatron_sota" (megatron_sota/lm_eval/) implements the LM API of this release.
+LM_EVAL = ["lm-eval==0.4.13"]
 
 CURATE = [
     "datatrove==0.10.1",
@@ -70,11 +72,12 @@ setup(
         "serve": SERVE,
         "quantize": QUANTIZE,
         "onnx": ONNX,
+        "lm_eval": LM_EVAL,
         # trl: the post-training tests compare chat tokens, losses and scores with TRL's.
         "dev": [
             "pytest", "pytest-timeout", "transformers>=4.51", "trl==1.16.0", "hydra-submitit-launcher>=1.2", *CURATE,
             # the serving tests talk to the server through the real OpenAI client
-            *SERVE, *QUANTIZE, *ONNX, "openai>=1.40",
+            *SERVE, *QUANTIZE, *ONNX, "openai>=1.40", *LM_EVAL,
         ],
     },
     # One command per user tool; tools/<Megatron-style name>.py runs the same main() from a checkout.
