@@ -10,15 +10,10 @@ from megatron_sota.evaluation.sandbox import SandboxLimits, SandboxResult, run_s
 
 logger = logging.getLogger(__name__)
 
-# Where a HumanEval completion ends: the first new top-level statement after the function body. The list used by
-# the Codex paper's evaluation and lm-evaluation-harness's humaneval task (generation_kwargs.until).
+# Where a HumanEval completion ends: the first new top-level statement after the function body (the runner cuts
+# generations there). The list used by the Codex paper's evaluation and lm-evaluation-harness's humaneval task
+# (generation_kwargs.until).
 STOP_SEQUENCES = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
-
-
-def trim_completion(text: str) -> str:
-    """`text` up to (not including) the earliest stop sequence; unchanged when none occurs."""
-    cut = min((index for index in (text.find(stop) for stop in STOP_SEQUENCES) if index >= 0), default=len(text))
-    return text[:cut]
 
 
 CHAT_INSTRUCTION = "Complete the following Python function. Reply with the whole function in a ```python code block.\n\n```python\n{prompt}```"

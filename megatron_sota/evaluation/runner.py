@@ -315,7 +315,11 @@ def passkey_task(spec: TaskSpec, model: EvalModel, limit: Optional[int], progres
 def _cut_at_stop(tokenizer, ids: List[int], stops: Sequence[str]) -> str:
     if tokenizer.eod in ids:
         ids = ids[: ids.index(tokenizer.eod)]
-    text = tokenizer.detokenize(ids)
+    return cut_at_stops(tokenizer.detokenize(ids), stops)
+
+
+def cut_at_stops(text: str, stops: Sequence[str]) -> str:
+    """`text` up to (not including) the earliest of the non-empty `stops`; unchanged when none occurs."""
     cuts = [text.find(s) for s in stops if s and s in text]
     return text[: min(cuts)] if cuts else text
 

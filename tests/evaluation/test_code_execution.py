@@ -1,8 +1,15 @@
 """HumanEval-form programs: a completion is trimmed at the conventional stop sequences, assembled with the problem's
 test, and passes or fails in the sandbox according to whether it is right."""
 
-from megatron_sota.evaluation.code_execution import completion_program, run_samples, trim_completion
+from megatron_sota.evaluation.code_execution import STOP_SEQUENCES, completion_program, run_samples
+from megatron_sota.evaluation.runner import cut_at_stops
 from megatron_sota.evaluation.sandbox import SandboxLimits
+
+
+def trim_completion(text: str) -> str:
+    """A completion as the runner cuts a code task's generations."""
+    return cut_at_stops(text, STOP_SEQUENCES)
+
 
 # A problem written for this repository, in HumanEval's form.
 PROMPT = 'def running_max(values):\n    """The largest value seen so far at each position."""\n'
