@@ -1,13 +1,12 @@
 """Runs evaluation tasks on a model: builds the requests of a task, scores them, and turns scores into metrics.
 
-Model access goes through an `EvalModel` (a PipelineScorer plus a greedy generator), so the
-same task code serves the offline tool and in-loop evaluation. Requests are split over
-data-parallel replicas; every rank returns the same metrics.
+Model access goes through an `EvalModel` (a PipelineScorer, a greedy and, where the model can, a sampling
+generator, and a chat template), so the same task code serves the offline tool and in-loop evaluation.
+Requests are split over data-parallel replicas; every rank returns the same metrics.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import random
 from collections import defaultdict
@@ -18,6 +17,7 @@ import torch
 
 from megatron_sota.errors import MegatronSotaError
 from megatron_sota.evaluation.answer_extraction import exact_match, extract_choice_letter
+from megatron_sota.evaluation.code_execution import CHAT_INSTRUCTION, STOP_SEQUENCES, answer_code, completion_program, run_samples
 from megatron_sota.evaluation.metrics import mean_stderr, multiple_choice_scores, pass_at_k, perplexity_metrics
 from megatron_sota.evaluation.passkey import check_lengths_fit, passkey_samples, read_filler
 from megatron_sota.evaluation.passkey_report import passkey_rows
@@ -32,7 +32,6 @@ from megatron_sota.evaluation.scoring import PipelineScorer
 from megatron_sota.evaluation.task_data import choice_count, read_task_items
 from megatron_sota.evaluation.task_files import read_text_documents
 from megatron_sota.evaluation.task_spec import TaskSpec
-
 
 GreedyGenerator = Callable[[List[List[int]], int, Callable[[List[int]], bool]], List[List[int]]]
 """(prompts, max_new_tokens, finished) -> greedy new tokens per prompt; a row may stop once finished(its new tokens)."""
@@ -220,9 +219,8 @@ def sample_seed(seed: int, record: int, sample: int) -> int:
 
 def greedy_scores(spec: TaskSpec, model: EvalModel, prompts: Sequence[List[int]], score: Callable[[int, str], float], progress: Progress) -> List[float]:
     """score(i, text) per prompt i, `text` its greedy continuation cut at the task's stop strings (DP-sharded)."""
-    greedy = spec if spec.num_samples == 1 and spec.temperature == 0 else dataclasses.replace(spec, num_samples=1, temperature=0.0)
-    rows = generated_scores(greedy, model, prompts, lambda answers: [score(i, text) for i, text in answers], progress)
-    return [row[0] for row in rows]
+    rows = generated_scores(spec, model, prompts, lambda answers: [score(i, text) for i, text in answers], progress)
+    return [row[0] for row in rows]  # passkey and refusal tasks have no sampling keys: one greedy answer each
 
 
 def greedy_exact_match(spec: TaskSpec, model: EvalModel, prompts: Sequence[List[int]], answers: Sequence[str], progress: Progress) -> List[float]:
@@ -281,8 +279,6 @@ def exact_match_task(spec: TaskSpec, model: EvalModel, limit: Optional[int], pro
 def code_task(spec: TaskSpec, model: EvalModel, limit: Optional[int], progress: Progress) -> List[MetricRow]:
     """HumanEval/MBPP: each problem's prompt completed num_samples times, each completion run against the problem's
     tests in the sandbox (code_execution.py); pass@k over the samples."""
-    from megatron_sota.evaluation.code_execution import CHAT_INSTRUCTION, STOP_SEQUENCES, answer_code, completion_program, run_samples
-
     problems = read_task_items(spec)
     n = _limited(problems, spec, limit)
     room = _prompt_room(spec, model)
