@@ -25,7 +25,7 @@ quiet_megatron()
 
 from megatron_sota.atomic_files import write_json  # noqa: E402
 from megatron_sota.errors import MegatronSotaError  # noqa: E402
-from megatron_sota.runtime.log import add_verbose_flag, setup_logging  # noqa: E402
+from megatron_sota.runtime.log import add_verbose_flag, command_main  # noqa: E402
 
 log = logging.getLogger("megatron_sota.cli.eval_throughput")  # not __name__: that is "__main__" under -m
 
@@ -126,13 +126,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = parse_args(argv)
-    setup_logging("DEBUG" if args.verbose else "INFO", info_stream="stderr")
-    try:
-        return run(args)
-    except MegatronSotaError as err:
-        log.error("%s", err)
-        return 1
+    return command_main(argv, parse_args, run, log)
 
 
 if __name__ == "__main__":
