@@ -121,12 +121,21 @@ def check_prompts(spec: TaskSpec, items: Sequence[MultipleChoiceItem] | Sequence
                 exact_match_messages(spec, items, index)  # type: ignore[arg-type]
 
 
+_subjects_seen: list = [None, {}]
+"""[the last MMLU item list seen, {subject: its records' indices}]: prompts are built item by item, and grouping the
+14k records of MMLU again for each would cost minutes."""
+
+
 def _fewshot(spec: TaskSpec, items: Sequence[Any], index: int) -> list[int]:
     """The item's examples: drawn from the whole file, or for MMLU from the records of the item's subject."""
-    pool = list(range(len(items)))
+    pool: Sequence[int] = range(len(items))
     if spec.format == "mmlu":
-        subject = items[index].fields.get("subject")
-        pool = [j for j in pool if items[j].fields.get("subject") == subject]
+        if _subjects_seen[0] is not items:
+            groups: dict[Any, list[int]] = {}
+            for j, item in enumerate(items):
+                groups.setdefault(item.fields.get("subject"), []).append(j)
+            _subjects_seen[:] = [items, groups]
+        pool = _subjects_seen[1][items[index].fields.get("subject")]
     try:
         return [pool[j] for j in fewshot_indices(len(pool), pool.index(index), spec.num_fewshot, spec.fewshot_seed)]
     except MegatronSotaError as err:
