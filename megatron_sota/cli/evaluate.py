@@ -19,7 +19,7 @@ from megatron_sota.quiet import quiet_megatron
 quiet_megatron()
 
 from megatron_sota.evaluation.report import BELOW_THRESHOLD_EXIT_CODE  # noqa: E402
-from megatron_sota.evaluation.task_spec import TASK_TYPES, load_task, registered_tasks, with_chat  # noqa: E402
+from megatron_sota.evaluation.task_spec import NO_FEWSHOT_TYPES, TASK_TYPES, load_task, registered_tasks, with_chat  # noqa: E402
 from megatron_sota.runtime.log import add_verbose_flag, command_main  # noqa: E402
 
 log = logging.getLogger("megatron_sota.cli.evaluate")  # not __name__: that is "__main__" under -m
@@ -33,7 +33,7 @@ def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
     parser.add_argument("--load", required=True, help="checkpoint directory (latest iteration) or iter_NNNNNNN/ directory")
     parser.add_argument("--task", action="append", required=True, help="a name from megatron_sota/conf/eval/tasks/, a .jsonl file, or a .bin/.idx prefix (repeatable)")
     parser.add_argument("--task-type", choices=TASK_TYPES, help="the type of a task given as a path (overrides the registry's)")
-    parser.add_argument("--num-fewshot", type=int, help="few-shot examples per prompt (overrides the registry's; ignored by perplexity, passkey and refusal tasks)")
+    parser.add_argument("--num-fewshot", type=int, help="few-shot examples per prompt (overrides the registry's; ignored by perplexity, passkey, refusal and code tasks)")
     parser.add_argument("--limit", type=int, help="score at most this many records per task")
     parser.add_argument("--micro-batch-size", type=int, default=8, help="sequences per forward pass while scoring")
     parser.add_argument("--chat", action="store_true", help="chat-format every generated-answer task (as a task's `chat: true` does) "
@@ -63,7 +63,7 @@ def _progress_bar(enabled: bool, name: str):
 
 def _load(name: str, args: argparse.Namespace):
     spec = load_task(name, args.task_type)
-    if args.num_fewshot is not None and spec.type not in ("perplexity", "passkey", "refusal"):  # few-shot means nothing to these
+    if args.num_fewshot is not None and spec.type not in NO_FEWSHOT_TYPES:
         spec = load_task(name, args.task_type, args.num_fewshot)
     return with_chat(spec) if args.chat else spec
 

@@ -16,15 +16,13 @@ from megatron_sota.errors import MegatronSotaError
 from megatron_sota.evaluation.runner import check_task_data
 from megatron_sota.evaluation.task_file import load_yaml
 from megatron_sota.evaluation.task_spec import (
-    REGISTRY_DIR, TASK_TYPES, THRESHOLDS_EXPECTED, TaskSpec, spec_problems, typed_thresholds, load_task,
+    NO_FEWSHOT_TYPES, REGISTRY_DIR, TASK_TYPES, THRESHOLDS_EXPECTED, TaskSpec, load_task, spec_problems, typed_thresholds,
 )
 
 SAFETY_TASK = "safety_refusal"
 """The registered safety gate of post-training II, added to every gate (`safety: true`, the default) that lists no refusal task."""
 GATE_KEYS = ("description", "safety", "tasks")
 ENTRY_KEYS = ("task", "type", "thresholds", "num_fewshot", "limit", "chat")
-NO_FEWSHOT = ("perplexity", "passkey", "refusal")
-"""Task types that never show few-shot examples: a gate's num_fewshot for them would be ignored silently."""
 
 
 @dataclass(frozen=True)
@@ -151,7 +149,7 @@ def _read_entry(
         problem("task", _indent(err))
         return None
     overrides: dict = {key: entry[key] for key in ("limit", "chat", "num_fewshot") if key in entry}
-    if "num_fewshot" in overrides and spec.type in NO_FEWSHOT:
+    if "num_fewshot" in overrides and spec.type in NO_FEWSHOT_TYPES:
         problem("num_fewshot", f"{spec.type} tasks show no few-shot examples: expected no num_fewshot, found {entry['num_fewshot']!r}")
         return None
     if thresholds is not None:

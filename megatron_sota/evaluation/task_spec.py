@@ -64,6 +64,8 @@ READ_BY: dict[str, tuple[str, ...]] = {
     "seed": ("passkey", "exact_match", "code", "multiple_choice"),
 }
 """Key -> the only types that read it (an error in any other type's task file)."""
+NO_FEWSHOT_TYPES = ("perplexity", "passkey", "refusal", "code")
+"""Task types that never show few-shot examples: a num_fewshot for them would be ignored silently."""
 CHAT_TYPES = ("exact_match", "refusal", "code")
 """The task types whose answers are generated, so that a chat template can frame them (`chat: true`)."""
 THRESHOLDS_EXPECTED = "a mapping of metric name to number (a bound, see LOWER_IS_BETTER) or to {min: number, max: number} (either or both)"
