@@ -25,22 +25,22 @@ def from_inference_model(model, tokenizer, micro_batch_size: int, chat: Optional
     greedy = SamplingSettings(temperature=0.0, top_k=0, top_p=1.0, repetition_penalty=1.0)
     scorer = PipelineScorer([model.model], model.vocab_size, micro_batch_size, model.job.model.max_position_embeddings, model.device)
 
-    def generate_greedy(prompts: List[List[int]], max_new_tokens: int, finished: Callable[[List[int]], bool]) -> List[List[int]]:
-        # `finished` (stop strings) is applied by the caller to the text; the cache path stops at end-of-document.
+    def batched(prompts: List[List[int]], max_new_tokens: int, settings, seeds: Optional[List[int]] = None) -> List[List[int]]:
+        # row_seeds: each sampled row draws from its own generator, so an answer does not depend on its batch
         out: List[List[int]] = []
         for begin in range(0, len(prompts), GREEDY_BATCH):
+            row_seeds = None if seeds is None else seeds[begin : begin + GREEDY_BATCH]
             batch = prompts[begin : begin + GREEDY_BATCH]
-            out.extend(generate(model, batch, max_new_tokens, greedy, stop_ids=[tokenizer.eod]).tokens)
-        return out
-
-    def generate_sampled(prompts: List[List[int]], max_new_tokens: int, temperature: float, top_p: float, seeds: List[int]) -> List[List[int]]:
-        # row_seeds: each row draws from its own generator, so an answer does not depend on its batch (runner.sample_seed)
-        settings = SamplingSettings(temperature=temperature, top_k=0, top_p=top_p, repetition_penalty=1.0)
-        out: List[List[int]] = []
-        for begin in range(0, len(prompts), GREEDY_BATCH):
-            batch, row_seeds = prompts[begin : begin + GREEDY_BATCH], seeds[begin : begin + GREEDY_BATCH]
             out.extend(generate(model, batch, max_new_tokens, settings, stop_ids=[tokenizer.eod], row_seeds=row_seeds).tokens)
         return out
+
+    def generate_greedy(prompts: List[List[int]], max_new_tokens: int, finished: Callable[[List[int]], bool]) -> List[List[int]]:
+        # `finished` (stop strings) is applied by the caller to the text; the cache path stops at end-of-document.
+        return batched(prompts, max_new_tokens, greedy)
+
+    def generate_sampled(prompts: List[List[int]], max_new_tokens: int, temperature: float, top_p: float, seeds: List[int]) -> List[List[int]]:
+        settings = SamplingSettings(temperature=temperature, top_k=0, top_p=top_p, repetition_penalty=1.0)
+        return batched(prompts, max_new_tokens, settings, seeds)
 
     return EvalModel(scorer, generate_greedy, tokenizer, chat, generate_sampled)
 

@@ -14,7 +14,7 @@ import yaml
 
 from megatron_sota.errors import MegatronSotaError
 from megatron_sota.evaluation.runner import check_task_data
-from megatron_sota.evaluation.task_file import load_yaml
+from megatron_sota.evaluation.task_file import key_lines, load_yaml
 from megatron_sota.evaluation.task_spec import (
     NO_FEWSHOT_TYPES, REGISTRY_DIR, TASK_TYPES, THRESHOLDS_EXPECTED, TaskSpec, load_task, spec_problems, typed_thresholds,
 )
@@ -185,14 +185,9 @@ def _load(path: str) -> tuple[dict, yaml.MappingNode]:
 
 
 def _key_lines(node: yaml.MappingNode, path: str, prefix: str, problems: list[tuple[int, str]]) -> dict:
-    """Key -> the line it is first given on; a key given twice is a problem (YAML would keep the last silently)."""
-    lines: dict = {}
-    for key_node, _ in node.value:
-        key, line = key_node.value, key_node.start_mark.line + 1
-        if key in lines:
-            problems.append((line, f"{path}:{line}: key '{prefix}{key}': expected once, found again (first on line {lines[key]})"))
-        else:
-            lines[key] = line
+    """Key -> the line it is first given on; a key given twice is a problem."""
+    lines, twice = key_lines(node, path, prefix)
+    problems.extend((line, message) for line, _, message in twice)
     return lines
 
 

@@ -126,12 +126,19 @@ def _read_mapping(yaml_file: str) -> tuple[dict, dict[str, int], dict[str, str]]
     data, root = load_yaml(yaml_file)
     if not isinstance(data, dict):
         raise MegatronSotaError(f"{yaml_file}: expected a mapping of task keys, found {type(data).__name__}")
+    lines, twice = key_lines(root, yaml_file)
+    return data, lines, {key: message for _, key, message in twice}
+
+
+def key_lines(node: yaml.MappingNode, path: str, prefix: str = "") -> tuple[dict[str, int], list[tuple[int, str, str]]]:
+    """(key -> the line it is first given on, (line, key, message) for each key given again: YAML would keep the last
+    silently); `prefix` names the mapping in messages ("tasks[0].")."""
     lines: dict[str, int] = {}
-    problems: dict[str, str] = {}
-    for key_node, _ in root.value:
+    twice: list[tuple[int, str, str]] = []
+    for key_node, _ in node.value:
         key, line = key_node.value, key_node.start_mark.line + 1
         if key in lines:
-            problems[key] = f"{yaml_file}:{line}: key '{key}': expected once, found again (first on line {lines[key]})"
+            twice.append((line, key, f"{path}:{line}: key '{prefix}{key}': expected once, found again (first on line {lines[key]})"))
         else:
             lines[key] = line
-    return data, lines, problems
+    return lines, twice
