@@ -49,7 +49,20 @@ def _is_cuda_device(device: Any) -> bool:
 
 
 class _CudaToCpuMode(TorchFunctionMode):
-    """Redirects CUDA placement to the CPU and reports CUDA type names for CPU tensors."""
+    """Redirects CUDA placement to the CPU and reports CUDA type names for CPU tensors.
+
+    With `target="meta"` (the scale rehearsal, runtime/fake_world.py) CUDA and CPU placements both go to the meta
+    device: nothing is allocated, and what megatron-core builds on "the GPU" keeps its shapes and dtypes.
+    """
+
+    def __init__(self, target: str = "cpu") -> None:
+        super().__init__()
+        self.target = target
+
+    def _redirected(self, device: Any) -> bool:
+        if self.target == "meta" and (device == "cpu" or (isinstance(device, torch.device) and device.type == "cpu")):
+            return True
+        return _is_cuda_device(device)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = dict(kwargs or {})
@@ -58,14 +71,14 @@ class _CudaToCpuMode(TorchFunctionMode):
             return _CUDA_TYPE_NAMES.get(tensor.dtype, func(*args))
         if func is torch.Tensor.cuda:
             return args[0]
-        if "device" in kwargs and _is_cuda_device(kwargs["device"]):
-            kwargs["device"] = "cpu"
+        if "device" in kwargs and self._redirected(kwargs["device"]):
+            kwargs["device"] = self.target
         # Pinned memory stages copies to a GPU; on a CPU-only machine asking for it raises (context
         # parallelism's RoPE slicing, get_pos_emb_on_this_cp_rank, pins its chunk indices).
         if kwargs.get("pin_memory"):
             kwargs["pin_memory"] = False
-        if func is torch.Tensor.to and len(args) > 1 and _is_cuda_device(args[1]):
-            args = (args[0], "cpu", *args[2:])
+        if func is torch.Tensor.to and len(args) > 1 and self._redirected(args[1]):
+            args = (args[0], self.target, *args[2:])
         return func(*args, **kwargs)
 
 
@@ -195,13 +208,16 @@ def cpu_device_mesh(owner: Any) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def cpu_backend() -> Iterator[None]:
+def cpu_backend(target: str = "cpu") -> Iterator[None]:
     """Makes megatron-core's CUDA assumptions hold on the CPU for the duration of the block.
 
     Meant to wrap a whole CPU run (``runtime.session`` enters it only for runtime.device=cpu,
     also on a GPU machine): the patches are process-wide while active and are undone on exit,
-    so nothing leaks into code that runs afterwards.
+    so nothing leaks into code that runs afterwards. `target="meta"` places every tensor the run
+    asks for on the GPU or the CPU on the meta device instead (runtime/fake_world.py).
     """
+    if target not in ("cpu", "meta"):
+        raise ValueError(f"cpu_backend target must be 'cpu' or 'meta', got {target!r}")
     # torch.compile (megatron-core's jit_fuser, at import) indexes torch.cuda's functions once;
     # index the real ones before any stand-in is in place.
     from torch._dynamo.trace_rules import get_torch_obj_rule_map
@@ -212,7 +228,7 @@ def cpu_backend() -> Iterator[None]:
     originals = {key: getattr(key[0], key[1], None) for key in stand_ins}
     for (owner, name), replacement in stand_ins.items():
         setattr(owner, name, replacement)
-    mode = _CudaToCpuMode()
+    mode = _CudaToCpuMode(target)
     mode.__enter__()
     try:
         yield

@@ -112,9 +112,17 @@ TORCH_FSDP_DDP_HOOKS = Patch(  # a subclass, not a patch: it fills two hooks meg
     ("megatron.core.distributed.data_parallel_base._BaseDataParallel.finish_grad_sync",
      "megatron.core.distributed.data_parallel_base._BaseDataParallel.scale_gradients"),
 )
+FAKE_WORLD = Patch(
+    "runtime.fake_world.fake_world",
+    (("megatron-core", "0.16.1"), ("torch", "2.13")),
+    APPLY,  # a rehearsal only; a call it misses fails loudly under the fake backend
+    "test_fake_world_still_needs_its_new_group_and_all_gather_object_stand_ins",
+    ("torch.testing._internal.distributed.fake_pg.FakeStore", "torch.distributed.new_group",
+     "torch.distributed.all_gather_object", "megatron.core.parallel_state.create_group"),
+)
 PATCHES = (
     FULLY_RESHARDABLE_STEP, SHARED_ADAM_STEP, CPU_BACKEND, TP_GROUP_WITHOUT_WARNING, LOADER_WORKERS_AT_EXIT,
-    CPU_FLASH_ATTENTION, CUDA_FUSED_ATTENTION, FSDP_WITHOUT_TE, TORCH_FSDP_DDP_HOOKS,
+    CPU_FLASH_ATTENTION, CUDA_FUSED_ATTENTION, FSDP_WITHOUT_TE, TORCH_FSDP_DDP_HOOKS, FAKE_WORLD,
 )
 
 _warned: set[str] = set()
