@@ -32,9 +32,13 @@ def _fake_store() -> dist.Store:
 
 
 @contextlib.contextmanager
-def fake_world(world_size: int, rank: int) -> Iterator[None]:
+def fake_world(world_size: int, rank: int, device: str = "meta") -> Iterator[None]:
     """torch.distributed as rank `rank` of `world_size` fake ranks, torch.cuda answered by CPU stand-ins, and every
-    tensor on the meta device, for the duration of the block; all undone on exit."""
+    tensor on the meta device, for the duration of the block; all undone on exit.
+
+    `device="cpu"` keeps tensors real, on the CPU (timing one layer's initialisation, or running under
+    FakeTensorMode, which brings its own fake tensors); collectives still move nothing.
+    """
     from megatron_sota.runtime.cpu_compat import cpu_backend
 
     if dist.is_initialized():
@@ -56,6 +60,7 @@ def fake_world(world_size: int, rank: int) -> Iterator[None]:
         dist.new_group, dist.all_gather_object = new_group, all_gather_object
         stack.callback(setattr, dist, "all_gather_object", real_gather)
         stack.callback(setattr, dist, "new_group", real_new_group)
-        stack.enter_context(cpu_backend(target="meta"))
-        stack.enter_context(torch.device("meta"))  # tensors made without a device argument (CPU initialisation)
+        stack.enter_context(cpu_backend(target=device))
+        if device == "meta":
+            stack.enter_context(torch.device("meta"))  # tensors made without a device argument (CPU initialisation)
         yield
