@@ -97,6 +97,7 @@ setup(
             "megatron-sota-swebench-predictions=megatron_sota.cli.swebench_predictions:main",
             "megatron-sota-release-gate=megatron_sota.cli.release_gate:main",
             "megatron-sota-plan=megatron_sota.cli.plan:main",
+            "megatron-sota-rehearse=megatron_sota.cli.rehearse:main",
             "megatron-sota-benchmark=megatron_sota.cli.benchmark:main",
             "megatron-sota-compare-runs=megatron_sota.cli.compare_runs:main",
             "megatron-sota-cai=megatron_sota.cli.cai:main",

@@ -24,6 +24,7 @@ from megatron_sota.quiet import quiet_megatron
 quiet_megatron()
 
 from megatron_sota.atomic_files import write_text  # noqa: E402
+from megatron_sota.config.compose import compose_job  # noqa: E402
 from megatron_sota.runtime.log import add_verbose_flag, setup_logging  # noqa: E402
 
 log = logging.getLogger("megatron_sota.cli.benchmark")  # not __name__: that is "__main__" under -m
@@ -47,21 +48,6 @@ def parse_args(argv=None):
                         help="write the result as JSON to this file (no file: print it as the last line)")
     add_verbose_flag(parser)
     return parser.parse_intermixed_args(argv)  # overrides may come before or after the options
-
-
-def compose_job(overrides):
-    from hydra import compose, initialize_config_dir
-
-    from megatron_sota.config.files import conf_dir
-    from megatron_sota.config.job import register_configs
-    from megatron_sota.config.typed import check_override_keys, to_job_config
-
-    if not any(o.split("=")[0].lstrip("+") in ("data.paths", "data.mock") for o in overrides):
-        overrides = [*overrides, "data.mock=true"]
-    check_override_keys(overrides)
-    register_configs()
-    with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
-        return to_job_config(compose(config_name="config", overrides=overrides))
 
 
 def main(argv=None) -> int:

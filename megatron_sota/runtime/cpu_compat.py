@@ -69,7 +69,7 @@ class _CudaToCpuMode(TorchFunctionMode):
         if func is torch.Tensor.type and len(args) == 1 and not kwargs:
             tensor = args[0]
             return _CUDA_TYPE_NAMES.get(tensor.dtype, func(*args))
-        if func is torch.Tensor.cuda:
+        if func is torch.Tensor.cuda or (func is torch.Tensor.cpu and self.target == "meta"):
             return args[0]
         if "device" in kwargs and self._redirected(kwargs["device"]):
             kwargs["device"] = self.target

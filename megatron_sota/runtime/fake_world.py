@@ -9,9 +9,10 @@ are real while nothing is allocated.
 Two calls need help to run over fake ranks (runtime/upstream.py FAKE_WORLD):
 - megatron-core asks `torch.distributed.new_group` for gloo groups beside the NCCL ones (its CPU-side groups); a
   fake default group cannot create a gloo group, so the backend argument is dropped and every group is fake.
-- `torch.distributed.all_gather_object` leaves the output list as it is over the fake backend (no bytes move); the
-  distributed optimizer reads its entries, so each one is filled with this rank's object, which is what the other
-  ranks of a data-parallel group send there (they hold the same parameters).
+- `torch.distributed.all_gather_object` pickles the object into a byte tensor on the current device, the meta
+  device here, and reads its size back with .item(), which meta tensors refuse. The distributed optimizer gathers its
+  parameter keys this way; each entry is filled with this rank's object, which is what the other ranks of a
+  data-parallel group send there (they hold the same parameters).
 """
 
 from __future__ import annotations

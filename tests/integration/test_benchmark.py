@@ -95,7 +95,7 @@ def test_peak_memory_holds_at_least_weights_gradients_and_adam_states(tiny_resul
 @pytest.mark.slow
 def test_losses_are_the_trainers_own(tiny_result, tmp_path):
     """The benchmark steps the same model on the same batches as `pretrain` does."""
-    from megatron_sota.cli.benchmark import compose_job
+    from megatron_sota.config.compose import compose_job
     from megatron_sota.training.trainer import pretrain
 
     r, _ = tiny_result

@@ -339,3 +339,32 @@ def test_fsdp2_wrapper_still_asks_for_a_cuda_device_mesh():
     from megatron.core.distributed import torch_fully_sharded_data_parallel as wrapper
 
     assert 'DeviceMesh.from_group(self.process_group, "cuda")' in inspect.getsource(wrapper.TorchFullyShardedDataParallel)
+
+
+def test_fake_world_still_needs_its_new_group_and_all_gather_object_stand_ins():
+    """megatron-core still asks for gloo groups, which a fake default group cannot create, and all_gather_object
+    still cannot carry an object through meta tensors: runtime/fake_world.py's two stand-ins are still needed."""
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+
+    from megatron_sota.runtime.fake_world import _fake_store, fake_world
+
+    where = upstream.FAKE_WORLD.name
+    assert 'backend="gloo"' in inspect.getsource(parallel_state.initialize_model_parallel), (
+        f"megatron-core no longer asks for gloo groups: {where} may not need its new_group stand-in"
+    )
+    real_gather = dist.all_gather_object
+    dist.init_process_group("fake", store=_fake_store(), rank=1, world_size=4)
+    try:
+        with pytest.raises(RuntimeError):
+            dist.new_group([0, 1], backend="gloo")
+    finally:
+        dist.destroy_process_group()
+    with fake_world(4, 1):
+        assert dist.new_group([0, 1], backend="gloo") is not None  # the stand-in drops the backend
+        with pytest.raises(RuntimeError, match="meta"):
+            real_gather([None] * 4, {"key": 1})
+        gathered = [None] * 4
+        dist.all_gather_object(gathered, {"key": 1})
+        assert gathered == [{"key": 1}] * 4
+    assert dist.all_gather_object is real_gather and not dist.is_initialized()
