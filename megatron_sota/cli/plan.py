@@ -68,6 +68,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     parser.add_argument("--layout", default=None, help="evaluate one layout, e.g. tp=8,pp=8,vpp=1,mbs=1,recompute=full,dopt=1,fsdp=none")
     parser.add_argument("--show-rejected", action="store_true", help="print a sample of rejected layouts per reason")
+    parser.add_argument("--verify", type=int, nargs="?", const=5, default=0, metavar="N",
+                        help="rehearse the top N layouts (default 5; the --layout one) on this CPU and print the estimate "
+                             "beside the rehearsal per memory term (tools/rehearse.py); exit code 1 on a mismatch")
     space = parser.add_argument_group("search space")
     space.add_argument("--micro-batch-sizes", type=_ints, default=[1, 2, 4])
     space.add_argument("--cp", type=_ints, default=None,
@@ -123,19 +126,25 @@ def main(argv: list[str] | None = None) -> int:
         request = _request(args)
         if args.layout:
             plan, problems = evaluate(request, _one_layout(request, args.layout))
+            checks = _verify(request, [plan.layout], args) if args.verify and not problems else []
             if args.json:
-                print(json.dumps({**plan_json(plan, args.tokens), "problems": [p.__dict__ for p in problems]}, indent=2))
+                out = {**plan_json(plan, args.tokens), "problems": [p.__dict__ for p in problems]}
+                print(json.dumps({**out, **_checks_json(checks)} if args.verify else out, indent=2))
             else:
                 print(format_plan(plan, problems, args.tokens))
-            return 1 if problems else 0
+                _print_checks(checks)
+            return 1 if problems or not all(c.ok for c in checks) else 0
         space = SearchSpace(micro_batch_sizes=args.micro_batch_sizes, cp=args.cp, max_vpp=args.max_vpp, fsdp=args.fsdp)
         result = search(request, space)
+        checks = _verify(request, [p.layout for p in result.plans[: args.verify]], args) if args.verify else []
     except MegatronSotaError as err:
         log.error("%s", err)
         return 2
+    verified = 0 if all(c.ok for c in checks) else 1
     if args.json:
-        print(json.dumps(result_json(request, result, args.tokens, args.top), indent=2))
-        return 0
+        out = result_json(request, result, args.tokens, args.top)
+        print(json.dumps({**out, **_checks_json(checks)} if args.verify else out, indent=2))
+        return verified
     c = request.cluster
     print(
         f"{request.model.name} on {c.world_size} x {c.gpu.name} ({c.nodes} nodes x {c.gpus_per_node}), seq {request.seq_length}, "
@@ -149,7 +158,36 @@ def main(argv: list[str] | None = None) -> int:
     if args.show_rejected:
         print(format_rejections(result.rejections))
     print(verdict(request, result, args.tokens).line())
-    return 0
+    _print_checks(checks)
+    return verified
+
+
+def _verify(request: PlanRequest, layouts: list, args: argparse.Namespace) -> list:
+    """Rehearses each layout (megatron_sota/rehearsal/verify.py); a few seconds each on a 2-core machine."""
+    from megatron_sota.rehearsal.verify import verify_layout
+
+    checks = []
+    for index, layout in enumerate(layouts, 1):
+        if layout.fsdp != "none":
+            log.warning("not rehearsed: %s (the rehearsal builds DDP layouts only, parallel.fsdp=none)", layout.short())
+            continue
+        log.info("rehearsing %d/%d: %s", index, len(layouts), layout.short())
+        checks.append(verify_layout(request, layout))
+    return checks
+
+
+def _print_checks(checks: list) -> None:
+    if not checks:
+        return
+    from megatron_sota.rehearsal.verify import format_checks
+
+    print(f"\nestimate vs rehearsal (static terms must be equal, activations within 10%):\n{format_checks(checks)}")
+
+
+def _checks_json(checks: list) -> dict:
+    from megatron_sota.rehearsal.verify import checks_json
+
+    return {"verify": checks_json(checks)}
 
 
 if __name__ == "__main__":

@@ -183,6 +183,11 @@ def rehearse_rank(job: JobConfig, world_size: int, rank: int, checkpoint: bool =
         raise MegatronSotaError("invalid configuration:\n  - " + "\n  - ".join(problems))
     if not 0 <= rank < world_size:
         raise MegatronSotaError(f"--rank {rank} is outside a world of {world_size} ranks")
+    if job.parallel.fsdp != "none":
+        raise MegatronSotaError(
+            f"parallel.fsdp={job.parallel.fsdp}: the rehearsal builds megatron-core DDP layouts only (parallel.fsdp=none); "
+            "Megatron-FSDP and FSDP2 check their device meshes against real collectives, which fake ranks cannot answer"
+        )
     choices = machine_choices(job, TARGET)
     p, t = job.parallel, job.train
     start = time.perf_counter()

@@ -1,0 +1,117 @@
+"""Holds the planner to the rehearsal: its memory terms for a layout beside what the real code builds at that layout.
+
+`tools/plan.py --verify` runs this for its top layouts. The static terms (weights, main gradients, optimizer master
+copies and moments) must be equal to the byte; the activation term must be within ACTIVATION_TOLERANCE of the
+fake-tensor measurement (activations.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional
+
+from megatron_sota.config.compose import compose_job
+from megatron_sota.config.job import JobConfig
+from megatron_sota.planning.layout import ParallelLayout
+from megatron_sota.planning.search import PlanRequest
+from megatron_sota.rehearsal.rank import global_rank
+from megatron_sota.rehearsal.run import Rehearsal, RehearsalOptions, rehearse
+
+ACTIVATION_TOLERANCE = 0.10
+GIB = 2**30
+
+
+def layout_job(request: PlanRequest, layout: ParallelLayout) -> JobConfig:
+    """The training job the planner's layout stands for: the preset, the layout's parallel and batch settings."""
+    overrides = [
+        f"model={request.model.name}",
+        f"parallel.tp={layout.tp}", f"parallel.pp={layout.pp}", f"parallel.cp={layout.cp}",
+        f"parallel.vpp={layout.vpp if layout.vpp > 1 else 'null'}", f"parallel.sp={str(layout.sp).lower()}",
+        f"parallel.distributed_optimizer={str(layout.distributed_optimizer).lower()}", f"parallel.fsdp={layout.fsdp}",
+        f"train.micro_batch_size={layout.micro_batch_size}", f"train.global_batch_size={layout.global_batch_size}",
+        f"train.seq_length={layout.seq_length}", f"train.recompute={layout.recompute}", f"precision.dtype={layout.dtype}",
+    ]
+    if layout.seq_length > request.model.max_position_embeddings:
+        overrides.append(f"model.max_position_embeddings={layout.seq_length}")
+    return compose_job(overrides)
+
+
+@dataclass(frozen=True)
+class TermCheck:
+    term: str
+    planner: int
+    rehearsal: int
+    tolerance: float
+    """0: must be equal."""
+
+    @property
+    def ok(self) -> bool:
+        if self.tolerance == 0:
+            return self.planner == self.rehearsal
+        return abs(self.planner - self.rehearsal) <= self.tolerance * self.rehearsal
+
+
+@dataclass(frozen=True)
+class LayoutCheck:
+    layout: ParallelLayout
+    pipeline_rank: int
+    global_rank: int
+    terms: List[TermCheck]
+    rehearsal: Rehearsal
+
+    @property
+    def ok(self) -> bool:
+        return all(t.ok for t in self.terms)
+
+
+def static_terms(request: PlanRequest, layout: ParallelLayout, pipeline_rank: int, dp_rank: int, rehearsal: Rehearsal) -> List[TermCheck]:
+    from megatron_sota.planning.memory import model_state_bytes
+
+    state = model_state_bytes(request.model, request.padded_vocab(layout.tp), layout, pipeline_rank)
+    r = rehearsal.rank
+    return [
+        TermCheck("weights", state.weights, r.weight_bytes, 0),
+        TermCheck("gradients", state.gradients, r.gradient_bytes, 0),
+        TermCheck("optimizer", state.optimizer, r.optimizer_bytes, 0),
+    ]
+
+
+def verify_layout(
+    request: PlanRequest, layout: ParallelLayout, pipeline_rank: Optional[int] = None, activations: bool = True
+) -> LayoutCheck:
+    """Rehearses the pipeline rank the planner finds at its peak (or `pipeline_rank`), tp/cp/dp rank 0."""
+    from megatron_sota.planning.memory import estimate_memory
+
+    if pipeline_rank is None:
+        pipeline_rank = estimate_memory(request.model, request.padded_vocab(layout.tp), layout, request.optimizer_kernel).pipeline_rank
+    job = layout_job(request, layout)
+    rank = global_rank(job, layout.world_size, pp=pipeline_rank)
+    rehearsal = rehearse(job, layout.world_size, rank, RehearsalOptions(activations=activations, checkpoint=False))
+    terms = static_terms(request, layout, pipeline_rank, 0, rehearsal)
+    return LayoutCheck(layout, pipeline_rank, rank, terms, rehearsal)
+
+
+def format_checks(checks: List[LayoutCheck]) -> str:
+    lines = []
+    for check in checks:
+        verdict = "ok" if check.ok else "MISMATCH"
+        lines.append(f"{check.layout.short()}: pipeline rank {check.pipeline_rank} (global rank {check.global_rank}): {verdict}")
+        lines.append(f"  {'term':<12}{'planner GiB':>14}{'rehearsal GiB':>15}{'planner bytes':>18}{'rehearsal bytes':>18}  check")
+        for t in check.terms:
+            rule = "equal" if t.tolerance == 0 else f"within {t.tolerance:.0%}"
+            lines.append(
+                f"  {t.term:<12}{t.planner / GIB:>14.3f}{t.rehearsal / GIB:>15.3f}{t.planner:>18,}{t.rehearsal:>18,}  "
+                f"{rule}: {'ok' if t.ok else 'NO'}"
+            )
+    return "\n".join(lines)
+
+
+def checks_json(checks: List[LayoutCheck]) -> List[dict]:
+    return [
+        {
+            "layout": c.layout.spec(), "pipeline_rank": c.pipeline_rank, "global_rank": c.global_rank, "ok": c.ok,
+            "terms": [{"term": t.term, "planner": t.planner, "rehearsal": t.rehearsal, "tolerance": t.tolerance, "ok": t.ok}
+                      for t in c.terms],
+        }
+        for c in checks
+    ]
