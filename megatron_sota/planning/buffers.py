@@ -80,6 +80,8 @@ class RankBuffers:
     """Parameter elements of the rank's chunks (exact, no padding)."""
     grad_buffer_numels: Tuple[int, ...]
     """Elements of each chunk's grad_data (padded)."""
+    bucket_numels: Tuple[Tuple[int, ...], ...]
+    """Elements of each bucket of each chunk's buffer (padded)."""
     param_buffer_numels: Tuple[int, ...]
     """Elements of each chunk's param_data; 0 without the distributed optimizer."""
     optimizer_elements: int
@@ -176,17 +178,18 @@ def _bucket_size(layout: ParallelLayout, pipeline_rank: int, chunk: int, overlap
 @lru_cache(maxsize=4096)
 def _rank_layout(
     shapes: Tuple[Tuple[Tuple[int, bool], ...], ...], n: int, distributed_optimizer: bool, buckets: Tuple[Optional[int], ...]
-) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
-    """(grad buffer numel per chunk, parameter elements per dp rank summed over chunks); cached, the
-    planner's search asks for the same ranks many times."""
-    numels, per_rank = [], [0] * n
+) -> Tuple[Tuple[int, ...], Tuple[Tuple[int, ...], ...], Tuple[int, ...]]:
+    """(grad buffer numel per chunk, bucket numels per chunk, parameter elements per dp rank summed
+    over chunks); cached, the planner's search asks for the same ranks many times."""
+    numels, bucket_numels, per_rank = [], [], [0] * n
     for chunk, bucket_size in zip(shapes, buckets):
         params = [ParamShape("", numel, shared) for numel, shared in chunk]
         buffer = chunk_buffer(params, n, distributed_optimizer, bucket_size)
         numels.append(buffer.numel)
+        bucket_numels.append(tuple(end - start for start, end in buffer.buckets))
         if distributed_optimizer:
             per_rank = [a + b for a, b in zip(per_rank, shard_elements(buffer, n))]
-    return tuple(numels), tuple(per_rank)
+    return tuple(numels), tuple(bucket_numels), tuple(per_rank)
 
 
 def rank_chunk_parameters(model: ModelConfig, padded_vocab: int, layout: ParallelLayout, pipeline_rank: int) -> List[List[ParamShape]]:
@@ -220,7 +223,7 @@ def rank_buffers(
     shapes = tuple(tuple((p.numel, p.shared_embedding) for p in chunk) for chunk in chunks)
     buckets = tuple(_bucket_size(layout, pipeline_rank, v, overlap_grad_reduce) for v in range(len(chunks)))
     dopt = layout.distributed_optimizer
-    grad_numels, per_rank = _rank_layout(shapes, n, dopt, buckets)
+    grad_numels, bucket_numels, per_rank = _rank_layout(shapes, n, dopt, buckets)
     parameters = sum(p.numel for chunk in chunks for p in chunk)
     e = layout.bytes_per_element
     stepped = per_rank[dp_rank] if dopt else parameters
@@ -229,6 +232,7 @@ def rank_buffers(
         dp_rank=dp_rank,
         parameters=parameters,
         grad_buffer_numels=grad_numels,
+        bucket_numels=bucket_numels,
         param_buffer_numels=grad_numels if dopt else tuple(0 for _ in grad_numels),
         optimizer_elements=stepped,
         weights=(sum(grad_numels) if dopt else parameters) * e,
@@ -249,5 +253,5 @@ def fullest_rank_buffers(
     chunks = rank_chunk_parameters(model, padded_vocab, layout, pipeline_rank)
     shapes = tuple(tuple((p.numel, p.shared_embedding) for p in chunk) for chunk in chunks)
     buckets = tuple(_bucket_size(layout, pipeline_rank, v, overlap_grad_reduce) for v in range(len(chunks)))
-    per_rank = _rank_layout(shapes, n, True, buckets)[1]
+    per_rank = _rank_layout(shapes, n, True, buckets)[2]
     return rank_buffers(model, padded_vocab, layout, pipeline_rank, per_rank.index(max(per_rank)), overlap_grad_reduce)

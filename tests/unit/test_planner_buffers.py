@@ -60,7 +60,8 @@ def test_buffer_layout_equals_megatron_cores_buffer_and_optimizer_slices():
     assert any(len(r["buckets"]) > 2 for r in real)
 
 
-def _compare_with_built(model: ModelConfig, parallel: ParallelConfig, dtype: str) -> None:
+def _compare_with_built(model: ModelConfig, parallel: ParallelConfig, dtype: str) -> list:
+    """Builds every rank of tp*pp*2 (dp=2) and compares it with rank_buffers; returns the built ranks."""
     vocab = padded_vocab_size(model.vocab_size, model.make_vocab_size_divisible_by, parallel.tp)
     world = parallel.tp * parallel.pp * 2
     layout = ParallelLayout(
@@ -69,12 +70,13 @@ def _compare_with_built(model: ModelConfig, parallel: ParallelConfig, dtype: str
     )
     ranks = run_distributed(built_rank_buffers, world, model, parallel, dtype, vocab)
     for built in ranks:
-        planned = rank_buffers(model, vocab, layout, built["pipeline_rank"], built["dp_rank"])
+        planned = rank_buffers(model, vocab, layout, built["pipeline_rank"], built["dp_rank"], parallel.overlap_grad_reduce)
         where = (built["pipeline_rank"], built["tp_rank"], built["dp_rank"])
         chunks = rank_chunk_parameters(model, vocab, layout, built["pipeline_rank"])
         assert [[(p.name, p.numel) for p in c] for c in chunks] == built["chunk_params"], where
         assert planned.parameters == sum(n for chunk in built["chunk_params"] for _, n in chunk), where
         assert [[n] for n in planned.grad_buffer_numels] == built["grad_buffer_numels"], where
+        assert [[list(b)] for b in planned.bucket_numels] == built["bucket_numels"], where
         assert planned.gradients == built["grad_buffer_bytes"], where
         weights = built["param_buffer_bytes"] if parallel.distributed_optimizer else built["param_bytes"]
         assert planned.weights == weights, where
@@ -84,8 +86,9 @@ def _compare_with_built(model: ModelConfig, parallel: ParallelConfig, dtype: str
         stepped = {(r["pipeline_rank"], r["dp_rank"]): r["optimizer_elements"] for r in ranks}
         assert len(set(stepped.values())) > parallel.pp, stepped
         for p in range(parallel.pp):
-            fullest = fullest_rank_buffers(model, vocab, layout, p)
+            fullest = fullest_rank_buffers(model, vocab, layout, p, parallel.overlap_grad_reduce)
             assert fullest.optimizer_elements == max(v for (q, _), v in stepped.items() if q == p)
+    return ranks
 
 
 @pytest.mark.slow
@@ -101,6 +104,19 @@ def test_rank_buffers_equal_a_built_rank_with_tied_weights_and_without_distribut
     tied = replace(ODD, untie_embeddings_and_output_weights=False)
     _compare_with_built(tied, ParallelConfig(tp=1, pp=2, vpp=2, distributed_optimizer=True), "fp32")
     _compare_with_built(tied, ParallelConfig(tp=2, pp=1, distributed_optimizer=False), "bf16")
+
+
+@pytest.mark.slow
+def test_overlapped_grad_reduce_buckets_only_the_first_pipeline_ranks_first_chunk():
+    """overlap_grad_reduce: buckets close at 4e7 elements, but only on pipeline rank 0. An untied output
+    layer of 200064 x 200 > 4e7 elements comes first in the buffer (reverse order): pp=1 splits there,
+    the last stage of pp=2 does not (its first stage's embedding comes last, one bucket either way).
+    fp32, 2 and 4 ranks of about 0.7 GB each (~10 s)."""
+    big = replace(ODD, vocab_size=200_001)
+    single = _compare_with_built(big, ParallelConfig(pp=1, overlap_grad_reduce=True), "fp32")
+    assert len(single[0]["bucket_numels"][0][0]) == 2
+    staged = _compare_with_built(big, ParallelConfig(pp=2, overlap_grad_reduce=True), "fp32")
+    assert all(len(r["bucket_numels"][0][0]) == 1 for r in staged)
 
 
 def test_parameters_add_up_to_the_models_count_over_pipeline_ranks():
