@@ -30,11 +30,11 @@ the linears they feed, which moves where 64-alignment padding falls but not by m
 from __future__ import annotations
 
 import math
-from bisect import bisect_left
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import List, Optional, Tuple
 
+import numpy as np
 from megatron_sota.config.model import ModelConfig
 from megatron_sota.errors import MegatronSotaError
 from megatron_sota.model.param_count import ParamShape, chunk_parameters
@@ -146,25 +146,26 @@ def chunk_buffer(
 
 def shard_elements(buffer: ChunkBuffer, data_parallel_size: int) -> List[int]:
     """Parameter elements in each data-parallel rank's slices of the buffer's buckets."""
-    starts = [s for s, _ in buffer.params]
-    # covered(x): parameter elements below offset x (params are sorted and disjoint).
-    prefix = [0]
-    for s, e in buffer.params:
-        prefix.append(prefix[-1] + e - s)
+    return [int(n) for n in _shard_elements(buffer, data_parallel_size)]
 
-    def covered(x: int) -> int:
-        i = bisect_left(starts, x)  # params starting before x: 0..i-1
-        if i == 0:
-            return 0
-        s, e = buffer.params[i - 1]
-        return prefix[i - 1] + min(max(x - s, 0), e - s)
 
-    counts = [0] * data_parallel_size
+def _shard_elements(buffer: ChunkBuffer, data_parallel_size: int) -> np.ndarray:
+    starts = np.array([s for s, _ in buffer.params], dtype=np.int64)
+    lengths = np.array([e - s for s, e in buffer.params], dtype=np.int64)
+    below = np.concatenate(([0], np.cumsum(lengths)))  # parameter elements before each parameter
+
+    def covered(x: np.ndarray) -> np.ndarray:
+        """Parameter elements below each offset x (params are sorted and disjoint)."""
+        i = np.searchsorted(starts, x, side="left")  # parameters starting before x
+        last = np.maximum(i - 1, 0)
+        inside = np.clip(x - starts[last], 0, lengths[last])
+        return np.where(i > 0, below[last] + inside, 0)
+
+    counts = np.zeros(data_parallel_size, dtype=np.int64)
     for b_start, b_end in buffer.buckets:
         size = (b_end - b_start) // data_parallel_size
-        edges = [covered(b_start + k * size) for k in range(data_parallel_size + 1)]
-        for k in range(data_parallel_size):
-            counts[k] += edges[k + 1] - edges[k]
+        edges = covered(b_start + size * np.arange(data_parallel_size + 1, dtype=np.int64))
+        counts += np.diff(edges)
     return counts
 
 
@@ -176,29 +177,64 @@ def _bucket_size(layout: ParallelLayout, pipeline_rank: int, chunk: int, overlap
 
 
 @lru_cache(maxsize=4096)
+def _chunk_layout(
+    shapes: Tuple[Tuple[int, bool], ...], n: int, distributed_optimizer: bool, bucket_size: Optional[int]
+) -> Tuple[int, Tuple[int, ...], np.ndarray]:
+    """(grad buffer numel, bucket numels, parameter elements per dp rank) of one chunk; cached, as the
+    planner's search meets the same chunk (a run of identical layers) in many ranks and layouts."""
+    params = [ParamShape("", numel, shared) for numel, shared in shapes]
+    buffer = chunk_buffer(params, n, distributed_optimizer, bucket_size)
+    per_rank = _shard_elements(buffer, n) if distributed_optimizer else np.zeros(n, dtype=np.int64)
+    per_rank.flags.writeable = False
+    return buffer.numel, tuple(end - start for start, end in buffer.buckets), per_rank
+
+
 def _rank_layout(
-    shapes: Tuple[Tuple[Tuple[int, bool], ...], ...], n: int, distributed_optimizer: bool, buckets: Tuple[Optional[int], ...]
-) -> Tuple[Tuple[int, ...], Tuple[Tuple[int, ...], ...], Tuple[int, ...]]:
-    """(grad buffer numel per chunk, bucket numels per chunk, parameter elements per dp rank summed
-    over chunks); cached, the planner's search asks for the same ranks many times."""
-    numels, bucket_numels, per_rank = [], [], [0] * n
-    for chunk, bucket_size in zip(shapes, buckets):
-        params = [ParamShape("", numel, shared) for numel, shared in chunk]
-        buffer = chunk_buffer(params, n, distributed_optimizer, bucket_size)
-        numels.append(buffer.numel)
-        bucket_numels.append(tuple(end - start for start, end in buffer.buckets))
-        if distributed_optimizer:
-            per_rank = [a + b for a, b in zip(per_rank, shard_elements(buffer, n))]
-    return tuple(numels), tuple(bucket_numels), tuple(per_rank)
+    shapes: "Shapes", n: int, distributed_optimizer: bool, buckets: Tuple[Optional[int], ...]
+) -> Tuple[Tuple[int, ...], Tuple[Tuple[int, ...], ...], np.ndarray]:
+    """(grad buffer numel per chunk, bucket numels per chunk, parameter elements per dp rank summed over chunks)."""
+    layouts = [_chunk_layout(chunk, n, distributed_optimizer, size) for chunk, size in zip(shapes, buckets)]
+    per_rank = np.sum([per_rank for _, _, per_rank in layouts], axis=0)
+    return tuple(numel for numel, _, _ in layouts), tuple(b for _, b, _ in layouts), per_rank
 
 
-def rank_chunk_parameters(model: ModelConfig, padded_vocab: int, layout: ParallelLayout, pipeline_rank: int) -> List[List[ParamShape]]:
-    """Parameters of each model chunk of a pipeline rank on one TP rank (model/param_count.py)."""
+def rank_chunk_parameters(
+    model: ModelConfig, padded_vocab: int, layout: ParallelLayout, pipeline_rank: int, strict: bool = True
+) -> List[List[ParamShape]]:
+    """Parameters of each model chunk of a pipeline rank on one TP rank (model/param_count.py); `strict`
+    refuses a layout that does not divide the model, else its shapes are rounded down (planner estimates)."""
     if not 0 <= pipeline_rank < layout.pp:
         raise MegatronSotaError(f"pipeline rank {pipeline_rank} is outside 0..{layout.pp - 1} (pp={layout.pp})")
     return [
-        chunk_parameters(model, padded_vocab, layout.tp, layout.pp, layout.vpp, pipeline_rank, v) for v in range(layout.vpp)
+        chunk_parameters(model, padded_vocab, layout.tp, layout.pp, layout.vpp, pipeline_rank, v, strict)
+        for v in range(layout.vpp)
     ]
+
+
+Shapes = Tuple[Tuple[Tuple[int, bool], ...], ...]
+"""(numel, shared_embedding) of each parameter of each chunk of a pipeline rank."""
+
+
+def rank_parameter_shapes(
+    model: ModelConfig, padded_vocab: int, layout: ParallelLayout, pipeline_rank: int, strict: bool = True
+) -> Shapes:
+    """rank_chunk_parameters without the names, cached (the planner's search asks for thousands of ranks)."""
+    return _rank_shapes(tuple(vars(model).items()), padded_vocab, layout.tp, layout.pp, layout.vpp, pipeline_rank, strict)
+
+
+@lru_cache(maxsize=4096)
+def _rank_shapes(model_items: tuple, padded_vocab: int, tp: int, pp: int, vpp: int, pipeline_rank: int, strict: bool) -> Shapes:
+    layout = ParallelLayout(tp=tp, pp=pp, vpp=vpp)
+    chunks = rank_chunk_parameters(ModelConfig(**dict(model_items)), padded_vocab, layout, pipeline_rank, strict)
+    return tuple(tuple((p.numel, p.shared_embedding) for p in chunk) for chunk in chunks)
+
+
+def _layout_of_rank(
+    model: ModelConfig, padded_vocab: int, layout: ParallelLayout, pipeline_rank: int, overlap_grad_reduce: bool, strict: bool
+) -> Tuple[Shapes, Tuple[Tuple[int, ...], Tuple[Tuple[int, ...], ...], np.ndarray]]:
+    shapes = rank_parameter_shapes(model, padded_vocab, layout, pipeline_rank, strict)
+    buckets = tuple(_bucket_size(layout, pipeline_rank, v, overlap_grad_reduce) for v in range(len(shapes)))
+    return shapes, _rank_layout(shapes, layout.dp * layout.cp, layout.distributed_optimizer, buckets)
 
 
 def rank_buffers(
@@ -208,25 +244,26 @@ def rank_buffers(
     pipeline_rank: int,
     dp_rank: int,
     overlap_grad_reduce: bool = False,
+    strict: bool = True,
 ) -> RankBuffers:
     """What DDP and the optimizer allocate on (pipeline_rank, dp_rank) under DDP (layout.fsdp must be none).
 
     dp_rank counts over the dp*cp ranks the buffers are sharded across; `overlap_grad_reduce` is
     parallel.overlap_grad_reduce (it only changes the bucketing of pipeline rank 0's first chunk).
+    `strict=False` estimates a layout that does not divide the model instead of refusing it.
     """
     if layout.fsdp != "none":
         raise MegatronSotaError(f"rank_buffers models megatron-core's DDP buffers; layout has fsdp={layout.fsdp}")
     n = layout.dp * layout.cp
     if not 0 <= dp_rank < n:
         raise MegatronSotaError(f"data-parallel rank {dp_rank} is outside 0..{n - 1} (dp*cp = {n})")
-    chunks = rank_chunk_parameters(model, padded_vocab, layout, pipeline_rank)
-    shapes = tuple(tuple((p.numel, p.shared_embedding) for p in chunk) for chunk in chunks)
-    buckets = tuple(_bucket_size(layout, pipeline_rank, v, overlap_grad_reduce) for v in range(len(chunks)))
+    shapes, (grad_numels, bucket_numels, per_rank) = _layout_of_rank(
+        model, padded_vocab, layout, pipeline_rank, overlap_grad_reduce, strict
+    )
     dopt = layout.distributed_optimizer
-    grad_numels, bucket_numels, per_rank = _rank_layout(shapes, n, dopt, buckets)
-    parameters = sum(p.numel for chunk in chunks for p in chunk)
+    parameters = sum(numel for chunk in shapes for numel, _ in chunk)
     e = layout.bytes_per_element
-    stepped = per_rank[dp_rank] if dopt else parameters
+    stepped = int(per_rank[dp_rank]) if dopt else parameters
     return RankBuffers(
         pipeline_rank=pipeline_rank,
         dp_rank=dp_rank,
@@ -243,15 +280,15 @@ def rank_buffers(
 
 
 def fullest_rank_buffers(
-    model: ModelConfig, padded_vocab: int, layout: ParallelLayout, pipeline_rank: int, overlap_grad_reduce: bool = False
+    model: ModelConfig,
+    padded_vocab: int,
+    layout: ParallelLayout,
+    pipeline_rank: int,
+    overlap_grad_reduce: bool = False,
+    strict: bool = True,
 ) -> RankBuffers:
     """rank_buffers of the data-parallel rank whose optimizer holds the most elements (the lowest such
     rank); weights and gradients are the same on every data-parallel rank, so it holds the most bytes."""
-    n = layout.dp * layout.cp
-    if not layout.distributed_optimizer:
-        return rank_buffers(model, padded_vocab, layout, pipeline_rank, 0, overlap_grad_reduce)
-    chunks = rank_chunk_parameters(model, padded_vocab, layout, pipeline_rank)
-    shapes = tuple(tuple((p.numel, p.shared_embedding) for p in chunk) for chunk in chunks)
-    buckets = tuple(_bucket_size(layout, pipeline_rank, v, overlap_grad_reduce) for v in range(len(chunks)))
-    per_rank = _rank_layout(shapes, n, True, buckets)[2]
-    return rank_buffers(model, padded_vocab, layout, pipeline_rank, per_rank.index(max(per_rank)), overlap_grad_reduce)
+    per_rank = _layout_of_rank(model, padded_vocab, layout, pipeline_rank, overlap_grad_reduce, strict)[1][2]
+    fullest = int(np.argmax(per_rank)) if layout.distributed_optimizer else 0  # the first of the ranks with the most
+    return rank_buffers(model, padded_vocab, layout, pipeline_rank, fullest, overlap_grad_reduce, strict)

@@ -86,7 +86,7 @@ from dataclasses import dataclass
 
 from megatron_sota.config.model import ModelConfig
 from megatron_sota.model.param_count import layer_params
-from megatron_sota.planning.buffers import ADAM_BYTES, GRAD_BYTES, MASTER_BYTES, fullest_rank_buffers, rank_chunk_parameters
+from megatron_sota.planning.buffers import ADAM_BYTES, GRAD_BYTES, MASTER_BYTES, fullest_rank_buffers, rank_parameter_shapes
 from megatron_sota.planning.layout import ParallelLayout
 
 FSDP_COMM_UNIT_FLOOR = 1_000_000_000
@@ -223,8 +223,9 @@ def params_on_rank(model: ModelConfig, padded_vocab: int, layout: ParallelLayout
     """(parameters on this rank, largest single parameter tensor on it), TP split applied.
 
     Norm weights are replicated over TP; every matrix (embedding and output rows included) is split.
+    A layout that does not divide the model is estimated with its shapes rounded down (search.py rejects it).
     """
-    params = [p.numel for chunk in rank_chunk_parameters(model, padded_vocab, layout, rank) for p in chunk]
+    params = [numel for chunk in rank_parameter_shapes(model, padded_vocab, layout, rank, strict=False) for numel, _ in chunk]
     return sum(params), max(params, default=0)
 
 
@@ -274,7 +275,7 @@ def model_state_bytes(model: ModelConfig, padded_vocab: int, layout: ParallelLay
     """Weights, gradients and optimizer states of pipeline rank `rank` by sharding strategy (module docstring)."""
     if layout.fsdp == "none":
         # Exactly what megatron-core's DDP and optimizer allocate, on the data-parallel rank holding the most.
-        exact = fullest_rank_buffers(model, padded_vocab, layout, rank)
+        exact = fullest_rank_buffers(model, padded_vocab, layout, rank, strict=False)
         return ModelState(exact.weights, exact.gradients, exact.optimizer, 0, 0)
     e = layout.bytes_per_element
     params = params_on_rank(model, padded_vocab, layout, rank)[0]
@@ -310,7 +311,7 @@ def estimate_rank_memory(
     params, largest = params_on_rank(model, padded_vocab, layout, rank)
     state = model_state_bytes(model, padded_vocab, layout, rank)
     if layout.fsdp == "none":
-        optimizer_params = fullest_rank_buffers(model, padded_vocab, layout, rank).optimizer_elements
+        optimizer_params = fullest_rank_buffers(model, padded_vocab, layout, rank, strict=False).optimizer_elements
     else:
         optimizer_params = -(-params // (layout.dp * layout.cp))
     gathered = state.gathered_weights + state.gathered_gradients  # FSDP, during the backward
