@@ -22,9 +22,9 @@ trainer builds (parallelize/ddp.py, training/optimization.py) on megatron-core 0
 
 Adam's states count as allocated although torch creates them at the first step. Parameter shapes
 and their order come from model/param_count.py's chunk_parameters (megatron-core's local layer
-spec; Transformer Engine's fused-norm spec registers the same shapes, the norm weights beside
-the linears they feed, which moves where 64-alignment padding falls but not by more than
-63 elements per parameter).
+spec, checked against real builds). Transformer Engine's spec holds the same shapes with each norm
+weight inside the linear it feeds, a different order; that changes nothing unless some size is not
+a multiple of 64 (none in conf/model/: then only the parameters' 64-element alignment moves).
 """
 
 from __future__ import annotations

@@ -7,11 +7,14 @@ distributed optimizer's alignment padding falls between parameters and inside da
 
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import replace
 
 import pytest
+import yaml
 
+from megatron_sota.config.files import conf_dir
 from megatron_sota.config.model import ModelConfig
 from megatron_sota.config.parallel import ParallelConfig
 from megatron_sota.model.gpt_builder import padded_vocab_size
@@ -42,7 +45,10 @@ def _cases():
     return cases
 
 
+@pytest.mark.slow
 def test_buffer_layout_equals_megatron_cores_buffer_and_optimizer_slices():
+    """One gloo rank builds megatron-core's _ParamAndGradBuffer for 36 parameter lists (~10 s alone,
+    mostly starting the rank; ~6 s after another test started the ranks' server)."""
     cases = _cases()
     real = run_distributed(real_buffer_layouts, 1, cases)[0]
     for (shapes, size, dopt, bucket_size), built in zip(cases, real):
@@ -60,7 +66,7 @@ def test_buffer_layout_equals_megatron_cores_buffer_and_optimizer_slices():
     assert any(len(r["buckets"]) > 2 for r in real)
 
 
-def _compare_with_built(model: ModelConfig, parallel: ParallelConfig, dtype: str) -> list:
+def _compare_with_built(model: ModelConfig, parallel: ParallelConfig, dtype: str, padded: bool = True) -> list:
     """Builds every rank of tp*pp*2 (dp=2) and compares it with rank_buffers; returns the built ranks."""
     vocab = padded_vocab_size(model.vocab_size, model.make_vocab_size_divisible_by, parallel.tp)
     world = parallel.tp * parallel.pp * 2
@@ -82,7 +88,7 @@ def _compare_with_built(model: ModelConfig, parallel: ParallelConfig, dtype: str
         assert planned.weights == weights, where
         assert planned.optimizer_elements == built["optimizer_elements"], where
         assert planned.master == 4 * built["master_elements"], where
-    if parallel.distributed_optimizer:  # padding moves parameter elements between data-parallel ranks
+    if parallel.distributed_optimizer and padded:  # padding moves parameter elements between data-parallel ranks
         stepped = {(r["pipeline_rank"], r["dp_rank"]): r["optimizer_elements"] for r in ranks}
         assert len(set(stepped.values())) > parallel.pp, stepped
         for p in range(parallel.pp):
@@ -91,10 +97,18 @@ def _compare_with_built(model: ModelConfig, parallel: ParallelConfig, dtype: str
     return ranks
 
 
+def _preset(name: str) -> ModelConfig:
+    with open(os.path.join(conf_dir("model"), f"{name}.yaml")) as handle:
+        return ModelConfig(**yaml.safe_load(handle))
+
+
 @pytest.mark.slow
-def test_rank_buffers_equal_a_built_tp2_pp2_vpp2_dp2_rank_in_bf16():
-    """8 gloo ranks (~10 s): the distributed optimizer over untied weights, bf16 with fp32 master copies."""
-    _compare_with_built(ODD, ParallelConfig(tp=2, pp=2, vpp=2, distributed_optimizer=True), "bf16")
+@pytest.mark.parametrize("name", ["odd", "tiny"])
+def test_rank_buffers_equal_a_built_tp2_pp2_vpp2_dp2_rank_in_bf16(name):
+    """8 gloo ranks (~2 s once the ranks' server runs): the distributed optimizer over untied weights,
+    bf16 with fp32 master copies; the odd-sized model and the tiny preset (whose sizes need no padding)."""
+    model = ODD if name == "odd" else _preset(name)
+    _compare_with_built(model, ParallelConfig(tp=2, pp=2, vpp=2, distributed_optimizer=True), "bf16", padded=name == "odd")
 
 
 @pytest.mark.slow
