@@ -35,6 +35,7 @@ from functools import lru_cache
 from typing import List, Optional, Tuple
 
 import numpy as np
+
 from megatron_sota.config.model import ModelConfig
 from megatron_sota.errors import MegatronSotaError
 from megatron_sota.model.param_count import ParamShape, chunk_parameters
