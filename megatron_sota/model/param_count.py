@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import List
 
 from megatron_sota.config.model import ModelConfig
+from megatron_sota.errors import MegatronSotaError
 
 
 @dataclass(frozen=True)
@@ -28,14 +29,81 @@ class ParamCount:
         return self.total - self.embedding
 
 
+@dataclass(frozen=True)
+class ParamShape:
+    """One parameter of a model chunk as megatron-core's GPTModel registers it (local layer spec)."""
+
+    name: str
+    """Its name in the chunk's named_parameters() (layers numbered within the chunk)."""
+    numel: int
+    """Elements on one TP rank."""
+    shared_embedding: bool = False
+    """The tied word-embedding/output weight of a pipelined model: megatron-core's DDP gives it a
+    bucket of its own under the distributed optimizer (param.shared_embedding)."""
+
+
+def _split(n: int, tp: int, what: str, strict: bool) -> int:
+    if n % tp and strict:
+        raise MegatronSotaError(f"{what} ({n}) is not divisible by the tensor-parallel size {tp}")
+    return n // tp
+
+
+def layer_parameters(model: ModelConfig, tp: int = 1, strict: bool = True) -> List[ParamShape]:
+    """A TransformerLayer's parameters on one TP rank, in registration order (megatron-core 0.16.1,
+    local spec: Attention builds linear_proj before SelfAttention adds linear_qkv). Norms replicated.
+
+    `strict=False` rounds a matrix that TP does not split evenly down instead of refusing it (the planner
+    also estimates layouts it rejects); where TP divides, both give the same shapes.
+    """
+    h, d, f = model.hidden_size, model.head_dim, model.ffn_hidden_size
+    heads, groups = model.num_attention_heads, model.num_query_groups
+    for n, what in ((heads, "model.num_attention_heads"), (groups, "model.num_query_groups"), (f, "model.ffn_hidden_size")):
+        _split(n, tp, what, strict)
+    return [
+        ParamShape("input_layernorm.weight", h),
+        ParamShape("self_attention.linear_proj.weight", h * heads * d // tp),
+        ParamShape("self_attention.linear_qkv.weight", (heads + 2 * groups) * d * h // tp),
+        ParamShape("pre_mlp_layernorm.weight", h),
+        ParamShape("mlp.linear_fc1.weight", 2 * f * h // tp),  # SwiGLU: gate+up
+        ParamShape("mlp.linear_fc2.weight", h * f // tp),
+    ]
+
+
 def layer_params(model: ModelConfig) -> int:
-    h, d = model.hidden_size, model.head_dim
-    q = model.num_attention_heads * d
-    kv = 2 * model.num_query_groups * d
-    attention = h * (q + kv) + q * h
-    mlp = h * 2 * model.ffn_hidden_size + model.ffn_hidden_size * h  # SwiGLU: gate+up, down
-    norms = 2 * h
-    return attention + mlp + norms
+    return sum(p.numel for p in layer_parameters(model))
+
+
+def chunk_parameters(
+    model: ModelConfig, padded_vocab: int, tp: int, pp: int, vpp: int, pipeline_rank: int, vp_stage: int, strict: bool = True
+) -> List[ParamShape]:
+    """The parameters of model chunk `vp_stage` of `pipeline_rank` on one TP rank, in named_parameters() order.
+
+    Chunk v of rank r is virtual stage v*pp + r and holds its num_layers/(pp*vpp) consecutive layers
+    (megatron-core's get_transformer_layer_offset); the embedding lives on the first virtual stage,
+    the final norm and the output layer on the last. With tied weights and pp > 1 the last stage
+    builds its own copy of the embedding as output_layer.weight (pp = 1 shares one tensor).
+    `strict=False` rounds down where the layout does not divide the model (layer_parameters).
+    """
+    stages = pp * vpp
+    if model.num_layers % stages and strict:
+        raise MegatronSotaError(
+            f"model.num_layers ({model.num_layers}) is not divisible by pp*vpp = {pp}*{vpp} virtual pipeline stages"
+        )
+    first = pipeline_rank == 0 and vp_stage == 0
+    last = pipeline_rank == pp - 1 and vp_stage == vpp - 1
+    tied = not model.untie_embeddings_and_output_weights
+    vocab_rows = _split(padded_vocab, tp, "the padded vocabulary", strict) * model.hidden_size
+    params: List[ParamShape] = []
+    if first:
+        params.append(ParamShape("embedding.word_embeddings.weight", vocab_rows, shared_embedding=tied and not last))
+    layer = layer_parameters(model, tp, strict)
+    for index in range(model.num_layers // stages):
+        params += [ParamShape(f"decoder.layers.{index}.{p.name}", p.numel) for p in layer]
+    if last:
+        params.append(ParamShape("decoder.final_layernorm.weight", model.hidden_size))
+        if not tied or not first:
+            params.append(ParamShape("output_layer.weight", vocab_rows, shared_embedding=tied))
+    return params
 
 
 def count_params(model: ModelConfig, padded_vocab: int, pp: int = 1) -> ParamCount:

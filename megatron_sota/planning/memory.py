@@ -44,10 +44,16 @@ Data-parallel sharding (P parameters on the rank after the TP/PP split, N = dp*c
 per parameter; fp32 grads as grad_reduce_in_fp32=True, Adam's 8 bytes and a 4-byte fp32 master)::
 
     none (DDP)             P*e + P*4 + P*(8 + master)      master: 4 for bf16, 0 for fp32 params
-      + distributed opt.   P*e + P*4 + P/N*(8 + master)    megatron-core's ZeRO-1
+      + distributed opt.   B*e + B*4 + S*(8 + master)      megatron-core's ZeRO-1
     fsdp=optim             P*e + P*4 + P/N*(8 + 4)         Megatron-FSDP keeps an fp32 main copy
     fsdp=optim_grads       P*e + P/N*4 + P/N*(8 + 4)       even of fp32 params (preserve_fp32_weights)
     fsdp=optim_grads_params  P/N*e + P/N*4 + P/N*(8 + 4)
+
+The DDP rows are exact, element for element (planning/buffers.py): B is the rank's padded buffer
+(each parameter starts at a multiple of 64 elements, each bucket ends at a multiple of lcm(N, 128);
+the bf16 weights live in a param buffer of B elements), S the parameter elements of the data-parallel
+rank's slices of it, taken on the data-parallel rank with the most (padding falls on the last ranks).
+The FSDP rows divide P evenly and leave Megatron-FSDP's own padding out.
 
 Megatron-FSDP (megatron-core 0.16.1, distributed/fsdp/src/megatron_fsdp/param_and_grad_buffer.py,
 ParamAndGradBuffer._init_each_parameter_group_buffers) shards each buffer over the dp*cp group, and
@@ -70,8 +76,8 @@ the backward (`model_state_bytes`, the fields gathered_*), what it allocates who
   the units at two.
 
 Not counted (the planner's memory_fraction leaves room for them): the CUDA context and NCCL
-buffers, the caching allocator's fragmentation, the distributed optimizer's bucket padding, the
-batch's token/label tensors. Transformer Engine's fused layers save less than this local spec.
+buffers, the caching allocator's fragmentation, Megatron-FSDP's padding, the batch's token/label
+tensors. Transformer Engine's fused layers save less than this local spec.
 """
 
 from __future__ import annotations
@@ -79,15 +85,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from megatron_sota.config.model import ModelConfig
-from megatron_sota.model.param_count import count_params, layer_params
+from megatron_sota.model.param_count import layer_params
+from megatron_sota.planning.buffers import ADAM_BYTES, GRAD_BYTES, MASTER_BYTES, fullest_rank_buffers, rank_parameter_shapes
 from megatron_sota.planning.layout import ParallelLayout
-
-GRAD_BYTES = 4
-"""megatron-core DDP main grads: grad_reduce_in_fp32=True (training/optimization.py)."""
-ADAM_BYTES = 8
-"""exp_avg and exp_avg_sq, fp32."""
-MASTER_BYTES = 4
-"""fp32 master copy of bf16 parameters (none for fp32 parameters: the optimizer steps them in place)."""
 
 FSDP_COMM_UNIT_FLOOR = 1_000_000_000
 """Elements: Megatron-FSDP's smallest suggested_communication_unit_size when ddp_config leaves it
@@ -223,17 +223,10 @@ def params_on_rank(model: ModelConfig, padded_vocab: int, layout: ParallelLayout
     """(parameters on this rank, largest single parameter tensor on it), TP split applied.
 
     Norm weights are replicated over TP; every matrix (embedding and output rows included) is split.
+    A layout that does not divide the model is estimated with its shapes rounded down (search.py rejects it).
     """
-    counts = count_params(model, padded_vocab, layout.pp)
-    layers = model.num_layers // layout.pp
-    replicated = layers * 2 * model.hidden_size + (model.hidden_size if rank == layout.pp - 1 else 0)
-    params = (counts.per_stage[rank] - replicated) // layout.tp + replicated
-    h = model.hidden_size
-    largest = 2 * model.ffn_hidden_size * h // layout.tp if layers else 0  # fused gate+up
-    holds_vocab = rank == 0 or (rank == layout.pp - 1 and (model.untie_embeddings_and_output_weights or layout.pp > 1))
-    if holds_vocab:
-        largest = max(largest, padded_vocab * h // layout.tp)
-    return params, largest
+    params = [numel for chunk in rank_parameter_shapes(model, padded_vocab, layout, rank, strict=False) for numel, _ in chunk]
+    return sum(params), max(params, default=0)
 
 
 @dataclass(frozen=True)
@@ -280,14 +273,14 @@ def _fsdp_gathered_elements(model: ModelConfig, layout: ParallelLayout, params: 
 
 def model_state_bytes(model: ModelConfig, padded_vocab: int, layout: ParallelLayout, rank: int = 0) -> ModelState:
     """Weights, gradients and optimizer states of pipeline rank `rank` by sharding strategy (module docstring)."""
+    if layout.fsdp == "none":
+        # Exactly what megatron-core's DDP and optimizer allocate, on the data-parallel rank holding the most.
+        exact = fullest_rank_buffers(model, padded_vocab, layout, rank, strict=False)
+        return ModelState(exact.weights, exact.gradients, exact.optimizer, 0, 0)
     e = layout.bytes_per_element
     params = params_on_rank(model, padded_vocab, layout, rank)[0]
     shards = layout.dp * layout.cp
     sharded = -(-params // shards)
-    if layout.fsdp == "none":
-        master = MASTER_BYTES if e != 4 else 0
-        optimizer = (sharded if layout.distributed_optimizer else params) * (ADAM_BYTES + master)
-        return ModelState(params * e, params * GRAD_BYTES, optimizer, 0, 0)
     weights = (sharded if layout.fsdp == "optim_grads_params" else params) * e
     gradients = (params if layout.fsdp == "optim" else sharded) * GRAD_BYTES
     optimizer = sharded * (ADAM_BYTES + MASTER_BYTES)  # preserve_fp32_weights: fp32 main even of fp32 params
@@ -317,7 +310,10 @@ def estimate_rank_memory(
 
     params, largest = params_on_rank(model, padded_vocab, layout, rank)
     state = model_state_bytes(model, padded_vocab, layout, rank)
-    optimizer_params = -(-params // (layout.dp * layout.cp)) if layout.shards_optimizer else params
+    if layout.fsdp == "none":
+        optimizer_params = fullest_rank_buffers(model, padded_vocab, layout, rank, strict=False).optimizer_elements
+    else:
+        optimizer_params = -(-params // (layout.dp * layout.cp))
     gathered = state.gathered_weights + state.gathered_gradients  # FSDP, during the backward
 
     # Activations of the in-flight micro-batches: each chunk's layers plus its pipeline messages.
