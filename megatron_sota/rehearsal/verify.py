@@ -8,7 +8,7 @@ fake-tensor measurement (activations.py).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from megatron_sota.config.compose import compose_job
 from megatron_sota.config.job import JobConfig
@@ -64,30 +64,44 @@ class LayoutCheck:
         return all(t.ok for t in self.terms)
 
 
-def static_terms(request: PlanRequest, layout: ParallelLayout, pipeline_rank: int, dp_rank: int, rehearsal: Rehearsal) -> List[TermCheck]:
-    from megatron_sota.planning.memory import model_state_bytes
+def _planner_rank(request: PlanRequest, layout: ParallelLayout, pipeline_rank: Optional[int]) -> Tuple[int, int]:
+    """(pipeline rank, rank in the dp*cp group) whose memory the planner reports: its peak pipeline rank (or the one
+    given) and the data-parallel rank holding the most optimizer state there."""
+    from megatron_sota.planning.buffers import fullest_rank_buffers
+    from megatron_sota.planning.memory import estimate_memory
 
-    state = model_state_bytes(request.model, request.padded_vocab(layout.tp), layout, pipeline_rank)
+    padded = request.padded_vocab(layout.tp)
+    if pipeline_rank is None:
+        pipeline_rank = estimate_memory(request.model, padded, layout, request.optimizer_kernel).pipeline_rank
+    return pipeline_rank, fullest_rank_buffers(request.model, padded, layout, pipeline_rank).dp_rank
+
+
+def static_terms(request: PlanRequest, layout: ParallelLayout, pipeline_rank: int, rehearsal: Rehearsal) -> List[TermCheck]:
+    """The planner's weights, gradients and optimizer bytes of that rank (what its table prints) beside the build's."""
+    from megatron_sota.planning.memory import estimate_rank_memory
+
+    estimate = estimate_rank_memory(
+        request.model, request.padded_vocab(layout.tp), layout, pipeline_rank, request.optimizer_kernel
+    )
     r = rehearsal.rank
     return [
-        TermCheck("weights", state.weights, r.weight_bytes, 0),
-        TermCheck("gradients", state.gradients, r.gradient_bytes, 0),
-        TermCheck("optimizer", state.optimizer, r.optimizer_bytes, 0),
+        TermCheck("weights", estimate.weights, r.weight_bytes, 0),
+        TermCheck("gradients", estimate.gradients, r.gradient_bytes, 0),
+        TermCheck("optimizer", estimate.optimizer, r.optimizer_bytes, 0),
     ]
 
 
 def verify_layout(
     request: PlanRequest, layout: ParallelLayout, pipeline_rank: Optional[int] = None, activations: bool = True
 ) -> LayoutCheck:
-    """Rehearses the pipeline rank the planner finds at its peak (or `pipeline_rank`), tp/cp/dp rank 0."""
-    from megatron_sota.planning.memory import estimate_memory
-
-    if pipeline_rank is None:
-        pipeline_rank = estimate_memory(request.model, request.padded_vocab(layout.tp), layout, request.optimizer_kernel).pipeline_rank
+    """Rehearses the rank the planner reports: its peak pipeline rank (or `pipeline_rank`), tp rank 0, and the
+    data-parallel rank with the most optimizer state."""
+    pipeline_rank, dp_cp_rank = _planner_rank(request, layout, pipeline_rank)
     job = layout_job(request, layout)
-    rank = global_rank(job, layout.world_size, pp=pipeline_rank)
+    # The optimizer shards over the dp*cp group, whose ranks run cp fastest (megatron-core's order tp-cp-ep-dp-pp).
+    rank = global_rank(job, layout.world_size, pp=pipeline_rank, cp=dp_cp_rank % layout.cp, dp=dp_cp_rank // layout.cp)
     rehearsal = rehearse(job, layout.world_size, rank, RehearsalOptions(activations=activations, checkpoint=False))
-    terms = static_terms(request, layout, pipeline_rank, 0, rehearsal)
+    terms = static_terms(request, layout, pipeline_rank, rehearsal)
     return LayoutCheck(layout, pipeline_rank, rank, terms, rehearsal)
 
 
