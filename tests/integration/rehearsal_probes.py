@@ -24,13 +24,13 @@ WORLD = 8
 LAYOUT = ("parallel.tp=2", "parallel.pp=2", "parallel.vpp=2", "parallel.distributed_optimizer=true")
 
 
-def rehearsal_job(model: str, dtype: str) -> JobConfig:
-    """The job both sides build: `model` at TP=2, PP=2, VPP=2 (DP=2 on 8 ranks), mock data, a short sequence.
-    precision.dtype is explicit: the rehearsal builds for a GPU, where `auto` would mean bf16."""
+def rehearsal_job(model: str, dtype: str, *overrides: str) -> JobConfig:
+    """The job both sides build: `model` (with `overrides`) at TP=2, PP=2, VPP=2 (DP=2 on 8 ranks), mock data, a
+    short sequence. precision.dtype is explicit: the rehearsal builds for a GPU, where `auto` would mean bf16."""
     return compose_job([
         f"model={model}", *LAYOUT, f"precision.dtype={dtype}", "runtime.device=cpu", "train.seq_length=32",
         "train.micro_batch_size=1", "train.global_batch_size=4", "train.iters=2", "train.eval_interval=0",
-        "data.num_workers=0", "logging.tensorboard=false",
+        "data.num_workers=0", "logging.tensorboard=false", *overrides,
     ])
 
 

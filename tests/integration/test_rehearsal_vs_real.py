@@ -3,7 +3,8 @@ gpt_125m built on 8 gloo ranks at TP=2, PP=2, VPP=2, DP=2 in bf16 with the distr
 step, one real save. Per rank, parameters, DDP buffers and their bytes, master and Adam bytes must be equal; the
 union of every rank's rehearsed checkpoint shards must be exactly what the save wrote (torch.distributed.checkpoint's
 metadata). tiny saves everything (the optimizer's fully reshardable, model-space entries included); gpt_125m saves its
-weights only, for time (its optimizer entries have the weights' sharding, which tiny checks)."""
+weights only, for time (its optimizer entries have the weights' sharding, which tiny checks). Neither model pads its
+DDP buffers at this layout (every tensor is a multiple of 128 elements), so tiny is also built 200 wide, which does."""
 
 from __future__ import annotations
 
@@ -37,14 +38,22 @@ class Measured:
     checkpoint_dir: str
 
 
-@pytest.fixture(scope="module", params=[("tiny", True), ("gpt_125m", False)], ids=["tiny", "gpt_125m"])
+CASES = {
+    # id: model, its overrides, whether the save includes the optimizer
+    "tiny": ("tiny", (), True),
+    "tiny_padded": ("tiny", ("model.hidden_size=200",), True),
+    "gpt_125m": ("gpt_125m", (), False),
+}
+
+
+@pytest.fixture(scope="module", params=list(CASES))
 def measured(request, tmp_path_factory) -> Measured:
-    model, save_optimizer = request.param
-    job = rehearsal_job(model, "bf16")
+    model, overrides, save_optimizer = CASES[request.param]
+    job = rehearsal_job(model, "bf16", *overrides)
     base = tmp_path_factory.mktemp(model)
     save_dir = str(base / "checkpoints")
     real = run_distributed(real_rank_probe, WORLD, job, str(base / "run"), save_dir, save_optimizer)
-    return Measured(model, save_optimizer, real, rehearse_all(job), os.path.join(save_dir, "iter_0000001"))
+    return Measured(request.param, save_optimizer, real, rehearse_all(job), os.path.join(save_dir, "iter_0000001"))
 
 
 def test_real_ranks_ran_bf16_with_adam(measured):
@@ -56,6 +65,8 @@ def test_real_ranks_ran_bf16_with_adam(measured):
 
 
 def test_static_terms_equal_the_real_ranks(measured):
+    if measured.model == "tiny_padded":  # there for its padding: its buffers hold more elements than its parameters
+        assert all(sum(r["grad_buffer_numels"]) > r["parameters"] for r in measured.real)
     for rank, (real, rehearsed) in enumerate(zip(measured.real, measured.rehearsed)):
         got = {key: getattr(rehearsed, key) for key in SAME_PER_RANK}
         want = {key: real[key] for key in SAME_PER_RANK}
