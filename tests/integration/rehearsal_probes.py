@@ -7,11 +7,8 @@ megatron_sota/rehearsal/, so the rehearsal is compared with an independent measu
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any, Dict, List, Sequence, Tuple
-
-import torch
 
 from megatron_sota.checkpointing.contents import unwrap
 from megatron_sota.checkpointing.manager import CheckpointManager, Progress, checkpoint_layout

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import math
 import os
 import subprocess
 import sys
@@ -111,8 +110,8 @@ def _real_run_message(job, world: int) -> str:
 
 BROKEN = {
     # id: overrides, world size
-    "layers_not_divisible": (["model=sota_175b", "parallel.tp=4", "parallel.pp=8", "parallel.vpp=2",
-                              "train.seq_length=8192", "train.global_batch_size=2048", "train.micro_batch_size=1"], 1024),
+    "layers_not_divisible": (["model=sota_175b", "parallel.tp=4", "parallel.pp=8", "parallel.vpp=2", "train.seq_length=8192",
+                              "train.global_batch_size=2048", "train.micro_batch_size=1"], 1024),
     "heads_not_divisible": (["model=sota_175b", "parallel.tp=5", "parallel.pp=8", "train.seq_length=8192",
                              "train.global_batch_size=2048", "train.micro_batch_size=1"], 1280),
     "world_not_divisible": (["model=tiny", "parallel.tp=2", "parallel.pp=2"], 6),
@@ -159,8 +158,9 @@ def test_cli_json_is_the_rehearsal():
     [got] = json.loads(done.stdout)["ranks"]
     want = rehearse_rank(compose_job(overrides), 8, 5, checkpoint=True)
     rank = got["rank"]
-    for key in ("rank", "world_size", "coordinates", "padded_vocab", "parameters", "weight_bytes", "gradient_bytes",
-                "master_bytes", "optimizer_state_bytes", "grad_buffer_numels", "param_buffer_numels", "save_host_bytes"):
+    same = ("rank", "world_size", "coordinates", "padded_vocab", "parameters", "weight_bytes", "gradient_bytes",
+            "master_bytes", "optimizer_state_bytes", "grad_buffer_numels", "param_buffer_numels", "save_host_bytes")
+    for key in same:
         assert rank[key] == getattr(want, key), key
     assert [tuple(span) for span in rank["chunk_layers"]] == want.chunk_layers
     assert rank["checkpoint_shards"] == len(want.checkpoint_shards)
