@@ -110,8 +110,9 @@ def _real_run_message(job, world: int) -> str:
 
 BROKEN = {
     # id: overrides, world size
-    "layers_not_divisible": (["model=sota_175b", "parallel.tp=4", "parallel.pp=8", "parallel.vpp=2", "train.seq_length=8192",
-                              "train.global_batch_size=2048", "train.micro_batch_size=1"], 1024),
+    "layers_not_divisible": (["model=sota_175b", "parallel.tp=4", "parallel.pp=8", "parallel.vpp=2",
+                              "train.seq_length=8192", "train.global_batch_size=2048", "train.micro_batch_size=1"],
+                             1024),
     "heads_not_divisible": (["model=sota_175b", "parallel.tp=5", "parallel.pp=8", "train.seq_length=8192",
                              "train.global_batch_size=2048", "train.micro_batch_size=1"], 1280),
     "world_not_divisible": (["model=tiny", "parallel.tp=2", "parallel.pp=2"], 6),
