@@ -5,14 +5,12 @@ rehearse_rank's report."""
 
 from __future__ import annotations
 
-import contextlib
-import io
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 import time
-from typing import Dict, List
 
 import pytest
 
@@ -22,40 +20,31 @@ from megatron_sota.errors import MegatronSotaError
 from megatron_sota.model.gpt_builder import padded_vocab_size
 from megatron_sota.model.param_count import count_params
 from megatron_sota.rehearsal.rank import layout_problems, rehearse_rank, stage_ranks
+from megatron_sota.rehearsal.verify import layout_job
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BF16, FP32 = 2, 4
 
 
-def _planner_best(model: str, nodes: int) -> Dict:
-    """The layout tools/plan.py ranks first (its --json output, in-process)."""
-    from megatron_sota.cli.plan import main
+def _planner_best(model: str, nodes: int):
+    """The planner's request and the layout it ranks first (the search tools/plan.py prints)."""
+    from megatron_sota.planning.cluster import build_cluster
+    from megatron_sota.planning.search import PlanRequest, search
 
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        assert main(["--model", model, "--nodes", str(nodes), "--top", "1", "--json"]) == 0
-    return json.loads(out.getvalue())["plans"][0]["layout"]
-
-
-def _layout_overrides(layout: Dict) -> List[str]:
-    """The training command's overrides for a planner layout."""
-    overrides = [
-        f"parallel.tp={layout['tp']}", f"parallel.pp={layout['pp']}", f"parallel.cp={layout['cp']}",
-        f"parallel.sp={str(layout['sp']).lower()}",
-        f"parallel.distributed_optimizer={str(layout['distributed_optimizer']).lower()}",
-        f"parallel.fsdp={layout['fsdp']}", f"precision.dtype={layout['dtype']}",
-        f"train.seq_length={layout['seq_length']}", f"train.micro_batch_size={layout['micro_batch_size']}",
-        f"train.global_batch_size={layout['micro_batch_size'] * layout['num_microbatches'] * layout['dp']}",
-        f"train.recompute={layout['recompute']}",
-    ]
-    return overrides + ([f"parallel.vpp={layout['vpp']}"] if layout["vpp"] > 1 else [])
+    preset = load_model_preset(model)
+    request = PlanRequest(
+        model=preset, cluster=build_cluster("h100-80gb", 8, nodes), seq_length=preset.max_position_embeddings,
+        global_batch_size=2**24 // preset.max_position_embeddings,
+    )
+    return request, search(request).plans[0].layout
 
 
 @pytest.fixture(scope="module")
 def sota_best():
-    layout = _planner_best("sota_175b", 128)
-    job = compose_job(["model=sota_175b", *_layout_overrides(layout)])
-    world = layout["tp"] * layout["pp"] * layout["cp"] * layout["dp"]
+    request, best = _planner_best("sota_175b", 128)
+    job = layout_job(request, best)  # the training overrides plan.py --verify rehearses
+    layout = dataclasses.asdict(best)
+    world = best.world_size
     assert world == 1024
     return layout, job, world
 
