@@ -1,0 +1,1 @@
+"""The scale rehearsal: one rank of a large layout built on one CPU machine, and what it weighs."""
