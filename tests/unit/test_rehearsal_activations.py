@@ -91,3 +91,18 @@ def test_planner_activations_are_within_10_percent_of_the_fake_tensor_measure(ov
         print(f"\n{measured.describe()}\nplanned: stored {planned.stored_bytes}, peak {planned.peak_bytes} ({planned.phase})")
         assert planned.stored_bytes == pytest.approx(measured.stored_bytes, rel=TOLERANCE)
         assert planned.peak_bytes == pytest.approx(measured.peak_bytes, rel=TOLERANCE)
+
+
+def test_weight_gradients_are_dropped_as_megatron_ddp_drops_them():
+    """DDP adds each gradient into its fp32 main-gradient buffer (a static term) and frees it: none may stay, or
+    every later micro-batch would start its measure with a chunk's worth of bf16 gradients already held."""
+    job = _job(f"{SMALL} train.micro_batch_size=1 precision.dtype=bf16 parallel.pp=2")
+    with rank_chunk(job, 2, 1) as built:
+        params = list(built.chunk.parameters())
+        arrived = []
+        for param in params:
+            param.register_hook(lambda grad: arrived.append(grad.shape))
+        backward_micro_batch(*forward_micro_batch(built))
+        kept = [p for p in params if p.grad is not None]
+    assert len(arrived) == len(params) > 0  # every parameter got its gradient
+    assert kept == []
