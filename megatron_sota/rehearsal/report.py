@@ -56,8 +56,11 @@ def _row(r: Rehearsal) -> Dict[str, str]:
         "save host": _gib(rank.save_host_bytes),
     }
     if r.activations is not None:
-        row["act"] = _gib(r.activations.total_bytes)
-        row["peak"] = _gib(rank.static_bytes + r.activations.total_bytes)
+        a = r.activations
+        row["mb stored"] = _gib(a.stored_bytes)
+        row["mb peak"] = _gib(a.peak_bytes)
+        row["in flight"] = str(r.inflight)
+        row["peak"] = _gib(rank.static_bytes + a.persistent_bytes + (r.inflight - 1) * a.stored_bytes + a.peak_bytes)
     if r.init is not None:
         row["init s"] = f"{r.init.rank_seconds:.0f}"
     row["build s"] = f"{rank.build_seconds:.1f}"
@@ -82,7 +85,10 @@ def format_rehearsal(job: JobConfig, results: List[Rehearsal], shards: bool = Fa
         "GiB per GPU. weights: parameters (the distributed optimizer's padded buffers); grads: fp32 main-gradient "
         "buffers; master/adam: the optimizer's fp32 copies and moments on this rank; ckpt write: what this rank writes "
         "in a save; save host: host memory a save gathers on this rank (optimizer state of its whole data-parallel group)"
-        + ("; act: activations of the micro-batches in flight at the peak" if results[0].activations is not None else "")
+        + ("; mb stored / mb peak: one micro-batch through the rank's heaviest chunk under fake tensors, what its "
+           "forward keeps for the backward and its peak; in flight: chunk forwards the schedule holds at once; peak: "
+           "static + persistent buffers + (in flight - 1) x stored + the last one's peak"
+           if results[0].activations is not None else "")
         + ("; init s: real initialisation on this CPU, extrapolated from one layer" if results[0].init is not None else "")
     )
     return "\n".join(lines)
@@ -98,6 +104,7 @@ def rehearsal_json(job: JobConfig, results: List[Rehearsal], shards: bool = Fals
         out.append({
             "rank": rank,
             "activations": dataclasses.asdict(r.activations) if r.activations is not None else None,
+            "inflight_chunks": r.inflight,
             "init": dataclasses.asdict(r.init) if r.init is not None else None,
         })
     return {"layout": layout_line(job, results[0].rank.world_size), "ranks": out}

@@ -29,6 +29,8 @@ class Rehearsal:
     """activations.ActivationMeasure, when asked for."""
     init: Optional[Any] = None
     """init_cost.InitCost, when asked for."""
+    inflight: int = 1
+    """Model-chunk forwards the pipeline schedule holds at once on this rank (planning.memory.inflight_chunks)."""
 
 
 def rehearse(job: JobConfig, world_size: int, rank: int, options: RehearsalOptions = RehearsalOptions()) -> Rehearsal:
@@ -42,4 +44,8 @@ def rehearse(job: JobConfig, world_size: int, rank: int, options: RehearsalOptio
         from megatron_sota.rehearsal.init_cost import time_layer_init
 
         init = time_layer_init(job, rank, world_size)
-    return Rehearsal(report, activations, init)
+    from megatron_sota.planning.activation_check import layout_of
+    from megatron_sota.planning.memory import inflight_chunks
+
+    inflight = inflight_chunks(layout_of(job, world_size), report.coordinates["pp"])
+    return Rehearsal(report, activations, init, inflight)

@@ -102,14 +102,34 @@ def verify_layout(
     rank = global_rank(job, layout.world_size, pp=pipeline_rank, cp=dp_cp_rank % layout.cp, dp=dp_cp_rank // layout.cp)
     rehearsal = rehearse(job, layout.world_size, rank, RehearsalOptions(activations=activations, checkpoint=False))
     terms = static_terms(request, layout, pipeline_rank, rehearsal)
+    if rehearsal.activations is not None:
+        terms += activation_terms(request, layout, rehearsal.activations)
     return LayoutCheck(layout, pipeline_rank, rank, terms, rehearsal)
+
+
+def activation_terms(request: PlanRequest, layout: ParallelLayout, measured) -> List[TermCheck]:
+    """One micro-batch through the measured chunk: what its forward stores for the backward, and its peak on top of
+    the weights (the planner's in-flight activations are the stored figure times its in-flight chunks)."""
+    from megatron_sota.planning.activation_check import planned_chunk_activations
+
+    planned = planned_chunk_activations(
+        request.model, request.padded_vocab(layout.tp), layout, measured.pipeline_rank, measured.vp_stage
+    )
+    return [
+        TermCheck("act. stored", planned.stored_bytes, measured.stored_bytes, ACTIVATION_TOLERANCE),
+        TermCheck("act. peak", planned.peak_bytes, measured.peak_bytes, ACTIVATION_TOLERANCE),
+    ]
 
 
 def format_checks(checks: List[LayoutCheck]) -> str:
     lines = []
     for check in checks:
         verdict = "ok" if check.ok else "MISMATCH"
-        lines.append(f"{check.layout.short()}: pipeline rank {check.pipeline_rank} (global rank {check.global_rank}): {verdict}")
+        measured = check.rehearsal.activations
+        chunk = f", chunk {measured.vp_stage} for one micro-batch" if measured is not None else ""
+        lines.append(
+            f"{check.layout.short()}: pipeline rank {check.pipeline_rank} (global rank {check.global_rank}{chunk}): {verdict}"
+        )
         lines.append(f"  {'term':<12}{'planner GiB':>14}{'rehearsal GiB':>15}{'planner bytes':>18}{'rehearsal bytes':>18}  check")
         for t in check.terms:
             rule = "equal" if t.tolerance == 0 else f"within {t.tolerance:.0%}"
