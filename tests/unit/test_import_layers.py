@@ -18,7 +18,7 @@ PACKAGE_DIR = os.path.dirname(megatron_sota.__file__)
 # rule does not name sit where their imports put them: conversion, curation and planning use
 # models and data; inference runs models read by checkpointing's reader; evaluation scores through
 # inference's models; training runs in-loop evaluation; post-training plugs objectives into training;
-# perf, serving and the entry points use everything.
+# perf, the scale rehearsal, serving and the entry points use everything.
 LAYERS = (
     ("errors", "atomic_files", "quiet"),
     ("config",),
@@ -29,7 +29,7 @@ LAYERS = (
     ("evaluation",),
     ("training",),
     ("posttrain",),
-    ("perf", "train", "serving"),
+    ("perf", "rehearsal", "train", "serving"),
 )
 RANK: Dict[str, int] = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 TOP = len(LAYERS)  # a subsystem not placed above is treated as an entry point: nothing placed may import it
