@@ -1,1 +1,1 @@
-"""Scale rehearsal: build any rank of a large layout in one process (fake process group) and measure it."""
+"""The scale rehearsal: one rank of a large layout built on one CPU machine, and what it weighs."""
