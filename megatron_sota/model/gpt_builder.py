@@ -87,9 +87,7 @@ def build_transformer_config(
         fp8_recipe=precision.fp8_recipe,
         # Each rank generates only its slice of every weight, on its device, from a hash of the element's place in
         # the checkpoint's global tensor (model/init_methods.py): the initial model does not depend on the layout.
-        # Transformer Engine's layers call the init method before they mark how the weight is split, so there
-        # megatron-core still builds each full master tensor on the CPU (the same values, the old cost).
-        use_cpu_initialization=use_te,
+        use_cpu_initialization=False,
         perform_initialization=True,
         **keyed_init_methods(model.init_method_std, model.num_layers),
         # Average the loss over all tokens of the global batch, not per micro-batch.

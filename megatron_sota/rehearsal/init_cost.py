@@ -3,8 +3,10 @@
 A rank of a large run builds `layers` transformer layers (all its virtual stages) plus the embedding on the first
 pipeline stage and the output layer on the last. Building one layer with megatron-core's own code, at the job's
 layout, over fake ranks (runtime/fake_world.py with real CPU tensors) and multiplying by the layer count gives the
-rank's initialisation time on this machine's CPU without building the whole rank. Only initialisation is timed:
-what a GPU run spends on the GPU is not measured here (it generates there, model/init_methods.py).
+rank's initialisation time on this machine's CPU without building the whole rank. Each rank generates only its own
+slice of every weight (model/init_methods.py), on its device: a GPU run does on the GPU what is timed here on the
+CPU, so this is an upper bound for it. The local layer spec is built (Transformer Engine cannot run here); TE's
+layers make the same init calls on the same slices.
 """
 
 from __future__ import annotations

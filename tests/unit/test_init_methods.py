@@ -1,6 +1,6 @@
-"""Keyed initialisation (model/init_methods.py): normal(0, std) per tensor kind, values that depend only on the
-element's global position (not on the piece that computes it, the TP slice, its stride or the vocabulary padding),
-and keys that tell tensors apart."""
+"""Keyed initialisation (model/init_methods.py, model/keyed_normal.py): normal(0, std) per tensor kind, values
+that depend only on the element's global position (not on the piece that computes it, the TP slice, its stride or
+the vocabulary padding), and keys that tell tensors apart."""
 
 from __future__ import annotations
 
@@ -10,16 +10,9 @@ import pytest
 import torch
 
 from megatron_sota.errors import MegatronSotaError
-from megatron_sota.model import init_methods
-from megatron_sota.model.init_methods import (
-    KeyedNormalInit,
-    fill_normal,
-    keyed_init_methods,
-    layer_scope,
-    model_scope,
-    standard_normals,
-    tensor_key,
-)
+from megatron_sota.model import keyed_normal
+from megatron_sota.model.init_methods import KeyedNormalInit, keyed_init_methods, layer_scope, model_scope
+from megatron_sota.model.keyed_normal import fill_normal, standard_normals, tensor_key
 
 
 def _normal_cdf(x: torch.Tensor) -> torch.Tensor:
@@ -62,13 +55,13 @@ def test_values_are_normal_with_the_given_std(std):
 def test_a_value_does_not_depend_on_the_piece_that_computes_it():
     key = tensor_key(0, 1, 0)
     index = torch.arange(200_003)
-    whole = standard_normals(key, index)
+    whole = standard_normals(key, index.clone())  # the index tensor is overwritten
     cuts = [0, 1, 4, 11, 2060, 4109, 70_000, 200_003]  # odd sizes: vector tails in every piece
-    pieces = torch.cat([standard_normals(key, index[a:b]) for a, b in zip(cuts, cuts[1:])])
+    pieces = torch.cat([standard_normals(key, index[a:b].clone()) for a, b in zip(cuts, cuts[1:])])
     assert torch.equal(whole, pieces)
 
 
-def _megatron_slices(global_rows: int, global_cols: int, dim: int, stride: int, tp: int, key: int) -> list:
+def _megatron_slices(global_rows: int, global_cols: int, dim: int, stride: int, tp: int, key: int, std: float = 1.0) -> list:
     """Each TP rank's slice as megatron-core's CPU initialisation cuts it from the full master weight."""
     from megatron.core.tensor_parallel.layers import _initialize_affine_weight_cpu
 
@@ -78,7 +71,7 @@ def _megatron_slices(global_rows: int, global_cols: int, dim: int, stride: int, 
         shape[dim] //= tp
         local = torch.empty(shape)
         _initialize_affine_weight_cpu(
-            local, global_rows, global_cols, shape[dim], dim, lambda w: fill_normal(w, key, 1.0),
+            local, global_rows, global_cols, shape[dim], dim, lambda w: fill_normal(w, key, std),
             stride=stride, rank=rank, world_size=tp,
         )
         slices.append(local)
@@ -94,7 +87,7 @@ def test_a_tp_slice_holds_megatrons_slice_of_the_global_tensor(monkeypatch, dim,
     key, tp, rows, cols = tensor_key(1, 2, 3), 4, 64, 96
     expected = _megatron_slices(rows, cols, dim, stride, tp, key)
     for rank in range(tp):
-        monkeypatch.setattr(init_methods, "_tp_position", lambda: (rank, tp))
+        monkeypatch.setattr(keyed_normal, "tp_position", lambda: (rank, tp))
         shape = [rows, cols]
         shape[dim] //= tp
         local = torch.empty(shape)
@@ -147,3 +140,33 @@ def test_init_outside_a_model_build_or_twice_per_role_is_refused():
     with model_scope(0), pytest.raises(MegatronSotaError, match="second tensor"):
         init(torch.empty(2, 2))
         init(torch.empty(2, 2))
+
+
+def test_a_weight_marked_after_its_init_call_is_filled_when_its_layer_closes(monkeypatch):
+    """Transformer Engine's order: TE's reset_parameters calls the init method on the local weight, then TE sets
+    partition_dim and megatron-core's wrapper partition_stride (extensions/transformer_engine.py)."""
+    from megatron.core.tensor_parallel.layers import set_tensor_model_parallel_attributes
+
+    tp, rows, cols, std = 4, 64, 96, 0.02
+    init = keyed_init_methods(std, 4)["init_method"]
+    expected = _megatron_slices(rows, cols, 0, 2, tp, tensor_key(9, 3, 1), std)  # the layer's second init call
+    for rank in range(tp):
+        monkeypatch.setattr(keyed_normal, "tp_position", lambda: (rank, tp))
+        first, fc1 = torch.zeros(rows // tp, cols), torch.zeros(rows // tp, cols)
+        with model_scope(9), layer_scope(3):
+            init(first)
+            init(fc1)
+            assert not fc1.any()  # not filled before its split is known
+            set_tensor_model_parallel_attributes(first, True, 0, 1)
+            set_tensor_model_parallel_attributes(fc1, True, 0, 1)
+            fc1.partition_stride = 2
+        assert torch.equal(fc1, expected[rank]), f"rank {rank}"
+
+
+def test_a_weight_never_marked_at_tp2_is_refused(monkeypatch):
+    monkeypatch.setattr(keyed_normal, "tp_position", lambda: (0, 2))
+    init = keyed_init_methods(0.02, 4)["init_method"]
+    with pytest.raises(MegatronSotaError, match="never marked"), model_scope(0), layer_scope(1):
+        init(torch.empty(4, 4))
+    with pytest.raises(MegatronSotaError, match="outside the transformer layers"), model_scope(0):
+        init(torch.empty(4, 4))
