@@ -19,6 +19,7 @@ import math
 from typing import Iterator, Optional
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
 
 from megatron_sota.errors import MegatronSotaError
 
@@ -113,8 +114,8 @@ def fill_normal(tensor: torch.Tensor, key: int, std: float) -> None:
     """
     if tensor.dim() != 2:
         raise MegatronSotaError(f"keyed initialisation expects a 2-D weight, found shape {tuple(tensor.shape)}")
-    if tensor.device.type == "meta":
-        return
+    if tensor.device.type == "meta" or is_fake(tensor):
+        return  # the rehearsal's shapes-only builds (runtime/fake_world.py, FakeTensorMode): no values to fill
     dim, stride, (rank, size) = 0, 1, (0, 1)
     if getattr(tensor, "tensor_model_parallel", False):
         dim, stride = tensor.partition_dim, tensor.partition_stride

@@ -170,3 +170,17 @@ def test_a_weight_never_marked_at_tp2_is_refused(monkeypatch):
         init(torch.empty(4, 4))
     with pytest.raises(MegatronSotaError, match="outside the transformer layers"), model_scope(0):
         init(torch.empty(4, 4))
+
+
+def test_shapes_only_builds_are_left_unfilled(monkeypatch):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("values computed for a tensor that has none")
+
+    monkeypatch.setattr(keyed_normal, "_fill_region", refuse)
+    with FakeTensorMode():
+        fill_normal(torch.empty(4096, 4096), tensor_key(0, 1, 0), 0.02)  # the rehearsal's fake tensors
+    fill_normal(torch.empty(4096, 4096, device="meta"), tensor_key(0, 1, 0), 0.02)
+    with pytest.raises(AssertionError, match="has none"):
+        fill_normal(torch.empty(2, 2), tensor_key(0, 1, 0), 0.02)  # the guard above is live
