@@ -1,7 +1,7 @@
 """normal(0, std) values that are a pure function of (tensor key, element position in the global tensor).
 
-The value of element (i, j) of a global [R, C] tensor keyed k is Box-Muller on two 24-bit uniforms from splitmix64
-of (k, i * C + j): a counter-based generator, so a rank computes only its own slice, on the tensor's device, and
+The value of element n = i * C + j of a global [R, C] tensor keyed k is the cos (n even) or sin (n odd) half of
+Box-Muller on two 24-bit uniforms from splitmix64 of (k, n // 2): a counter-based generator, so a rank computes only its own slice, on the tensor's device, and
 no layout (TP slice and stride, vocabulary padding: a row's values do not depend on R) can change a value.
 model/init_methods.py decides which tensor gets which key.
 
@@ -52,11 +52,10 @@ def tensor_key(seed: int, layer: int, slot: int) -> int:
     return _signed(_mix64(_mix64(_mix64(seed) ^ layer) ^ slot))
 
 
-def standard_normals(key: int, index: torch.Tensor) -> torch.Tensor:
-    """N(0, 1) float32 values for int64 element indices `index` (overwritten) of the tensor keyed `key`: Box-Muller
-    on two 24-bit uniforms from one splitmix64 hash per element; a pure function of (key, index). In place where
-    possible: each pass over the piece is most of the cost on a CPU."""
-    x = index.mul_(_GOLDEN).add_(key)
+def _radius_angle(key: int, pair: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Box-Muller's radius sqrt(-2 ln u1) and angle 2 pi u2 for int64 pair indices `pair` (overwritten): two 24-bit
+    uniforms from one splitmix64 hash of (key, pair). In place where possible: each pass is most of a CPU's cost."""
+    x = pair.mul_(_GOLDEN).add_(key)
     x ^= (x >> 30).bitwise_and_((1 << 34) - 1)  # masked: int64 shifts are arithmetic
     x *= _MUL1
     x ^= (x >> 27).bitwise_and_((1 << 37) - 1)
@@ -64,7 +63,23 @@ def standard_normals(key: int, index: torch.Tensor) -> torch.Tensor:
     x ^= (x >> 31).bitwise_and_((1 << 33) - 1)
     angle = (x & 0xFFFFFF).to(torch.float32).mul_(2 * math.pi / 16777216)  # [0, 2 pi)
     u1 = (x >> 40).bitwise_and_(0xFFFFFF).add_(1).to(torch.float32).mul_(1.0 / 16777216)  # (0, 1]
-    return u1.log_().mul_(-2.0).sqrt_().mul_(angle.cos_())
+    return u1.log_().mul_(-2.0).sqrt_(), angle
+
+
+def standard_normals(key: int, index: torch.Tensor) -> torch.Tensor:
+    """N(0, 1) float32 values for int64 element indices `index` (overwritten) of the tensor keyed `key`, a pure
+    function of (key, index): elements 2m and 2m + 1 are Box-Muller's cos and sin pair of hash (key, m)."""
+    odd = (index & 1).bool()
+    radius, angle = _radius_angle(key, index.bitwise_right_shift_(1))
+    return torch.where(odd, radius * angle.sin(), radius * angle.cos_())
+
+
+def _even_run_normals(key: int, first_pair: torch.Tensor, pairs: int) -> torch.Tensor:
+    """standard_normals of the indices 2 * first_pair + [0, 2 * pairs) (a [rows, 1] column of starts): one hash per
+    pair, both of its values kept, about half the passes of the general path."""
+    pair = first_pair + torch.arange(pairs, dtype=torch.int64, device=first_pair.device)
+    radius, angle = _radius_angle(key, pair)
+    return torch.stack((radius * angle.cos(), radius.mul_(angle.sin_())), dim=-1).view(pair.shape[0], 2 * pairs)
 
 
 def _fill_region(out: torch.Tensor, key: int, cols: int, row0: int, col0: int, std: float) -> None:
@@ -72,15 +87,19 @@ def _fill_region(out: torch.Tensor, key: int, cols: int, row0: int, col0: int, s
     rows, width = out.shape
     piece = _CPU_PIECE if out.device.type == "cpu" else _GPU_PIECE
     col_step = min(width, piece)
+    col_step -= col_step % 2 if col_step > 1 else 0
     row_step = max(1, piece // col_step)
     for r0 in range(0, rows, row_step):
         r1 = min(rows, r0 + row_step)
         row_index = torch.arange(row0 + r0, row0 + r1, dtype=torch.int64, device=out.device).unsqueeze(1) * cols
         for c0 in range(0, width, col_step):
             c1 = min(width, c0 + col_step)
-            col_index = torch.arange(col0 + c0, col0 + c1, dtype=torch.int64, device=out.device)
-            values = standard_normals(key, row_index + col_index).mul_(std)
-            out[r0:r1, c0:c1].copy_(values)
+            if cols % 2 == 0 and (col0 + c0) % 2 == 0 and (c1 - c0) % 2 == 0:  # whole pairs in every row
+                values = _even_run_normals(key, (row_index + col0 + c0) // 2, (c1 - c0) // 2)
+            else:
+                col_index = torch.arange(col0 + c0, col0 + c1, dtype=torch.int64, device=out.device)
+                values = standard_normals(key, row_index + col_index)
+            out[r0:r1, c0:c1].copy_(values.mul_(std))
 
 
 @contextlib.contextmanager

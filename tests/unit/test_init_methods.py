@@ -59,6 +59,9 @@ def test_a_value_does_not_depend_on_the_piece_that_computes_it():
     cuts = [0, 1, 4, 11, 2060, 4109, 70_000, 200_003]  # odd sizes: vector tails in every piece
     pieces = torch.cat([standard_normals(key, index[a:b].clone()) for a, b in zip(cuts, cuts[1:])])
     assert torch.equal(whole, pieces)
+    by_pairs = torch.empty(7, 28_570)  # even rows: fill_normal hashes pairs of elements, not single ones
+    fill_normal(by_pairs, key, 1.0)
+    assert torch.equal(by_pairs.flatten(), whole[: by_pairs.numel()])
 
 
 def _megatron_slices(global_rows: int, global_cols: int, dim: int, stride: int, tp: int, key: int, std: float = 1.0) -> list:
@@ -79,12 +82,16 @@ def _megatron_slices(global_rows: int, global_cols: int, dim: int, stride: int, 
 
 
 @pytest.mark.parametrize(
-    "dim, stride", [(0, 1), (1, 1), (0, 2)], ids=["column-parallel", "row-parallel", "swiglu-fc1"]
+    "dim, stride, cols",
+    [(0, 1, 96), (1, 1, 96), (0, 2, 96), (1, 1, 12)],
+    ids=["column-parallel", "row-parallel", "swiglu-fc1", "row-parallel-odd-columns"],
 )
-def test_a_tp_slice_holds_megatrons_slice_of_the_global_tensor(monkeypatch, dim, stride):
+def test_a_tp_slice_holds_megatrons_slice_of_the_global_tensor(monkeypatch, dim, stride, cols):
+    """The odd-columns case gives slices 3 wide starting at odd columns: values computed element by element where the
+    full tensor computes them pair by pair."""
     from megatron.core.tensor_parallel.layers import set_tensor_model_parallel_attributes
 
-    key, tp, rows, cols = tensor_key(1, 2, 3), 4, 64, 96
+    key, tp, rows = tensor_key(1, 2, 3), 4, 64
     expected = _megatron_slices(rows, cols, dim, stride, tp, key)
     for rank in range(tp):
         monkeypatch.setattr(keyed_normal, "tp_position", lambda: (rank, tp))
