@@ -169,6 +169,7 @@ def rehearse_rank(job: JobConfig, world_size: int, rank: int, checkpoint: bool =
     Raises MegatronSotaError listing every layout problem (the real run's messages) when the config would not start.
     """
     from megatron.core import parallel_state
+    from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
 
     from megatron_sota.checkpointing.contents import build_state_dict
     from megatron_sota.checkpointing.manager import checkpoint_layout
@@ -199,6 +200,7 @@ def rehearse_rank(job: JobConfig, world_size: int, rank: int, checkpoint: bool =
             virtual_pipeline_model_parallel_size=vpp, context_parallel_size=p.cp,
         )
         try:
+            model_parallel_cuda_manual_seed(t.seed)  # the RNG tracker's streams, as the trainer's session adds them
             coordinates = {
                 "tp": parallel_state.get_tensor_model_parallel_rank(),
                 "pp": parallel_state.get_pipeline_model_parallel_rank(),

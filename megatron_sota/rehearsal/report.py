@@ -62,7 +62,7 @@ def _row(r: Rehearsal) -> Dict[str, str]:
         row["in flight"] = str(r.inflight)
         row["peak"] = _gib(rank.static_bytes + a.persistent_bytes + (r.inflight - 1) * a.stored_bytes + a.peak_bytes)
     if r.init is not None:
-        row["init s"] = f"{r.init.rank_seconds:.0f}"
+        row["init s"] = f"{r.init.total_seconds:.1f}"
     row["build s"] = f"{rank.build_seconds:.1f}"
     return row
 
