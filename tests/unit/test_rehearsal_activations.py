@@ -15,8 +15,9 @@ import torch
 from megatron_sota.cli.benchmark import compose_job
 from megatron_sota.model.gpt_builder import padded_vocab_size
 from megatron_sota.perf.memory_meter import PeakMemoryMeter
-from megatron_sota.planning.activation_check import TOLERANCE, layout_of, planned_chunk_activations
+from megatron_sota.planning.memory import layout_of, persistent_buffer_bytes, planned_chunk_activations
 from megatron_sota.rehearsal.activations import backward_micro_batch, forward_micro_batch, measure_activations, rank_chunk
+from megatron_sota.rehearsal.verify import ACTIVATION_TOLERANCE
 
 TINY = "model=tiny train.seq_length=256 train.global_batch_size=64"
 SMALL = "model=tiny model.vocab_size=1024 train.seq_length=128 train.global_batch_size=64"
@@ -77,6 +78,9 @@ PLANNER_CASES = [
      " parallel.vpp=5 train.recompute=full train.global_batch_size=64", 256, (0, 255)),
     ("model=sota_175b train.seq_length=8192 train.micro_batch_size=1 precision.dtype=bf16 parallel.tp=4 parallel.sp=true"
      " parallel.pp=8 parallel.vpp=13 train.recompute=selective train.global_batch_size=2048", 1024, (0, 512, 1023)),
+    # The planner's best sota_175b layout on 1024 H100s: context parallelism's ring attention (its fp32 output).
+    ("model=sota_175b train.seq_length=8192 train.micro_batch_size=1 precision.dtype=bf16 parallel.tp=4 parallel.sp=true"
+     " parallel.pp=8 parallel.cp=4 train.recompute=none train.global_batch_size=2048", 1024, (0, 1023)),
 ]
 
 
@@ -89,8 +93,13 @@ def test_planner_activations_are_within_10_percent_of_the_fake_tensor_measure(ov
         measured = measure_activations(job, world_size, rank)
         planned = planned_chunk_activations(job.model, vocab, layout, measured.pipeline_rank, measured.vp_stage)
         print(f"\n{measured.describe()}\nplanned: stored {planned.stored_bytes}, peak {planned.peak_bytes} ({planned.phase})")
-        assert planned.stored_bytes == pytest.approx(measured.stored_bytes, rel=TOLERANCE)
-        assert planned.peak_bytes == pytest.approx(measured.peak_bytes, rel=TOLERANCE)
+        assert planned.stored_bytes == pytest.approx(measured.stored_bytes, rel=ACTIVATION_TOLERANCE)
+        assert planned.peak_bytes == pytest.approx(measured.peak_bytes, rel=ACTIVATION_TOLERANCE)
+        if measured.pipeline_rank == 0:
+            # Kept once per rank from the first micro-batch on: the planner's transient term carries it. (On a later
+            # stage the measure's figure also has the previous micro-batch's received input and its gradient, which
+            # the chunk keeps referenced until the next set_input_tensor.)
+            assert persistent_buffer_bytes(job.model, layout) == pytest.approx(measured.persistent_bytes, abs=CONSTANTS)
 
 
 def test_weight_gradients_are_dropped_as_megatron_ddp_drops_them():
