@@ -21,6 +21,8 @@ from megatron_sota.planning.memory import (
     inflight_chunks,
     layer_activation_bytes,
     model_state_bytes,
+    persistent_buffer_bytes,
+    planned_chunk_activations,
     stored_layer_bytes,
 )
 from megatron_sota.config.presets import load_model_preset
@@ -236,6 +238,21 @@ def test_cp_ring_buffers_set_the_layer_backward_peak_where_they_exceed_the_mlp_m
     without_cp = estimate_rank_memory(tiny, 128, ParallelLayout(seq_length=1024, dtype="fp32"), 0)
     assert without_cp.phase == "layer backward (SwiGLU backward)"
     assert without_cp.transient == grad_in + swiglu + rope  # same tokens a rank, no ring
+
+
+def test_a_rank_holds_its_in_flight_micro_batches_and_the_backward_of_one():
+    """sota_175b's best 1024-GPU layout (tp4 pp8 cp4, no recompute): 1F1B keeps 8 micro-batches of the one chunk in
+    flight on the first stage (7 warm-up forwards and one more), 1 on the last; the peak is one of them running
+    backward, with the persistent buffers (the SP gather of 2048 tokens x 12288, bf16, and the RoPE table) on top."""
+    layout = ParallelLayout(tp=4, pp=8, cp=4, dp=8, num_microbatches=256, seq_length=8192, sp=True, recompute="none")
+    persistent = 2048 * 12288 * 2 + 4 * 2048 * 128
+    assert persistent_buffer_bytes(SOTA, layout) == persistent
+    for rank, in_flight in ((0, 8), (7, 1)):
+        chunk = planned_chunk_activations(SOTA, 131072, layout, rank, 0)
+        memory = estimate_rank_memory(SOTA, 131072, layout, rank)
+        assert memory.phase == chunk.phase
+        held = memory.activations + memory.logits + memory.transient - persistent
+        assert held == (in_flight - 1) * chunk.stored_bytes + chunk.peak_bytes
 
 
 def test_cp_ring_time_follows_the_closed_form_and_hides_behind_long_attention():
