@@ -21,6 +21,8 @@ from megatron_sota.planning.memory import (
     inflight_chunks,
     layer_activation_bytes,
     model_state_bytes,
+    persistent_buffer_bytes,
+    planned_chunk_activations,
     stored_layer_bytes,
 )
 from megatron_sota.config.presets import load_model_preset
@@ -201,9 +203,12 @@ def _cp_layout(cp: int, **kw) -> ParallelLayout:
 
 @pytest.mark.parametrize("recompute", ["none", "selective", "full"])
 def test_cp_divides_what_a_layer_keeps_for_backward(recompute):
+    """Every term falls as 1/cp; on top, without recompute, the ring attention keeps its merged output in fp32
+    (8192 tokens a rank x 12 query heads x 128 channels a TP rank x 4 bytes): selective recompute drops it."""
     one, four = (stored_layer_bytes(SOTA, _cp_layout(cp, recompute=recompute)) for cp in (1, 4))
-    assert one == 4 * four
-    assert layer_activation_bytes(SOTA, _cp_layout(1)) == 4 * layer_activation_bytes(SOTA, _cp_layout(4))
+    merged_output = 8192 * 12 * 128 * 4 if recompute == "none" else 0
+    assert four == one // 4 + merged_output
+    assert layer_activation_bytes(SOTA, _cp_layout(4)) == layer_activation_bytes(SOTA, _cp_layout(1)) // 4 + 8192 * 12 * 128 * 4
 
 
 def test_cp_ring_buffers_follow_the_closed_form():
@@ -217,19 +222,37 @@ def test_cp_ring_buffers_follow_the_closed_form():
     assert cp_attention_backward_bytes(SOTA, _cp_layout(1)) == 0
 
 
-def test_cp_ring_buffers_set_the_layer_backward_peak_where_they_exceed_fc2():
-    """tiny (ffn 704) at seq 2048, cp=2, fp32: the ring's buffers outweigh fc2's backward temporaries."""
+def test_cp_ring_buffers_set_the_layer_backward_peak_where_they_exceed_the_mlp_moments():
+    """tiny (ffn 704) at seq 2048, cp=2, fp32: the ring's buffers outweigh the MLP's backward moments (SwiGLU's
+    three [n, f] gradients the larger, n > h). The RoPE table (1024 positions x 64 channels, fp32) is kept besides."""
     tiny = load_model_preset("tiny")
     layout = ParallelLayout(cp=2, seq_length=2048, dtype="fp32", recompute="none")
     n = 1024
     fc2 = n * 704 * 4 + 704 * 256 * 4
+    swiglu = 2 * n * 704 * 4
     ring = cp_attention_backward_bytes(tiny, layout)
-    assert ring > fc2
-    grad_in = n * 256 * 4
+    assert ring > swiglu > fc2
+    grad_in, rope = n * 256 * 4, 1024 * 64 * 4
     memory = estimate_rank_memory(tiny, 128, layout, 0)  # a 128-token vocabulary: small logits
-    assert memory.phase == "layer backward" and memory.transient == grad_in + ring
+    assert memory.phase == "layer backward (CP attention backward)" and memory.transient == grad_in + ring + rope
     without_cp = estimate_rank_memory(tiny, 128, ParallelLayout(seq_length=1024, dtype="fp32"), 0)
-    assert without_cp.transient == grad_in + fc2  # same tokens a rank, no ring
+    assert without_cp.phase == "layer backward (SwiGLU backward)"
+    assert without_cp.transient == grad_in + swiglu + rope  # same tokens a rank, no ring
+
+
+def test_a_rank_holds_its_in_flight_micro_batches_and_the_backward_of_one():
+    """sota_175b's best 1024-GPU layout (tp4 pp8 cp4, no recompute): 1F1B keeps 8 micro-batches of the one chunk in
+    flight on the first stage (7 warm-up forwards and one more), 1 on the last; the peak is one of them running
+    backward, with the persistent buffers (the SP gather of 2048 tokens x 12288, bf16, and the RoPE table) on top."""
+    layout = ParallelLayout(tp=4, pp=8, cp=4, dp=8, num_microbatches=256, seq_length=8192, sp=True, recompute="none")
+    persistent = 2048 * 12288 * 2 + 4 * 2048 * 128
+    assert persistent_buffer_bytes(SOTA, layout) == persistent
+    for rank, in_flight in ((0, 8), (7, 1)):
+        chunk = planned_chunk_activations(SOTA, 131072, layout, rank, 0)
+        memory = estimate_rank_memory(SOTA, 131072, layout, rank)
+        assert memory.phase == chunk.phase
+        held = memory.activations + memory.logits + memory.transient - persistent
+        assert held == (in_flight - 1) * chunk.stored_bytes + chunk.peak_bytes
 
 
 def test_cp_ring_time_follows_the_closed_form_and_hides_behind_long_attention():
@@ -301,7 +324,7 @@ def test_fsdp_memory_per_strategy_follows_the_closed_form_at_dp4():
 
     # The gathered units sit on top of the backward's peak: in the output layer's backward with this
     # vocabulary, in a layer's backward with 128 tokens of vocabulary (small logits).
-    for vocab, phase in ((1920, "output-layer backward"), (128, "layer backward")):
+    for vocab, phase in ((1920, "output-layer backward"), (128, "layer backward (fc2 backward)")):
         plain = ParallelLayout(dp=4, seq_length=64, micro_batch_size=2, dtype="fp32")
         zero3, none = (estimate_rank_memory(TINY, vocab, replace(plain, fsdp=f), 0) for f in ("optim_grads_params", "none"))
         assert zero3.phase == none.phase == phase

@@ -15,8 +15,9 @@ import torch
 from megatron_sota.cli.benchmark import compose_job
 from megatron_sota.model.gpt_builder import padded_vocab_size
 from megatron_sota.perf.memory_meter import PeakMemoryMeter
-from megatron_sota.planning.activation_check import TOLERANCE, layout_of, planned_chunk_activations
+from megatron_sota.planning.memory import layout_of, persistent_buffer_bytes, planned_chunk_activations
 from megatron_sota.rehearsal.activations import backward_micro_batch, forward_micro_batch, measure_activations, rank_chunk
+from megatron_sota.rehearsal.verify import ACTIVATION_TOLERANCE
 
 TINY = "model=tiny train.seq_length=256 train.global_batch_size=64"
 SMALL = "model=tiny model.vocab_size=1024 train.seq_length=128 train.global_batch_size=64"
@@ -77,20 +78,40 @@ PLANNER_CASES = [
      " parallel.vpp=5 train.recompute=full train.global_batch_size=64", 256, (0, 255)),
     ("model=sota_175b train.seq_length=8192 train.micro_batch_size=1 precision.dtype=bf16 parallel.tp=4 parallel.sp=true"
      " parallel.pp=8 parallel.vpp=13 train.recompute=selective train.global_batch_size=2048", 1024, (0, 512, 1023)),
+    # The planner's best sota_175b layout on 1024 H100s: context parallelism's ring attention (its fp32 output).
+    ("model=sota_175b train.seq_length=8192 train.micro_batch_size=1 precision.dtype=bf16 parallel.tp=4 parallel.sp=true"
+     " parallel.pp=8 parallel.cp=4 train.recompute=none train.global_batch_size=2048", 1024, (0, 1023)),
+    # One of its best on 2048: one layer a chunk, where the embedding's backward sets the first stage's peak.
+    ("model=sota_175b train.seq_length=8192 train.micro_batch_size=1 precision.dtype=bf16 parallel.tp=4 parallel.sp=true"
+     " parallel.pp=8 parallel.vpp=13 parallel.cp=4 train.recompute=selective train.global_batch_size=2048", 2048, (0,)),
 ]
 
 
+PLANNER_BOUND = 0.01
+"""planning/memory.py's chunk figures against the measure: every moment it names is counted to the tensor; what is
+left (a few MiB in the output layer's backward) stays well inside the issue's ACTIVATION_TOLERANCE."""
+
+
 @pytest.mark.parametrize("overrides,world_size,ranks", PLANNER_CASES, ids=lambda v: str(v).split()[0] if isinstance(v, str) else None)
-def test_planner_activations_are_within_10_percent_of_the_fake_tensor_measure(overrides, world_size, ranks):
+def test_planner_activations_are_within_1_percent_of_the_fake_tensor_measure(overrides, world_size, ranks):
     job = _job(overrides)
     layout = layout_of(job, world_size)
     vocab = padded_vocab_size(job.model.vocab_size, job.model.make_vocab_size_divisible_by, job.parallel.tp)
     for rank in ranks:
         measured = measure_activations(job, world_size, rank)
         planned = planned_chunk_activations(job.model, vocab, layout, measured.pipeline_rank, measured.vp_stage)
-        print(f"\n{measured.describe()}\nplanned: stored {planned.stored_bytes}, peak {planned.peak_bytes} ({planned.phase})")
-        assert planned.stored_bytes == pytest.approx(measured.stored_bytes, rel=TOLERANCE)
-        assert planned.peak_bytes == pytest.approx(measured.peak_bytes, rel=TOLERANCE)
+        print(
+            f"\n{measured.describe()}\nplanned: stored {planned.stored_bytes} ({planned.stored_bytes / measured.stored_bytes - 1:+.2%}),"
+            f" peak {planned.peak_bytes} ({planned.peak_bytes / measured.peak_bytes - 1:+.2%}; {planned.phase})"
+        )
+        # The issue's bound is ACTIVATION_TOLERANCE; the corrected per-chunk terms reach PLANNER_BOUND.
+        assert planned.stored_bytes == pytest.approx(measured.stored_bytes, rel=PLANNER_BOUND)
+        assert planned.peak_bytes == pytest.approx(measured.peak_bytes, rel=PLANNER_BOUND)
+        if measured.pipeline_rank == 0:
+            # Kept once per rank from the first micro-batch on: the planner's transient term carries it. (On a later
+            # stage the measure's figure also has the previous micro-batch's received input and its gradient, which
+            # the chunk keeps referenced until the next set_input_tensor.)
+            assert persistent_buffer_bytes(job.model, layout) == pytest.approx(measured.persistent_bytes, abs=CONSTANTS)
 
 
 def test_weight_gradients_are_dropped_as_megatron_ddp_drops_them():
