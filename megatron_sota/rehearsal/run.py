@@ -44,8 +44,7 @@ def rehearse(job: JobConfig, world_size: int, rank: int, options: RehearsalOptio
         from megatron_sota.rehearsal.init_cost import time_layer_init
 
         init = time_layer_init(job, rank, world_size)
-    from megatron_sota.planning.activation_check import layout_of
-    from megatron_sota.planning.memory import inflight_chunks
+    from megatron_sota.planning.memory import inflight_chunks, layout_of
 
     inflight = inflight_chunks(layout_of(job, world_size), report.coordinates["pp"])
     return Rehearsal(report, activations, init, inflight)

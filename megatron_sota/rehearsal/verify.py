@@ -110,7 +110,7 @@ def verify_layout(
 def activation_terms(request: PlanRequest, layout: ParallelLayout, measured) -> List[TermCheck]:
     """One micro-batch through the measured chunk: what its forward stores for the backward, and its peak on top of
     the weights (the planner's in-flight activations are the stored figure times its in-flight chunks)."""
-    from megatron_sota.planning.activation_check import planned_chunk_activations
+    from megatron_sota.planning.memory import planned_chunk_activations
 
     planned = planned_chunk_activations(
         request.model, request.padded_vocab(layout.tp), layout, measured.pipeline_rank, measured.vp_stage
