@@ -12,12 +12,11 @@ import functools
 import pytest
 import torch
 
-from megatron_sota.cli.benchmark import compose_job
+from megatron_sota.config.compose import compose_job
 from megatron_sota.model.gpt_builder import padded_vocab_size
 from megatron_sota.perf.memory_meter import PeakMemoryMeter
 from megatron_sota.planning.memory import layout_of, persistent_buffer_bytes, planned_chunk_activations
 from megatron_sota.rehearsal.activations import backward_micro_batch, forward_micro_batch, measure_activations, rank_chunk
-from megatron_sota.rehearsal.verify import ACTIVATION_TOLERANCE
 
 TINY = "model=tiny train.seq_length=256 train.global_batch_size=64"
 SMALL = "model=tiny model.vocab_size=1024 train.seq_length=128 train.global_batch_size=64"
