@@ -17,7 +17,6 @@ from megatron_sota.config.model import ModelConfig
 from megatron_sota.config.optim import PrecisionConfig
 from megatron_sota.config.parallel import ParallelConfig
 from megatron_sota.model.compile_layers import compile_transformer_layers
-from megatron_sota.model.init_methods import keyed_init_methods, model_scope
 from megatron_sota.model.kernel_choice import KernelChoice
 from megatron_sota.model.layer_spec import build_block_spec
 
@@ -85,11 +84,10 @@ def build_transformer_config(
         fp16=dtype == "fp16",
         fp8=precision.fp8,
         fp8_recipe=precision.fp8_recipe,
-        # Each rank generates only its slice of every weight, on its device, from a hash of the element's place in
-        # the checkpoint's global tensor (model/init_methods.py): the initial model does not depend on the layout.
-        use_cpu_initialization=False,
+        # Build every weight as a full master tensor on CPU, then keep this rank's slice:
+        # that is what makes the initial model independent of the parallel layout.
+        use_cpu_initialization=True,
         perform_initialization=True,
-        **keyed_init_methods(model.init_method_std, model.num_layers),
         # Average the loss over all tokens of the global batch, not per micro-batch.
         calculate_per_token_loss=True,
         # SwiGLU: megatron-core's torch.compile'd kernel (it handles the bias-free MLP too).
@@ -127,32 +125,30 @@ def build_model_chunks(
 
     `kernels` picks the norm class and whether each layer is compiled; the weights are the same either way.
     `model_class` takes GPTModel's arguments and returns a GPTModel (post-training's reward model).
-    The initial weights depend only on `init_seed` (model/init_methods.py), not on the layout.
     """
     vpp = config.virtual_pipeline_model_parallel_size or 1
-    with model_scope(init_seed):
-        chunks = []
-        for vp_stage in range(vpp):
-            stage_arg = vp_stage if vpp > 1 else None
-            pre = parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=stage_arg)
-            post = parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=stage_arg)
-            chunks.append(
-                model_class(
-                    config=config,
-                    transformer_layer_spec=build_block_spec(config, use_te, stage_arg, kernels.rms_norm, kernels.attention_backend),
-                    vocab_size=vocab_size,
-                    max_sequence_length=max(seq_length, model.max_position_embeddings),
-                    pre_process=pre,
-                    post_process=post,
-                    share_embeddings_and_output_weights=not model.untie_embeddings_and_output_weights,
-                    position_embedding_type="rope",
-                    rotary_percent=model.rotary_percent,
-                    rotary_base=model.rotary_base,
-                    rope_scaling=model.rope_scaling_factor is not None,
-                    rope_scaling_factor=model.rope_scaling_factor or 8.0,
-                    vp_stage=stage_arg,
-                )
+    chunks = []
+    for vp_stage in range(vpp):
+        stage_arg = vp_stage if vpp > 1 else None
+        pre = parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=stage_arg)
+        post = parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=stage_arg)
+        chunks.append(
+            model_class(
+                config=config,
+                transformer_layer_spec=build_block_spec(config, use_te, init_seed, stage_arg, kernels.rms_norm, kernels.attention_backend),
+                vocab_size=vocab_size,
+                max_sequence_length=max(seq_length, model.max_position_embeddings),
+                pre_process=pre,
+                post_process=post,
+                share_embeddings_and_output_weights=not model.untie_embeddings_and_output_weights,
+                position_embedding_type="rope",
+                rotary_percent=model.rotary_percent,
+                rotary_base=model.rotary_base,
+                rope_scaling=model.rope_scaling_factor is not None,
+                rope_scaling_factor=model.rope_scaling_factor or 8.0,
+                vp_stage=stage_arg,
             )
+        )
     if kernels.compile_layers:
         compile_transformer_layers(chunks)
     return chunks

@@ -8,26 +8,32 @@ from __future__ import annotations
 
 import dataclasses
 
+import torch
 from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_layer import TransformerLayer, get_transformer_layer_offset
 
 from megatron_sota.model.compiled_rms_norm import CompiledRMSNorm
-from megatron_sota.model.init_methods import layer_scope
 from megatron_sota.model.rms_norm import RMSNorm
 from megatron_sota.model.sdpa_attention import SDPACoreAttention
 
 
-class KeyedTransformerLayer(TransformerLayer):
-    """A TransformerLayer whose weights are initialised as those of global layer `layer_number + offset`.
+class SeededTransformerLayer(TransformerLayer):
+    """A TransformerLayer whose initial weights depend only on (seed, global layer number).
 
-    Its init calls are keyed by the global layer number (model/init_methods.py), so a pipeline stage's layers get
-    the same initial weights as the same layers of a one-stage model.
+    Reseeding the CPU generator before each layer is built makes a pipeline stage's layers
+    draw the same numbers as the same layers of a single-stage model; with megatron-core's
+    CPU initialisation (full master weight, then this rank's slice) the weights are also
+    independent of the tensor-parallel size.
     """
 
-    def __init__(self, config, submodules, layer_number: int = 1, **kwargs):
+    def __init__(self, config, submodules, layer_number: int = 1, init_seed: int = 0, **kwargs):
         global_number = layer_number + get_transformer_layer_offset(config, kwargs.get("vp_stage"))
-        with layer_scope(global_number):
-            super().__init__(config, submodules, layer_number=layer_number, **kwargs)
+        state = torch.get_rng_state()
+        torch.manual_seed(init_seed * 100_003 + global_number)
+        super().__init__(config, submodules, layer_number=layer_number, **kwargs)
+        if global_number != config.num_layers:
+            # The output layer is built right after the last layer and continues its stream.
+            torch.set_rng_state(state)
 
 
 def _local_spec(norm: type, attention_backend: str) -> ModuleSpec:
@@ -54,7 +60,7 @@ def _te_spec() -> ModuleSpec:
 
 
 def build_block_spec(
-    config, use_te: bool, vp_stage: int | None, compiled_norm: bool = False, attention_backend: str = "auto"
+    config, use_te: bool, init_seed: int, vp_stage: int | None, compiled_norm: bool = False, attention_backend: str = "auto"
 ):
     """The layers of this pipeline (virtual) stage plus the final norm.
 
@@ -69,7 +75,7 @@ def build_block_spec(
 
     local_norm = CompiledRMSNorm if compiled_norm else RMSNorm
     layer = _te_spec() if use_te else _local_spec(local_norm, attention_backend)
-    layer = dataclasses.replace(layer, module=KeyedTransformerLayer)
+    layer = dataclasses.replace(layer, module=SeededTransformerLayer, params={**layer.params, "init_seed": init_seed})
     if use_te:
         from megatron.core.extensions.transformer_engine import TENorm
 

@@ -90,7 +90,7 @@ def distributed_session(
         stack.callback(parallel_state.destroy_model_parallel)
         seed_everything(seed)
         # megatron-core's tracker gives TP ranks distinct dropout streams; the model's
-        # initial weights do not depend on it (see model/init_methods.py).
+        # initial weights do not depend on it (see SeededTransformerLayer in model/layer_spec.py).
         model_parallel_cuda_manual_seed(seed)
         seed_everything(seed)
         yield Session(env=env, device=torch_device)
