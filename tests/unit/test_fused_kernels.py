@@ -87,8 +87,11 @@ def test_compiled_rms_norm_matches_eager_and_keeps_the_sequence_parallel_mark():
         out = norm(x_in)
         out.backward(grad_out)
         results.append((out, x_in.grad, norm.weight.grad))
-    for name, expected, actual in zip(("output", "input grad", "weight grad"), results[0], results[1]):
+    for name, expected, actual in zip(("output", "input grad"), results[0][:2], results[1][:2]):
         torch.testing.assert_close(actual, expected, **TIGHT, msg=lambda m: f"{name}: {m}")
+    # The weight gradient sums SEQ*BATCH tokens: in fp32 the compiled kernel's reduction order (its thread split,
+    # which follows the machine's load) moves an element by ~2e-5 relative (seen once in CI: 2.6e-6 absolute).
+    torch.testing.assert_close(results[1][2], results[0][2], rtol=1e-4, atol=1e-5, msg=lambda m: f"weight grad: {m}")
     assert fused.weight.sequence_parallel is True
     assert list(fused.state_dict()) == list(eager.state_dict())
 
