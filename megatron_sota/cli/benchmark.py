@@ -6,6 +6,8 @@ Hydra overrides select the run exactly as for training (mock data unless data.pa
   python tools/benchmark.py model=llama_1b3 precision=bf16 train.seq_length=4096 \\
       train.micro_batch_size=4 train.global_batch_size=4 --steps 10 --json result.json
   torchrun --nproc-per-node 8 tools/benchmark.py model=llama_8b parallel.tp=2 ...
+  python tools/benchmark.py model=gpt_125m train.seq_length=256 train.micro_batch_size=2 \
+      train.global_batch_size=4 --compare-hf --steps 3 --rounds 5   # beside transformers, alternating
 
 The FLOP formula and what each number means are in megatron_sota/perf/benchmark.py.
 """
@@ -42,6 +44,10 @@ def parse_args(argv=None):
                         help="skip the forward-only passes that split forward from backward time")
     parser.add_argument("--no-cpu-memory", action="store_true",
                         help="on CPU, do not count live tensors during warm-up (peak memory then n/a)")
+    parser.add_argument("--compare-hf", action="store_true",
+                        help="time transformers' LlamaForCausalLM on the same shape, batch, dtype and optimizer in the "
+                             "same run, alternating rounds of --steps steps, and print the ratio (one process only)")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds with --compare-hf (default 5)")
     parser.add_argument("--run-dir", default=os.path.join("outputs", "benchmark"),
                         help="where the datasets' index cache is written (shared by all ranks; default outputs/benchmark)")
     parser.add_argument("--json", dest="json_path", nargs="?", const="-", default=None,
@@ -69,6 +75,8 @@ def main(argv=None) -> int:
             raise MegatronSotaError(f"--steps must be >= 1, got {args.steps}")
         if args.warmup < 2:
             raise MegatronSotaError(f"--warmup must be >= 2 (the first step allocates optimizer states), got {args.warmup}")
+        if args.compare_hf:
+            return _side_by_side(args, options)
         result = run_benchmark(compose_job(args.overrides), options)
     except MegatronSotaError as err:
         log.error("%s", err)
@@ -76,13 +84,27 @@ def main(argv=None) -> int:
     if result is None:  # not rank 0
         return 0
     print(format_result(result), flush=True)
-    if args.json_path is not None:
-        text = json.dumps(dataclasses.asdict(result))
-        if args.json_path == "-":
-            print(text, flush=True)
-        else:
-            write_text(args.json_path, text + "\n")
+    _write_json(args.json_path, result)
     return 0
+
+
+def _side_by_side(args, options) -> int:
+    from megatron_sota.perf.side_by_side import format_side_by_side, run_side_by_side
+
+    result = run_side_by_side(compose_job(args.overrides), options, args.rounds)
+    print(format_side_by_side(result), flush=True)
+    _write_json(args.json_path, result)
+    return 0
+
+
+def _write_json(path, result) -> None:
+    if path is None:
+        return
+    text = json.dumps(dataclasses.asdict(result))
+    if path == "-":
+        print(text, flush=True)
+    else:
+        write_text(path, text + "\n")
 
 
 if __name__ == "__main__":

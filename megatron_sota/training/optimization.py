@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
+import torch
 from megatron.core.optimizer import OptimizerConfig as McoreOptimizerConfig
 from megatron.core.optimizer import get_megatron_optimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.transformer.transformer_config import TransformerConfig
 
+from megatron_sota.checkpointing.contents import torch_optimizers
 from megatron_sota.config.optim import OptimizerConfig, SchedulerConfig
 from megatron_sota.config.parallel import ParallelConfig
 
@@ -41,7 +43,33 @@ def build_optimizer(
         initial_loss_scale=initial_loss_scale,
         use_distributed_optimizer=parallel.distributed_optimizer,
     )
-    return get_megatron_optimizer(mcore_config, models, config_overrides=param_group_overrides)
+    optimizer = get_megatron_optimizer(mcore_config, models, config_overrides=param_group_overrides)
+    run_torch_adam_fused(optimizer)
+    return optimizer
+
+
+def run_torch_adam_fused(optimizer) -> int:
+    """Makes every torch Adam/AdamW megatron-core built step with torch's fused kernel; returns how many.
+
+    Without Transformer Engine or apex (every CPU run, a bare GPU install), megatron-core builds
+    `torch.optim.AdamW` with torch's default implementation, which on CPU is one Python loop of seven
+    tensor passes per parameter; the fused kernel does the same update in one pass (about 5x faster
+    on CPU) and is what transformers' Trainer uses by default (`adamw_torch_fused` with torch >= 2.8).
+    Same formula, equal to the loop within rounding (float32 ulps). The flag is set before every step
+    (a step pre-hook) because loading a checkpoint replaces the param groups with the saved ones.
+    TE's and apex's FusedAdam are left as they are.
+    """
+    count = 0
+    for inner in torch_optimizers(optimizer):
+        if type(inner) in (torch.optim.Adam, torch.optim.AdamW):
+            inner.register_step_pre_hook(_fused_before_step)
+            count += 1
+    return count
+
+
+def _fused_before_step(inner: torch.optim.Optimizer, args, kwargs) -> None:
+    for group in inner.param_groups:
+        group["fused"], group["foreach"] = True, False
 
 
 def schedule_settings(opt: OptimizerConfig, sched: SchedulerConfig, iters: int) -> Dict[str, Any]:
