@@ -15,7 +15,11 @@ literal ``device="cuda"`` for tensor placement, CUDA RNG state in its RNG tracke
 * the gradient buffer's reduce-scatter and the parameter buffer's all-gather (distributed optimizer)
   are skipped where they are identities: a data-parallel group of one rank, output and input the same
   memory. gloo copies the whole buffer onto itself there (twice per step, ~0.5 s of a 5 s gpt_125m step
-  on two cores); NCCL's in-place copy on a GPU is negligible, and a GPU run never enters this module.
+  on two cores); NCCL's in-place copy on a GPU is negligible, and a GPU run never enters this module;
+* the weight-gradient GEMM accumulates into the fp32 main gradient in place (apex's
+  ``fused_weight_gradient_mlp_cuda``, which megatron-core calls with ``gradient_accumulation_fusion``, answered by
+  :class:`_WeightGradAccumulation`): one GEMM per weight and micro-batch instead of a GEMM, a gradient tensor and
+  an add pass. The trainer turns the fusion on where this is in place (:func:`accumulates_weight_gradients`).
 
 Written for megatron-core 0.16.1 and torch 2.13 (runtime/upstream.py CPU_BACKEND); each stand-in
 takes the parameters of the function it replaces.
@@ -172,7 +176,10 @@ def _single_rank_collective_stand_ins() -> dict[tuple[Any, str], Any]:
     """
     import megatron.core.distributed.param_and_grad_buffer as buffers
 
-    all_gather, reduce_scatter = buffers.dist_all_gather_func, buffers.dist_reduce_scatter_func
+    all_gather = getattr(buffers, "dist_all_gather_func", None)
+    reduce_scatter = getattr(buffers, "dist_reduce_scatter_func", None)
+    if all_gather is None or reduce_scatter is None:  # upstream changed: its collectives run as they are
+        return {}
     identity_ops = (torch.distributed.ReduceOp.SUM, torch.distributed.ReduceOp.AVG)
 
     def all_gather_into_tensor(output_tensor, input_tensor, group=None, async_op=False):
@@ -187,6 +194,40 @@ def _single_rank_collective_stand_ins() -> dict[tuple[Any, str], Any]:
 
     return {(buffers, "dist_all_gather_func"): all_gather_into_tensor,
             (buffers, "dist_reduce_scatter_func"): reduce_scatter_tensor}
+
+
+class _WeightGradAccumulation:
+    """CPU stand-in for apex's fused_weight_gradient_mlp_cuda: main_grad += grad_output^T @ input, in place.
+
+    Called by megatron-core's linear backward with 2-D [tokens, in] input and [tokens, out] grad_output. Where the
+    dtypes differ (bf16/fp16 activations, fp32 main gradient) the product is formed in the activations' dtype and
+    added, as the unfused path does.
+    """
+
+    @staticmethod
+    def wgrad_gemm_accum_fp32(input: torch.Tensor, grad_output: torch.Tensor, main_grad: torch.Tensor) -> None:
+        if input.dtype == grad_output.dtype == main_grad.dtype:
+            main_grad.addmm_(grad_output.t(), input)
+        else:
+            main_grad.add_(grad_output.t().matmul(input))
+
+    wgrad_gemm_accum_fp16 = wgrad_gemm_accum_fp32
+
+
+def _weight_grad_stand_ins() -> dict[tuple[Any, str], Any]:
+    import megatron.core.tensor_parallel.layers as layers
+
+    if not hasattr(layers, "_grad_accum_fusion_available"):  # upstream changed: the unfused path runs
+        return {}
+    return {(layers, "fused_weight_gradient_mlp_cuda"): _WeightGradAccumulation,
+            (layers, "_grad_accum_fusion_available"): True}
+
+
+def accumulates_weight_gradients() -> bool:
+    """Whether megatron-core's gradient_accumulation_fusion has a kernel here: inside cpu_backend (target "cpu")."""
+    import megatron.core.tensor_parallel.layers as layers
+
+    return getattr(layers, "fused_weight_gradient_mlp_cuda", None) is _WeightGradAccumulation
 
 
 def _under_cpu_backend() -> bool:
@@ -262,6 +303,7 @@ def cpu_backend(target: str = "cpu") -> Iterator[None]:
     stand_ins = _cuda_stand_ins()
     if target == "cpu":  # meta tensors have no memory to compare
         stand_ins.update(_single_rank_collective_stand_ins())
+        stand_ins.update(_weight_grad_stand_ins())
     originals = {key: getattr(key[0], key[1], None) for key in stand_ins}
     for (owner, name), replacement in stand_ins.items():
         setattr(owner, name, replacement)

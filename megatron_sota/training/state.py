@@ -26,6 +26,7 @@ from megatron_sota.data.tokenizer import build_configured_tokenizer
 from megatron_sota.model.gpt_builder import build_model_chunks, build_transformer_config, padded_vocab_size
 from megatron_sota.model.kernel_choice import KernelChoice, choose_kernels
 from megatron_sota.parallelize.ddp import scale_losses_by, wrap_in_ddp
+from megatron_sota.runtime.cpu_compat import accumulates_weight_gradients
 from megatron_sota.runtime.session import Session
 from megatron_sota.training.objective import Objective
 from megatron_sota.training.optimization import build_optimizer, build_scheduler
@@ -146,6 +147,9 @@ def build_training_state(
     device_type, use_te = choices.device, choices.transformer_engine
     kernels = choose_kernels(job.kernels, device_type, choices.dtype, use_te)
     config = build_transformer_config(job.model, job.parallel, job.precision, t.recompute, device_type, use_te, kernels)
+    # megatron-core's DDP gives every weight a main_grad the weight-gradient GEMM can accumulate into; the kernel is
+    # apex's on a GPU (not used here), cpu_compat's on CPU. FSDP keeps its gradients its own way.
+    config.gradient_accumulation_fusion = job.parallel.fsdp == "none" and accumulates_weight_gradients()
     chunks = build_model_chunks(
         job.model, config, inputs.padded_vocab, t.seq_length, t.seed, use_te, kernels, objective.model_class(job)
     )

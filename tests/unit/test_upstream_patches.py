@@ -368,3 +368,96 @@ def test_fake_world_still_needs_its_new_group_and_all_gather_object_stand_ins():
         dist.all_gather_object(gathered, {"key": 1})
         assert gathered == [{"key": 1}] * 4
     assert dist.all_gather_object is real_gather and not dist.is_initialized()
+
+
+def _one_adam_step(x: torch.Tensor):
+    """Fresh seeded _distributed_adam, one step on x; returns its parameters after the step."""
+    torch.manual_seed(0)
+    module, ddp, optimizer = _distributed_adam()
+    ddp.zero_grad_buffer()
+    optimizer.zero_grad()
+    ddp(x).sum().backward()
+    ddp.finish_grad_sync()
+    assert optimizer.step()[0]
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def test_one_rank_buffer_collectives_are_megatron_core_globals_and_skipping_them_changes_nothing(monkeypatch):
+    """cpu_backend skips the distributed optimizer's one-rank self-copies: megatron-core must still call its module's
+    dist_all_gather_func / dist_reduce_scatter_func, and the step with the skip must equal the step with gloo's copy."""
+    import megatron.core.distributed.param_and_grad_buffer as buffers
+
+    names = ("dist_all_gather_func", "dist_reduce_scatter_func")
+    real = {"dist_all_gather_func": torch.distributed.all_gather_into_tensor,
+            "dist_reduce_scatter_func": torch.distributed.reduce_scatter_tensor}
+    calls, gloo = [], []
+    x = torch.randn(3, 8)
+    for name in names:  # cpu_backend's stand-ins call what it finds on entry: these record gloo's calls
+        monkeypatch.setattr(buffers, name, _recording(real[name], name, gloo))
+    with _one_rank():
+        for name in names:
+            stand_in = getattr(buffers, name)
+            assert stand_in.__module__ == cpu_compat.__name__, f"{name} is not cpu_backend's stand-in"
+            assert list(inspect.signature(stand_in).parameters) == list(inspect.signature(real[name]).parameters)
+            monkeypatch.setattr(buffers, name, _recording(stand_in, name, calls))
+        skipped = _one_adam_step(x)
+        gloo_calls_while_skipping = len(gloo)
+        for name in names:
+            monkeypatch.setattr(buffers, name, _recording(real[name], name, gloo))
+        copied = _one_adam_step(x)
+    called = sorted({name for name, _ in calls})
+    assert called == sorted(names), (
+        f"megatron-core's DDP no longer calls {[n for n in names if n not in called]} of param_and_grad_buffer: revisit "
+        f"the one-rank collective stand-ins of {upstream.CPU_BACKEND.name}"
+    )
+    assert gloo_calls_while_skipping == 0 and sorted({name for name, _ in gloo}) == sorted(names)
+    assert all(torch.equal(a, b) for a, b in zip(skipped, copied)) and not torch.equal(skipped[0], _initial_weight())
+
+
+def _recording(function, name: str, calls: list):
+    """`function`, appending (name, its result) to calls on each call."""
+
+    def recorded(*args, **kwargs):
+        result = function(*args, **kwargs)
+        calls.append((name, result))
+        return result
+
+    return recorded
+
+
+def _initial_weight() -> torch.Tensor:
+    torch.manual_seed(0)
+    return torch.nn.Linear(8, 4).weight.detach()
+
+
+@pytest.mark.parametrize("fusion", [True, False])
+def test_linear_backward_accumulates_weight_gradients_through_the_kernel_megatron_core_imports(fusion):
+    """With gradient_accumulation_fusion, megatron-core's linear backward calls layers.fused_weight_gradient_mlp_cuda
+    (cpu_backend's stand-in here) and leaves the summed weight gradient of both micro-batches in main_grad."""
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+    from megatron.core.tensor_parallel.layers import ColumnParallelLinear
+    from megatron.core.transformer import TransformerConfig
+
+    calls = []
+    with _one_rank():
+        assert cpu_compat.accumulates_weight_gradients()
+        config = TransformerConfig(num_layers=1, hidden_size=8, num_attention_heads=1, gradient_accumulation_fusion=fusion)
+        layer = ColumnParallelLinear(8, 4, config=config, init_method=torch.nn.init.normal_, bias=False,
+                                     gather_output=False)
+        ddp = DistributedDataParallel(config, DistributedDataParallelConfig(), layer)
+        kernel = cpu_compat._WeightGradAccumulation
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(kernel, "wgrad_gemm_accum_fp32", lambda *a: calls.append(1) or kernel.__dict__[
+                "wgrad_gemm_accum_fp16"](*a))
+            ddp.zero_grad_buffer()
+            inputs = [torch.randn(5, 2, 8) for _ in range(2)]
+            weights = [torch.randn(5, 2, 4) for _ in range(2)]
+            for x, w in zip(inputs, weights):
+                (ddp(x)[0] * w).sum().backward()
+        main_grad = layer.weight.main_grad.clone()
+    expected = sum(w.reshape(-1, 4).t() @ x.reshape(-1, 8) for x, w in zip(inputs, weights))
+    assert len(calls) == (2 if fusion else 0), (
+        f"megatron-core's linear backward no longer calls fused_weight_gradient_mlp_cuda.wgrad_gemm_accum_fp32 "
+        f"({len(calls)} calls): revisit the weight-gradient stand-in of {upstream.CPU_BACKEND.name}"
+    )
+    torch.testing.assert_close(main_grad, expected, rtol=1e-5, atol=1e-6)
