@@ -95,7 +95,8 @@ def build_transformer_config(
         cross_entropy_loss_fusion=kernels.cross_entropy,
         cross_entropy_fusion_impl="native",  # "te" needs Transformer Engine
         # Apex/TE kernels only: softmax (SDPA replaces it), persistent LayerNorm, fused RoPE and the
-        # fused weight-gradient accumulation into main_grad. compile_layers fuses RoPE instead.
+        # fused weight-gradient accumulation into main_grad (the trainer turns that one on where DDP's main_grad and
+        # cpu_compat's CPU kernel are there: training/state.py). compile_layers fuses RoPE instead.
         masked_softmax_fusion=False,
         persist_layer_norm=False,
         apply_rope_fusion=False,
