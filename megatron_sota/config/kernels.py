@@ -29,6 +29,16 @@ class KernelConfig:
     """torch.compile each transformer layer in place: norms, RoPE, SwiGLU and residual adds fused in
     one graph per layer (local layer spec only; tensor-parallel collectives split the graph).
     Auto is off everywhere until the H200 measurement (docs/performance.md) has run it on a GPU."""
+    fused_adam: Optional[bool] = None
+    """torch's fused AdamW kernel where megatron-core builds torch's AdamW (no Transformer Engine or apex): the
+    whole update in one pass, ~5x faster than torch's default per-parameter loop on CPU, equal to it within float32
+    rounding. Off: torch's multi-tensor `foreach` implementation (the loop's numbers bit for bit, faster on CPU;
+    torch's own choice on CUDA). Auto is off everywhere until it has run on a GPU (docs/performance.md)."""
+    wgrad_accumulation: Optional[bool] = None
+    """megatron-core's gradient_accumulation_fusion: the weight-gradient GEMM accumulates into DDP's fp32
+    main_grad in place (no gradient tensor, no add pass). Needs Transformer Engine or apex on a GPU; on CPU the
+    CPU backend's kernel (runtime/cpu_compat.py). Rounds differently from GEMM-then-add; not with parallel.fsdp.
+    Auto is off everywhere until it has run on a GPU (docs/performance.md)."""
     attention_backend: str = "auto"
     """Which of PyTorch's SDPA kernels to try first (local layer spec): auto (PyTorch's own order),
     cudnn, flash, efficient or math; the others stay as fallbacks for shapes the first cannot run."""

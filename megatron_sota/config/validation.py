@@ -154,6 +154,11 @@ def _layout_problems(cfg: JobConfig, world_size: int) -> list[str]:
             f"parallel.fsdp={p.fsdp} shards the optimizer itself (megatron-core's distributed optimizer over FSDP): "
             "set parallel.distributed_optimizer=true, or parallel.fsdp=none for a replicated optimizer"
         )
+    if p.fsdp != "none" and cfg.kernels.wgrad_accumulation:
+        problems.append(
+            f"kernels.wgrad_accumulation=true with parallel.fsdp={p.fsdp}: the weight gradients accumulate into DDP's "
+            "main_grad, which FSDP keeps its own way (set kernels.wgrad_accumulation=null, or parallel.fsdp=none)"
+        )
     if p.sp and p.tp < 2:
         problems.append(f"parallel.sp=true needs parallel.tp > 1, got tp={p.tp}")
     if t.seq_length % (2 * p.cp):

@@ -21,6 +21,10 @@ class KernelChoice:
     rms_norm: bool = False
     compile_layers: bool = False
     attention_backend: str = "auto"
+    fused_adam: bool = False
+    """torch's fused AdamW kernel; False: its foreach implementation (training/optimization.py)."""
+    wgrad_accumulation: bool = False
+    """megatron-core's gradient_accumulation_fusion (weight gradients accumulate into main_grad in the GEMM)."""
 
     def describe(self) -> str:
         """For the start-up line, e.g. "fused swiglu, rms_norm; layers compiled; SDPA prefers cudnn"."""
@@ -30,6 +34,10 @@ class KernelChoice:
             parts.append("layers compiled")
         if self.attention_backend != "auto":
             parts.append(f"SDPA prefers {self.attention_backend}")
+        if self.fused_adam:
+            parts.append("fused AdamW")
+        if self.wgrad_accumulation:
+            parts.append("weight gradients accumulated in the GEMM")
         return "; ".join(parts)
 
 
@@ -49,4 +57,7 @@ def choose_kernels(cfg: KernelConfig, device_type: str, dtype: str, use_te: bool
         # Whole-layer compilation is untested on a GPU so far (docs/performance.md): opt-in until measured.
         compile_layers=pick(cfg.compile_layers, False),
         attention_backend=cfg.attention_backend,
+        # Both round differently from the reference path and are untested on a GPU: opt-in until measured.
+        fused_adam=pick(cfg.fused_adam, False),
+        wgrad_accumulation=pick(cfg.wgrad_accumulation, False),
     )

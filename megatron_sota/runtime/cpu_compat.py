@@ -19,7 +19,7 @@ literal ``device="cuda"`` for tensor placement, CUDA RNG state in its RNG tracke
 * the weight-gradient GEMM accumulates into the fp32 main gradient in place (apex's
   ``fused_weight_gradient_mlp_cuda``, which megatron-core calls with ``gradient_accumulation_fusion``, answered by
   :class:`_WeightGradAccumulation`): one GEMM per weight and micro-batch instead of a GEMM, a gradient tensor and
-  an add pass. The trainer turns the fusion on where this is in place (:func:`accumulates_weight_gradients`).
+  an add pass (``kernels.wgrad_accumulation=true``; it rounds differently, so CPU runs keep it off by default).
 
 Written for megatron-core 0.16.1 and torch 2.13 (runtime/upstream.py CPU_BACKEND); each stand-in
 takes the parameters of the function it replaces.
@@ -221,13 +221,6 @@ def _weight_grad_stand_ins() -> dict[tuple[Any, str], Any]:
         return {}
     return {(layers, "fused_weight_gradient_mlp_cuda"): _WeightGradAccumulation,
             (layers, "_grad_accum_fusion_available"): True}
-
-
-def accumulates_weight_gradients() -> bool:
-    """Whether megatron-core's gradient_accumulation_fusion has a kernel here: inside cpu_backend (target "cpu")."""
-    import megatron.core.tensor_parallel.layers as layers
-
-    return getattr(layers, "fused_weight_gradient_mlp_cuda", None) is _WeightGradAccumulation
 
 
 def _under_cpu_backend() -> bool:

@@ -26,7 +26,6 @@ from megatron_sota.data.tokenizer import build_configured_tokenizer
 from megatron_sota.model.gpt_builder import build_model_chunks, build_transformer_config, padded_vocab_size
 from megatron_sota.model.kernel_choice import KernelChoice, choose_kernels
 from megatron_sota.parallelize.ddp import scale_losses_by, wrap_in_ddp
-from megatron_sota.runtime.cpu_compat import accumulates_weight_gradients
 from megatron_sota.runtime.session import Session
 from megatron_sota.training.objective import Objective
 from megatron_sota.training.optimization import build_optimizer, build_scheduler
@@ -148,8 +147,8 @@ def build_training_state(
     kernels = choose_kernels(job.kernels, device_type, choices.dtype, use_te)
     config = build_transformer_config(job.model, job.parallel, job.precision, t.recompute, device_type, use_te, kernels)
     # megatron-core's DDP gives every weight a main_grad the weight-gradient GEMM can accumulate into; the kernel is
-    # apex's on a GPU (not used here), cpu_compat's on CPU. FSDP keeps its gradients its own way.
-    config.gradient_accumulation_fusion = job.parallel.fsdp == "none" and accumulates_weight_gradients()
+    # TE's or apex's on a GPU, cpu_compat's on CPU (validation refuses it with FSDP).
+    config.gradient_accumulation_fusion = kernels.wgrad_accumulation
     chunks = build_model_chunks(
         job.model, config, inputs.padded_vocab, t.seq_length, t.seed, use_te, kernels, objective.model_class(job)
     )
@@ -157,7 +156,7 @@ def build_training_state(
     models = wrap_in_ddp(chunks, config, job.parallel, session.device)
     optimizer = build_optimizer(
         job.optimizer, job.scheduler, job.parallel, config, job.precision.initial_loss_scale, models,
-        objective.param_group_overrides(job),
+        objective.param_group_overrides(job), fused_adam=kernels.fused_adam,
     )
     scale_losses_by(config, optimizer)
     follow = resume is None or resume.follow_checkpoint_schedule

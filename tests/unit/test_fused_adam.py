@@ -1,4 +1,5 @@
-"""training.optimization.run_torch_adam_fused: megatron-core's torch AdamW steps with torch's fused kernel, always."""
+"""training.optimization.choose_torch_adam: megatron-core's torch AdamW steps with the implementation chosen, always:
+torch's foreach (the default loop's numbers bit for bit) or its fused kernel (the loop's within float32 rounding)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 
 from megatron_sota.checkpointing.contents import torch_optimizers
 from megatron_sota.config.parallel import ParallelConfig
-from megatron_sota.training.optimization import run_torch_adam_fused
+from megatron_sota.training.optimization import choose_torch_adam
 
 
 def _megatron_adam(distributed: bool):
@@ -25,7 +26,7 @@ def _megatron_adam(distributed: bool):
     return module, ddp, get_megatron_optimizer(config, [ddp])
 
 
-def _steps(module, ddp, optimizer, count: int, generator: torch.Generator) -> None:
+def _steps(ddp, optimizer, count: int, generator: torch.Generator) -> None:
     for _ in range(count):
         ddp.zero_grad_buffer()
         optimizer.zero_grad()
@@ -34,41 +35,46 @@ def _steps(module, ddp, optimizer, count: int, generator: torch.Generator) -> No
         assert optimizer.step()[0]
 
 
+@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("distributed", [True, False])
-def test_megatron_adam_runs_fused_equal_to_the_loop_within_rounding_also_after_a_load(monkeypatch, distributed):
+def test_megatron_adam_runs_the_chosen_implementation_also_after_a_load(monkeypatch, distributed, fused):
     from megatron_sota.runtime.session import distributed_session
 
     adam_module = importlib.import_module("torch.optim.adam")
-    fused_calls = []
-    real_fused = adam_module._fused_adam
-    monkeypatch.setattr(adam_module, "_fused_adam", lambda *a, **k: fused_calls.append(1) or real_fused(*a, **k))
+    name = "_fused_adam" if fused else "_multi_tensor_adam"
+    calls = []
+    real = getattr(adam_module, name)
+    monkeypatch.setattr(adam_module, name, lambda *a, **k: calls.append(1) or real(*a, **k))
     with distributed_session(ParallelConfig(), "cpu", 1, seed=0):
         module, ddp, loop = _megatron_adam(distributed)
-        _steps(module, ddp, loop, 3, torch.Generator().manual_seed(1))
+        _steps(ddp, loop, 3, torch.Generator().manual_seed(1))
         expected = [p.detach().clone() for p in module.parameters()]
-        assert fused_calls == []
+        assert calls == []  # torch's own choice on CPU: the per-parameter loop
 
         module, ddp, optimizer = _megatron_adam(distributed)
-        assert run_torch_adam_fused(optimizer) == 1
+        assert choose_torch_adam(optimizer, fused) == 1
         inner = torch_optimizers(optimizer)[0]
-        groups = sum(1 for group in inner.param_groups if group["params"])  # one fused call per group and step
+        groups = sum(1 for group in inner.param_groups if group["params"])  # one call per group and step
         data = torch.Generator().manual_seed(1)
-        _steps(module, ddp, optimizer, 2, data)
-        assert len(fused_calls) == 2 * groups
-        # A checkpoint's param groups replace the live ones on load (saved unfused here): the next step is fused still.
+        _steps(ddp, optimizer, 2, data)
+        assert len(calls) == 2 * groups
+        # A checkpoint's param groups replace the live ones on load (saved with torch's default here): the next step
+        # runs the chosen implementation still.
         state = inner.state_dict()
         for group in state["param_groups"]:
-            group["fused"] = False
+            group["fused"], group["foreach"] = None, None
         inner.load_state_dict(state)
-        _steps(module, ddp, optimizer, 1, data)
-        assert len(fused_calls) == 3 * groups and all(group["fused"] for group in inner.param_groups)
+        _steps(ddp, optimizer, 1, data)
+        assert len(calls) == 3 * groups
         got = [p.detach().clone() for p in module.parameters()]
-    # Same update formula: float32 rounding apart (torch's fused kernel orders a few operations differently).
-    for a, b in zip(got, expected):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    assert not torch.equal(expected[0], _megatron_adam_initial_weight())
+    assert not torch.equal(expected[0], _initial_weight())
+    if fused:  # the same update formula; torch's fused kernel orders a few operations differently
+        for a, b in zip(got, expected):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    else:
+        assert all(torch.equal(a, b) for a, b in zip(got, expected))
 
 
-def _megatron_adam_initial_weight() -> torch.Tensor:
+def _initial_weight() -> torch.Tensor:
     torch.manual_seed(0)
     return torch.nn.Linear(16, 8).weight.detach()

@@ -254,3 +254,18 @@ def test_fused_cross_entropy_at_tp2_matches_eager_and_full_vocabulary():
             torch.testing.assert_close(rank[name][0], loss.detach(), **TIGHT)
         grad = torch.cat([rank[name][1] for rank in ranks], dim=-1)
         torch.testing.assert_close(grad, full.grad, **grad_tol, msg=lambda m: f"{name} gradient: {m}")
+
+
+def test_the_cpu_speed_switches_are_opt_in_and_wgrad_accumulation_is_refused_with_fsdp():
+    from megatron_sota.config.parallel import ParallelConfig
+    from megatron_sota.config.validation import validate_job
+
+    for device in ("cpu", "cuda"):
+        choice = choose_kernels(KernelConfig(), device, "bf16", use_te=False)
+        assert not choice.fused_adam and not choice.wgrad_accumulation
+    on = choose_kernels(KernelConfig(fused_adam=True, wgrad_accumulation=True), "cpu", "fp32", use_te=False)
+    assert on == KernelChoice(fused_adam=True, wgrad_accumulation=True)
+    assert on.describe() == "no fusions; fused AdamW; weight gradients accumulated in the GEMM"
+    job = JobConfig(kernels=KernelConfig(wgrad_accumulation=True), parallel=ParallelConfig(fsdp="optim_grads"))
+    with pytest.raises(MegatronSotaError, match="kernels.wgrad_accumulation=true with parallel.fsdp=optim_grads"):
+        validate_job(job, 1)

@@ -440,7 +440,9 @@ def test_linear_backward_accumulates_weight_gradients_through_the_kernel_megatro
 
     calls = []
     with _one_rank():
-        assert cpu_compat.accumulates_weight_gradients()
+        import megatron.core.tensor_parallel.layers as layers
+
+        assert layers.fused_weight_gradient_mlp_cuda is cpu_compat._WeightGradAccumulation
         config = TransformerConfig(num_layers=1, hidden_size=8, num_attention_heads=1, gradient_accumulation_fusion=fusion)
         layer = ColumnParallelLinear(8, 4, config=config, init_method=torch.nn.init.normal_, bias=False,
                                      gather_output=False)
