@@ -3,9 +3,10 @@
 The model computes what the job's model computes (conversion.hf_config's LlamaConfig of the same preset and padded
 vocabulary), in the job's parameter dtype, with PyTorch's SDPA attention. Each step runs the same micro-batches of
 random tokens (forward with labels, backward of the loss divided by the micro-batch count), clips the gradient norm at
-the job's clip_grad, steps `torch.optim.AdamW(fused=True)` with the job's hyperparameters (what transformers' Trainer
-uses by default with torch >= 2.8, `adamw_torch_fused`, and what the GPU baseline script uses) and sets the gradients
-to None.
+the job's clip_grad, steps `torch.optim.AdamW` with the job's hyperparameters and the trainer's implementation
+(`fused=True` with kernels.fused_adam, what transformers' Trainer uses by default with torch >= 2.8,
+`adamw_torch_fused`, and what the GPU baseline script uses; otherwise `foreach=True`, as the trainer) and sets the
+gradients to None.
 
 It runs in a process of its own (`spawn`), so that neither side's process state (the CPU backend's function mode, a
 CUDA allocator) touches the other's; the driver (perf/side_by_side.py) asks it for a number of timed steps at a time.
@@ -38,6 +39,8 @@ class HFSpec:
     eps: float
     weight_decay: float
     clip_grad: float
+    fused_adam: bool
+    """torch's fused AdamW kernel, else its foreach implementation: the trainer's choice (kernels.fused_adam)."""
     seed: int
     threads: int
     """torch.get_num_threads() of the driving process, so both sides use the same cores."""
@@ -57,8 +60,9 @@ class HFTrainer:
         config._attn_implementation = "sdpa"
         dtype = getattr(torch, spec.dtype)
         self.model = LlamaForCausalLM(config).to(device=self.device, dtype=dtype).train()
+        implementation = {"fused": True} if spec.fused_adam else {"foreach": True}
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=spec.lr, betas=tuple(spec.betas), eps=spec.eps,
-                                           weight_decay=spec.weight_decay, fused=True)
+                                           weight_decay=spec.weight_decay, **implementation)
         self.generator = torch.Generator().manual_seed(spec.seed)
         self.vocab = config.vocab_size
 
@@ -146,7 +150,7 @@ class HFProcess:
 
 
 def spec_for(job, padded_vocab: int, device: torch.device, dtype: torch.dtype, num_microbatches: int,
-             threads: Optional[int] = None) -> HFSpec:
+             fused_adam: bool, threads: Optional[int] = None) -> HFSpec:
     """The transformers side of `job`'s benchmark: same model, vocabulary, batch, dtype and optimizer settings."""
     from megatron_sota.conversion.hf_config import TORCH_DTYPE_NAMES, hf_config_from_model
 
@@ -157,6 +161,6 @@ def spec_for(job, padded_vocab: int, device: torch.device, dtype: torch.dtype, n
     return HFSpec(
         hf_config=config, device=str(device), dtype=dtype_name, micro_batch_size=t.micro_batch_size,
         num_microbatches=num_microbatches, seq_length=t.seq_length, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
-        weight_decay=o.weight_decay, clip_grad=o.clip_grad, seed=t.seed,
+        weight_decay=o.weight_decay, clip_grad=o.clip_grad, fused_adam=fused_adam, seed=t.seed,
         threads=threads if threads is not None else torch.get_num_threads(),
     )

@@ -31,6 +31,10 @@ class SideBySideResult:
     model: str
     device: str
     dtype: str
+    kernels: str
+    """The trainer's kernel choice (KernelChoice.describe)."""
+    hf_adam: str
+    """transformers' side's AdamW implementation, the trainer's: "fused" with kernels.fused_adam, else "foreach"."""
     tokens_per_step: int
     rounds: int
     steps_per_round: int
@@ -58,7 +62,9 @@ def run_side_by_side(job: JobConfig, options: BenchmarkOptions, rounds: int) -> 
     with distributed_session(job.parallel, inputs.choices.device, job.runtime.timeout_minutes, t.seed, env) as session:
         state = build_training_state(job, inputs, session, options.run_dir)
         state.start_data(0)
-        spec = spec_for(job, inputs.padded_vocab, session.device, state.config.params_dtype, inputs.layout.num_microbatches)
+        spec = spec_for(job, inputs.padded_vocab, session.device, state.config.params_dtype,
+                        inputs.layout.num_microbatches, state.kernels.fused_adam)
+        kernels = state.kernels.describe()
         with HFProcess(spec) as hf:
             for _ in range(options.warmup):
                 _step(state, None)
@@ -77,7 +83,8 @@ def run_side_by_side(job: JobConfig, options: BenchmarkOptions, rounds: int) -> 
     ours_all = [s for r in ours for s in r]
     theirs_all = [s for r in theirs for s in r]
     return SideBySideResult(
-        model=job.model.name, device=spec.device, dtype=spec.dtype, tokens_per_step=tokens, rounds=rounds,
+        model=job.model.name, device=spec.device, dtype=spec.dtype, kernels=kernels,
+        hf_adam="fused" if spec.fused_adam else "foreach", tokens_per_step=tokens, rounds=rounds,
         steps_per_round=options.steps, ours_step_times_s=ours_all, hf_step_times_s=theirs_all,
         ours_tokens_per_s=tokens / statistics.median(ours_all), hf_tokens_per_s=tokens / statistics.median(theirs_all),
         round_ratios=ratios, ratio=statistics.median(ratios),
@@ -106,7 +113,8 @@ def format_side_by_side(result: SideBySideResult) -> str:
     return "\n".join([
         f"side by side: {result.model} on {result.device}, {result.dtype}, {result.tokens_per_step} tokens per step, "
         f"{result.rounds} alternating rounds of {result.steps_per_round} steps",
-        f"megatron_sota  step {ours_ms:.1f} ms | {result.ours_tokens_per_s:,.1f} tokens/s",
-        f"transformers   step {hf_ms:.1f} ms | {result.hf_tokens_per_s:,.1f} tokens/s  (LlamaForCausalLM, sdpa, fused AdamW)",
+        f"megatron_sota  step {ours_ms:.1f} ms | {result.ours_tokens_per_s:,.1f} tokens/s  ({result.kernels})",
+        f"transformers   step {hf_ms:.1f} ms | {result.hf_tokens_per_s:,.1f} tokens/s  (LlamaForCausalLM, sdpa, "
+        f"{result.hf_adam} AdamW)",
         f"ratio {result.ratio:.3f}x transformers (median of the rounds: {rounds})",
     ])

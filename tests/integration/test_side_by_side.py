@@ -22,7 +22,7 @@ SHAPE = ["model=tiny", "runtime.device=cpu", "train.seq_length=64", "train.micro
 
 def test_the_transformers_side_is_the_jobs_model_and_optimizer():
     job = compose_job(SHAPE + ["optimizer.lr=1e-3", "optimizer.clip_grad=0.5"])
-    spec = spec_for(job, 8064, torch.device("cpu"), torch.float32, num_microbatches=2, threads=1)
+    spec = spec_for(job, 8064, torch.device("cpu"), torch.float32, num_microbatches=2, fused_adam=True, threads=1)
     trainer = HFTrainer(spec)
     # The same parameters as the megatron-core model (param_count's closed form), untied like the preset.
     assert sum(p.numel() for p in trainer.model.parameters()) == count_params(job.model, 8064).total
@@ -43,6 +43,7 @@ def test_compare_hf_prints_both_sides_and_the_median_ratio_of_its_rounds(tmp_pat
     assert result.returncode == 0, result.stderr[-3000:]
     r = json.loads(path.read_text())
     assert (r["model"], r["device"], r["dtype"], r["tokens_per_step"], r["rounds"]) == ("tiny", "cpu", "float32", 256, 3)
+    assert r["kernels"] == "no fusions"
     assert len(r["ours_step_times_s"]) == len(r["hf_step_times_s"]) == 6 and len(r["round_ratios"]) == 3
     for index, ratio in enumerate(r["round_ratios"]):
         ours, hf = (r[key][2 * index: 2 * index + 2] for key in ("ours_step_times_s", "hf_step_times_s"))
