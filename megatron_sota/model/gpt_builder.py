@@ -94,13 +94,13 @@ def build_transformer_config(
         bias_activation_fusion=kernels.swiglu,
         cross_entropy_loss_fusion=kernels.cross_entropy,
         cross_entropy_fusion_impl="native",  # "te" needs Transformer Engine
-        # Apex/TE kernels only: softmax (SDPA replaces it), persistent LayerNorm, fused RoPE and the
-        # fused weight-gradient accumulation into main_grad (the trainer turns that one on where DDP's main_grad and
-        # cpu_compat's CPU kernel are there: training/state.py). compile_layers fuses RoPE instead.
+        # Apex/TE kernels only: softmax (SDPA replaces it), persistent LayerNorm, fused RoPE. compile_layers fuses
+        # RoPE instead. The weight-gradient GEMM accumulating into DDP's main_grad is TE's or apex's kernel on a GPU,
+        # runtime/cpu_compat.py's on CPU; only trained models under DDP may have it (validation refuses it with FSDP).
         masked_softmax_fusion=False,
         persist_layer_norm=False,
         apply_rope_fusion=False,
-        gradient_accumulation_fusion=False,
+        gradient_accumulation_fusion=kernels.wgrad_accumulation,
         # Without biases and (by default) dropout, this compiles a lone residual add: nothing to fuse.
         # compile_layers fuses the add with its neighbours.
         bias_dropout_fusion=False,

@@ -146,9 +146,6 @@ def build_training_state(
     device_type, use_te = choices.device, choices.transformer_engine
     kernels = choose_kernels(job.kernels, device_type, choices.dtype, use_te)
     config = build_transformer_config(job.model, job.parallel, job.precision, t.recompute, device_type, use_te, kernels)
-    # megatron-core's DDP gives every weight a main_grad the weight-gradient GEMM can accumulate into; the kernel is
-    # TE's or apex's on a GPU, cpu_compat's on CPU (validation refuses it with FSDP).
-    config.gradient_accumulation_fusion = kernels.wgrad_accumulation
     chunks = build_model_chunks(
         job.model, config, inputs.padded_vocab, t.seq_length, t.seed, use_te, kernels, objective.model_class(job)
     )
