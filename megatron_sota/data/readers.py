@@ -252,8 +252,8 @@ def _jsonl_ranges(piece: Piece, chunk_bytes: int) -> Iterator[RawChunk]:
                 want = min(chunk_bytes, max(left // TAIL_CHUNKS, TAIL_MIN_CHUNK_BYTES))
                 stop = end if want >= left else min(_line_boundary(view, position + want), end)
                 yield RawChunk(piece, "jsonl", first, [], stop - position, (position, stop))
-                records = view[position:stop].count(b"\n")
-                first += records if view[stop - 1] == 0x0A else records + 1
+                # Only a piece's last chunk can end without a newline: no next chunk to number.
+                first += view[position:stop].count(b"\n")
                 position = stop
 
 
