@@ -150,17 +150,20 @@ def encode_chunk(settings: EncodeSettings, chunk: RawChunk) -> EncodedChunk:
     result.documents = len(kept_numbers)
     result.skipped.sort()
     dtype = numpy.dtype(settings.dtype)
+    eod = [tokenizer.eod] if settings.append_eod else None
     for key in keys:
-        sequences = [s for doc in grouped[key] for s in doc]
-        lengths = numpy.fromiter((len(s) for s in sequences), dtype=numpy.int64, count=len(sequences))
-        tokens = numpy.fromiter(
-            itertools.chain.from_iterable(sequences), dtype=dtype, count=int(lengths.sum())
-        )
+        # The token lists in shard order, eod (when appended) as one more list closing each document's
+        # last sequence: one pass of fromiter builds the array, no copy to insert eod afterwards.
+        parts: list[list[int]] = []
+        lengths_list: list[int] = []
+        for doc in grouped[key]:
+            parts += doc
+            lengths_list += map(len, doc)
+            if eod is not None:
+                parts.append(eod)
+                lengths_list[-1] += 1
+        lengths = numpy.array(lengths_list, dtype=numpy.int64)
+        tokens = numpy.fromiter(itertools.chain.from_iterable(parts), dtype=dtype, count=int(lengths.sum()))
         per_document = numpy.fromiter((len(doc) for doc in grouped[key]), dtype=numpy.int64)
-        if settings.append_eod and len(per_document):
-            # eod closes each document's last sequence; one vectorized insert, no list copies.
-            last = numpy.cumsum(per_document) - 1
-            tokens = numpy.insert(tokens, numpy.cumsum(lengths)[last], tokenizer.eod).astype(dtype, copy=False)
-            lengths[last] += 1
         result.keys[key] = EncodedKey(tokens, lengths, per_document)
     return result
