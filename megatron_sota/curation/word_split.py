@@ -14,18 +14,25 @@ Why it is faster than datatrove's SpaCyTokenizer, with the same tokens:
   documents (C4 counts sentences line by line), are split once.
 
 Only spaCy's public API is used. A language whose datatrove tokenizer is not a plain ``spacy.blank`` model (Japanese,
-Chinese, Stanza, ...) and any text spaCy fails on go to datatrove's own tokenizer, so the result is datatrove's in
-every case; tests/unit/test_curation_word_split.py compares the two on the planted corpus and on edge cases.
+Stanza, Thai, ...) and any text spaCy fails on go to datatrove's own tokenizer; tests/unit/test_curation_word_split.py
+compares the two on the planted corpus and on edge cases.
+
+One known difference: a text containing the string "IS_ALPHA" (a spaCy attribute
+name) corrupts the vocabulary inside a memory zone, so datatrove's split of it depends on what it split before (the
+whole text the first time or two, the text without "IS_ALPHA" after, or a KeyError). Without memory zones spaCy splits
+it the same every time, as datatrove does the first time.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from datatrove.utils.word_tokenizers import SpaCyTokenizer, WordTokenizer, load_word_tokenizer, strip_strings
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DEFAULT_MAX_LEXEMES = 200_000
@@ -91,17 +98,19 @@ class SharedWordSplitter(WordTokenizer):
         """Whether datatrove's tokenizer is a plain spacy.blank(language) model with a sentencizer."""
         if self._uses_spacy is None:
             stock = self.stock
-            self._uses_spacy = type(stock) is SpaCyTokenizer and stock.config is None and self.language != "ja"
+            self._uses_spacy = type(stock) is SpaCyTokenizer and stock.config is None and stock.language != "ja"
         return self._uses_spacy
 
     def _model(self) -> Any:
-        """spacy.blank(language) with a sentencizer, as datatrove builds it; rebuilt when the vocabulary is full."""
+        """spacy.blank with a sentencizer, as datatrove builds it; rebuilt when the vocabulary is full.
+
+        Its language is datatrove's choice for ours (a proxy for some: "zh" is spaCy's multi-language "xx")."""
         if self._nlp is not None and len(self._nlp.vocab) > self.max_lexemes:
             self._nlp = None
         if self._nlp is None:
             import spacy
 
-            self._nlp = spacy.blank(self.language)
+            self._nlp = spacy.blank(self.stock.language)
             self._nlp.add_pipe("sentencizer")
         return self._nlp
 
@@ -111,24 +120,29 @@ class SharedWordSplitter(WordTokenizer):
         # The tokenizer alone gives the tokens; the pipeline (its sentencizer) only marks sentence starts.
         return nlp(text) if sentences else nlp.make_doc(text)
 
-    def _fast(self, text: str) -> bool:
-        # datatrove retries texts with "IS_ALPHA" (it can break spaCy) without it: its own code handles those.
-        return "IS_ALPHA" not in text and self.uses_spacy
+    def _split(self, text: str, ours: Callable[[str], T], stock: Callable[[str], T]) -> T:
+        if not self.uses_spacy:
+            return stock(text)
+        try:
+            return ours(text)
+        except Exception:  # noqa: BLE001 -- datatrove's own code decides what a text spaCy fails on gives
+            log.warning("spaCy failed on a text of %d characters; datatrove's %s splits it", len(text), self.stock)
+            return stock(text)
 
     def _split_words(self, text: str) -> list[str]:
-        if not self._fast(text):
-            return self.stock.word_tokenize(text)
-        return strip_strings([token.text for token in self._spacy_doc(text, sentences=False)])
+        return self._split(
+            text, lambda t: strip_strings([token.text for token in self._spacy_doc(t, sentences=False)]),
+            self.stock.word_tokenize)
 
     def _split_sentences(self, text: str) -> list[str]:
-        if not self._fast(text):
-            return self.stock.sent_tokenize(text)
-        return strip_strings([sent.text for sent in self._spacy_doc(text, sentences=True).sents])
+        return self._split(
+            text, lambda t: strip_strings([sent.text for sent in self._spacy_doc(t, sentences=True).sents]),
+            self.stock.sent_tokenize)
 
     def _split_spans(self, text: str) -> list[tuple[int, int]]:
-        if not self._fast(text):
-            return self.stock.span_tokenize(text)
-        return [(sent.start_char, sent.end_char) for sent in self._spacy_doc(text, sentences=True).sents]
+        return self._split(
+            text, lambda t: [(sent.start_char, sent.end_char) for sent in self._spacy_doc(t, sentences=True).sents],
+            self.stock.span_tokenize)
 
     def word_tokenize(self, text: str) -> list[str]:
         return self._words.get(text, self._split_words)
