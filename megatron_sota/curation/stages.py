@@ -201,7 +201,8 @@ def plan_stages(cfg: CurateConfig, layout: RunLayout, files: list[tuple[str, str
     if cfg.dedup.minhash.enabled:
         mh = minhash_config(cfg)
         hand_over(last_steps, layout.work("exact_deduped") if cfg.dedup.exact else layout.work("filtered"))
-        last_steps.append(MinhashDedupSignature(layout.work("minhash_signatures"), config=mh, language=word_splitter(cfg)))
+        last_steps.append(
+            MinhashDedupSignature(layout.work("minhash_signatures"), config=mh, language=word_splitter(cfg)))
         stages.append(Stage("minhash_buckets", [MinhashDedupBuckets(
             layout.work("minhash_signatures"), layout.work("minhash_buckets"), config=mh)], cfg.dedup.minhash.bands))
         stages.append(Stage("minhash_cluster", [MinhashDedupCluster(

@@ -38,14 +38,19 @@ T = TypeVar("T")
 DEFAULT_MAX_LEXEMES = 200_000
 """Vocabulary size at which the spaCy model is rebuilt (~100 MB of lexemes)."""
 DEFAULT_CACHED_TEXTS = 4096
-"""Texts whose splits are kept, per kind of split: a document's rules and repeated lines hit it."""
+"""Texts whose splits are kept, per kind of split: repeated lines hit it (a document's rules need the last few)."""
+CACHED_CHARS = 2_000_000
+"""Characters of text whose splits are kept, per kind of split (~20 MB of words)."""
 
 
 class _Cache:
-    """A least-recently-used map text -> split, bounded by entry count."""
+    """A least-recently-used map text -> split, bounded by entry count and by the characters of its texts (a split
+    holds ~10 bytes per character of its text), always keeping the newest entry."""
 
-    def __init__(self, size: int):
-        self.size = size
+    def __init__(self, entries: int, chars: int):
+        self.max_entries = entries
+        self.max_chars = chars
+        self.chars = 0
         self.entries: OrderedDict[str, Any] = OrderedDict()
 
     def get(self, text: str, compute: Callable[[str], T]) -> T:
@@ -55,8 +60,10 @@ class _Cache:
             return found
         value = compute(text)
         self.entries[text] = value
-        if len(self.entries) > self.size:
-            self.entries.popitem(last=False)
+        self.chars += len(text)
+        while len(self.entries) > 1 and (len(self.entries) > self.max_entries or self.chars > self.max_chars):
+            oldest, _ = self.entries.popitem(last=False)
+            self.chars -= len(oldest)
         return value
 
 
@@ -75,15 +82,15 @@ class SharedWordSplitter(WordTokenizer):
         self._stock: WordTokenizer | None = None
         self._uses_spacy: bool | None = None
         self._nlp: Any = None
-        self._words = _Cache(cached_texts)
-        self._sentences = _Cache(cached_texts)
-        self._spans = _Cache(cached_texts)
+        self._words = _Cache(cached_texts, CACHED_CHARS)
+        self._sentences = _Cache(cached_texts, CACHED_CHARS)
+        self._spans = _Cache(cached_texts, CACHED_CHARS)
 
     def __getstate__(self) -> dict:
         # Workers rebuild the models and start with empty caches (spaCy models pickle slowly and hold C state).
         state = self.__dict__.copy()
-        state.update(_stock=None, _uses_spacy=None, _nlp=None, _words=_Cache(self.cached_texts),
-                     _sentences=_Cache(self.cached_texts), _spans=_Cache(self.cached_texts))
+        state.update(_stock=None, _uses_spacy=None, _nlp=None, _words=_Cache(self.cached_texts, CACHED_CHARS),
+                     _sentences=_Cache(self.cached_texts, CACHED_CHARS), _spans=_Cache(self.cached_texts, CACHED_CHARS))
         return state
 
     @property

@@ -1,5 +1,6 @@
-"""The web pipeline with the shared word split (stages.word_splitter) keeps, rejects and reports exactly what it does
-with datatrove's stock per-rule split, on the planted corpus (whose heuristic junk trips each Gopher/C4/FineWeb rule)."""
+"""The web pipeline with the shared word split (stages.word_splitter) keeps, rejects and reports exactly what it
+does with datatrove's stock per-rule split, on the planted corpus (whose heuristic junk trips each Gopher/C4/FineWeb
+rule)."""
 
 from __future__ import annotations
 
