@@ -96,7 +96,7 @@ def language(doc: ParsedDoc) -> float:
 def alpha_words(doc: ParsedDoc) -> float:
     if not doc.words:
         return 0.0
-    return ramp(sum(any(c.isalpha() for c in w) for w in doc.words) / len(doc.words), 0.0, 0.8)
+    return ramp(sum(1 for w in doc.words if any(map(str.isalpha, w))) / len(doc.words), 0.0, 0.8)
 
 
 def stop_words(doc: ParsedDoc) -> float:
@@ -108,7 +108,7 @@ def stop_words(doc: ParsedDoc) -> float:
 def word_length(doc: ParsedDoc) -> float:
     if not doc.words:
         return 0.0
-    mean = sum(len(w) for w in doc.words) / len(doc.words)
+    mean = sum(map(len, doc.words)) / len(doc.words)
     return ramp(mean, 1, 3) if mean < 3 else 1.0 - ramp(mean, 10, 15)
 
 
@@ -128,7 +128,7 @@ def repetition(doc: ParsedDoc) -> float:
     if not doc.words:
         return 0.0
     words = [w.lower() for w in doc.words]
-    grams = [tuple(words[i : i + _NGRAM]) for i in range(len(words) - _NGRAM + 1)]
+    grams = list(zip(*(words[k:] for k in range(_NGRAM))))  # every run of _NGRAM consecutive words
     counts = Counter(grams)
     covered = {i + k for i, gram in enumerate(grams) if counts[gram] > 1 for k in range(_NGRAM)}
     return 1.0 - ramp(len(covered) / len(words), 0.2, 0.8)
@@ -145,14 +145,14 @@ def length(doc: ParsedDoc) -> float:
 def code_alnum(doc: ParsedDoc) -> float:
     if not doc.text:
         return 0.0
-    return ramp(sum(c.isalnum() for c in doc.text) / len(doc.text), 0.25, 0.5)
+    return ramp(sum(map(str.isalnum, doc.text)) / len(doc.text), 0.25, 0.5)
 
 
 def code_line_length(doc: ParsedDoc) -> float:
     raw_lines = doc.text.splitlines()
     if not raw_lines:
         return 0.0
-    return 1.0 - ramp(sum(len(line) for line in raw_lines) / len(raw_lines), 80, 200)
+    return 1.0 - ramp(sum(map(len, raw_lines)) / len(raw_lines), 80, 200)
 
 
 SIGNALS: Mapping[str, Callable[[ParsedDoc], float]] = MappingProxyType(

@@ -32,6 +32,7 @@ from megatron_sota.curation.report import BuildReport, ReportPlan
 from megatron_sota.curation.staged_writer import StagedJsonlWriter
 from megatron_sota.curation.tally import Tally, TokenCounter
 from megatron_sota.curation.tokenize_steps import MergeShards, TokenizeShard
+from megatron_sota.curation.word_split import SharedWordSplitter
 from megatron_sota.data.encode_worker import TokenizerSpec
 
 INPUT_TALLY = "input"
@@ -57,9 +58,15 @@ def _word_language(cfg: CurateConfig) -> str:
     return languages[0] if cfg.filters.language.enabled and len(languages) == 1 else "en"
 
 
+def word_splitter(cfg: CurateConfig) -> SharedWordSplitter:
+    """What the Gopher/C4/FineWeb rules and the MinHash signature get as their ``language``: datatrove's word split
+    for _word_language, done once per text and shared (word_split.py says why it is faster and still equal)."""
+    return SharedWordSplitter(_word_language(cfg))
+
+
 def content_filters(cfg: CurateConfig, layout: RunLayout) -> list[tuple[str, PipelineStep]]:
     """(label, filter) for every enabled filter, in order; each writes what it drops to rejected/<label>/."""
-    f, lang = cfg.filters, _word_language(cfg)
+    f, lang = cfg.filters, word_splitter(cfg)
 
     def rejected(label: str) -> StagedJsonlWriter:
         return StagedJsonlWriter(layout.rejected(label), label=f"rejected {label}")
@@ -194,7 +201,8 @@ def plan_stages(cfg: CurateConfig, layout: RunLayout, files: list[tuple[str, str
     if cfg.dedup.minhash.enabled:
         mh = minhash_config(cfg)
         hand_over(last_steps, layout.work("exact_deduped") if cfg.dedup.exact else layout.work("filtered"))
-        last_steps.append(MinhashDedupSignature(layout.work("minhash_signatures"), config=mh, language=_word_language(cfg)))
+        last_steps.append(
+            MinhashDedupSignature(layout.work("minhash_signatures"), config=mh, language=word_splitter(cfg)))
         stages.append(Stage("minhash_buckets", [MinhashDedupBuckets(
             layout.work("minhash_signatures"), layout.work("minhash_buckets"), config=mh)], cfg.dedup.minhash.bands))
         stages.append(Stage("minhash_cluster", [MinhashDedupCluster(
