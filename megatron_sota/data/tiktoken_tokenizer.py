@@ -14,11 +14,6 @@ from collections.abc import Sequence
 from functools import cached_property
 from typing import Any
 
-from megatron.core.tokenizers.text.libraries.tiktoken_tokenizer import (
-    SPECIAL_TOKENS,
-    TikTokenTokenizer,
-)
-
 from megatron_sota.data.tokenizer_interface import DatasetTokenizer
 from megatron_sota.errors import MegatronSotaError
 
@@ -42,6 +37,10 @@ class TikTokenizer(DatasetTokenizer):
         num_special_tokens: int = DEFAULT_NUM_SPECIAL_TOKENS,
         vocab_size: int | None = None,
     ) -> None:
+        # Imported here: `import megatron.core` costs seconds (torch and the whole package), which every process
+        # importing the tokenizers (curation workers, preprocessing) would pay for the TikToken type alone.
+        from megatron.core.tokenizers.text.libraries.tiktoken_tokenizer import SPECIAL_TOKENS, TikTokenTokenizer
+
         vocab_size = DEFAULT_VOCAB_SIZE if vocab_size is None else int(vocab_size)
         entries = _count_vocab_entries(model_path)
         if pattern not in PATTERNS:
