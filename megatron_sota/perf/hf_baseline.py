@@ -47,7 +47,7 @@ class HFSpec:
 
 
 class HFTrainer:
-    """One LlamaForCausalLM and its fused AdamW; `step()` is one global batch."""
+    """One LlamaForCausalLM and its AdamW; `step()` is one global batch."""
 
     def __init__(self, spec: HFSpec):
         from transformers import LlamaConfig, LlamaForCausalLM
@@ -56,8 +56,8 @@ class HFTrainer:
         torch.manual_seed(spec.seed)
         self.spec = spec
         self.device = torch.device(spec.device)
-        config = LlamaConfig(**{k: v for k, v in spec.hf_config.items() if k not in ("architectures", "torch_dtype", "dtype")})
-        config._attn_implementation = "sdpa"
+        fields = {k: v for k, v in spec.hf_config.items() if k not in ("architectures", "torch_dtype", "dtype")}
+        config = LlamaConfig(**fields, attn_implementation="sdpa")
         dtype = getattr(torch, spec.dtype)
         self.model = LlamaForCausalLM(config).to(device=self.device, dtype=dtype).train()
         implementation = {"fused": True} if spec.fused_adam else {"foreach": True}
