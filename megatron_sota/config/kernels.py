@@ -32,8 +32,8 @@ class KernelConfig:
     fused_adam: Optional[bool] = None
     """torch's fused AdamW kernel where megatron-core builds torch's AdamW (no Transformer Engine or apex): the
     whole update in one pass, ~5x faster than torch's default per-parameter loop on CPU, equal to it within float32
-    rounding. Off: torch's multi-tensor `foreach` implementation (the loop's numbers bit for bit, faster on CPU;
-    torch's own choice on CUDA). Auto is off everywhere until it has run on a GPU (docs/performance.md)."""
+    rounding, without temporaries. Off: torch's own choice (the loop on CPU, `foreach` on CUDA). Auto is off
+    everywhere until it has run on a GPU (docs/performance.md)."""
     wgrad_accumulation: Optional[bool] = None
     """megatron-core's gradient_accumulation_fusion: the weight-gradient GEMM accumulates into DDP's fp32
     main_grad in place (no gradient tensor, no add pass). Needs Transformer Engine or apex on a GPU; on CPU the

@@ -22,7 +22,7 @@ class KernelChoice:
     compile_layers: bool = False
     attention_backend: str = "auto"
     fused_adam: bool = False
-    """torch's fused AdamW kernel; False: its foreach implementation (training/optimization.py)."""
+    """torch's fused AdamW kernel (training/optimization.py); False: torch's own choice."""
     wgrad_accumulation: bool = False
     """megatron-core's gradient_accumulation_fusion (weight gradients accumulate into main_grad in the GEMM)."""
 

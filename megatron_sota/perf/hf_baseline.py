@@ -5,8 +5,8 @@ vocabulary), in the job's parameter dtype, with PyTorch's SDPA attention. Each s
 random tokens (forward with labels, backward of the loss divided by the micro-batch count), clips the gradient norm at
 the job's clip_grad, steps `torch.optim.AdamW` with the job's hyperparameters and the trainer's implementation
 (`fused=True` with kernels.fused_adam, what transformers' Trainer uses by default with torch >= 2.8,
-`adamw_torch_fused`, and what the GPU baseline script uses; otherwise `foreach=True`, as the trainer) and sets the
-gradients to None.
+`adamw_torch_fused`, and what the GPU baseline script uses; otherwise torch's own choice, as the trainer's) and sets
+the gradients to None.
 
 It runs in a process of its own (`spawn`), so that neither side's process state (the CPU backend's function mode, a
 CUDA allocator) touches the other's; the driver (perf/side_by_side.py) asks it for a number of timed steps at a time.
@@ -40,7 +40,7 @@ class HFSpec:
     weight_decay: float
     clip_grad: float
     fused_adam: bool
-    """torch's fused AdamW kernel, else its foreach implementation: the trainer's choice (kernels.fused_adam)."""
+    """torch's fused AdamW kernel, else torch's own choice: the trainer's (kernels.fused_adam)."""
     seed: int
     threads: int
     """torch.get_num_threads() of the driving process, so both sides use the same cores."""
@@ -60,7 +60,7 @@ class HFTrainer:
         config = LlamaConfig(**fields, attn_implementation="sdpa")
         dtype = getattr(torch, spec.dtype)
         self.model = LlamaForCausalLM(config).to(device=self.device, dtype=dtype).train()
-        implementation = {"fused": True} if spec.fused_adam else {"foreach": True}
+        implementation = {"fused": True} if spec.fused_adam else {}
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=spec.lr, betas=tuple(spec.betas), eps=spec.eps,
                                            weight_decay=spec.weight_decay, **implementation)
         self.generator = torch.Generator().manual_seed(spec.seed)

@@ -34,7 +34,7 @@ class SideBySideResult:
     kernels: str
     """The trainer's kernel choice (KernelChoice.describe)."""
     hf_adam: str
-    """transformers' side's AdamW implementation, the trainer's: "fused" with kernels.fused_adam, else "foreach"."""
+    """transformers' side's AdamW implementation, the trainer's: "fused" with kernels.fused_adam, else "default"."""
     tokens_per_step: int
     rounds: int
     steps_per_round: int
@@ -84,7 +84,7 @@ def run_side_by_side(job: JobConfig, options: BenchmarkOptions, rounds: int) -> 
     theirs_all = [s for r in theirs for s in r]
     return SideBySideResult(
         model=job.model.name, device=spec.device, dtype=spec.dtype, kernels=kernels,
-        hf_adam="fused" if spec.fused_adam else "foreach", tokens_per_step=tokens, rounds=rounds,
+        hf_adam="fused" if spec.fused_adam else "default", tokens_per_step=tokens, rounds=rounds,
         steps_per_round=options.steps, ours_step_times_s=ours_all, hf_step_times_s=theirs_all,
         ours_tokens_per_s=tokens / statistics.median(ours_all), hf_tokens_per_s=tokens / statistics.median(theirs_all),
         round_ratios=ratios, ratio=statistics.median(ratios),

@@ -45,27 +45,27 @@ def build_optimizer(
         use_distributed_optimizer=parallel.distributed_optimizer,
     )
     optimizer = get_megatron_optimizer(mcore_config, models, config_overrides=param_group_overrides)
-    choose_torch_adam(optimizer, fused_adam)
+    if fused_adam:
+        run_torch_adam_fused(optimizer)
     return optimizer
 
 
-def choose_torch_adam(optimizer, fused: bool) -> int:
-    """Picks the implementation every torch Adam/AdamW megatron-core built steps with; returns how many.
+def run_torch_adam_fused(optimizer) -> int:
+    """Makes every torch Adam/AdamW megatron-core built step with torch's fused kernel; returns how many.
 
     Without Transformer Engine or apex (every CPU run, a bare GPU install), megatron-core builds
-    `torch.optim.AdamW` without choosing one, and torch picks its per-parameter loop on CPU (seven
-    tensor passes, each a Python call per parameter). `fused=False` takes torch's multi-tensor `foreach`
-    implementation instead: the loop's operations, batched, so the same numbers bit for bit. `fused=True`
-    takes torch's fused kernel: the update in one pass (about 5x faster than the loop on CPU), what
-    transformers' Trainer uses by default (`adamw_torch_fused` with torch >= 2.8), equal to the loop
-    within float32 rounding. The choice is set before every step (a step pre-hook) because loading a
-    checkpoint replaces the param groups with the saved ones. TE's and apex's FusedAdam are left alone.
+    `torch.optim.AdamW` without choosing an implementation: torch runs its per-parameter loop on CPU
+    (seven tensor passes, a Python call each, per parameter) and `foreach` on CUDA. The fused kernel does
+    the update in one pass (about 5x faster than the loop on CPU), is what transformers' Trainer uses by
+    default (`adamw_torch_fused` with torch >= 2.8), equals the loop within float32 rounding, and needs no
+    temporaries (`foreach` would need one fp32 copy of all the parameters it steps; the planner's
+    `--optimizer-kernel` models each). The flag is set before every step (a step pre-hook) because loading
+    a checkpoint replaces the param groups with the saved ones. TE's and apex's FusedAdam are left alone.
     """
-    hook = _fused_before_step if fused else _foreach_before_step
     count = 0
     for inner in torch_optimizers(optimizer):
         if type(inner) in (torch.optim.Adam, torch.optim.AdamW):
-            inner.register_step_pre_hook(hook)
+            inner.register_step_pre_hook(_fused_before_step)
             count += 1
     return count
 
@@ -73,11 +73,6 @@ def choose_torch_adam(optimizer, fused: bool) -> int:
 def _fused_before_step(inner: torch.optim.Optimizer, args, kwargs) -> None:
     for group in inner.param_groups:
         group["fused"], group["foreach"] = True, False
-
-
-def _foreach_before_step(inner: torch.optim.Optimizer, args, kwargs) -> None:
-    for group in inner.param_groups:
-        group["fused"], group["foreach"] = False, True
 
 
 def schedule_settings(opt: OptimizerConfig, sched: SchedulerConfig, iters: int) -> Dict[str, Any]:

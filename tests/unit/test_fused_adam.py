@@ -1,5 +1,5 @@
-"""training.optimization.choose_torch_adam: megatron-core's torch AdamW steps with the implementation chosen, always:
-torch's foreach (the default loop's numbers bit for bit) or its fused kernel (the loop's within float32 rounding)."""
+"""training.optimization.run_torch_adam_fused: megatron-core's torch AdamW steps with torch's fused kernel, always,
+equal to torch's default loop within float32 rounding."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 
 from megatron_sota.checkpointing.contents import torch_optimizers
 from megatron_sota.config.parallel import ParallelConfig
-from megatron_sota.training.optimization import choose_torch_adam
+from megatron_sota.training.optimization import run_torch_adam_fused
 
 
 def _megatron_adam(distributed: bool):
@@ -35,13 +35,12 @@ def _steps(ddp, optimizer, count: int, generator: torch.Generator) -> None:
         assert optimizer.step()[0]
 
 
-@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("distributed", [True, False])
-def test_megatron_adam_runs_the_chosen_implementation_also_after_a_load(monkeypatch, distributed, fused):
+def test_megatron_adam_runs_fused_also_after_a_load(monkeypatch, distributed):
     from megatron_sota.runtime.session import distributed_session
 
     adam_module = importlib.import_module("torch.optim.adam")
-    name = "_fused_adam" if fused else "_multi_tensor_adam"
+    name = "_fused_adam"
     calls = []
     real = getattr(adam_module, name)
     monkeypatch.setattr(adam_module, name, lambda *a, **k: calls.append(1) or real(*a, **k))
@@ -52,14 +51,14 @@ def test_megatron_adam_runs_the_chosen_implementation_also_after_a_load(monkeypa
         assert calls == []  # torch's own choice on CPU: the per-parameter loop
 
         module, ddp, optimizer = _megatron_adam(distributed)
-        assert choose_torch_adam(optimizer, fused) == 1
+        assert run_torch_adam_fused(optimizer) == 1
         inner = torch_optimizers(optimizer)[0]
         groups = sum(1 for group in inner.param_groups if group["params"])  # one call per group and step
         data = torch.Generator().manual_seed(1)
         _steps(ddp, optimizer, 2, data)
         assert len(calls) == 2 * groups
         # A checkpoint's param groups replace the live ones on load (saved with torch's default here): the next step
-        # runs the chosen implementation still.
+        # runs fused still.
         state = inner.state_dict()
         for group in state["param_groups"]:
             group["fused"], group["foreach"] = None, None
@@ -68,11 +67,9 @@ def test_megatron_adam_runs_the_chosen_implementation_also_after_a_load(monkeypa
         assert len(calls) == 3 * groups
         got = [p.detach().clone() for p in module.parameters()]
     assert not torch.equal(expected[0], _initial_weight())
-    if fused:  # the same update formula; torch's fused kernel orders a few operations differently
-        for a, b in zip(got, expected):
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    else:
-        assert all(torch.equal(a, b) for a, b in zip(got, expected))
+    # The same update formula; torch's fused kernel orders a few operations differently.
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def _initial_weight() -> torch.Tensor:
