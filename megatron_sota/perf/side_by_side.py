@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
-import time
 from dataclasses import dataclass, field
 from typing import List
 
-import torch
-
 from megatron_sota.config.job import JobConfig
 from megatron_sota.errors import MegatronSotaError
-from megatron_sota.perf.benchmark import BenchmarkOptions, _prepare, _step
+from megatron_sota.perf.benchmark import BenchmarkOptions, _prepare, _step, _timed_steps
 from megatron_sota.perf.hf_baseline import HFProcess, spec_for
 from megatron_sota.runtime.launch_env import read_launch_env
 from megatron_sota.runtime.session import distributed_session
@@ -92,18 +89,8 @@ def run_side_by_side(job: JobConfig, options: BenchmarkOptions, rounds: int) -> 
 
 
 def _timed(state, steps: int) -> List[float]:
-    """Wall seconds of each of `steps` trainer steps, the device synchronised around each."""
-    synchronize = state.session.device.type == "cuda"
-    times = []
-    for _ in range(steps):
-        if synchronize:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        _step(state, None)
-        if synchronize:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return times
+    """Wall seconds of each of `steps` trainer steps: the benchmark's own timing (its phases synchronise the device)."""
+    return _timed_steps(state, steps, [])[0]
 
 
 def format_side_by_side(result: SideBySideResult) -> str:

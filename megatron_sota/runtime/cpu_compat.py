@@ -15,7 +15,7 @@ literal ``device="cuda"`` for tensor placement, CUDA RNG state in its RNG tracke
 * the gradient buffer's reduce-scatter and the parameter buffer's all-gather (distributed optimizer)
   are skipped where they are identities: a data-parallel group of one rank, output and input the same
   memory. gloo copies the whole buffer onto itself there (twice per step, ~0.5 s of a 5 s gpt_125m step
-  on two cores); NCCL's in-place copy on a GPU is negligible, and a GPU run never enters this module;
+  on two cores); NCCL's in-place copy on a GPU is negligible, and a GPU run never enters cpu_backend;
 * the weight-gradient GEMM accumulates into the fp32 main gradient in place (apex's
   ``fused_weight_gradient_mlp_cuda``, which megatron-core calls with ``gradient_accumulation_fusion``, answered by
   :class:`_WeightGradAccumulation`): one GEMM per weight and micro-batch instead of a GEMM, a gradient tensor and
