@@ -89,7 +89,10 @@ def test_ppo_at_dp2_gathers_the_rollout_of_one_process(tmp_path, rl_inputs):
     two = run_distributed(rl_probe, 2, rl_job(rl_inputs), str(tmp_path / "dp2"))
     for ours, theirs in zip(two[0]["tokens"], one["tokens"]):
         assert torch.equal(ours, theirs)
-    assert two[0]["losses"] == pytest.approx(one["losses"], rel=1e-5, abs=1e-7)
+    # The same rows, but the gradients are summed across replicas in another order, and Adam's first steps
+    # magnify that rounding where a gradient is near 0: 7e-6 relative at step 3 on one CPU, 1.25e-5 on another
+    # (CI's). A wrong gather or whitening moves these losses by whole percents.
+    assert two[0]["losses"] == pytest.approx(one["losses"], rel=1e-4, abs=1e-7)
 
 
 def test_bad_inputs_are_refused_before_anything_is_written(tmp_path, rl_inputs):
