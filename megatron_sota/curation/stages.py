@@ -17,11 +17,17 @@ from datatrove.pipeline.dedup.minhash import (
     MinhashDedupFilter,
     MinhashDedupSignature,
 )
-from datatrove.pipeline.filters import C4QualityFilter, FineWebQualityFilter, GopherQualityFilter, GopherRepetitionFilter
+from datatrove.pipeline.filters import C4QualityFilter, FineWebQualityFilter, GopherQualityFilter
 from datatrove.utils.hashing import HashConfig
 
 from megatron_sota.curation.config import CurateConfig
-from megatron_sota.curation.filters import CodeFilter, LanguageFilter, LengthFilter, ToxicityFilter
+from megatron_sota.curation.filters import (
+    CodeFilter,
+    FastGopherRepetitionFilter,
+    LanguageFilter,
+    LengthFilter,
+    ToxicityFilter,
+)
 from megatron_sota.curation.layout import RunLayout
 from megatron_sota.curation.pii import PiiRedactor
 from megatron_sota.curation.quality_score import QualityScorer
@@ -76,7 +82,7 @@ def content_filters(cfg: CurateConfig, layout: RunLayout) -> list[tuple[str, Pip
             f.length.min_chars, f.length.max_chars, f.length.min_words, f.length.max_words, exclusion_writer=w)),
         ("language", f.language.enabled, lambda w: LanguageFilter(
             list(f.language.languages), f.language.min_score, exclusion_writer=w)),
-        ("gopher_repetition", f.gopher_repetition.enabled, lambda w: GopherRepetitionFilter(
+        ("gopher_repetition", f.gopher_repetition.enabled, lambda w: FastGopherRepetitionFilter(
             dup_line_frac=f.gopher_repetition.dup_line_frac,
             dup_para_frac=f.gopher_repetition.dup_para_frac,
             dup_line_char_frac=f.gopher_repetition.dup_line_char_frac,

@@ -1,6 +1,6 @@
-"""The web pipeline with the shared word split (stages.word_splitter) keeps, rejects and reports exactly what it
-does with datatrove's stock per-rule split, on the planted corpus (whose heuristic junk trips each Gopher/C4/FineWeb
-rule)."""
+"""The web pipeline with the shared word split (stages.word_splitter) and the array n-gram Gopher repetition rule
+keeps, rejects and reports exactly what it does with datatrove's stock per-rule split and stock rule, on the planted
+corpus (whose heuristic junk trips each Gopher/C4/FineWeb rule)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from datatrove.pipeline.filters import GopherRepetitionFilter
 
 from megatron_sota.curation import stages
 from tests.curation.runs import read_documents, run_curate, write_web_inputs
@@ -32,12 +33,13 @@ def _curate(inputs: Path, output: Path) -> dict:
     return _outputs(output)
 
 
-def test_shared_split_keeps_rejects_and_reports_what_the_stock_split_does(tmp_path, monkeypatch):
+def test_shared_split_and_rules_keep_reject_and_report_what_the_stock_ones_do(tmp_path, monkeypatch):
     write_web_inputs(tmp_path / "in")
     shared = _curate(tmp_path / "in", tmp_path / "shared")
     with monkeypatch.context() as patch:
         # The stock path: each datatrove rule gets the language code and splits the text itself.
         patch.setattr(stages, "word_splitter", stages._word_language)
+        patch.setattr(stages, "FastGopherRepetitionFilter", GopherRepetitionFilter)
         stock = _curate(tmp_path / "in", tmp_path / "stock")
     assert shared.keys() == stock.keys()
     for name in shared:
