@@ -29,7 +29,8 @@ _PRELOAD = ("torch", "megatron.core", "megatron.core.models.gpt", "megatron.core
 
 
 class RankFailure(RuntimeError):
-    """A rank crashed (not a user error); carries every failed rank's traceback."""
+    """A rank crashed (not a user error); carries every failed rank's traceback, and how a rank that died without one
+    ended."""
 
 
 def _rank_main(rank: int, fn: Callable, world_size: int, port: int, out_dir: str, environ: dict, args: tuple) -> None:
@@ -78,5 +79,9 @@ def run_distributed(fn: Callable, world_size: int, *args: Any) -> List[Any]:
             user_errors = [text[len(_USER_ERROR):] for text in errors if text.startswith(_USER_ERROR)]
             if user_errors:
                 raise MegatronSotaError(user_errors[0]) from None
-            raise RankFailure("a rank failed:\n" + "\n".join(errors or [str(err)])) from None
+            if isinstance(err, mp.ProcessExitedException) or not errors:
+                # A rank that died without raising (a signal, an exit code) leaves no traceback: torch's account of
+                # it ("process 1 terminated with signal SIGSEGV") is the only trace of what happened first.
+                errors.append(str(err))
+            raise RankFailure("a rank failed:\n" + "\n".join(errors)) from None
         return [torch.load(os.path.join(out_dir, f"result_{r}.pt"), weights_only=False) for r in range(world_size)]

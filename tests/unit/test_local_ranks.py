@@ -1,12 +1,14 @@
 """run_distributed's ranks: forked from a server that has imported megatron-core once, yet each sees its
-caller's environment and working directory as a freshly spawned process would."""
+caller's environment and working directory as a freshly spawned process would; a rank's failure is reported whole."""
 
 from __future__ import annotations
 
 import os
 import sys
 
-from megatron_sota.runtime.local_ranks import run_distributed
+import pytest
+
+from megatron_sota.runtime.local_ranks import RankFailure, run_distributed
 from tests.rank_preload import RANK_PRELOAD
 
 VARIABLE = "MEGATRON_SOTA_TEST_LOCAL_RANKS"
@@ -46,3 +48,13 @@ def test_ranks_start_with_the_suites_probe_modules_imported():
     # tests/conftest.py adds them to the forkserver's preload, which skips a name that does not import (a renamed
     # module): this names it. Neither this module nor local_ranks.py imports them, so a rank would start without.
     assert run_distributed(_not_imported_at_start, 1, RANK_PRELOAD) == [[]]
+
+
+def _exit_after_a_traceback(rank: int) -> None:
+    raise SystemExit(5)  # a BaseException: the rank writes its traceback, then its process ends with code 5
+
+
+def test_a_rank_that_ends_with_an_exit_code_reports_its_traceback_and_how_it_ended():
+    with pytest.raises(RankFailure) as failure:
+        run_distributed(_exit_after_a_traceback, 1)
+    assert "SystemExit: 5" in str(failure.value) and "terminated with exit code 5" in str(failure.value)
