@@ -40,10 +40,9 @@ def test_megatron_adam_runs_fused_also_after_a_load(monkeypatch, distributed):
     from megatron_sota.runtime.session import distributed_session
 
     adam_module = importlib.import_module("torch.optim.adam")
-    name = "_fused_adam"
     calls = []
-    real = getattr(adam_module, name)
-    monkeypatch.setattr(adam_module, name, lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = adam_module._fused_adam
+    monkeypatch.setattr(adam_module, "_fused_adam", lambda *a, **k: calls.append(1) or real(*a, **k))
     with distributed_session(ParallelConfig(), "cpu", 1, seed=0):
         module, ddp, loop = _megatron_adam(distributed)
         _steps(ddp, loop, 3, torch.Generator().manual_seed(1))
